@@ -1,0 +1,109 @@
+"""Circuit breaker per destination: stop hammering an API that is down.
+
+After ``threshold`` consecutive transient failures a destination's circuit
+opens: the dispatcher holds the destination back in the queue store for
+``cool_off`` (so every worker and the operator see it, with the reason), then
+lets one delivery through as a probe (half-open). A success closes the
+circuit; a failure opens it again. Pure state, no I/O; thread-safe.
+"""
+
+from __future__ import annotations
+
+import threading
+from datetime import datetime, timedelta
+
+import attrs
+
+from ._clock import to_seconds
+
+__all__ = ["CircuitBreaker", "CircuitState"]
+
+
+def _threshold(_inst: object, _attr: object, value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"CircuitBreaker.threshold must be an int >= 1, got {value!r}")
+
+
+def _cool_off(value: float | timedelta) -> float:
+    seconds = to_seconds(value)
+    if seconds <= 0:
+        raise ValueError(f"CircuitBreaker.cool_off must be > 0, got {value!r}")
+    return seconds
+
+
+@attrs.frozen
+class CircuitBreaker:
+    """Settings of the per-destination circuit breaker (``Dispatcher(circuit=...)``).
+
+    Args:
+        threshold: consecutive TRANSIENT failures that open the circuit.
+        cool_off: how long an open circuit holds the destination back
+            (seconds or timedelta) before one probe is let through.
+    """
+
+    threshold: int = attrs.field(default=5, validator=_threshold)
+    cool_off: float = attrs.field(default=30.0, converter=_cool_off)
+
+
+@attrs.frozen(kw_only=True)
+class CircuitState:
+    """One destination's circuit: ``closed``, ``open`` (until) or ``half_open``."""
+
+    failures: int = 0
+    open_until: datetime | None = None
+    probing: bool = False
+
+    def phase(self, now: datetime) -> str:
+        if self.open_until is None:
+            return "closed"
+        return "open" if now < self.open_until else "half_open"
+
+
+class Circuits:
+    """The circuits of one dispatcher's destinations (each with its own settings)."""
+
+    def __init__(self, settings: dict[str, CircuitBreaker | None]) -> None:
+        self.settings = settings
+        self._lock = threading.Lock()
+        self._states: dict[str, CircuitState] = {}
+
+    def state(self, destination: str) -> CircuitState:
+        with self._lock:
+            return self._states.get(destination, CircuitState())
+
+    def admit(self, destination: str, now: datetime) -> bool:
+        """May a delivery to ``destination`` be attempted now?
+
+        Closed: yes. Open: no. Half-open: yes for exactly one probe at a time.
+        """
+        if self.settings.get(destination) is None:
+            return True
+        with self._lock:
+            state = self._states.get(destination, CircuitState())
+            phase = state.phase(now)
+            if phase == "closed":
+                return True
+            if phase == "open" or state.probing:
+                return False
+            self._states[destination] = attrs.evolve(state, probing=True)
+            return True
+
+    def success(self, destination: str) -> None:
+        """The destination answered (any non-transient outcome): close the circuit."""
+        with self._lock:
+            self._states.pop(destination, None)
+
+    def failure(self, destination: str, now: datetime) -> datetime | None:
+        """Record a transient failure; returns the hold end if the circuit (re)opened."""
+        settings = self.settings.get(destination)
+        if settings is None:
+            return None
+        with self._lock:
+            state = self._states.get(destination, CircuitState())
+            failures = state.failures + 1
+            if state.probing or failures >= settings.threshold:
+                until = now + timedelta(seconds=settings.cool_off)
+                self._states[destination] = CircuitState(failures=failures, open_until=until)
+                return until
+            self._states[destination] = attrs.evolve(state, failures=failures)
+            return None

@@ -1,0 +1,88 @@
+"""Time: the only place that reads the wall clock or sleeps."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from datetime import datetime, timedelta, timezone
+
+__all__ = ["FakeClock", "SystemClock", "to_seconds"]
+
+
+def to_seconds(value: float | timedelta) -> float:
+    """Seconds from a number or a ``timedelta``."""
+    if isinstance(value, timedelta):
+        return value.total_seconds()
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"expected seconds (a number) or a timedelta, got {value!r}")
+    return float(value)
+
+
+class SystemClock:
+    """The real clock: ``now()`` is timezone-aware UTC."""
+
+    def now(self) -> datetime:
+        return datetime.now(timezone.utc)
+
+    def sleep(self, seconds: float) -> None:
+        if seconds > 0:
+            time.sleep(seconds)
+
+    async def asleep(self, seconds: float) -> None:
+        await asyncio.sleep(max(0.0, seconds))
+
+    def __repr__(self) -> str:
+        return "SystemClock()"
+
+
+class FakeClock:
+    """A clock that only moves when told to, for instant, deterministic tests.
+
+    >>> clock = FakeClock(datetime(2024, 1, 1, tzinfo=timezone.utc))
+    >>> clock.advance(90)
+    >>> clock.now().isoformat()
+    '2024-01-01T00:01:30+00:00'
+
+    ``sleep(seconds)`` advances the clock instead of blocking. Thread-safe.
+    """
+
+    def __init__(self, start: datetime | None = None) -> None:
+        if start is None:
+            start = datetime(2024, 1, 1, tzinfo=timezone.utc)
+        if start.tzinfo is None or start.utcoffset() is None:
+            raise ValueError(f"FakeClock needs a timezone-aware start, got naive {start!r}")
+        self._now = start.astimezone(timezone.utc)
+        self._lock = threading.Lock()
+
+    def now(self) -> datetime:
+        with self._lock:
+            return self._now
+
+    def advance(self, seconds: float | timedelta) -> None:
+        """Move the clock forward."""
+        delta = to_seconds(seconds)
+        if delta < 0:
+            raise ValueError(f"a clock cannot go backwards (advance({seconds!r}))")
+        with self._lock:
+            self._now += timedelta(seconds=delta)
+
+    def set(self, when: datetime) -> None:
+        """Jump to ``when`` (not earlier than now)."""
+        if when.tzinfo is None:
+            raise ValueError(f"FakeClock.set needs a timezone-aware datetime, got {when!r}")
+        with self._lock:
+            if when < self._now:
+                raise ValueError(f"a clock cannot go backwards ({when} < {self._now})")
+            self._now = when.astimezone(timezone.utc)
+
+    def sleep(self, seconds: float) -> None:
+        if seconds > 0:
+            self.advance(seconds)
+
+    async def asleep(self, seconds: float) -> None:
+        self.sleep(seconds)
+        await asyncio.sleep(0)
+
+    def __repr__(self) -> str:
+        return f"FakeClock({self.now().isoformat()})"

@@ -1,0 +1,422 @@
+"""The I/O-free core shared by ``Dispatcher`` and ``AsyncDispatcher``.
+
+One delivery attempt is a generator (:func:`delivery_flow`) that *yields*
+calls it needs made (``deliver``, a hook, an idempotency check) and receives
+their outcomes; it decides everything (classification, hooks, retry schedule,
+pause) and returns a :class:`FlowResult`. The sync dispatcher drives it with
+plain calls, the async one awaits; neither decides anything on its own.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Generator
+from datetime import datetime, timedelta
+from typing import Any, Literal
+
+import attrs
+
+from ._classify import Classifier
+from ._errors import InvalidEventError
+from ._json import check_event, check_json, fingerprint
+from ._model import (
+    Attempt,
+    Completion,
+    Delivery,
+    DeliveryContext,
+    DeliveryStatus,
+    ErrorCategory,
+    ErrorInfo,
+    Event,
+    IdempotencyRecord,
+    IdempotencyState,
+)
+from ._policy import RetryPolicy, decide_retry, is_retryable
+
+__all__ = [
+    "Call",
+    "FlowEnv",
+    "FlowResult",
+    "Outcome",
+    "base_key",
+    "delivery_flow",
+    "new_delivery",
+    "released",
+]
+
+_KEY_NAMESPACE = uuid.UUID("8d0c52f4-5d0b-4c1e-9d55-2f7f6b3f9a11")
+#: How many corrected events a ``fix_data`` hook may produce in one claim.
+MAX_FIXES = 3
+
+
+def base_key(event: Event, destination: str) -> str:
+    """The idempotency key of an event's original payload at a destination.
+
+    The event's own ``idempotency_key`` when set, else a UUID derived from
+    the destination and the event id: stable across retries, reclaims and
+    operator re-syncs, and across processes.
+    """
+    if event.idempotency_key:
+        return event.idempotency_key
+    return str(uuid.uuid5(_KEY_NAMESPACE, f"{destination}\x00{event.id}"))
+
+
+def revised_key(event: Event, destination: str) -> str:
+    """The key for a corrected payload: the base key plus the payload's hash.
+
+    A corrected payload is a different request; sending it under the original
+    key would look like key reuse to strict APIs (Stripe), and the original
+    request was rejected (4xx), so no effect can be doubled. The same
+    correction always gives the same key.
+    """
+    return f"{base_key(event, destination)}:{fingerprint(event)[:16]}"
+
+
+def new_delivery(event: Event, destination: str, now: datetime) -> Delivery:
+    """A fresh ``PENDING`` delivery (the store assigns ``seq``)."""
+    return Delivery(
+        id=uuid.uuid4().hex,
+        event=event,
+        destination=destination,
+        status=DeliveryStatus.PENDING,
+        idempotency_key=base_key(event, destination),
+        next_attempt_at=now,
+        created_at=now,
+        updated_at=now,
+    )
+
+
+def released(delivery: Delivery, now: datetime) -> Completion:
+    """Hand a claimed delivery back unattempted (its claim costs no attempt).
+
+    It becomes ``PENDING`` and due at once; the claim skips it while its
+    destination is paused or held.
+    """
+    return Completion(
+        delivery_id=delivery.id,
+        lease_token=delivery.lease_token,
+        status=DeliveryStatus.PENDING,
+        finished_at=now,
+        next_attempt_at=now,
+        count_attempt=False,
+        audit=(),
+    )
+
+
+@attrs.frozen
+class Call:
+    """A call the flow needs made: ``deliver``, ``resolve_duplicate``,
+    ``fix_data`` (on the destination) or ``idempotency_begin``."""
+
+    kind: Literal["deliver", "resolve_duplicate", "fix_data", "idempotency_begin"]
+    args: tuple[Any, ...]
+
+
+@attrs.frozen
+class Outcome:
+    """The result of a :class:`Call`: a value or the exception it raised."""
+
+    value: Any = None
+    error: Exception | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+@attrs.frozen(kw_only=True)
+class FlowEnv:
+    """What a flow needs to decide: configuration and a clock reading."""
+
+    policy: RetryPolicy
+    classifier: Classifier
+    now: Callable[[], datetime]
+    actor: str
+    lease_until: datetime
+    has_resolve_duplicate: bool
+    has_fix_data: bool
+
+
+@attrs.frozen(kw_only=True)
+class FlowResult:
+    """What one flow decided."""
+
+    completion: Completion
+    #: (key, fingerprint, result) to mark completed in the idempotency store
+    finish: tuple[str, str, Any] | None = None
+    #: keys this flow took in the idempotency store (released unless finished)
+    taken: tuple[str, ...] = ()
+    #: pause the destination (PERMISSION), with this reason
+    pause: str | None = None
+    #: hold the whole destination back until then (RATE_LIMITED)
+    hold_until: datetime | None = None
+    hold_reason: str | None = None
+    #: the audit action of the hold: ``"rate_limited"`` or ``"circuit_open"``
+    hold_action: str = "rate_limited"
+
+
+def _safe_classify(classifier: Classifier, exc: Exception) -> ErrorInfo:
+    try:
+        return classifier.classify(exc)
+    except Exception as rule_error:  # noqa: BLE001 - a user rule failed: report both errors
+        return ErrorInfo(
+            category=ErrorCategory.UNEXPECTED,
+            message=(
+                f"{type(exc).__name__}: {exc} (and the classifier failed on it: "
+                f"{type(rule_error).__name__}: {rule_error})"
+            ),
+            exception_type=type(exc).__name__,
+        )
+
+
+def _changed_paths(old: Any, new: Any, path: str = "payload") -> list[str]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        out: list[str] = []
+        for key in sorted(set(old) | set(new)):
+            out.extend(_changed_paths(old.get(key), new.get(key), f"{path}.{key}"))
+        return out
+    return [] if old == new else [path]
+
+
+def delivery_flow(
+    delivery: Delivery, begun: IdempotencyRecord, env: FlowEnv
+) -> Generator[Call, Outcome, FlowResult]:
+    """Decide one claimed delivery: idempotency -> deliver -> classify -> next step."""
+    event = delivery.event
+    key = delivery.idempotency_key
+    fp = fingerprint(event)
+    record = begun
+    audit: list[Attempt] = []
+    taken: list[str] = []
+    fixes = 0
+    corrected = False
+
+    def note(action: str, started: datetime, **kw: Any) -> None:
+        audit.append(
+            Attempt(
+                delivery_id=delivery.id,
+                destination=delivery.destination,
+                action=action,
+                actor=env.actor,
+                started_at=started,
+                finished_at=env.now(),
+                number=delivery.attempts,
+                **kw,
+            )
+        )
+
+    def done(
+        status: DeliveryStatus,
+        *,
+        error: ErrorInfo | None = None,
+        result: Any = None,
+        next_attempt_at: datetime | None = None,
+        finish: tuple[str, str, Any] | None = None,
+        count_attempt: bool = True,
+        **extra: Any,
+    ) -> FlowResult:
+        records = list(audit)
+        if records:
+            records[-1] = attrs.evolve(records[-1], outcome=status)
+        return FlowResult(
+            completion=Completion(
+                delivery_id=delivery.id,
+                lease_token=delivery.lease_token,
+                status=status,
+                finished_at=env.now(),
+                next_attempt_at=next_attempt_at,
+                error=error,
+                result=result,
+                event=event if corrected else None,
+                idempotency_key=key if corrected else None,
+                count_attempt=count_attempt,
+                audit=tuple(records),
+            ),
+            finish=finish,
+            taken=tuple(taken),
+            **extra,
+        )
+
+    while True:
+        started = env.now()
+        if record.state is IdempotencyState.COMPLETED:
+            note(
+                "replay",
+                started,
+                reason="already delivered under this idempotency key; the stored result is reused",
+            )
+            return done(DeliveryStatus.SUCCEEDED, result=record.result)
+        if record.state is IdempotencyState.MISMATCH:
+            error = ErrorInfo(
+                category=ErrorCategory.UNEXPECTED,
+                message=(
+                    f"idempotency key {key!r} was already completed with a different payload; "
+                    "give the event its own idempotency_key"
+                ),
+            )
+            note("deliver", started, reason=error.message, error=error)
+            return done(DeliveryStatus.NEEDS_ACTION, error=error)
+        if record.state is IdempotencyState.IN_PROGRESS:
+            # another worker is delivering this key right now: try again after its lock
+            return done(
+                DeliveryStatus.PENDING,
+                next_attempt_at=record.locked_until or env.now() + timedelta(seconds=1),
+                count_attempt=False,
+            )
+        taken.append(key)
+
+        context = DeliveryContext(
+            delivery_id=delivery.id,
+            destination=delivery.destination,
+            idempotency_key=key,
+            attempt=delivery.attempts,
+            lease_expires_at=env.lease_until,
+        )
+        outcome = yield Call("deliver", (event, context))
+        if outcome.error is None:
+            try:
+                result = check_json(outcome.value, "result")
+                reason = None
+            except InvalidEventError as exc:
+                result = repr(outcome.value)
+                reason = f"delivered; {exc} (its repr was stored instead)"
+            note("deliver", started, reason=reason)
+            return done(DeliveryStatus.SUCCEEDED, result=result, finish=(key, fp, result))
+
+        error = _safe_classify(env.classifier, outcome.error)
+        note("deliver", started, reason=error.message, error=error)
+
+        if error.category is ErrorCategory.DUPLICATE and env.has_resolve_duplicate:
+            started = env.now()
+            hook = yield Call("resolve_duplicate", (event, outcome.error))
+            if hook.ok and hook.value is not None:
+                try:
+                    linked = check_json(hook.value, "result")
+                except InvalidEventError as exc:
+                    hook = Outcome(error=exc)
+                else:
+                    note(
+                        "resolve_duplicate",
+                        started,
+                        reason="linked to the existing record",
+                        details={"result": linked},
+                    )
+                    return done(DeliveryStatus.SUCCEEDED, result=linked, finish=(key, fp, linked))
+            if hook.ok:
+                note("resolve_duplicate", started, reason="no existing record to link to")
+                error = attrs.evolve(error, message=f"potential duplicate: {error.message}")
+            else:
+                hook_error = _safe_classify(env.classifier, hook.error)  # type: ignore[arg-type]
+                note("resolve_duplicate", started, reason=hook_error.message, error=hook_error)
+                error = attrs.evolve(
+                    error,
+                    message=(
+                        f"potential duplicate: {error.message} "
+                        f"(resolve_duplicate failed: {hook_error.message})"
+                    ),
+                )
+            return done(DeliveryStatus.NEEDS_ACTION, error=error)
+
+        if error.category is ErrorCategory.DUPLICATE:
+            error = attrs.evolve(error, message=f"potential duplicate: {error.message}")
+
+        if error.category is ErrorCategory.DATA_FORMAT and env.has_fix_data and fixes < MAX_FIXES:
+            started = env.now()
+            hook = yield Call("fix_data", (event, outcome.error))
+            fixed: Event | None = None
+            if hook.ok and hook.value is not None:
+                try:
+                    if not isinstance(hook.value, Event):
+                        kind = type(hook.value).__name__
+                        raise InvalidEventError(
+                            f"fix_data must return an Event or None, got {kind}"
+                        )
+                    fixed = check_event(hook.value)
+                    if fixed.id != event.id:
+                        raise InvalidEventError(
+                            f"fix_data changed the event id from {event.id!r} to {fixed.id!r}",
+                            field="id",
+                        )
+                    if fingerprint(fixed) == fp:
+                        raise InvalidEventError("fix_data returned the event unchanged")
+                except InvalidEventError as exc:
+                    hook = Outcome(error=exc)
+                    fixed = None
+            if fixed is not None:
+                fixes += 1
+                changed = _changed_paths(event.payload, fixed.payload)
+                new_key = revised_key(fixed, delivery.destination)
+                note(
+                    "fix_data",
+                    started,
+                    reason=f"corrected {', '.join(changed) or 'the event'}; retrying at once",
+                    details={
+                        "changed": changed,
+                        "before": {p: _at(event.payload, p) for p in changed},
+                        "after": {p: _at(fixed.payload, p) for p in changed},
+                        "idempotency_key": new_key,
+                    },
+                )
+                event, key, fp, corrected = fixed, new_key, fingerprint(fixed), True
+                begun_outcome = yield Call("idempotency_begin", (key, fp))
+                if not begun_outcome.ok:
+                    store_error = _safe_classify(env.classifier, begun_outcome.error)  # type: ignore[arg-type]
+                    return _retry_or_park(done, env, delivery, store_error)
+                record = begun_outcome.value
+                continue
+            if hook.ok:
+                note("fix_data", started, reason="no correction offered")
+            else:
+                hook_error = _safe_classify(env.classifier, hook.error)  # type: ignore[arg-type]
+                note("fix_data", started, reason=hook_error.message, error=hook_error)
+
+        return _retry_or_park(done, env, delivery, error)
+
+
+def _retry_or_park(
+    done: Callable[..., FlowResult], env: FlowEnv, delivery: Delivery, error: ErrorInfo
+) -> FlowResult:
+    if is_retryable(error.category, env.policy):
+        now = env.now()
+        decision = decide_retry(
+            env.policy,
+            attempts=delivery.attempts,
+            created_at=delivery.created_at,
+            now=now,
+            retry_after=error.retry_after,
+        )
+        if decision.retry_at is not None:
+            extra: dict[str, Any] = {}
+            if error.category is ErrorCategory.RATE_LIMITED:
+                wait = (
+                    error.retry_after if error.retry_after is not None else env.policy.initial_delay
+                )
+                wait = min(max(wait, 0.0), env.policy.max_retry_after)
+                extra = {
+                    "hold_until": now + timedelta(seconds=wait),
+                    "hold_reason": f"rate limited: {error.message}",
+                }
+            return done(
+                DeliveryStatus.RETRY_SCHEDULED,
+                error=error,
+                next_attempt_at=decision.retry_at,
+                **extra,
+            )
+        error = attrs.evolve(error, message=f"{decision.reason}; last error: {error.message}")
+        return done(DeliveryStatus.NEEDS_ACTION, error=error)
+    if error.category is ErrorCategory.PERMISSION:
+        return done(
+            DeliveryStatus.NEEDS_ACTION,
+            error=error,
+            pause=f"permission denied: {error.message}",
+        )
+    return done(DeliveryStatus.NEEDS_ACTION, error=error)
+
+
+def _at(payload: Any, path: str) -> Any:
+    value = payload
+    for part in path.split(".")[1:]:
+        if not isinstance(value, dict):
+            return None
+        value = value.get(part)
+    return value

@@ -1,0 +1,350 @@
+"""The data model: events, deliveries, audit records and run reports.
+
+Every class here is a frozen attrs value; a state change is a new value
+(``attrs.evolve``). Stores map these to rows; nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from datetime import datetime, timedelta
+from typing import Any, Union
+
+import attrs
+
+__all__ = [
+    "JSON",
+    "Attempt",
+    "Completion",
+    "Delivery",
+    "DeliveryContext",
+    "DeliveryStatus",
+    "DestinationState",
+    "ErrorCategory",
+    "ErrorInfo",
+    "Event",
+    "IdempotencyRecord",
+    "IdempotencyState",
+    "Page",
+    "QueueStats",
+    "RunReport",
+]
+
+#: A JSON value as produced by :func:`json.loads`.
+JSON = Union[dict[str, Any], list[Any], str, int, float, bool, None]  # noqa: UP007 - runtime alias on 3.10
+
+
+class DeliveryStatus(str, enum.Enum):
+    """Where a delivery is in its life.
+
+    ``PENDING -> IN_FLIGHT -> SUCCEEDED`` is the happy path;
+    ``IN_FLIGHT -> RETRY_SCHEDULED -> IN_FLIGHT`` a retry;
+    ``IN_FLIGHT -> NEEDS_ACTION`` waits for a person, who may ``retry``
+    (back to ``PENDING``), ``resolve`` (``RESOLVED``) or ``discard``
+    (``DISCARDED``). ``SUCCEEDED``, ``RESOLVED`` and ``DISCARDED`` are final.
+    """
+
+    PENDING = "pending"
+    IN_FLIGHT = "in_flight"
+    RETRY_SCHEDULED = "retry_scheduled"
+    SUCCEEDED = "succeeded"
+    NEEDS_ACTION = "needs_action"
+    RESOLVED = "resolved"
+    DISCARDED = "discarded"
+
+    @property
+    def is_final(self) -> bool:
+        """True for ``SUCCEEDED``, ``RESOLVED`` and ``DISCARDED``."""
+        return self in _FINAL
+
+    def __str__(self) -> str:
+        return self.value
+
+
+_FINAL = frozenset({DeliveryStatus.SUCCEEDED, DeliveryStatus.RESOLVED, DeliveryStatus.DISCARDED})
+
+
+class ErrorCategory(str, enum.Enum):
+    """Why a delivery failed; decides what happens next (see the error taxonomy)."""
+
+    TRANSIENT = "transient"
+    RATE_LIMITED = "rate_limited"
+    DUPLICATE = "duplicate"
+    DATA_FORMAT = "data_format"
+    MAPPING = "mapping"
+    PERMISSION = "permission"
+    UNEXPECTED = "unexpected"
+
+    @property
+    def escalates(self) -> bool:
+        """True for categories that are escalated when they need action."""
+        return self in (ErrorCategory.MAPPING, ErrorCategory.PERMISSION)
+
+    def __str__(self) -> str:
+        return self.value
+
+
+def _frozen_mapping(value: Mapping[str, Any] | None) -> dict[str, Any]:
+    return dict(value or {})
+
+
+@attrs.frozen
+class Event:
+    """Something that happened in a source system and must reach destinations.
+
+    Args:
+        id: unique id of the event in its source; submitting the same id twice
+            enqueues it once per destination.
+        type: what happened, e.g. ``"customer.created"``.
+        payload: JSON-serialisable data (checked by ``submit()``).
+        ordering_key: deliveries sharing it (per destination) are attempted
+            strictly in submission order, e.g. the customer id.
+        idempotency_key: sent to destinations; derived from the event id and
+            the destination when omitted.
+        occurred_at: when it happened (timezone-aware).
+        metadata: free-form JSON-serialisable labels (tenant, trace id ...).
+    """
+
+    id: str
+    type: str
+    payload: Any
+    ordering_key: str | None = None
+    idempotency_key: str | None = None
+    occurred_at: datetime | None = None
+    metadata: Mapping[str, Any] = attrs.field(factory=dict, converter=_frozen_mapping)
+
+
+@attrs.frozen(kw_only=True)
+class ErrorInfo:
+    """The last error of a delivery, as shown to operators."""
+
+    category: ErrorCategory
+    message: str
+    field: str | None = None
+    exception_type: str | None = None
+    retry_after: float | None = None
+
+
+@attrs.frozen(kw_only=True)
+class Delivery:
+    """One event on its way to one destination (read-only view).
+
+    ``attempts`` counts delivery attempts made (a crashed attempt counts too);
+    ``lease_token`` is the fencing token of the current claim.
+    """
+
+    id: str
+    event: Event
+    destination: str
+    status: DeliveryStatus
+    idempotency_key: str
+    attempts: int = 0
+    next_attempt_at: datetime | None = None
+    last_error: ErrorInfo | None = None
+    result: Any = None
+    created_at: datetime
+    updated_at: datetime
+    seq: int = 0
+    lease_token: int = 0
+    lease_owner: str | None = None
+    lease_expires_at: datetime | None = None
+
+    @property
+    def ordering_key(self) -> str | None:
+        """The event's ordering key."""
+        return self.event.ordering_key
+
+
+@attrs.frozen(kw_only=True)
+class DeliveryContext:
+    """What a destination's ``deliver(event, context)`` is told about the attempt."""
+
+    delivery_id: str
+    destination: str
+    idempotency_key: str
+    attempt: int
+    lease_expires_at: datetime | None = None
+
+
+@attrs.frozen(kw_only=True)
+class Attempt:
+    """One audit record: a delivery attempt, a hook call or an operator action.
+
+    Attributes:
+        action: ``"deliver"``, ``"resolve_duplicate"``, ``"fix_data"``,
+            ``"replay"`` (already done per the idempotency store),
+            ``"lease_expired"``, ``"submit"``, or an operator action
+            (``"retry"``, ``"resolve"``, ``"discard"``, ``"edit"``,
+            ``"pause"``, ``"resume"``).
+        actor: ``"worker:<id>"`` for the dispatcher, the operator's name
+            otherwise.
+        outcome: the delivery's status after the action (None for actions on a
+            destination).
+        reason: human-readable explanation (secrets redacted).
+        error: the classified error, for failed attempts.
+        details: JSON-serialisable extras (old/new values of an edit ...).
+    """
+
+    delivery_id: str | None
+    destination: str
+    action: str
+    actor: str
+    started_at: datetime
+    finished_at: datetime
+    number: int = 0
+    outcome: DeliveryStatus | None = None
+    reason: str | None = None
+    error: ErrorInfo | None = None
+    details: Mapping[str, Any] = attrs.field(factory=dict, converter=_frozen_mapping)
+    id: int | None = None
+
+    @property
+    def category(self) -> ErrorCategory | None:
+        """The error category, for failed attempts."""
+        return self.error.category if self.error else None
+
+    @property
+    def duration(self) -> timedelta:
+        """How long the action took."""
+        return self.finished_at - self.started_at
+
+
+@attrs.frozen(kw_only=True)
+class DestinationState:
+    """Whether a destination is paused (until an operator resumes it) or held
+    back until a time (after a 429 or while its circuit is open)."""
+
+    name: str
+    paused: bool = False
+    paused_reason: str | None = None
+    hold_until: datetime | None = None
+    hold_reason: str | None = None
+    updated_at: datetime | None = None
+
+
+@attrs.frozen(kw_only=True)
+class Page:
+    """One page of deliveries; pass ``next_cursor`` back for the next one."""
+
+    items: list[Delivery]
+    next_cursor: str | None = None
+
+    def __iter__(self) -> Any:
+        return iter(self.items)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+
+@attrs.frozen(kw_only=True)
+class RunReport:
+    """What one ``run_*`` call did.
+
+    ``released`` counts deliveries claimed but handed back unattempted (their
+    destination was paused or held meanwhile, or another worker held the
+    idempotency key); ``lost_lease`` counts outcomes refused because another
+    worker had claimed the delivery after our lease expired.
+    """
+
+    claimed: int = 0
+    succeeded: int = 0
+    retry_scheduled: int = 0
+    needs_action: int = 0
+    released: int = 0
+    lost_lease: int = 0
+
+    def __add__(self, other: RunReport) -> RunReport:
+        return RunReport(
+            **{
+                f.name: getattr(self, f.name) + getattr(other, f.name)
+                for f in attrs.fields(RunReport)
+            }
+        )
+
+    @property
+    def idle(self) -> bool:
+        """True when nothing was claimed."""
+        return self.claimed == 0
+
+
+# --- values exchanged with stores -------------------------------------------
+
+
+@attrs.frozen(kw_only=True)
+class Completion:
+    """The outcome of one claimed delivery, applied by ``QueueStore.complete``.
+
+    Applied only while the delivery is ``IN_FLIGHT`` under ``lease_token``
+    (fencing). ``status`` is ``SUCCEEDED``, ``RETRY_SCHEDULED``,
+    ``NEEDS_ACTION`` or ``PENDING`` (handed back unattempted, with
+    ``count_attempt=False`` so the claim does not use up the retry budget).
+    ``event`` and ``idempotency_key`` replace the stored ones when a
+    ``fix_data`` hook corrected the event.
+    """
+
+    delivery_id: str
+    lease_token: int
+    status: DeliveryStatus
+    finished_at: datetime
+    next_attempt_at: datetime | None = None
+    error: ErrorInfo | None = None
+    result: Any = None
+    event: Event | None = None
+    idempotency_key: str | None = None
+    count_attempt: bool = True
+    audit: tuple[Attempt, ...] = ()
+
+
+class IdempotencyState(str, enum.Enum):
+    """What ``IdempotencyStore.begin`` found for a key."""
+
+    NEW = "new"  # absent, expired, or abandoned: the caller now holds it
+    IN_PROGRESS = "in_progress"  # another caller holds it until ``locked_until``
+    COMPLETED = "completed"  # done before; ``result`` is the stored result
+    MISMATCH = "mismatch"  # done before with a different fingerprint
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@attrs.frozen(kw_only=True)
+class IdempotencyRecord:
+    """What an idempotency store knows about one key."""
+
+    key: str
+    state: IdempotencyState
+    fingerprint: str
+    result: Any = None
+    locked_until: datetime | None = None
+    expires_at: datetime | None = None
+
+
+@attrs.frozen(kw_only=True)
+class QueueStats:
+    """Counts for dashboards and ``Operator.stats()``.
+
+    ``by_destination[dest][status]`` counts deliveries;
+    ``needs_action[dest][category]`` counts those waiting for a person;
+    ``oldest_waiting`` is the ``created_at`` of the oldest delivery still
+    ``PENDING`` or ``RETRY_SCHEDULED``.
+    """
+
+    by_destination: Mapping[str, Mapping[DeliveryStatus, int]]
+    needs_action: Mapping[str, Mapping[ErrorCategory, int]]
+    oldest_waiting: datetime | None = None
+    destinations: Mapping[str, DestinationState] = attrs.field(factory=dict)
+
+    @property
+    def by_status(self) -> dict[DeliveryStatus, int]:
+        """Counts by status over all destinations."""
+        totals: dict[DeliveryStatus, int] = {}
+        for counts in self.by_destination.values():
+            for status, n in counts.items():
+                totals[status] = totals.get(status, 0) + n
+        return totals
+
+    @property
+    def total(self) -> int:
+        """Number of deliveries."""
+        return sum(self.by_status.values())

@@ -1,0 +1,276 @@
+"""Operator tools: see what needs a person, fix it, re-sync it, and audit it all."""
+
+from __future__ import annotations
+
+import builtins
+from collections.abc import Iterable, Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+import attrs
+
+from ._clock import SystemClock, to_seconds
+from ._errors import DeliveryNotFoundError
+from ._model import (
+    Attempt,
+    Delivery,
+    DeliveryStatus,
+    DestinationState,
+    ErrorCategory,
+    Page,
+    QueueStats,
+)
+from ._protocols import Clock, QueueStore
+
+__all__ = ["Operator", "TrendBucket"]
+
+RETRYABLE_BY_OPERATOR = frozenset(
+    {DeliveryStatus.NEEDS_ACTION, DeliveryStatus.RETRY_SCHEDULED, DeliveryStatus.DISCARDED}
+)
+RESOLVABLE = frozenset(
+    {DeliveryStatus.NEEDS_ACTION, DeliveryStatus.RETRY_SCHEDULED, DeliveryStatus.PENDING}
+)
+DISCARDABLE = RESOLVABLE
+_PAGE = 500
+
+
+@attrs.frozen(kw_only=True)
+class TrendBucket:
+    """Failed attempts in ``[start, start + bucket)``, by category."""
+
+    start: datetime
+    counts: dict[ErrorCategory, int]
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+
+def _statuses(status: Any) -> builtins.list[DeliveryStatus] | None:
+    if status is None:
+        return None
+    if isinstance(status, (str, DeliveryStatus)):
+        return [DeliveryStatus(status)]
+    return [DeliveryStatus(s) for s in status]
+
+
+def _ids(ids: str | Iterable[str]) -> builtins.list[str]:
+    if isinstance(ids, str):
+        return [ids]
+    out = list(ids)
+    for value in out:
+        if not isinstance(value, str):
+            raise TypeError(f"delivery ids are strings, got {value!r}")
+    return out
+
+
+class Operator:
+    """What the people running an integration use (the CLI is built on it).
+
+    Every action writes one audit record per delivery it changes, naming the
+    ``actor``. Actions on several ids are all-or-nothing for unknown ids (a
+    :class:`DeliveryNotFoundError` before anything changes); ids in a state
+    the action does not apply to are left alone and not returned.
+    """
+
+    def __init__(self, queue: QueueStore, clock: Clock | None = None) -> None:
+        self.queue = queue
+        self.clock: Clock = clock if clock is not None else SystemClock()
+
+    # -- reading ---------------------------------------------------------
+
+    def list(
+        self,
+        status: DeliveryStatus | str | Iterable[DeliveryStatus | str] | None = None,
+        destination: str | None = None,
+        category: ErrorCategory | str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+        since: datetime | None = None,
+    ) -> Page:
+        """Deliveries in submission order; pass ``page.next_cursor`` for more."""
+        return self.queue.list(
+            status=_statuses(status),
+            destination=destination,
+            category=ErrorCategory(category) if category is not None else None,
+            since=since,
+            limit=limit,
+            cursor=cursor,
+        )
+
+    def get(self, delivery_id: str) -> Delivery:
+        """One delivery; raises :class:`DeliveryNotFoundError`."""
+        delivery = self.queue.get(delivery_id)
+        if delivery is None:
+            raise DeliveryNotFoundError(delivery_id)
+        return delivery
+
+    def attempts(self, delivery_id: str) -> builtins.list[Attempt]:
+        """Every audit record of a delivery, oldest first."""
+        self.get(delivery_id)
+        return self.queue.attempts(delivery_id)
+
+    def stats(self) -> QueueStats:
+        """Counts by destination, status and category; paused/held destinations."""
+        return self.queue.stats()
+
+    def destinations(self) -> dict[str, DestinationState]:
+        """Destinations that are or were paused or held."""
+        return self.queue.destinations()
+
+    def recent_errors(self, limit: int = 20) -> builtins.list[Attempt]:
+        """The latest failed attempts, newest first."""
+        return self.queue.audit(errors_only=True, limit=limit)
+
+    def error_trend(
+        self, bucket: float | timedelta = timedelta(hours=1), since: datetime | None = None
+    ) -> builtins.list[TrendBucket]:
+        """Failed attempts per time bucket and category, oldest bucket first.
+
+        ``since`` defaults to 24 buckets ago; empty buckets are included so the
+        series is continuous.
+        """
+        width = timedelta(seconds=to_seconds(bucket))
+        if width <= timedelta(0):
+            raise ValueError(f"bucket must be > 0, got {bucket!r}")
+        now = self.clock.now()
+        start = since if since is not None else now - 24 * width
+        buckets: builtins.list[TrendBucket] = []
+        edge = start
+        while edge <= now:
+            buckets.append(TrendBucket(start=edge, counts={}))
+            edge += width
+        records: builtins.list[Attempt] = self.queue.audit(since=start, errors_only=True)
+        for record in records:
+            if record.error is None:
+                continue
+            index = int((record.finished_at - start) / width)
+            if 0 <= index < len(buckets):
+                counts = buckets[index].counts
+                counts[record.error.category] = counts.get(record.error.category, 0) + 1
+        return buckets
+
+    # -- acting ----------------------------------------------------------
+
+    def _audit(self, action: str, actor: str, reason: str | None, **details: Any) -> Attempt:
+        if not isinstance(actor, str) or not actor.strip():
+            raise ValueError(f"actor must name who acts, got {actor!r}")
+        now = self.clock.now()
+        return Attempt(
+            delivery_id=None,
+            destination="",
+            action=action,
+            actor=actor,
+            started_at=now,
+            finished_at=now,
+            reason=reason,
+            details={k: v for k, v in details.items() if v is not None},
+        )
+
+    def _existing(self, ids: Sequence[str]) -> None:
+        for delivery_id in ids:
+            self.get(delivery_id)
+
+    def retry(
+        self, ids: str | Iterable[str], actor: str = "operator", note: str | None = None
+    ) -> builtins.list[str]:
+        """Re-sync now: ``NEEDS_ACTION``, ``RETRY_SCHEDULED`` or ``DISCARDED``
+        deliveries become ``PENDING`` with a fresh retry budget and the same
+        idempotency key. Returns the ids that moved."""
+        wanted = _ids(ids)
+        self._existing(wanted)
+        return self.queue.transition(
+            wanted,
+            from_status=RETRYABLE_BY_OPERATOR,
+            to_status=DeliveryStatus.PENDING,
+            audit=self._audit("retry", actor, note or "re-sync requested by an operator"),
+            now=self.clock.now(),
+            reset_attempts=True,
+        )
+
+    def retry_all(
+        self,
+        status: DeliveryStatus | str | Iterable[DeliveryStatus | str] = DeliveryStatus.NEEDS_ACTION,
+        destination: str | None = None,
+        category: ErrorCategory | str | None = None,
+        actor: str = "operator",
+        note: str | None = None,
+        dry_run: bool = False,
+    ) -> builtins.list[str]:
+        """Retry every delivery matching the filters (default: all that need
+        action). With ``dry_run`` nothing changes; the ids that would move are
+        returned."""
+        statuses = [s for s in _statuses(status) or [] if s in RETRYABLE_BY_OPERATOR]
+        matching = self._matching(statuses, destination, category)
+        if dry_run:
+            return matching
+        moved: builtins.list[str] = []
+        for start in range(0, len(matching), _PAGE):
+            moved.extend(self.retry(matching[start : start + _PAGE], actor=actor, note=note))
+        return moved
+
+    def _matching(
+        self,
+        statuses: builtins.list[DeliveryStatus],
+        destination: str | None,
+        category: ErrorCategory | str | None,
+    ) -> builtins.list[str]:
+        if not statuses:
+            return []
+        ids: builtins.list[str] = []
+        cursor: str | None = None
+        while True:
+            page = self.list(statuses, destination, category, limit=_PAGE, cursor=cursor)
+            ids.extend(d.id for d in page.items)
+            if page.next_cursor is None:
+                return ids
+            cursor = page.next_cursor
+
+    def resolve(
+        self, ids: str | Iterable[str], note: str | None = None, actor: str = "operator"
+    ) -> builtins.list[str]:
+        """Mark deliveries handled outside the library (``RESOLVED``, final)."""
+        wanted = _ids(ids)
+        self._existing(wanted)
+        return self.queue.transition(
+            wanted,
+            from_status=RESOLVABLE,
+            to_status=DeliveryStatus.RESOLVED,
+            audit=self._audit("resolve", actor, note or "resolved by an operator"),
+            now=self.clock.now(),
+        )
+
+    def discard(
+        self, ids: str | Iterable[str], reason: str | None = None, actor: str = "operator"
+    ) -> builtins.list[str]:
+        """Give up on deliveries on purpose (``DISCARDED``); ``retry`` revives them."""
+        wanted = _ids(ids)
+        self._existing(wanted)
+        return self.queue.transition(
+            wanted,
+            from_status=DISCARDABLE,
+            to_status=DeliveryStatus.DISCARDED,
+            audit=self._audit("discard", actor, reason or "discarded by an operator"),
+            now=self.clock.now(),
+        )
+
+    def pause(
+        self, destination: str, reason: str | None = None, actor: str = "operator"
+    ) -> DestinationState:
+        """Stop delivering to ``destination`` until :meth:`resume`."""
+        reason = reason or f"paused by {actor}"
+        audit = attrs.evolve(self._audit("pause", actor, reason), destination=destination)
+        return self.queue.set_destination(
+            destination, now=self.clock.now(), paused=True, paused_reason=reason, audit=audit
+        )
+
+    def resume(
+        self, destination: str, actor: str = "operator", note: str | None = None
+    ) -> DestinationState:
+        """Deliver to ``destination`` again (after a pause, e.g. a new token)."""
+        audit = attrs.evolve(
+            self._audit("resume", actor, note or f"resumed by {actor}"), destination=destination
+        )
+        return self.queue.set_destination(
+            destination, now=self.clock.now(), paused=False, audit=audit
+        )

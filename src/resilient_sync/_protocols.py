@@ -1,0 +1,295 @@
+"""The four seams of the library, gathered in one place.
+
+``Source`` and ``Destination`` are what users write for their systems;
+``QueueStore`` and ``IdempotencyStore`` are what a backend implements
+(memory, SQLite and PostgreSQL ship with the library; the contract suites in
+``resilient_sync.testing`` prove a third-party store). Every store method that
+takes ``now`` must use it instead of reading a clock, so that ``FakeClock``
+drives every store deterministically. All store methods may be called
+concurrently from several threads (and, for durable stores, processes); each
+is atomic on its own: it happens entirely or not at all.
+"""
+
+from __future__ import annotations
+
+import builtins
+from collections.abc import Collection, Sequence
+from datetime import datetime
+from typing import Any, Protocol, runtime_checkable
+
+from ._model import (
+    Attempt,
+    Completion,
+    Delivery,
+    DeliveryContext,
+    DeliveryStatus,
+    DestinationState,
+    ErrorCategory,
+    Event,
+    IdempotencyRecord,
+    Page,
+    QueueStats,
+)
+
+__all__ = ["Clock", "Destination", "IdempotencyStore", "QueueStore", "Source"]
+
+
+@runtime_checkable
+class Destination(Protocol):
+    """A system that events are delivered to (a POS, a CRM, a mailing tool).
+
+    ``deliver`` may be a plain function or ``async def`` (the latter needs the
+    :class:`~resilient_sync.AsyncDispatcher`). It returns an optional
+    JSON-serialisable result (e.g. the remote id) or raises: a
+    :class:`~resilient_sync.SyncError` subclass says what went wrong, any other
+    exception goes through the classifier. It must send
+    ``context.idempotency_key`` to the remote system where the API allows, so
+    the remote side can drop a repeat of an effect it already applied.
+
+    Optional hooks, looked up by name:
+
+    - ``resolve_duplicate(event, error) -> result | None``: called on a
+      ``DUPLICATE``; return the existing record's result (e.g. its remote id)
+      to link to it and succeed, or ``None`` to leave it for a person.
+    - ``fix_data(event, error) -> Event | None``: called on a ``DATA_FORMAT``
+      error; return a corrected event (same id) to retry at once, or ``None``.
+    """
+
+    name: str
+
+    def deliver(self, event: Event, context: DeliveryContext) -> Any:
+        """Apply the event to the remote system; return an optional JSON result."""
+        ...
+
+
+@runtime_checkable
+class Source(Protocol):
+    """A pull-based reader of events with a cursor (a change feed, an outbox table).
+
+    ``read(cursor, limit)`` returns up to ``limit`` events after ``cursor``
+    (``None`` means from the start) and the cursor to pass next time. The
+    dispatcher stores the cursor in the queue store in the same transaction as
+    the events, so a restart resumes where it stopped; events already known
+    by id are skipped, so reading the same range twice is harmless.
+    """
+
+    name: str
+
+    def read(self, cursor: str | None, limit: int) -> tuple[Sequence[Event], str | None]:
+        """Return the next events and the new cursor."""
+        ...
+
+
+class Clock(Protocol):
+    """The only place that reads wall time or sleeps (``SystemClock``, ``FakeClock``)."""
+
+    def now(self) -> datetime:
+        """The current time, timezone-aware UTC."""
+        ...
+
+    def sleep(self, seconds: float) -> None:
+        """Block for ``seconds`` (a fake clock advances instead)."""
+        ...
+
+    async def asleep(self, seconds: float) -> None:
+        """Asynchronous ``sleep``."""
+        ...
+
+
+@runtime_checkable
+class QueueStore(Protocol):
+    """Durable queue of deliveries, their audit trail and source cursors.
+
+    Claims are leases with a fencing token: ``claim`` stamps each claimed
+    delivery with a new, strictly increasing ``lease_token``; ``complete``
+    applies an outcome only if the delivery is still ``IN_FLIGHT`` under that
+    token, so a worker whose lease expired (and whose delivery another worker
+    claimed since) cannot complete or reschedule it.
+    """
+
+    def enqueue(
+        self, deliveries: Sequence[Delivery], *, cursor: tuple[str, str | None] | None = None
+    ) -> builtins.list[Delivery]:
+        """Insert new deliveries in one transaction, in the given order.
+
+        A delivery whose ``(event.id, destination)`` is already stored is
+        skipped. The store assigns ``seq`` (strictly increasing submission
+        order). ``cursor=(source_name, value)`` is saved in the same
+        transaction. Returns the deliveries actually inserted, with ``seq``.
+        """
+        ...
+
+    def claim(
+        self,
+        *,
+        now: datetime,
+        limit: int,
+        lease_until: datetime,
+        worker: str,
+        destinations: Collection[str] | None = None,
+    ) -> builtins.list[Delivery]:
+        """Lease up to ``limit`` due deliveries in one transaction.
+
+        Due means ``PENDING`` or ``RETRY_SCHEDULED`` with ``next_attempt_at <=
+        now``, or ``IN_FLIGHT`` with an expired lease (``lease_expires_at <=
+        now``; the store records a ``"lease_expired"`` audit record for it).
+        Skipped: destinations not in ``destinations`` (when given), paused, or
+        held (``hold_until > now``); and any delivery with an ordering key that
+        is not the oldest (lowest ``seq``) non-final delivery of its
+        ``(destination, ordering_key)``. Claimed deliveries become
+        ``IN_FLIGHT`` with ``attempts + 1``, a new ``lease_token``,
+        ``lease_owner=worker`` and ``lease_expires_at=lease_until``, and are
+        returned oldest first. Two concurrent claims never return the same
+        delivery.
+        """
+        ...
+
+    def complete(self, completions: Sequence[Completion]) -> builtins.list[bool]:
+        """Apply outcomes in one transaction; fenced by ``lease_token``.
+
+        For each completion whose delivery is ``IN_FLIGHT`` with that token:
+        set status, ``next_attempt_at``, ``last_error`` (kept when
+        ``error`` is None and status is not ``SUCCEEDED``), ``result``, the
+        replacement ``event``/``idempotency_key``, clear the lease, undo the
+        claim's attempt increment when ``count_attempt`` is False, and append
+        the ``audit`` records. Returns, per completion, whether it applied;
+        refused ones change nothing.
+        """
+        ...
+
+    def get(self, delivery_id: str) -> Delivery | None:
+        """The delivery, or None."""
+        ...
+
+    def list(
+        self,
+        *,
+        status: Collection[DeliveryStatus] | None = None,
+        destination: str | None = None,
+        category: ErrorCategory | None = None,
+        since: datetime | None = None,
+        limit: int = 100,
+        cursor: str | None = None,
+    ) -> Page:
+        """Deliveries in submission order, filtered and paged.
+
+        ``category`` filters on ``last_error``; ``since`` on ``updated_at``.
+        ``cursor`` is an opaque string from a previous page's ``next_cursor``.
+        """
+        ...
+
+    def attempts(self, delivery_id: str) -> builtins.list[Attempt]:
+        """The audit records of one delivery, oldest first."""
+        ...
+
+    def audit(
+        self, *, since: datetime | None = None, errors_only: bool = False, limit: int | None = None
+    ) -> builtins.list[Attempt]:
+        """Audit records of every delivery and destination, newest first."""
+        ...
+
+    def transition(
+        self,
+        ids: Sequence[str],
+        *,
+        from_status: Collection[DeliveryStatus],
+        to_status: DeliveryStatus,
+        audit: Attempt,
+        now: datetime,
+        reset_attempts: bool = False,
+        event: Event | None = None,
+        idempotency_key: str | None = None,
+    ) -> builtins.list[str]:
+        """Operator action, in one transaction.
+
+        Each delivery in ``ids`` whose status is in ``from_status`` moves to
+        ``to_status`` (``next_attempt_at`` = ``now`` for ``PENDING``, else
+        None), with ``attempts`` reset to 0 when asked, ``event`` and
+        ``idempotency_key`` replaced when given, and a copy of ``audit`` whose
+        ``delivery_id``, ``destination`` and ``outcome`` are filled in. Returns
+        the ids that moved, in the given order.
+        """
+        ...
+
+    def set_destination(
+        self,
+        name: str,
+        *,
+        now: datetime,
+        paused: bool | None = None,
+        paused_reason: str | None = None,
+        hold_until: datetime | None = None,
+        hold_reason: str | None = None,
+        audit: Attempt | None = None,
+    ) -> DestinationState:
+        """Pause/resume a destination (``paused``) or hold it back until a time.
+
+        ``paused=None`` leaves the pause as is; a ``hold_until`` only ever
+        extends the current hold. The audit record (if any) is written in the
+        same transaction. Returns the new state.
+        """
+        ...
+
+    def destinations(self) -> dict[str, DestinationState]:
+        """The state of every destination that was ever paused or held."""
+        ...
+
+    def get_cursor(self, source: str) -> str | None:
+        """The saved cursor of a source, or None."""
+        ...
+
+    def stats(self) -> QueueStats:
+        """Counts by destination, status and category."""
+        ...
+
+    def next_due(self) -> datetime | None:
+        """The earliest time a non-final delivery may become claimable
+        (``next_attempt_at``, ``lease_expires_at``), or None if none is waiting."""
+        ...
+
+    def close(self) -> None:
+        """Release connections; idempotent."""
+        ...
+
+
+@runtime_checkable
+class IdempotencyStore(Protocol):
+    """Remembers which idempotency keys were completed, and with what result.
+
+    The dispatcher calls ``begin`` before delivering, ``finish`` after a
+    success (before completing the delivery in the queue store), and
+    ``release`` after a failure. All three take batches and are atomic per
+    call.
+    """
+
+    def begin(
+        self, entries: Sequence[tuple[str, str]], *, now: datetime, lock_until: datetime
+    ) -> builtins.list[IdempotencyRecord]:
+        """For each ``(key, fingerprint)``, atomically:
+
+        - absent, completed but expired (``expires_at <= now``), or in progress
+          with an expired lock: take it (in progress until ``lock_until``),
+          state ``NEW``;
+        - in progress with a live lock: ``IN_PROGRESS`` (nothing changes);
+        - completed, same fingerprint: ``COMPLETED`` with the stored result;
+        - completed, different fingerprint: ``MISMATCH``.
+        """
+        ...
+
+    def finish(
+        self, entries: Sequence[tuple[str, str, Any]], *, now: datetime, expires_at: datetime
+    ) -> None:
+        """Mark each ``(key, fingerprint, result)`` completed until ``expires_at``."""
+        ...
+
+    def release(self, keys: Sequence[str]) -> None:
+        """Forget in-progress keys (the attempt failed); completed keys stay."""
+        ...
+
+    def get(self, key: str, *, now: datetime) -> IdempotencyRecord | None:
+        """The record of a key (``NEW`` never appears), or None if absent or expired."""
+        ...
+
+    def close(self) -> None:
+        """Release connections; idempotent."""
+        ...

@@ -1,0 +1,67 @@
+#!/usr/bin/env python3
+"""Developer entry points that work on a fresh machine with only Python 3.10+.
+
+    python3 tasks.py demo    # the main job: the demo on the embedded SQLite default
+    python3 tasks.py test    # the whole test suite
+    python3 tasks.py lint    # ruff and mypy --strict
+    python3 tasks.py bench   # the benchmarks under bench/
+
+Each command creates ``.venv`` (once) and installs the package with its
+``dev`` and ``postgres`` extras into it, so nothing else has to be set up.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+VENV = ROOT / ".venv"
+BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
+PY = BIN / ("python.exe" if os.name == "nt" else "python")
+STAMP = VENV / ".installed"
+
+
+def ensure_venv() -> None:
+    if sys.version_info < (3, 10):
+        sys.exit(f"resilient_sync needs Python 3.10+, this is {sys.version.split()[0]}")
+    if not PY.exists():
+        print("creating .venv ...", flush=True)
+        venv.EnvBuilder(with_pip=True).create(VENV)
+    marker = (ROOT / "pyproject.toml").stat().st_mtime_ns
+    if not STAMP.exists() or STAMP.read_text() != str(marker):
+        print("installing resilient-sync[dev,postgres] into .venv ...", flush=True)
+        run([str(PY), "-m", "pip", "install", "-q", "-e", f"{ROOT}[dev,postgres]"])
+        STAMP.write_text(str(marker))
+
+
+def run(cmd: list[str]) -> None:
+    result = subprocess.run(cmd, cwd=ROOT, check=False)
+    if result.returncode != 0:
+        sys.exit(result.returncode)
+
+
+def main(argv: list[str]) -> None:
+    if not argv or argv[0] not in {"demo", "test", "lint", "bench"}:
+        sys.exit(__doc__)
+    command, rest = argv[0], argv[1:]
+    ensure_venv()
+    if command == "demo":
+        run([str(PY), "-m", "resilient_sync", "demo", *rest])
+    elif command == "test":
+        run([str(PY), "-m", "pytest", *rest])
+    elif command == "lint":
+        run([str(PY), "-m", "ruff", "check", "src", "tests", "bench", "docs", "tasks.py"])
+        run([str(PY), "-m", "ruff", "format", "--check", "src"])
+        run([str(PY), "-m", "mypy", "--strict"])
+        run([str(PY), "-m", "mypy", "--strict", "tests/typing"])
+    else:
+        for script in sorted((ROOT / "bench").glob("bench_*.py")):
+            run([str(PY), str(script), *rest])
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
