@@ -41,6 +41,7 @@ from ._model import (
     Completion,
     Delivery,
     DeliveryStatus,
+    DispatchEvent,
     ErrorCategory,
     Event,
     IdempotencyRecord,
@@ -57,10 +58,17 @@ logger = logging.getLogger("resilient_sync")
 #: Called with each delivery that just entered NEEDS_ACTION (may be ``async``
 #: with the AsyncDispatcher).
 NeedsActionHook = Callable[[Delivery], Any]
+#: Called with every DispatchEvent (metrics, tracing); must be quick and not raise.
+EventHook = Callable[[DispatchEvent], None]
 
 
 def _worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+def _tx(transaction: Any) -> dict[str, Any]:
+    """Pass ``transaction`` on only when given, so stores without it still work."""
+    return {} if transaction is None else {"transaction": transaction}
 
 
 class _BaseDispatcher:
@@ -83,6 +91,7 @@ class _BaseDispatcher:
         worker_id: str | None = None,
         on_needs_action: NeedsActionHook | None = None,
         circuit: CircuitBreaker | None = None,
+        on_event: EventHook | None = None,
     ) -> None:
         if isinstance(destinations, Mapping):
             items = list(destinations.items())
@@ -116,6 +125,7 @@ class _BaseDispatcher:
             raise ValueError("lease and poll_interval must be > 0")
         self.worker_id = worker_id or _worker_id()
         self.on_needs_action = on_needs_action
+        self.on_event = on_event
         self.circuits = Circuits(
             {
                 name: getattr(dest, "circuit_breaker", None) or circuit
@@ -190,6 +200,9 @@ class _BaseDispatcher:
         now = self.clock.now()
         updates: list[dict[str, Any]] = []
         if result.pause:
+            self._emit(
+                DispatchEvent(kind="paused", destination=delivery.destination, reason=result.pause)
+            )
             updates.append(
                 {
                     "now": now,
@@ -200,6 +213,11 @@ class _BaseDispatcher:
             )
         if result.hold_until is not None:
             reason = result.hold_reason or "held back"
+            self._emit(
+                DispatchEvent(
+                    kind=result.hold_action, destination=delivery.destination, reason=reason
+                )
+            )
             updates.append(
                 {
                     "now": now,
@@ -263,13 +281,14 @@ class _BaseDispatcher:
         return finish, release, [r.completion for r in results]
 
     def _report(
-        self, claimed: int, results: Sequence[FlowResult], applied: Sequence[bool]
+        self, claimed: Sequence[Delivery], results: Sequence[FlowResult], applied: Sequence[bool]
     ) -> tuple[RunReport, list[str]]:
         counts = {"succeeded": 0, "retry_scheduled": 0, "needs_action": 0, "released": 0}
         lost = 0
         needs_action: list[str] = []
-        for result, ok in zip(results, applied, strict=True):
+        for delivery, result, ok in zip(claimed, results, applied, strict=True):
             completion = result.completion
+            self._emit_outcome(delivery, completion, applied=ok)
             if not ok:
                 lost += 1
                 logger.warning(
@@ -290,7 +309,39 @@ class _BaseDispatcher:
             else:
                 counts["released"] += 1
             self._log(completion)
-        return RunReport(claimed=claimed, lost_lease=lost, **counts), needs_action
+        return RunReport(claimed=len(claimed), lost_lease=lost, **counts), needs_action
+
+    def _emit(self, event: DispatchEvent) -> None:
+        if self.on_event is None:
+            return
+        try:
+            self.on_event(event)
+        except Exception:
+            logger.exception("on_event hook failed for %s", event)
+
+    def _emit_outcome(self, delivery: Delivery, completion: Completion, *, applied: bool) -> None:
+        if self.on_event is None:
+            return
+        records = completion.audit
+        duration = (
+            (records[-1].finished_at - records[0].started_at).total_seconds() if records else None
+        )
+        kind = completion.status.value
+        if not applied:
+            kind = "lost_lease"
+        elif completion.status is DeliveryStatus.PENDING:
+            kind = "released"
+        self._emit(
+            DispatchEvent(
+                kind=kind,
+                destination=delivery.destination,
+                delivery_id=completion.delivery_id,
+                attempt=delivery.attempts,
+                category=completion.error.category if completion.error else None,
+                duration=duration,
+                reason=completion.error.message if completion.error else None,
+            )
+        )
 
     def _log(self, completion: Completion) -> None:
         error = completion.error
@@ -348,6 +399,12 @@ class Dispatcher(_BaseDispatcher):
         worker_id: names this worker in leases and the audit trail.
         on_needs_action: called with each delivery that just entered
             ``NEEDS_ACTION`` (escalation; exceptions are logged, never lost).
+        circuit: circuit breaker settings for destinations that bring none
+            of their own (a destination's ``circuit_breaker`` attribute wins);
+            None: no circuit breaker.
+        on_event: called with a :class:`DispatchEvent` for every outcome and
+            destination change (metrics: count by ``kind`` and ``category``,
+            time with ``duration``). Exceptions are logged, never raised.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -361,21 +418,29 @@ class Dispatcher(_BaseDispatcher):
 
     # -- submission -------------------------------------------------------
 
-    def submit(self, event: Event, to: str | Sequence[str] | None = None) -> list[Delivery]:
+    def submit(
+        self, event: Event, to: str | Sequence[str] | None = None, *, transaction: Any = None
+    ) -> list[Delivery]:
         """Enqueue ``event`` for every destination (or those named in ``to``).
 
         Durable once it returns (for durable stores). Raises
         :class:`InvalidEventError` naming the offending field, with nothing
         enqueued. Returns the new deliveries: an event id already submitted to
         a destination is not enqueued again (an empty list when all were).
+        ``transaction`` joins the caller's own transaction where the store
+        supports it (the outbox pattern; see ``QueueStore.enqueue``).
         """
-        return self.queue.enqueue(self._plan([event], to))
+        return self.queue.enqueue(self._plan([event], to), **_tx(transaction))
 
     def submit_many(
-        self, events: Iterable[Event], to: str | Sequence[str] | None = None
+        self,
+        events: Iterable[Event],
+        to: str | Sequence[str] | None = None,
+        *,
+        transaction: Any = None,
     ) -> list[Delivery]:
         """Enqueue many events in one transaction: all of them, or none."""
-        return self.queue.enqueue(self._plan(list(events), to))
+        return self.queue.enqueue(self._plan(list(events), to), **_tx(transaction))
 
     def pull(
         self, source: Source, *, limit: int = 100, to: str | Sequence[str] | None = None
@@ -430,7 +495,7 @@ class Dispatcher(_BaseDispatcher):
                 results = list(pool.map(one, pairs))
         else:
             results = [one(p) for p in pairs]
-        return self._commit(len(claimed), results)
+        return self._commit(claimed, results)
 
     def _drive(
         self, delivery: Delivery, record: IdempotencyRecord, lease_until: datetime
@@ -465,7 +530,7 @@ class Dispatcher(_BaseDispatcher):
             self.queue.set_destination(delivery.destination, **update)
         self._halt(result, delivery, halted)
 
-    def _commit(self, claimed: int, results: list[FlowResult]) -> RunReport:
+    def _commit(self, claimed: list[Delivery], results: list[FlowResult]) -> RunReport:
         finish, release, completions = self._settle(results)
         now = self.clock.now()
         if finish:
@@ -518,10 +583,13 @@ class Dispatcher(_BaseDispatcher):
                 logger.exception("store error; retrying in %.1fs", self.poll_interval)
                 wait = self.poll_interval
             if wait > 0:
-                if real_time:
-                    stop.wait(wait)
-                else:
+                waiter = getattr(self.queue, "wait_for_work", None)
+                if not real_time:
                     self.clock.sleep(wait)
+                elif waiter is not None:
+                    waiter(wait)
+                else:
+                    stop.wait(wait)
         return total
 
 
@@ -536,18 +604,24 @@ class AsyncDispatcher(_BaseDispatcher):
     async def _io(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
         return await asyncio.to_thread(fn, *args, **kwargs)
 
-    async def submit(self, event: Event, to: str | Sequence[str] | None = None) -> list[Delivery]:
+    async def submit(
+        self, event: Event, to: str | Sequence[str] | None = None, *, transaction: Any = None
+    ) -> list[Delivery]:
         """See :meth:`Dispatcher.submit`."""
         plan = self._plan([event], to)
-        result: list[Delivery] = await self._io(self.queue.enqueue, plan)
+        result: list[Delivery] = await self._io(self.queue.enqueue, plan, **_tx(transaction))
         return result
 
     async def submit_many(
-        self, events: Iterable[Event], to: str | Sequence[str] | None = None
+        self,
+        events: Iterable[Event],
+        to: str | Sequence[str] | None = None,
+        *,
+        transaction: Any = None,
     ) -> list[Delivery]:
         """See :meth:`Dispatcher.submit_many`."""
         plan = self._plan(list(events), to)
-        result: list[Delivery] = await self._io(self.queue.enqueue, plan)
+        result: list[Delivery] = await self._io(self.queue.enqueue, plan, **_tx(transaction))
         return result
 
     async def pull(
@@ -600,7 +674,7 @@ class AsyncDispatcher(_BaseDispatcher):
         results = list(
             await asyncio.gather(*(one(d, r) for d, r in zip(claimed, records, strict=True)))
         )
-        return await self._commit(len(claimed), results)
+        return await self._commit(claimed, results)
 
     async def _drive(
         self, delivery: Delivery, record: IdempotencyRecord, lease_until: datetime
@@ -645,7 +719,7 @@ class AsyncDispatcher(_BaseDispatcher):
             await self._io(self.queue.set_destination, delivery.destination, **update)
         self._halt(result, delivery, halted)
 
-    async def _commit(self, claimed: int, results: list[FlowResult]) -> RunReport:
+    async def _commit(self, claimed: list[Delivery], results: list[FlowResult]) -> RunReport:
         finish, release, completions = self._settle(results)
         now = self.clock.now()
         if finish:
@@ -698,11 +772,14 @@ class AsyncDispatcher(_BaseDispatcher):
                 logger.exception("store error; retrying in %.1fs", self.poll_interval)
                 wait = self.poll_interval
             if wait > 0:
-                if real_time:
+                waiter = getattr(self.queue, "wait_for_work", None)
+                if not real_time:
+                    await self.clock.asleep(wait)
+                elif waiter is not None:
+                    await self._io(waiter, wait)
+                else:
                     with contextlib.suppress(asyncio.TimeoutError):
                         await asyncio.wait_for(stop.wait(), timeout=wait)
-                else:
-                    await self.clock.asleep(wait)
             else:
                 await asyncio.sleep(0)
         return total

@@ -21,6 +21,7 @@ __all__ = [
     "DeliveryContext",
     "DeliveryStatus",
     "DestinationState",
+    "DispatchEvent",
     "ErrorCategory",
     "ErrorInfo",
     "Event",
@@ -208,6 +209,25 @@ class Attempt:
     def duration(self) -> timedelta:
         """How long the action took."""
         return self.finished_at - self.started_at
+
+
+@attrs.frozen(kw_only=True)
+class DispatchEvent:
+    """What a dispatcher tells its ``on_event`` hook (metrics, tracing, alerts).
+
+    ``kind`` is a delivery outcome (``"succeeded"``, ``"retry_scheduled"``,
+    ``"needs_action"``, ``"released"``, ``"lost_lease"``) or a destination
+    change (``"paused"``, ``"rate_limited"``, ``"circuit_open"``).
+    ``duration`` is the seconds the attempt took (hooks included).
+    """
+
+    kind: str
+    destination: str
+    delivery_id: str | None = None
+    attempt: int = 0
+    category: ErrorCategory | None = None
+    duration: float | None = None
+    reason: str | None = None
 
 
 @attrs.frozen(kw_only=True)

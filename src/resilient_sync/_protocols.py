@@ -108,7 +108,11 @@ class QueueStore(Protocol):
     """
 
     def enqueue(
-        self, deliveries: Sequence[Delivery], *, cursor: tuple[str, str | None] | None = None
+        self,
+        deliveries: Sequence[Delivery],
+        *,
+        cursor: tuple[str, str | None] | None = None,
+        transaction: Any = None,
     ) -> builtins.list[Delivery]:
         """Insert new deliveries in one transaction, in the given order.
 
@@ -116,6 +120,11 @@ class QueueStore(Protocol):
         skipped. The store assigns ``seq`` (strictly increasing submission
         order). ``cursor=(source_name, value)`` is saved in the same
         transaction. Returns the deliveries actually inserted, with ``seq``.
+
+        ``transaction`` is a store-specific handle on the caller's own open
+        transaction (e.g. a psycopg connection): the rows are written in it
+        and commit or roll back with it (the transactional outbox). A store
+        that cannot join the given handle raises ``TypeError`` naming it.
         """
         ...
 
@@ -250,6 +259,12 @@ class QueueStore(Protocol):
     def close(self) -> None:
         """Release connections; idempotent."""
         ...
+
+    # Optional, looked up with getattr by the dispatcher:
+    #   wait_for_work(timeout: float) -> None
+    # blocks up to ``timeout`` seconds but returns as soon as new or newly due
+    # work may exist (PostgreSQL: LISTEN/NOTIFY). Without it, an idle
+    # ``run_forever`` sleeps until the next due time or ``poll_interval``.
 
 
 @runtime_checkable

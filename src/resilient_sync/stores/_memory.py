@@ -56,8 +56,17 @@ class MemoryQueueStore:
         self._audit.append(attrs.evolve(record, id=next(self._audit_ids)))
 
     def enqueue(
-        self, deliveries: Sequence[Delivery], *, cursor: tuple[str, str | None] | None = None
+        self,
+        deliveries: Sequence[Delivery],
+        *,
+        cursor: tuple[str, str | None] | None = None,
+        transaction: Any = None,
     ) -> builtins.list[Delivery]:
+        if transaction is not None:
+            raise TypeError(
+                f"MemoryQueueStore cannot join a transaction (got {type(transaction).__name__}); "
+                "use PostgresQueueStore for the transactional outbox"
+            )
         with self._lock:
             inserted: builtins.list[Delivery] = []
             for delivery in deliveries:
