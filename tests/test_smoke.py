@@ -9,7 +9,11 @@ def test_event_survives_two_outages_and_arrives_once() -> None:
     clock = FakeClock()
     pos = FlakyDestination("pos", [RetryableError("down"), RetryableError("down")])
     dispatcher = Dispatcher(
-        MemoryQueueStore(), MemoryIdempotencyStore(), [pos], retry=RetryPolicy(jitter=False), clock=clock
+        MemoryQueueStore(),
+        MemoryIdempotencyStore(),
+        [pos],
+        retry=RetryPolicy(jitter=False),
+        clock=clock,
     )
     dispatcher.submit(Event("c1", "customer.created", {"email": "ada@example.com"}))
     for _ in range(3):

@@ -35,6 +35,13 @@ def _cool_off(value: float | timedelta) -> float:
 class CircuitBreaker:
     """Settings of the per-destination circuit breaker (``Dispatcher(circuit=...)``).
 
+    Off unless given, to the dispatcher or as a destination's
+    ``circuit_breaker`` attribute. Only TRANSIENT failures count (not 429s,
+    which hold the destination on their own, nor UNEXPECTED errors); any
+    other outcome closes the circuit. Each dispatcher counts failures in its
+    own memory; the hold it sets when the circuit opens is in the queue
+    store, so every worker and the operator see it.
+
     Args:
         threshold: consecutive TRANSIENT failures that open the circuit.
         cool_off: how long an open circuit holds the destination back
@@ -87,6 +94,13 @@ class Circuits:
                 return False
             self._states[destination] = attrs.evolve(state, probing=True)
             return True
+
+    def cancel_probe(self, destination: str) -> None:
+        """The admitted delivery was handed back unattempted: free the probe slot."""
+        with self._lock:
+            state = self._states.get(destination)
+            if state is not None and state.probing:
+                self._states[destination] = attrs.evolve(state, probing=False)
 
     def success(self, destination: str) -> None:
         """The destination answered (any non-transient outcome): close the circuit."""

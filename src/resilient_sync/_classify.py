@@ -132,6 +132,12 @@ class Classifier:
     (status errors by DESIGN.md's table, timeouts and network errors as
     TRANSIENT), ``TimeoutError``/``ConnectionError`` as TRANSIENT, anything
     else UNEXPECTED.
+
+    A rule returns a category (the redacted message is then taken from the
+    exception, and ``field``/``retry_after`` from a ``SyncError``) or a complete
+    :class:`~resilient_sync.ErrorInfo`, which is used as it is (redact its
+    message yourself). A rule that raises makes the error UNEXPECTED, with
+    both exceptions in the message.
     """
 
     def __init__(

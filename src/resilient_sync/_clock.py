@@ -23,13 +23,16 @@ class SystemClock:
     """The real clock: ``now()`` is timezone-aware UTC."""
 
     def now(self) -> datetime:
+        """The current time, timezone-aware UTC."""
         return datetime.now(timezone.utc)
 
     def sleep(self, seconds: float) -> None:
+        """Block the thread for ``seconds`` (nothing for 0 or less)."""
         if seconds > 0:
             time.sleep(seconds)
 
     async def asleep(self, seconds: float) -> None:
+        """Wait ``seconds`` without blocking the event loop."""
         await asyncio.sleep(max(0.0, seconds))
 
     def __repr__(self) -> str:
@@ -56,11 +59,13 @@ class FakeClock:
         self._lock = threading.Lock()
 
     def now(self) -> datetime:
+        """The fake current time (timezone-aware UTC); 2024-01-01 00:00 UTC
+        unless another ``start`` was given."""
         with self._lock:
             return self._now
 
     def advance(self, seconds: float | timedelta) -> None:
-        """Move the clock forward."""
+        """Move the clock forward by ``seconds`` (a number or a timedelta)."""
         delta = to_seconds(seconds)
         if delta < 0:
             raise ValueError(f"a clock cannot go backwards (advance({seconds!r}))")
@@ -77,10 +82,12 @@ class FakeClock:
             self._now = when.astimezone(timezone.utc)
 
     def sleep(self, seconds: float) -> None:
+        """Advance the clock by ``seconds`` at once, without blocking."""
         if seconds > 0:
             self.advance(seconds)
 
     async def asleep(self, seconds: float) -> None:
+        """Advance the clock by ``seconds``, then yield to the event loop once."""
         self.sleep(seconds)
         await asyncio.sleep(0)
 

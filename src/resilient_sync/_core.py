@@ -9,6 +9,7 @@ plain calls, the async one awaits; neither decides anything on its own.
 
 from __future__ import annotations
 
+import copy
 import uuid
 from collections.abc import Callable, Generator
 from datetime import datetime, timedelta
@@ -47,6 +48,11 @@ __all__ = [
 _KEY_NAMESPACE = uuid.UUID("8d0c52f4-5d0b-4c1e-9d55-2f7f6b3f9a11")
 #: How many corrected events a ``fix_data`` hook may produce in one claim.
 MAX_FIXES = 3
+#: A ``resolve_duplicate`` hook failing with these is retried (or pauses the
+#: destination) like a failed attempt, instead of parking the delivery.
+_PASSING = frozenset(
+    {ErrorCategory.TRANSIENT, ErrorCategory.RATE_LIMITED, ErrorCategory.PERMISSION}
+)
 
 
 def base_key(event: Event, destination: str) -> str:
@@ -59,6 +65,16 @@ def base_key(event: Event, destination: str) -> str:
     if event.idempotency_key:
         return event.idempotency_key
     return str(uuid.uuid5(_KEY_NAMESPACE, f"{destination}\x00{event.id}"))
+
+
+def store_key(destination: str, key: str) -> str:
+    """The key under which the idempotency store remembers ``key``.
+
+    Namespaced by destination: an event given its own ``idempotency_key``
+    and sent to two destinations is delivered to each, not replayed from the
+    other's record.
+    """
+    return f"{destination}\x1f{key}"
 
 
 def revised_key(event: Event, destination: str) -> str:
@@ -142,7 +158,7 @@ class FlowResult:
     """What one flow decided."""
 
     completion: Completion
-    #: (key, fingerprint, result) to mark completed in the idempotency store
+    #: (store key, fingerprint, result) to mark completed in the idempotency store
     finish: tuple[str, str, Any] | None = None
     #: keys this flow took in the idempotency store (released unless finished)
     taken: tuple[str, ...] = ()
@@ -167,6 +183,32 @@ def _safe_classify(classifier: Classifier, exc: Exception) -> ErrorInfo:
             ),
             exception_type=type(exc).__name__,
         )
+
+
+def _handed(event: Event) -> Event:
+    """The copy a destination or hook receives: changing its payload in place
+    cannot change the queued event (as with a durable store)."""
+    return Event(
+        event.id,
+        event.type,
+        _json_copy(event.payload),
+        event.ordering_key,
+        event.idempotency_key,
+        event.occurred_at,
+        _json_copy(dict(event.metadata)),
+    )
+
+
+def _json_copy(value: Any) -> Any:
+    """A deep copy of checked JSON data (dicts and lists are copied, the rest
+    is immutable); several times faster than ``copy.deepcopy`` on the hot path."""
+    if isinstance(value, dict):
+        return {key: _json_copy(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_json_copy(item) for item in value]
+    if value is None or isinstance(value, (str, int, float)):  # bool is an int
+        return value
+    return copy.deepcopy(value)  # not JSON (enqueued without submit()): copy it anyway
 
 
 def _changed_paths(old: Any, new: Any, path: str = "payload") -> list[str]:
@@ -263,7 +305,19 @@ def delivery_flow(
                 next_attempt_at=record.locked_until or env.now() + timedelta(seconds=1),
                 count_attempt=False,
             )
-        taken.append(key)
+        taken.append(store_key(delivery.destination, key))
+        if delivery.attempts > env.policy.max_attempts:
+            # the budget went on claims that never recorded an outcome (a poison
+            # event that kills its worker): stop here instead of crashing forever
+            error = ErrorInfo(
+                category=ErrorCategory.UNEXPECTED,
+                message=(
+                    f"retries exhausted: {delivery.attempts - 1} attempts, the last without "
+                    "a recorded outcome (the worker crashed or stalled); not attempted again"
+                ),
+            )
+            note("give_up", started, reason=error.message, error=error)
+            return done(DeliveryStatus.NEEDS_ACTION, error=error, count_attempt=False)
 
         context = DeliveryContext(
             delivery_id=delivery.id,
@@ -272,7 +326,7 @@ def delivery_flow(
             attempt=delivery.attempts,
             lease_expires_at=env.lease_until,
         )
-        outcome = yield Call("deliver", (event, context))
+        outcome = yield Call("deliver", (_handed(event), context))
         if outcome.error is None:
             try:
                 result = check_json(outcome.value, "result")
@@ -281,14 +335,18 @@ def delivery_flow(
                 result = repr(outcome.value)
                 reason = f"delivered; {exc} (its repr was stored instead)"
             note("deliver", started, reason=reason)
-            return done(DeliveryStatus.SUCCEEDED, result=result, finish=(key, fp, result))
+            return done(
+                DeliveryStatus.SUCCEEDED,
+                result=result,
+                finish=(store_key(delivery.destination, key), fp, result),
+            )
 
         error = _safe_classify(env.classifier, outcome.error)
         note("deliver", started, reason=error.message, error=error)
 
         if error.category is ErrorCategory.DUPLICATE and env.has_resolve_duplicate:
             started = env.now()
-            hook = yield Call("resolve_duplicate", (event, outcome.error))
+            hook = yield Call("resolve_duplicate", (_handed(event), outcome.error))
             if hook.ok and hook.value is not None:
                 try:
                     linked = check_json(hook.value, "result")
@@ -301,13 +359,21 @@ def delivery_flow(
                         reason="linked to the existing record",
                         details={"result": linked},
                     )
-                    return done(DeliveryStatus.SUCCEEDED, result=linked, finish=(key, fp, linked))
+                    return done(
+                        DeliveryStatus.SUCCEEDED,
+                        result=linked,
+                        finish=(store_key(delivery.destination, key), fp, linked),
+                    )
             if hook.ok:
                 note("resolve_duplicate", started, reason="no existing record to link to")
                 error = attrs.evolve(error, message=f"potential duplicate: {error.message}")
             else:
                 hook_error = _safe_classify(env.classifier, hook.error)  # type: ignore[arg-type]
                 note("resolve_duplicate", started, reason=hook_error.message, error=hook_error)
+                if hook_error.category in _PASSING:
+                    # the lookup failed for a passing reason (a 503, a 429, a revoked token):
+                    # retry (or pause) as for a failed attempt; nobody has decided anything yet
+                    return _retry_or_park(done, env, delivery, hook_error)
                 error = attrs.evolve(
                     error,
                     message=(
@@ -322,7 +388,7 @@ def delivery_flow(
 
         if error.category is ErrorCategory.DATA_FORMAT and env.has_fix_data and fixes < MAX_FIXES:
             started = env.now()
-            hook = yield Call("fix_data", (event, outcome.error))
+            hook = yield Call("fix_data", (_handed(event), outcome.error))
             fixed: Event | None = None
             if hook.ok and hook.value is not None:
                 try:
@@ -358,7 +424,9 @@ def delivery_flow(
                     },
                 )
                 event, key, fp, corrected = fixed, new_key, fingerprint(fixed), True
-                begun_outcome = yield Call("idempotency_begin", (key, fp))
+                begun_outcome = yield Call(
+                    "idempotency_begin", (store_key(delivery.destination, key), fp)
+                )
                 if not begun_outcome.ok:
                     store_error = _safe_classify(env.classifier, begun_outcome.error)  # type: ignore[arg-type]
                     return _retry_or_park(done, env, delivery, store_error)

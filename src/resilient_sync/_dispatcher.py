@@ -33,6 +33,7 @@ from ._core import (
     delivery_flow,
     new_delivery,
     released,
+    store_key,
 )
 from ._errors import InvalidEventError, StoreError
 from ._json import check_event, fingerprint
@@ -64,6 +65,25 @@ EventHook = Callable[[DispatchEvent], None]
 
 def _worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+#: The ``extra`` fields of every per-delivery log record (a stable set, for
+#: structured handlers): None where not applicable.
+LOG_FIELDS = ("delivery_id", "event_id", "destination", "attempt", "status", "category")
+
+
+def _log_fields(delivery: Delivery, completion: Completion | None = None) -> dict[str, Any]:
+    """The :data:`LOG_FIELDS` of a delivery (after ``completion``, when given)."""
+    error = completion.error if completion is not None else delivery.last_error
+    status = completion.status if completion is not None else delivery.status
+    return {
+        "delivery_id": delivery.id,
+        "event_id": delivery.event.id,
+        "destination": delivery.destination,
+        "attempt": delivery.attempts,
+        "status": status.value,
+        "category": error.category.value if error is not None else None,
+    }
 
 
 def _tx(transaction: Any) -> dict[str, Any]:
@@ -139,6 +159,9 @@ class _BaseDispatcher:
         if to is None:
             return list(self.destinations)
         names = [to] if isinstance(to, str) else list(to)
+        if not names:
+            # an empty to= would drop the event without a word
+            raise ValueError("to= names no destination; pass None for all of them")
         for name in names:
             if name not in self.destinations:
                 known = ", ".join(sorted(self.destinations))
@@ -187,7 +210,9 @@ class _BaseDispatcher:
         }
 
     def _idempotency_entries(self, claimed: Sequence[Delivery]) -> list[tuple[str, str]]:
-        return [(d.idempotency_key, fingerprint(d.event)) for d in claimed]
+        return [
+            (store_key(d.destination, d.idempotency_key), fingerprint(d.event)) for d in claimed
+        ]
 
     def _halt(self, result: FlowResult, delivery: Delivery, halted: dict[str, str]) -> None:
         """Remember (for the rest of this batch) that a destination stopped."""
@@ -200,6 +225,12 @@ class _BaseDispatcher:
         now = self.clock.now()
         updates: list[dict[str, Any]] = []
         if result.pause:
+            logger.error(
+                "destination %s paused until an operator resumes it: %s",
+                delivery.destination,
+                result.pause,
+                extra=_log_fields(delivery, result.completion),
+            )
             self._emit(
                 DispatchEvent(kind="paused", destination=delivery.destination, reason=result.pause)
             )
@@ -213,6 +244,15 @@ class _BaseDispatcher:
             )
         if result.hold_until is not None:
             reason = result.hold_reason or "held back"
+            logger.log(
+                logging.WARNING if result.hold_action == "circuit_open" else logging.INFO,
+                "destination %s held until %s (%s): %s",
+                delivery.destination,
+                result.hold_until.isoformat(),
+                result.hold_action,
+                reason,
+                extra=_log_fields(delivery, result.completion),
+            )
             self._emit(
                 DispatchEvent(
                     kind=result.hold_action, destination=delivery.destination, reason=reason
@@ -230,7 +270,7 @@ class _BaseDispatcher:
 
     def _halted_result(self, delivery: Delivery, record: IdempotencyRecord) -> FlowResult:
         """Hand back a delivery whose destination stopped earlier in this batch."""
-        taken = (delivery.idempotency_key,) if record.state is IdempotencyState.NEW else ()
+        taken = (record.key,) if record.state is IdempotencyState.NEW else ()
         return FlowResult(completion=released(delivery, self.clock.now()), taken=taken)
 
     def _circuit_gate(self, delivery: Delivery) -> bool:
@@ -242,6 +282,8 @@ class _BaseDispatcher:
         completion = result.completion
         error = completion.error
         if completion.status is DeliveryStatus.PENDING:
+            # not attempted (its key is held elsewhere): let another delivery probe
+            self.circuits.cancel_probe(delivery.destination)
             return result
         if error is None or error.category is not ErrorCategory.TRANSIENT:
             self.circuits.success(delivery.destination)
@@ -295,7 +337,7 @@ class _BaseDispatcher:
                     "lease lost: delivery %s was claimed by another worker; outcome %s dropped",
                     completion.delivery_id,
                     completion.status,
-                    extra={"delivery_id": completion.delivery_id},
+                    extra=_log_fields(delivery, completion),
                 )
                 continue
             status = completion.status
@@ -308,7 +350,7 @@ class _BaseDispatcher:
                 needs_action.append(completion.delivery_id)
             else:
                 counts["released"] += 1
-            self._log(completion)
+            self._log(delivery, completion)
         return RunReport(claimed=len(claimed), lost_lease=lost, **counts), needs_action
 
     def _emit(self, event: DispatchEvent) -> None:
@@ -343,13 +385,9 @@ class _BaseDispatcher:
             )
         )
 
-    def _log(self, completion: Completion) -> None:
+    def _log(self, delivery: Delivery, completion: Completion) -> None:
         error = completion.error
-        extra = {
-            "delivery_id": completion.delivery_id,
-            "status": completion.status.value,
-            "category": error.category.value if error else None,
-        }
+        extra = _log_fields(delivery, completion)
         if completion.status is DeliveryStatus.NEEDS_ACTION and error is not None:
             logger.warning(
                 "delivery %s needs action (%s): %s",
@@ -373,8 +411,12 @@ class _BaseDispatcher:
     def _idle_wait(self) -> float:
         wait = self.poll_interval
         due = self.queue.next_due()
-        if due is not None:
-            wait = min(wait, max(0.0, (due - self.clock.now()).total_seconds()))
+        now = self.clock.now()
+        # A due time already past after an idle claim belongs to a delivery that
+        # is not claimable (behind its ordering key, paused or held destination):
+        # waiting 0 for it would spin; wait the poll interval instead.
+        if due is not None and due > now:
+            wait = min(wait, (due - now).total_seconds())
         return wait
 
 
@@ -502,7 +544,11 @@ class Dispatcher(_BaseDispatcher):
     ) -> FlowResult:
         dest = self.destinations[delivery.destination]
         flow = delivery_flow(delivery, record, self._env(delivery, lease_until))
-        call = next(flow)
+        try:
+            call = next(flow)
+        except StopIteration as stop:  # decided without a call (replay, mismatch, in progress)
+            decided: FlowResult = stop.value
+            return decided
         while True:
             outcome = self._call(dest, call, lease_until)
             try:
@@ -519,7 +565,17 @@ class Dispatcher(_BaseDispatcher):
                     [(key, fp)], now=self.clock.now(), lock_until=lease_until
                 )
                 return Outcome(value=record)
-            return Outcome(value=getattr(dest, call.kind)(*call.args))
+            value = getattr(dest, call.kind)(*call.args)
+            if inspect.isawaitable(value):
+                # a plain function that returned a coroutine: nothing was sent yet,
+                # so this must not count as a success
+                if inspect.iscoroutine(value):
+                    value.close()
+                raise TypeError(
+                    f"{call.kind}() of destination {dest.name!r} returned an awaitable; "
+                    "use AsyncDispatcher for async destinations"
+                )
+            return Outcome(value=value)
         except Exception as exc:  # noqa: BLE001 - handed to the flow, which classifies and records it
             return Outcome(error=exc)
 
@@ -681,7 +737,11 @@ class AsyncDispatcher(_BaseDispatcher):
     ) -> FlowResult:
         dest = self.destinations[delivery.destination]
         flow = delivery_flow(delivery, record, self._env(delivery, lease_until))
-        call = next(flow)
+        try:
+            call = next(flow)
+        except StopIteration as stop:  # decided without a call (replay, mismatch, in progress)
+            decided: FlowResult = stop.value
+            return decided
         while True:
             outcome = await self._call(dest, call, lease_until)
             try:

@@ -82,7 +82,10 @@ class RetryableError(SyncError):
 
 
 class RateLimitedError(RetryableError):
-    """The destination is rate limiting us; retry no sooner than ``retry_after``."""
+    """The destination is rate limiting us; retry later.
+
+    ``retry_after`` (seconds) is honoured: no retry sooner than that.
+    """
 
     category = ErrorCategory.RATE_LIMITED
 
@@ -94,7 +97,10 @@ class DuplicateError(SyncError):
 
 
 class DataFormatError(SyncError):
-    """The destination rejected the data; ``field`` names the offending field."""
+    """The destination rejected the data.
+
+    ``field`` names the offending field, where known.
+    """
 
     category = ErrorCategory.DATA_FORMAT
 

@@ -43,7 +43,11 @@ class DeliveryStatus(str, enum.Enum):
     ``IN_FLIGHT -> RETRY_SCHEDULED -> IN_FLIGHT`` a retry;
     ``IN_FLIGHT -> NEEDS_ACTION`` waits for a person, who may ``retry``
     (back to ``PENDING``), ``resolve`` (``RESOLVED``) or ``discard``
-    (``DISCARDED``). ``SUCCEEDED``, ``RESOLVED`` and ``DISCARDED`` are final.
+    (``DISCARDED``). A claim whose lease expired is claimed again
+    (``IN_FLIGHT -> IN_FLIGHT``); a claim handed back unattempted goes
+    ``IN_FLIGHT -> PENDING``. ``SUCCEEDED``, ``RESOLVED`` and ``DISCARDED``
+    are final: no worker touches them (an operator's ``retry`` can still
+    revive a ``DISCARDED`` one).
     """
 
     PENDING = "pending"
@@ -79,7 +83,12 @@ class ErrorCategory(str, enum.Enum):
 
     @property
     def escalates(self) -> bool:
-        """True for categories that are escalated when they need action."""
+        """True for ``MAPPING`` and ``PERMISSION``: a person must change something
+        outside the queue (a mapping, a credential) before a retry can succeed.
+
+        For alert rules and dashboards; the dispatcher's ``on_needs_action``
+        hook is called for every category.
+        """
         return self in (ErrorCategory.MAPPING, ErrorCategory.PERMISSION)
 
     def __str__(self) -> str:
@@ -102,7 +111,9 @@ class Event:
         ordering_key: deliveries sharing it (per destination) are attempted
             strictly in submission order, e.g. the customer id.
         idempotency_key: sent to destinations; derived from the event id and
-            the destination when omitted.
+            the destination when omitted. When given, it is sent as-is to
+            every destination; the idempotency store keeps it per
+            destination, so one event with its own key still reaches each.
         occurred_at: when it happened (timezone-aware).
         metadata: free-form JSON-serialisable labels (tenant, trace id ...).
     """
@@ -118,7 +129,15 @@ class Event:
 
 @attrs.frozen(kw_only=True)
 class ErrorInfo:
-    """The last error of a delivery, as shown to operators."""
+    """The last error of a delivery, as shown to operators.
+
+    Attributes:
+        category: the :class:`ErrorCategory`; decides what happens next.
+        message: the human-readable reason (secrets redacted).
+        field: the offending field of the payload, where known.
+        exception_type: the qualified name of the exception that was raised.
+        retry_after: seconds the destination asked us to wait, where known.
+    """
 
     category: ErrorCategory
     message: str
@@ -131,8 +150,15 @@ class ErrorInfo:
 class Delivery:
     """One event on its way to one destination (read-only view).
 
-    ``attempts`` counts delivery attempts made (a crashed attempt counts too);
-    ``lease_token`` is the fencing token of the current claim.
+    ``attempts`` counts delivery attempts made (a crashed attempt counts too;
+    an operator's ``retry`` resets it to 0); ``lease_token`` is the fencing
+    token of the current claim. ``idempotency_key`` is the key sent to the
+    destination (a ``fix_data`` correction or an operator's edit replaces it
+    with a revised key); ``result`` is what the destination returned on
+    success; ``next_attempt_at`` is when a ``PENDING`` or
+    ``RETRY_SCHEDULED`` delivery becomes due; ``seq`` is the submission
+    order assigned by the store; ``lease_owner`` and ``lease_expires_at``
+    describe the current claim of an ``IN_FLIGHT`` delivery.
     """
 
     id: str
@@ -159,7 +185,19 @@ class Delivery:
 
 @attrs.frozen(kw_only=True)
 class DeliveryContext:
-    """What a destination's ``deliver(event, context)`` is told about the attempt."""
+    """What a destination's ``deliver(event, context)`` is told about the attempt.
+
+    Attributes:
+        delivery_id: the delivery being attempted.
+        destination: the destination's name.
+        idempotency_key: send it to the remote system (e.g. an
+            ``Idempotency-Key`` header); the same on every attempt of the
+            same payload.
+        attempt: 1 on the first attempt, then 2, 3 ... (reset by an
+            operator's ``retry``).
+        lease_expires_at: when this worker's claim ends; another worker may
+            attempt the delivery after it, so finish well before.
+    """
 
     delivery_id: str
     destination: str
@@ -175,12 +213,19 @@ class Attempt:
     Attributes:
         action: ``"deliver"``, ``"resolve_duplicate"``, ``"fix_data"``,
             ``"replay"`` (already done per the idempotency store),
-            ``"lease_expired"``, ``"submit"``, or an operator action
-            (``"retry"``, ``"resolve"``, ``"discard"``, ``"edit"``,
-            ``"pause"``, ``"resume"``).
+            ``"lease_expired"``, ``"give_up"`` (the budget went on claims
+            whose worker crashed; not attempted again); on a destination
+            (``delivery_id`` None),
+            ``"pause"``, ``"rate_limited"`` or ``"circuit_open"`` by the
+            dispatcher; or an operator action (``"retry"``, ``"resolve"``,
+            ``"discard"``, ``"edit"``, ``"pause"``, ``"resume"``).
         actor: ``"worker:<id>"`` for the dispatcher, the operator's name
             otherwise.
-        outcome: the delivery's status after the action (None for actions on a
+        number: the delivery's attempt count when the record was written.
+        outcome: the delivery's status after the action, on the last record
+            of an attempt (None on the earlier records of the same attempt,
+            e.g. the failed ``"deliver"`` before a ``"resolve_duplicate"``;
+            ``IN_FLIGHT`` on ``"lease_expired"``; None for actions on a
             destination).
         reason: human-readable explanation (secrets redacted).
         error: the classified error, for failed attempts.

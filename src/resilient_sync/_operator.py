@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import builtins
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
 import attrs
 
 from ._clock import SystemClock, to_seconds
-from ._errors import DeliveryNotFoundError
+from ._core import revised_key
+from ._edit import apply_edits
+from ._errors import DeliveryNotFoundError, InvalidEventError
+from ._json import check_event, check_json
 from ._model import (
     Attempt,
     Delivery,
@@ -31,6 +34,17 @@ RESOLVABLE = frozenset(
     {DeliveryStatus.NEEDS_ACTION, DeliveryStatus.RETRY_SCHEDULED, DeliveryStatus.PENDING}
 )
 DISCARDABLE = RESOLVABLE
+EDITABLE = RETRYABLE_BY_OPERATOR | {DeliveryStatus.PENDING}
+#: Errors that mean the destination refused the request (no effect applied),
+#: so a corrected payload may be sent under a new idempotency key.
+REJECTED = frozenset(
+    {
+        ErrorCategory.DATA_FORMAT,
+        ErrorCategory.MAPPING,
+        ErrorCategory.DUPLICATE,
+        ErrorCategory.PERMISSION,
+    }
+)
 _PAGE = 500
 
 
@@ -175,8 +189,10 @@ class Operator:
         self, ids: str | Iterable[str], actor: str = "operator", note: str | None = None
     ) -> builtins.list[str]:
         """Re-sync now: ``NEEDS_ACTION``, ``RETRY_SCHEDULED`` or ``DISCARDED``
-        deliveries become ``PENDING`` with a fresh retry budget and the same
-        idempotency key. Returns the ids that moved."""
+        deliveries become ``PENDING`` with ``attempts`` reset to 0 (a fresh
+        ``max_attempts`` budget) and the same idempotency key. The policy's
+        ``deadline`` still counts from submission: a delivery older than it
+        gets one attempt per re-sync. Returns the ids that moved."""
         wanted = _ids(ids)
         self._existing(wanted)
         return self.queue.transition(
@@ -274,3 +290,103 @@ class Operator:
         return self.queue.set_destination(
             destination, now=self.clock.now(), paused=False, audit=audit
         )
+
+    def edit(
+        self,
+        delivery_id: str,
+        changes: Mapping[str, Any] | None = None,
+        *,
+        remove: Iterable[str] = (),
+        actor: str = "operator",
+        note: str | None = None,
+        retry: bool = False,
+        force: bool = False,
+    ) -> Delivery:
+        """Correct a delivery's payload by hand (the phone number the POS rejected).
+
+        ``changes`` maps payload paths (``phone``, ``customer.phone``,
+        ``lines[2].sku``) to new JSON values; ``remove`` lists paths to delete.
+        One ``"edit"`` audit record keeps every old and new value and both
+        idempotency keys. With ``retry`` the delivery is re-synced in the same
+        transaction (``PENDING``, fresh retry budget); without it a
+        ``NEEDS_ACTION`` or ``DISCARDED`` delivery stays where it is until
+        :meth:`retry`, and a waiting one becomes due now.
+
+        The idempotency key rule: a changed payload is a different request, so
+        it gets the *revised* key (the original key plus a hash of the new
+        payload; the rule the ``fix_data`` hook follows). Strict APIs treat a
+        changed body under the same key as key reuse, lenient ones would
+        replay the first response and drop the correction. A new key is only
+        safe when the destination refused the original request (its last
+        error is ``DATA_FORMAT``, ``MAPPING``, ``DUPLICATE`` or
+        ``PERMISSION``: nothing was applied). After any other error the
+        original may have been applied (a timeout after sending), so the edit
+        is refused unless ``force`` is given (check the destination first).
+
+        Editable: ``NEEDS_ACTION``, ``RETRY_SCHEDULED``, ``PENDING``,
+        ``DISCARDED``. Raises :class:`DeliveryNotFoundError`, or ``ValueError``
+        naming what is wrong (a bad path, a non-JSON value, a state that
+        cannot be edited, an edit that changes nothing). Returns the edited
+        delivery.
+        """
+        delivery = self.get(delivery_id)
+        if delivery.status not in EDITABLE:
+            allowed = ", ".join(sorted(s.value for s in EDITABLE))
+            raise ValueError(
+                f"delivery {delivery_id} is {delivery.status.value}; only {allowed} "
+                "deliveries can be edited"
+            )
+        error = delivery.last_error
+        if not force and error is not None and error.category not in REJECTED:
+            raise ValueError(
+                f"delivery {delivery_id} last failed with a {error.category.value} error, so "
+                f"{delivery.destination} may have applied the original payload; an edit is sent "
+                "under a new idempotency key and could apply it twice. Check the destination, "
+                "then edit with force (CLI: --force)"
+            )
+        values = {
+            path: check_json(value, f"payload.{path}") for path, value in (changes or {}).items()
+        }
+        edited = apply_edits(delivery.event.payload, values, remove)
+        if not edited.changed:
+            raise ValueError(f"the edit changes nothing in delivery {delivery_id}")
+        try:
+            event = check_event(attrs.evolve(delivery.event, payload=edited.payload))
+        except InvalidEventError as exc:
+            raise ValueError(f"the edited payload is invalid: {exc}") from exc
+        key = revised_key(event, delivery.destination)
+        reason = f"edited {', '.join(edited.changed)}" + (f": {note}" if note else "")
+        audit = self._audit(
+            "edit",
+            actor,
+            reason,
+            changed=edited.changed,
+            before=edited.before,
+            after=edited.after,
+            added=edited.added or None,
+            removed=edited.removed or None,
+            idempotency_key={"before": delivery.idempotency_key, "after": key},
+            retry=retry or None,
+            forced=(force and error is not None and error.category not in REJECTED) or None,
+        )
+        if retry or delivery.status in (DeliveryStatus.PENDING, DeliveryStatus.RETRY_SCHEDULED):
+            to_status = DeliveryStatus.PENDING
+        else:
+            to_status = delivery.status
+        moved = self.queue.transition(
+            [delivery_id],
+            from_status={delivery.status},
+            to_status=to_status,
+            audit=audit,
+            now=self.clock.now(),
+            reset_attempts=retry,
+            event=event,
+            idempotency_key=key,
+        )
+        if not moved:
+            current = self.get(delivery_id)
+            raise ValueError(
+                f"delivery {delivery_id} changed while it was being edited (now "
+                f"{current.status.value}); nothing was changed, try again"
+            )
+        return self.get(delivery_id)

@@ -8,6 +8,7 @@ sleep in the worker.
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
@@ -45,13 +46,15 @@ def _jitter(value: bool | Jitter | None) -> Jitter | None:
 
 
 def _positive(_inst: Any, attribute: attrs.Attribute[Any], value: float) -> None:
-    if value <= 0:
-        raise ValueError(f"RetryPolicy.{attribute.name} must be > 0, got {value!r}")
+    if not 0 < value < math.inf:  # also refuses NaN and infinity
+        raise ValueError(f"RetryPolicy.{attribute.name} must be a finite number > 0, got {value!r}")
 
 
 def _non_negative(_inst: Any, attribute: attrs.Attribute[Any], value: float | None) -> None:
-    if value is not None and value < 0:
-        raise ValueError(f"RetryPolicy.{attribute.name} must be >= 0, got {value!r}")
+    if value is not None and not 0 <= value < math.inf:  # also refuses NaN and infinity
+        raise ValueError(
+            f"RetryPolicy.{attribute.name} must be a finite number >= 0, got {value!r}"
+        )
 
 
 def _at_least_one(_inst: Any, attribute: attrs.Attribute[Any], value: int) -> None:
@@ -64,7 +67,8 @@ class RetryPolicy:
     """How retries are spaced and when they stop (the retry budget).
 
     Args:
-        max_attempts: attempts in all, the first included; then NEEDS_ACTION.
+        max_attempts: attempts in all, the first included (every failed
+            attempt counts, 429s too); then NEEDS_ACTION.
         initial_delay: delay before the first retry (seconds or timedelta).
         multiplier: each retry waits ``multiplier`` times longer.
         max_delay: cap of one delay.

@@ -53,6 +53,13 @@ class Destination(Protocol):
       to link to it and succeed, or ``None`` to leave it for a person.
     - ``fix_data(event, error) -> Event | None``: called on a ``DATA_FORMAT``
       error; return a corrected event (same id) to retry at once, or ``None``.
+      The corrected event is sent under a revised idempotency key (the
+      original key plus a hash of the new payload) and replaces the stored
+      one; at most three corrections per claim.
+
+    Hooks receive the exception ``deliver`` raised. With the
+    :class:`~resilient_sync.Dispatcher` all three must be plain functions;
+    with the :class:`~resilient_sync.AsyncDispatcher` each may be either.
     """
 
     name: str

@@ -26,17 +26,22 @@ SECRET_HEADERS = frozenset(
 
 _PATTERNS = [
     # "Authorization: Bearer abc", "Bearer abc", "Basic abc=="
-    re.compile(r"(?i)\b(bearer|basic|token)\s+[A-Za-z0-9._~+/=\-]{4,}"),
+    # ("token" only before a credential-like value, so "token revoked" stays readable)
+    re.compile(
+        r"(?i)\b(bearer|basic|token(?=\s+(?:[\w.~+/=\-]*\d|[\w.~+/=\-]{16,})))"
+        r"\s+[A-Za-z0-9._~+/=\-]{4,}"
+    ),
     # key=value and "key": "value" pairs for secret-looking keys
+    # (\b and bounded runs: a long run of letters must not make it quadratic)
     re.compile(
         r"""(?ix)
-        (["']?(?:[a-z0-9_\-]*?(?:api[_-]?key|secret|token|password|passwd|authorization|
+        \b(["']?(?:[a-z0-9_\-]{0,40}?(?:api[_-]?key|secret|token|password|passwd|authorization|
         access[_-]?key|client[_-]?secret|signature|cookie))["']?\s*[:=]\s*)
         (?:"[^"]*"|'[^']*'|[^\s,;&}\]]+)
         """
     ),
     # credentials in URLs: scheme://user:password@host
-    re.compile(r"(?i)([a-z][a-z0-9+.\-]*://[^/\s:@]+:)[^@\s/]+(@)"),
+    re.compile(r"(?i)\b([a-z][a-z0-9+.\-]{0,30}://[^/\s:@]+:)[^@\s/]+(@)"),
 ]
 
 

@@ -2,23 +2,210 @@
 
 from __future__ import annotations
 
-from resilient_sync import DeliveryContext, Dispatcher, Event, RetryPolicy
+import asyncio
+import threading
+from collections.abc import Sequence
+from datetime import timedelta
+
+import attrs
+
+from resilient_sync import (
+    AsyncDispatcher,
+    Attempt,
+    CircuitBreaker,
+    Classifier,
+    DataFormatError,
+    Delivery,
+    DeliveryContext,
+    DeliveryNotFoundError,
+    DeliveryStatus,
+    Destination,
+    Dispatcher,
+    DispatchEvent,
+    DuplicateError,
+    ErrorCategory,
+    ErrorInfo,
+    Event,
+    IdempotencyStore,
+    InvalidEventError,
+    MappingError,
+    Operator,
+    PermissionDeniedError,
+    QueueStore,
+    RateLimitedError,
+    RetryableError,
+    RetryPolicy,
+    RunReport,
+    Source,
+    SyncError,
+    SystemClock,
+)
 from resilient_sync.stores import MemoryIdempotencyStore, MemoryQueueStore
-from resilient_sync.testing import FakeClock
+from resilient_sync.testing import FakeClock, FlakyDestination, RecordingDestination
 
 
 class Pos:
+    """A destination with both optional hooks."""
+
     name = "pos"
 
     def deliver(self, event: Event, context: DeliveryContext) -> dict[str, str]:
+        if event.payload.get("sku") is None:
+            raise MappingError("unknown SKU", field="sku")
+        if context.attempt > 3:
+            raise RateLimitedError("slow down", retry_after=30)
         return {"remote_id": context.idempotency_key}
 
+    def resolve_duplicate(self, event: Event, error: Exception) -> dict[str, str] | None:
+        if isinstance(error, DuplicateError):
+            return {"remote_id": "existing"}
+        return None
 
-def build() -> Dispatcher:
+    def fix_data(self, event: Event, error: Exception) -> Event | None:
+        if isinstance(error, DataFormatError) and error.field == "phone":
+            return attrs.evolve(event, payload={**event.payload, "phone": "+15550101"})
+        return None
+
+
+class AsyncCrm:
+    name = "crm"
+
+    async def deliver(self, event: Event, context: DeliveryContext) -> None:
+        await asyncio.sleep(0)
+        if context.attempt == 1:
+            raise RetryableError("CRM busy", retry_after=1.5)
+
+
+class Feed:
+    name = "shop"
+
+    def read(self, cursor: str | None, limit: int) -> tuple[Sequence[Event], str | None]:
+        return [Event("e1", "order.created", {"total": 10})], "1"
+
+
+def as_protocols() -> None:
+    destination: Destination = Pos()
+    source: Source = Feed()
+    queue: QueueStore = MemoryQueueStore()
+    idempotency: IdempotencyStore = MemoryIdempotencyStore()
+    print(destination.name, source.name, queue, idempotency)
+
+
+def escalate(delivery: Delivery) -> None:
+    error: ErrorInfo | None = delivery.last_error
+    if error is not None and error.category.escalates:
+        print(delivery.id, error.category, error.message, error.field)
+
+
+def metrics(event: DispatchEvent) -> None:
+    print(event.kind, event.destination, event.category, event.duration)
+
+
+def build(clock: FakeClock) -> Dispatcher:
+    classifier = Classifier().register(KeyError, ErrorCategory.MAPPING)
+    classifier.add_rule(lambda exc: ErrorCategory.TRANSIENT if "busy" in str(exc) else None)
     return Dispatcher(
         MemoryQueueStore(),
         MemoryIdempotencyStore(),
-        [Pos()],
-        retry=RetryPolicy(max_attempts=5, initial_delay=2.0),
-        clock=FakeClock(),
+        [Pos(), RecordingDestination("audit-log"), FlakyDestination.failing(2, TimeoutError())],
+        retry=RetryPolicy(
+            max_attempts=5,
+            initial_delay=2.0,
+            multiplier=3,
+            max_delay=timedelta(minutes=10),
+            deadline=timedelta(days=1),
+            jitter=False,
+        ),
+        clock=clock,
+        classifier=classifier,
+        concurrency=4,
+        lease=timedelta(minutes=5),
+        on_needs_action=escalate,
+        on_event=metrics,
+        circuit=CircuitBreaker(threshold=3, cool_off=30),
     )
+
+
+def run_sync() -> int:
+    clock = FakeClock()
+    dispatcher = build(clock)
+    created: list[Delivery] = dispatcher.submit(
+        Event("c1", "customer.created", {"sku": "A"}, ordering_key="cust-1"), to="pos"
+    )
+    try:
+        dispatcher.submit_many([Event("bad", "t", {"x": float("nan")})])
+    except InvalidEventError as exc:
+        print(exc.field)
+    dispatcher.pull(Feed())
+    report: RunReport = dispatcher.run_until_idle()
+    clock.advance(timedelta(seconds=30))
+    report += dispatcher.run_once(limit=10)
+    stop = threading.Event()
+    stop.set()
+    dispatcher.run_forever(stop)
+    return report.succeeded + len(created)
+
+
+def operate(queue: QueueStore, clock: FakeClock | SystemClock) -> None:
+    operator = Operator(queue, clock=clock)
+    page = operator.list(status=DeliveryStatus.NEEDS_ACTION, category="mapping", limit=20)
+    while True:
+        for delivery in page:
+            history: list[Attempt] = operator.attempts(delivery.id)
+            print(delivery.status, [a.action for a in history])
+        if page.next_cursor is None:
+            break
+        page = operator.list(status="needs_action", cursor=page.next_cursor)
+    try:
+        operator.get("nope")
+    except DeliveryNotFoundError as exc:
+        print(exc.delivery_id)
+    moved: list[str] = operator.retry(["d1", "d2"], actor="alice")
+    moved += operator.retry_all(destination="pos", category=ErrorCategory.MAPPING, dry_run=True)
+    operator.resolve("d3", note="created by hand", actor="alice")
+    operator.discard(["d4"], reason="test order", actor="alice")
+    operator.pause("pos", reason="maintenance", actor="alice")
+    operator.resume("pos", actor="alice")
+    stats = operator.stats()
+    print(stats.total, stats.by_status.get(DeliveryStatus.SUCCEEDED, 0), moved)
+    for bucket in operator.error_trend(bucket=timedelta(hours=1)):
+        print(bucket.start, bucket.total, bucket.counts.get(ErrorCategory.TRANSIENT, 0))
+    for attempt in operator.recent_errors(limit=5):
+        print(attempt.category, attempt.reason, attempt.actor)
+    print(operator.destinations().get("pos"))
+
+
+async def run_async() -> RunReport:
+    clock = FakeClock()
+    dispatcher = AsyncDispatcher(
+        MemoryQueueStore(),
+        MemoryIdempotencyStore(),
+        [AsyncCrm(), Pos()],
+        retry=RetryPolicy(max_attempts=3),
+        clock=clock,
+        concurrency=8,
+    )
+    await dispatcher.submit(Event("c1", "customer.created", {"sku": "A"}))
+    await dispatcher.submit_many([Event("c2", "customer.created", {"sku": "B"})], to="crm")
+    await dispatcher.pull(Feed())
+    report = await dispatcher.run_until_idle()
+    stop = asyncio.Event()
+    stop.set()
+    report += await dispatcher.run_forever(stop)
+    return report
+
+
+def errors() -> list[SyncError]:
+    return [
+        RetryableError("down"),
+        RateLimitedError(retry_after=10),
+        DuplicateError("exists"),
+        DataFormatError("bad", field="lines[0].sku"),
+        MappingError(),
+        PermissionDeniedError("revoked"),
+    ]
+
+
+if __name__ == "__main__":
+    run_sync()
+    asyncio.run(run_async())

@@ -62,6 +62,12 @@ class RecordingDestination:
         return {"remote_id": f"{self.name}-{number}"}
 
     def deliver(self, event: Event, context: DeliveryContext) -> Any:
+        """Record the call; apply the effect unless ``context.idempotency_key``
+        was applied before, and return that key's result.
+
+        The result is ``result`` (or ``result(event, n)`` when callable, ``n``
+        counting effects from 1), by default ``{"remote_id": "<name>-<n>"}``.
+        """
         with self._lock:
             self.calls.append((event, context))
             key = context.idempotency_key
@@ -116,6 +122,9 @@ class FlakyDestination(RecordingDestination):
         return cls(name, [error] * times)
 
     def deliver(self, event: Event, context: DeliveryContext) -> Any:
+        """Raise the next scripted error (recorded in ``calls`` and
+        ``failures``, no effect applied), or deliver like
+        :class:`RecordingDestination`."""
         with self._lock:
             script = self._per_event.get(event.id)
             step: BaseException | None = None
