@@ -1,0 +1,52 @@
+"""HTTP APIs as destinations: ``HttpDestination`` (``httpx.Client``) and its
+asyncio twin ``AsyncHttpDestination`` (``httpx.AsyncClient``).
+
+A correct adapter is a few lines of configuration::
+
+    from resilient_sync.http import HttpDestination, RateLimit
+
+    pos = HttpDestination(
+        name="pos",
+        base_url="https://pos.example.com/api/v2",
+        path="/customers",
+        headers={"Authorization": "Bearer ..."},
+        rate_limit=RateLimit(5.0, burst=10),
+    )
+
+The hard parts are right by default: the idempotency key goes with every
+request, a retried body is byte-identical, responses and httpx exceptions are
+classified by DESIGN.md's table (after a vendor override header and your own
+body classifier), ``Retry-After`` is honoured in all its forms, a 429 slows
+the whole destination, a circuit breaker stops hammering an API that is down,
+and secrets never reach a message, a log line or the audit trail. See
+``docs/howto/http-destination.md``.
+"""
+
+from __future__ import annotations
+
+from ._classify import (
+    SHOULD_RETRY_HEADERS,
+    BodyClassifier,
+    HttpClassifier,
+    field_from_body,
+    graphql_classifier,
+    response_of,
+)
+from ._destination import AsyncHttpDestination, HttpDestination, HttpOptions
+from ._ratelimit import RateLimit, RateLimiter
+from ._request import HttpRequest
+
+__all__ = [
+    "SHOULD_RETRY_HEADERS",
+    "AsyncHttpDestination",
+    "BodyClassifier",
+    "HttpClassifier",
+    "HttpDestination",
+    "HttpOptions",
+    "HttpRequest",
+    "RateLimit",
+    "RateLimiter",
+    "field_from_body",
+    "graphql_classifier",
+    "response_of",
+]
