@@ -1,0 +1,303 @@
+"""The ``resilient-sync`` argument parser and the parsers of option values."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from .._model import DeliveryStatus, ErrorCategory
+
+__all__ = [
+    "EXIT_ATTENTION",
+    "EXIT_FAILURE",
+    "EXIT_OK",
+    "EXIT_USAGE",
+    "CliError",
+    "build_parser",
+    "parse_assignment",
+    "parse_category",
+    "parse_duration",
+    "parse_since",
+    "parse_statuses",
+]
+
+#: The command did what was asked.
+EXIT_OK = 0
+#: The command failed: unknown id or destination, a store that cannot be opened
+#: or read, an action that changed nothing it was asked to change.
+EXIT_FAILURE = 1
+#: Bad usage: unknown option or command, a malformed value or store URL.
+EXIT_USAGE = 2
+#: ``status --check``: something needs a person (a delivery needs action or a
+#: destination is paused).
+EXIT_ATTENTION = 3
+
+EXIT_CODES_HELP = """\
+exit codes:
+  0  ok
+  1  failed: unknown id or destination, store missing or unreachable,
+     or an action left some of the named deliveries unchanged
+  2  usage error: bad option, value or store URL
+  3  status --check: deliveries need action or a destination is paused
+"""
+
+
+class CliError(Exception):
+    """A failure reported as one line on stderr with an exit code."""
+
+    def __init__(self, message: str, code: int = EXIT_FAILURE) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+
+
+def usage(message: str) -> CliError:
+    """A usage error (exit code 2)."""
+    return CliError(message, EXIT_USAGE)
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$", re.IGNORECASE)
+_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(text: str, option: str = "duration") -> timedelta:
+    """``90s``, ``15m``, ``2h``, ``1d``, ``1w`` (a bare number is seconds)."""
+    match = _DURATION.match(text or "")
+    if match is None:
+        raise usage(f"invalid {option} {text!r}; write it like 90s, 15m, 2h, 1d or 1w")
+    value = float(match.group(1)) * _UNITS[(match.group(2) or "s").lower()]
+    if value <= 0:
+        raise usage(f"invalid {option} {text!r}; it must be more than 0")
+    return timedelta(seconds=value)
+
+
+def parse_since(text: str, now: datetime) -> datetime:
+    """A duration ago (``2h``) or a date/time (ISO 8601; UTC when no offset)."""
+    if _DURATION.match(text or ""):
+        return now - parse_duration(text, "--since")
+    try:
+        when = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise usage(
+            f"invalid --since {text!r}; give a duration (30m, 2h, 1d) or a date/time "
+            "(2026-11-22 or 2026-11-22T10:30)"
+        ) from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return when
+
+
+def _norm(text: str) -> str:
+    return text.strip().lower().replace("-", "_")
+
+
+def parse_statuses(text: str) -> list[DeliveryStatus]:
+    """``needs_action`` or ``needs_action,retry_scheduled`` (dashes allowed)."""
+    values = {s.value: s for s in DeliveryStatus}
+    out = []
+    for part in text.split(","):
+        if _norm(part) not in values:
+            known = ", ".join(values)
+            raise usage(f"unknown status {part.strip()!r}; known: {known}")
+        out.append(values[_norm(part)])
+    return out
+
+
+def parse_category(text: str) -> ErrorCategory:
+    """An :class:`ErrorCategory` value (dashes allowed)."""
+    try:
+        return ErrorCategory(_norm(text))
+    except ValueError:
+        known = ", ".join(c.value for c in ErrorCategory)
+        raise usage(f"unknown category {text.strip()!r}; known: {known}") from None
+
+
+def parse_assignment(text: str) -> tuple[str, Any]:
+    """``path=text`` (the value is a string) or ``path:=json`` (a JSON value)."""
+    if "=" not in text:
+        raise usage(f"invalid --set {text!r}; write path=text or path:=json (e.g. qty:=3)")
+    cut = text.index("=")
+    if cut > 0 and text[cut - 1] == ":":
+        path, raw = text[: cut - 1], text[cut + 1 :]
+        try:
+            value: Any = json.loads(raw)
+        except ValueError:
+            raise usage(
+                f"invalid --set {text!r}: {raw!r} is not JSON (use path=text for a string)"
+            ) from None
+    else:
+        path, value = text[:cut], text[cut + 1 :]
+    if not path.strip():
+        raise usage(f"invalid --set {text!r}: the path before '=' is empty")
+    return path.strip(), value
+
+
+def _common(*, write: bool) -> argparse.ArgumentParser:
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument(
+        "--db",
+        default=argparse.SUPPRESS,
+        metavar="URL",
+        help="store URL (default: $RESILIENT_SYNC_DB or sqlite:///resilient-sync.db)",
+    )
+    parent.add_argument(
+        "--json", action="store_true", default=argparse.SUPPRESS, help="print JSON for scripts"
+    )
+    if write:
+        parent.add_argument(
+            "--actor",
+            default=argparse.SUPPRESS,
+            help="who acts, for the audit trail (default: $RESILIENT_SYNC_ACTOR or the OS user)",
+        )
+    return parent
+
+
+def _filters(parser: argparse.ArgumentParser, *, default_status: str | None) -> None:
+    group = parser.add_argument_group("filters")
+    group.add_argument(
+        "--status",
+        "-s",
+        default=default_status,
+        metavar="STATUS[,STATUS]",
+        help=f"deliveries in these statuses (default: {default_status or 'any'})",
+    )
+    group.add_argument("--destination", "-d", metavar="NAME", help="one destination")
+    group.add_argument("--category", "-c", metavar="CATEGORY", help="last error category")
+    group.add_argument(
+        "--since", metavar="WHEN", help="updated since: a duration ago (2h) or a date/time"
+    )
+    group.add_argument(
+        "--search",
+        "-q",
+        metavar="TEXT",
+        help="text in the delivery id, event id, event type or error message (any case)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``resilient-sync`` parser."""
+    parser = argparse.ArgumentParser(
+        prog="resilient-sync",
+        description=(
+            "Operate a resilient_sync queue: see what needs a person, fix it, re-sync it. "
+            "Every action is written to the audit trail."
+        ),
+        epilog=EXIT_CODES_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--db", default=None, metavar="URL", help=argparse.SUPPRESS)
+    parser.add_argument("--json", action="store_true", default=False, help=argparse.SUPPRESS)
+    parser.add_argument("--actor", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--version", action="store_true", help="print the version and exit")
+    parser.add_argument(
+        "--verbose",
+        "-v",
+        action="count",
+        default=0,
+        help="log to stderr: -v info, -vv debug (default: errors only)",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    read = [_common(write=False)]
+    write = [_common(write=True)]
+
+    def add(name: str, help_text: str, parents: list[argparse.ArgumentParser]) -> Any:
+        return sub.add_parser(
+            name,
+            help=help_text,
+            description=help_text,
+            parents=parents,
+            epilog=EXIT_CODES_HELP,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+
+    p = add("status", "counts per destination, what needs action, paused destinations", read)
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="exit 3 when deliveries need action or a destination is paused",
+    )
+
+    p = add("list", "list deliveries, filtered and paged", read)
+    _filters(p, default_status=None)
+    p.add_argument("--limit", "-n", type=int, default=50, help="page size (default 50)")
+    p.add_argument("--cursor", help="the next-page cursor printed by the previous page")
+
+    p = add("show", "one delivery: its event, last error, what to do, every attempt", read)
+    p.add_argument("id", help="delivery id")
+
+    p = add("attempts", "the audit trail of one delivery", read)
+    p.add_argument("id", help="delivery id")
+
+    p = add("retry", "re-sync deliveries now (fresh retry budget, same idempotency key)", write)
+    p.add_argument("ids", nargs="+", metavar="ID", help="delivery ids")
+    p.add_argument("--note", help="why, for the audit trail")
+
+    p = add("retry-all", "re-sync every delivery matching the filters", write)
+    _filters(p, default_status="needs_action")
+    p.add_argument("--dry-run", action="store_true", help="only say how many would be retried")
+    p.add_argument("--note", help="why, for the audit trail")
+
+    p = add("resolve", "mark deliveries as handled outside the library (final)", write)
+    p.add_argument("ids", nargs="+", metavar="ID", help="delivery ids")
+    p.add_argument("--note", help="how it was handled, for the audit trail")
+
+    p = add("discard", "give up on deliveries on purpose (retry revives them)", write)
+    p.add_argument("ids", nargs="+", metavar="ID", help="delivery ids")
+    p.add_argument("--reason", help="why, for the audit trail")
+
+    p = add("pause", "stop delivering to a destination until it is resumed", write)
+    p.add_argument("destination", help="destination name")
+    p.add_argument("--reason", help="why, for the audit trail and status")
+    p.add_argument("--force", action="store_true", help="pause a destination not seen yet")
+
+    p = add("resume", "deliver to a paused destination again", write)
+    p.add_argument("destination", help="destination name")
+    p.add_argument("--note", help="what was fixed, for the audit trail")
+
+    p = add(
+        "edit",
+        "correct a delivery's payload by hand (old and new values are audited)",
+        write,
+    )
+    p.add_argument("id", help="delivery id")
+    p.add_argument(
+        "--set",
+        dest="assignments",
+        action="append",
+        default=[],
+        metavar="PATH=TEXT|PATH:=JSON",
+        help="set a payload value: phone=+31201234567 (a string) or qty:=3 (JSON); repeatable",
+    )
+    p.add_argument(
+        "--unset", action="append", default=[], metavar="PATH", help="remove a payload value"
+    )
+    p.add_argument("--retry", action="store_true", help="re-sync it at once")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="edit even though the destination may have applied the original (see the docs)",
+    )
+    p.add_argument("--note", help="why, for the audit trail")
+
+    p = add("trend", "failed attempts over time by category, as a terminal chart", read)
+    p.add_argument("--bucket", default="1h", help="bucket width (default 1h)")
+    p.add_argument("--since", help="start (default: 24 buckets ago)")
+    p.add_argument("--ascii", action="store_true", help="ASCII characters only")
+
+    p = add("recent", "the latest failed attempts, newest first", read)
+    p.add_argument("--limit", "-n", type=int, default=20, help="how many (default 20)")
+
+    p = add(
+        "demo",
+        "run the demo: a misbehaving POS on 127.0.0.1 and a few hundred shop events",
+        read,
+    )
+    p.add_argument("--quick", action="store_true", help="a short run (CI)")
+    p.add_argument("--customers", type=int, help="shop customers to sync")
+    p.add_argument("--orders", type=int, help="shop orders to sync")
+    p.add_argument("--seed", type=int, default=7, help="random seed (default 7)")
+    p.add_argument("--no-fix", action="store_true", help="do not apply the example fix at the end")
+    return parser

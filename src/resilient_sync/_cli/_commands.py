@@ -1,0 +1,505 @@
+"""The ``resilient-sync`` commands, each a function of a :class:`Ctx`.
+
+Commands raise :class:`CliError` for anything the user must be told; they
+never print tracebacks. Everything goes through :class:`~resilient_sync.Operator`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from datetime import datetime
+from typing import Any, TextIO
+
+import attrs
+
+from .._errors import DeliveryNotFoundError
+from .._model import Delivery, DeliveryStatus, ErrorCategory, Page
+from .._operator import DISCARDABLE, RESOLVABLE, RETRYABLE_BY_OPERATOR, Operator
+from ..stores._common import encode_cursor
+from . import _render as render
+from ._args import (
+    EXIT_ATTENTION,
+    EXIT_FAILURE,
+    EXIT_OK,
+    CliError,
+    parse_assignment,
+    parse_category,
+    parse_duration,
+    parse_since,
+    parse_statuses,
+    usage,
+)
+
+__all__ = ["COMMANDS", "Ctx"]
+
+_CHUNK = 500
+
+
+@attrs.define
+class Ctx:
+    """What a command works with."""
+
+    operator: Operator
+    args: argparse.Namespace
+    db: str
+    actor: str
+    out: TextIO = sys.stdout
+    err: TextIO = sys.stderr
+
+    @property
+    def now(self) -> datetime:
+        return self.operator.clock.now()
+
+    @property
+    def json(self) -> bool:
+        return bool(getattr(self.args, "json", False))
+
+    @property
+    def width(self) -> int | None:
+        """Clip wide tables to the terminal; never when output is piped."""
+        if not _isatty(self.out):
+            return None
+        import shutil  # noqa: PLC0415 - only for terminals
+
+        return shutil.get_terminal_size((120, 24)).columns
+
+    @property
+    def unicode(self) -> bool:
+        encoding = getattr(self.out, "encoding", None) or "ascii"
+        try:
+            "█▁·→…".encode(encoding)
+        except (UnicodeEncodeError, LookupError):
+            return False
+        return True
+
+    def lines(self, lines: Sequence[str]) -> None:
+        text = "\n".join(lines)
+        if not self.unicode:
+            text = text.encode("ascii", "replace").decode("ascii")
+        print(text, file=self.out)
+
+    def dump(self, value: Any) -> None:
+        json.dump(value, self.out, indent=2, ensure_ascii=False, sort_keys=False)
+        self.out.write("\n")
+
+    def note(self, message: str) -> None:
+        print(message, file=self.err)
+
+
+def _isatty(stream: TextIO) -> bool:
+    isatty = getattr(stream, "isatty", None)
+    return bool(isatty and isatty())
+
+
+# -- reading ---------------------------------------------------------------
+
+
+def cmd_status(ctx: Ctx) -> int:
+    stats = ctx.operator.stats()
+    now = ctx.now
+    paused = any(s.paused for s in stats.destinations.values())
+    needing = stats.by_status.get(DeliveryStatus.NEEDS_ACTION, 0)
+    if ctx.json:
+        ctx.dump(render.stats_json(stats, now))
+    else:
+        ctx.lines(render.render_status(stats, now, db=ctx.db))
+    if ctx.args.check and (needing or paused):
+        return EXIT_ATTENTION
+    return EXIT_OK
+
+
+@attrs.frozen
+class _Filters:
+    statuses: list[DeliveryStatus] | None
+    destination: str | None
+    category: ErrorCategory | None
+    since: datetime | None
+    search: str | None
+
+
+def _filters(ctx: Ctx) -> _Filters:
+    args = ctx.args
+    search = (args.search or "").strip().lower() or None
+    return _Filters(
+        statuses=parse_statuses(args.status) if args.status else None,
+        destination=args.destination,
+        category=parse_category(args.category) if args.category else None,
+        since=parse_since(args.since, ctx.now) if args.since else None,
+        search=search,
+    )
+
+
+def _matches(delivery: Delivery, needle: str) -> bool:
+    error = delivery.last_error
+    haystack = [delivery.id, delivery.event.id, delivery.event.type]
+    if error is not None:
+        haystack.append(error.message)
+        if error.field:
+            haystack.append(error.field)
+    return any(needle in text.lower() for text in haystack)
+
+
+def _pages(operator: Operator, f: _Filters, cursor: str | None, size: int) -> Iterator[Page]:
+    while True:
+        try:
+            page = operator.list(
+                f.statuses, f.destination, f.category, limit=size, cursor=cursor, since=f.since
+            )
+        except ValueError as exc:  # a malformed --cursor
+            raise usage(str(exc)) from exc
+        yield page
+        if page.next_cursor is None:
+            return
+        cursor = page.next_cursor
+
+
+def _search(operator: Operator, f: _Filters, limit: int, cursor: str | None) -> Page:
+    """One page of deliveries matching the filters and the text search."""
+    if f.search is None:
+        return next(_pages(operator, f, cursor, limit))
+    found: list[Delivery] = []
+    for page in _pages(operator, f, cursor, max(limit, 200)):
+        found.extend(d for d in page.items if _matches(d, f.search))
+        if len(found) > limit:
+            return Page(items=found[:limit], next_cursor=encode_cursor(found[limit - 1].seq))
+    return Page(items=found, next_cursor=None)
+
+
+def _check_limit(limit: int) -> None:
+    if limit < 1:
+        raise usage(f"--limit must be 1 or more, got {limit}")
+
+
+def _describe(f: _Filters) -> str:
+    parts = []
+    if f.statuses:
+        parts.append("status " + ",".join(s.value for s in f.statuses))
+    if f.destination:
+        parts.append(f"destination {f.destination}")
+    if f.category:
+        parts.append(f"category {f.category.value}")
+    if f.since:
+        parts.append(f"updated since {render.fmt_time(f.since)}")
+    if f.search:
+        parts.append(f"matching {f.search!r}")
+    return ", ".join(parts) or "no filter"
+
+
+def cmd_list(ctx: Ctx) -> int:
+    _check_limit(ctx.args.limit)
+    f = _filters(ctx)
+    page = _search(ctx.operator, f, ctx.args.limit, ctx.args.cursor)
+    if ctx.json:
+        ctx.dump(
+            {
+                "items": [render.delivery_json(d) for d in page.items],
+                "next_cursor": page.next_cursor,
+            }
+        )
+        return EXIT_OK
+    lines = render.render_deliveries(page.items, ctx.now, max_width=ctx.width)
+    if page.next_cursor is not None:
+        lines += ["", f"More: add --cursor {page.next_cursor} for the next page."]
+    ctx.lines(lines)
+    return EXIT_OK
+
+
+def _get(ctx: Ctx, delivery_id: str) -> Delivery:
+    try:
+        return ctx.operator.get(delivery_id)
+    except DeliveryNotFoundError as exc:
+        raise CliError(f"{exc} in {ctx.db}") from exc
+
+
+def cmd_show(ctx: Ctx) -> int:
+    delivery = _get(ctx, ctx.args.id)
+    records = ctx.operator.attempts(delivery.id)
+    if ctx.json:
+        ctx.dump(
+            {
+                "delivery": render.delivery_json(delivery),
+                "attempts": [render.attempt_json(r) for r in records],
+            }
+        )
+    else:
+        db = ctx.db if ctx.args.db else None  # repeat an explicit --db in the commands
+        ctx.lines(render.render_delivery(delivery, records, ctx.now, db=db, max_width=ctx.width))
+    return EXIT_OK
+
+
+def cmd_attempts(ctx: Ctx) -> int:
+    delivery = _get(ctx, ctx.args.id)
+    records = ctx.operator.attempts(delivery.id)
+    if ctx.json:
+        ctx.dump(
+            {"delivery_id": delivery.id, "attempts": [render.attempt_json(r) for r in records]}
+        )
+    else:
+        ctx.lines(render.render_attempts(records, max_width=ctx.width))
+    return EXIT_OK
+
+
+def cmd_trend(ctx: Ctx) -> int:
+    width = parse_duration(ctx.args.bucket, "--bucket")
+    since = parse_since(ctx.args.since, ctx.now) if ctx.args.since else None
+    if since is not None and (ctx.now - since) / width > 10_000:
+        raise usage(
+            f"--since {ctx.args.since} with --bucket {ctx.args.bucket} makes more than "
+            "10000 buckets; use a wider --bucket"
+        )
+    buckets = ctx.operator.error_trend(bucket=width, since=since)
+    if ctx.json:
+        ctx.dump(render.trend_json(buckets, width))
+    else:
+        ctx.lines(render.render_trend(buckets, width, unicode=ctx.unicode and not ctx.args.ascii))
+    return EXIT_OK
+
+
+def cmd_recent(ctx: Ctx) -> int:
+    _check_limit(ctx.args.limit)
+    records = ctx.operator.recent_errors(limit=ctx.args.limit)
+    if ctx.json:
+        ctx.dump({"errors": [render.attempt_json(r) for r in records]})
+    else:
+        ctx.lines(render.render_recent(records, ctx.now, max_width=ctx.width))
+    return EXIT_OK
+
+
+# -- acting ------------------------------------------------------------------
+
+
+def _existing(ctx: Ctx, ids: Sequence[str]) -> dict[str, Delivery]:
+    """Every id must exist before anything changes (all-or-nothing)."""
+    found = {}
+    for delivery_id in dict.fromkeys(ids):
+        found[delivery_id] = _get(ctx, delivery_id)
+    return found
+
+
+def _report_action(
+    ctx: Ctx,
+    action: str,
+    before: dict[str, Delivery],
+    moved: Sequence[str],
+    allowed: Sequence[DeliveryStatus],
+    past: str,
+) -> int:
+    skipped = [d for i, d in before.items() if i not in set(moved)]
+    if ctx.json:
+        ctx.dump(
+            {
+                "action": action,
+                "changed": list(moved),
+                "skipped": [{"id": d.id, "status": d.status.value} for d in skipped],
+            }
+        )
+    else:
+        noun = "delivery" if len(moved) == 1 else "deliveries"
+        ctx.lines([f"{past} {len(moved)} {noun}" + (": " + " ".join(moved) if moved else "")])
+    if skipped:
+        names = ", ".join(sorted(s.value for s in allowed))
+        for d in skipped:
+            ctx.note(
+                f"skipped {d.id}: it is {d.status.value}; {action} applies to {names} deliveries"
+            )
+        return EXIT_FAILURE
+    return EXIT_OK
+
+
+def cmd_retry(ctx: Ctx) -> int:
+    before = _existing(ctx, ctx.args.ids)
+    moved = ctx.operator.retry(list(before), actor=ctx.actor, note=ctx.args.note)
+    return _report_action(ctx, "retry", before, moved, sorted(RETRYABLE_BY_OPERATOR), "Re-synced")
+
+
+def cmd_resolve(ctx: Ctx) -> int:
+    before = _existing(ctx, ctx.args.ids)
+    moved = ctx.operator.resolve(list(before), note=ctx.args.note, actor=ctx.actor)
+    return _report_action(ctx, "resolve", before, moved, sorted(RESOLVABLE), "Resolved")
+
+
+def cmd_discard(ctx: Ctx) -> int:
+    before = _existing(ctx, ctx.args.ids)
+    moved = ctx.operator.discard(list(before), reason=ctx.args.reason, actor=ctx.actor)
+    return _report_action(ctx, "discard", before, moved, sorted(DISCARDABLE), "Discarded")
+
+
+def _progress(ctx: Ctx, done: int, total: int) -> None:
+    if _isatty(ctx.err):
+        filled = int(30 * done / total) if total else 30
+        bar = "#" * filled + "-" * (30 - filled)
+        end = "\n" if done >= total else ""
+        ctx.err.write(f"\rretry-all [{bar}] {done}/{total}{end}")
+        ctx.err.flush()
+    else:
+        ctx.note(f"retry-all: {done}/{total} re-synced")
+
+
+def cmd_retry_all(ctx: Ctx) -> int:
+    f = _filters(ctx)
+    statuses = f.statuses or [DeliveryStatus.NEEDS_ACTION]
+    wrong = [s for s in statuses if s not in RETRYABLE_BY_OPERATOR]
+    if wrong:
+        allowed = ", ".join(sorted(s.value for s in RETRYABLE_BY_OPERATOR))
+        raise usage(
+            f"retry-all cannot retry {', '.join(s.value for s in wrong)} deliveries; "
+            f"--status takes {allowed}"
+        )
+    f = attrs.evolve(f, statuses=statuses)
+    ids: list[str] = []
+    for page in _pages(ctx.operator, f, None, _CHUNK):
+        items = page.items if f.search is None else [d for d in page if _matches(d, f.search)]
+        ids.extend(d.id for d in items)
+    scope = _describe(f)
+    if ctx.args.dry_run:
+        if ctx.json:
+            ctx.dump({"action": "retry-all", "dry_run": True, "matched": len(ids), "ids": ids})
+        else:
+            ctx.lines([f"Would re-sync {len(ids)} deliveries ({scope}); nothing was changed."])
+        return EXIT_OK
+    moved: list[str] = []
+    show_progress = len(ids) > _CHUNK
+    for start in range(0, len(ids), _CHUNK):
+        chunk = ids[start : start + _CHUNK]
+        moved.extend(ctx.operator.retry(chunk, actor=ctx.actor, note=ctx.args.note))
+        if show_progress:
+            _progress(ctx, min(start + _CHUNK, len(ids)), len(ids))
+    if ctx.json:
+        ctx.dump({"action": "retry-all", "dry_run": False, "matched": len(ids), "changed": moved})
+    else:
+        ctx.lines([f"Re-synced {len(moved)} of {len(ids)} matching deliveries ({scope})."])
+    if len(moved) < len(ids):
+        ctx.note(
+            f"{len(ids) - len(moved)} deliveries changed state meanwhile (another worker or "
+            "operator) and were left alone"
+        )
+    return EXIT_OK
+
+
+def _known_destinations(ctx: Ctx) -> set[str]:
+    stats = ctx.operator.stats()
+    return set(stats.by_destination) | set(stats.destinations)
+
+
+def _names(names: set[str]) -> str:
+    return ", ".join(sorted(names)) or "none"
+
+
+def cmd_pause(ctx: Ctx) -> int:
+    name = ctx.args.destination
+    known = _known_destinations(ctx)
+    if name not in known and not ctx.args.force:
+        raise CliError(
+            f"unknown destination {name!r} in {ctx.db} (known: {_names(known)}); "
+            "pass --force to pause it before anything was sent to it"
+        )
+    state = ctx.operator.pause(name, reason=ctx.args.reason, actor=ctx.actor)
+    if ctx.json:
+        ctx.dump({"action": "pause", "destination": name, "paused": state.paused})
+    else:
+        ctx.lines(
+            [f"Paused {name}: {state.paused_reason}", f"  resume: resilient-sync resume {name}"]
+        )
+    return EXIT_OK
+
+
+def cmd_resume(ctx: Ctx) -> int:
+    name = ctx.args.destination
+    known = _known_destinations(ctx)
+    if name not in known:
+        raise CliError(f"unknown destination {name!r} in {ctx.db} (known: {_names(known)})")
+    current = ctx.operator.destinations().get(name)
+    if current is None or not current.paused:
+        if ctx.json:
+            ctx.dump({"action": "resume", "destination": name, "paused": False, "changed": False})
+        else:
+            ctx.lines([f"{name} is not paused; nothing to do."])
+        return EXIT_OK
+    ctx.operator.resume(name, actor=ctx.actor, note=ctx.args.note)
+    stats = ctx.operator.stats()
+    waiting = stats.needs_action.get(name, {}).get(ErrorCategory.PERMISSION, 0)
+    if ctx.json:
+        ctx.dump({"action": "resume", "destination": name, "paused": False, "changed": True})
+    else:
+        lines = [f"Resumed {name} (was paused: {current.paused_reason})."]
+        if waiting:
+            lines.append(
+                f"  {waiting} deliveries failed with the permission error; re-sync them: "
+                f"resilient-sync retry-all --category permission --destination {name}"
+            )
+        ctx.lines(lines)
+    return EXIT_OK
+
+
+def cmd_edit(ctx: Ctx) -> int:
+    args = ctx.args
+    if not args.assignments and not args.unset:
+        raise usage("edit needs at least one --set PATH=VALUE or --unset PATH")
+    changes: dict[str, Any] = {}
+    for text in args.assignments:
+        path, value = parse_assignment(text)
+        changes[path] = value
+    _get(ctx, args.id)
+    try:
+        delivery = ctx.operator.edit(
+            args.id,
+            changes,
+            remove=args.unset,
+            actor=ctx.actor,
+            note=args.note,
+            retry=args.retry,
+            force=args.force,
+        )
+    except ValueError as exc:
+        raise CliError(str(exc)) from exc
+    record = ctx.operator.attempts(delivery.id)[-1]
+    details = dict(record.details)
+    if ctx.json:
+        ctx.dump(
+            {
+                "action": "edit",
+                "delivery": render.delivery_json(delivery),
+                "changed": details.get("changed", []),
+                "before": details.get("before", {}),
+                "after": details.get("after", {}),
+                "idempotency_key": details.get("idempotency_key"),
+            }
+        )
+        return EXIT_OK
+    lines = [f"Edited {delivery.id} ({delivery.event.type} {delivery.event.id}):"]
+    before = details.get("before", {})
+    for path, value in details.get("after", {}).items():
+        lines.append(
+            f"  {path}: {json.dumps(before.get(path), ensure_ascii=False)} -> "
+            f"{json.dumps(value, ensure_ascii=False)}"
+        )
+    keys = details.get("idempotency_key") or {}
+    lines.append(f"  idempotency key: {keys.get('before')} -> {keys.get('after')}")
+    if args.retry:
+        lines.append("Re-synced: the next worker run delivers the corrected payload.")
+    else:
+        lines.append(
+            f"It stays {delivery.status.value}; re-sync it with: resilient-sync retry {delivery.id}"
+        )
+    ctx.lines(lines)
+    return EXIT_OK
+
+
+COMMANDS: dict[str, Callable[[Ctx], int]] = {
+    "status": cmd_status,
+    "list": cmd_list,
+    "show": cmd_show,
+    "attempts": cmd_attempts,
+    "trend": cmd_trend,
+    "recent": cmd_recent,
+    "retry": cmd_retry,
+    "retry-all": cmd_retry_all,
+    "resolve": cmd_resolve,
+    "discard": cmd_discard,
+    "pause": cmd_pause,
+    "resume": cmd_resume,
+    "edit": cmd_edit,
+}
