@@ -10,7 +10,30 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from ._memory import MemoryIdempotencyStore, MemoryQueueStore
 from ._open import open_stores
+from ._sqlite import SQLiteIdempotencyStore, SQLiteQueueStore
 
-__all__ = ["MemoryIdempotencyStore", "MemoryQueueStore", "open_stores"]
+if TYPE_CHECKING:
+    from ._postgres import PostgresIdempotencyStore, PostgresQueueStore
+
+__all__ = [
+    "MemoryIdempotencyStore",
+    "MemoryQueueStore",
+    "PostgresIdempotencyStore",
+    "PostgresQueueStore",
+    "SQLiteIdempotencyStore",
+    "SQLiteQueueStore",
+    "open_stores",
+]
+
+
+def __getattr__(name: str) -> Any:
+    """The PostgreSQL stores, imported on first use so that psycopg stays optional."""
+    if name in ("PostgresIdempotencyStore", "PostgresQueueStore"):
+        from . import _postgres  # noqa: PLC0415 - lazy: psycopg is an optional extra
+
+        return getattr(_postgres, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

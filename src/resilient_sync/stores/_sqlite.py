@@ -1,0 +1,1310 @@
+"""SQLite stores: the durable embedded default, on the standard library's ``sqlite3``.
+
+One file may hold both stores (``open_stores("sqlite:///sync.db")`` opens
+both on one connection), and the application's own tables too: every table
+is prefixed ``resilient_sync_``.
+
+How the promises are kept:
+
+- **Durable.** The file is in WAL mode; every write is one explicit
+  transaction (``BEGIN IMMEDIATE`` ... ``COMMIT``), so a call happens entirely
+  or not at all. With ``synchronous="FULL"`` (the default) each commit is
+  fsynced before the call returns: a submitted event survives ``kill -9``
+  *and* a power loss. ``"NORMAL"`` skips that fsync: still safe against a
+  crashed or killed process, but a power loss (or OS crash) may undo the
+  last commits; the file stays consistent either way. ``"EXTRA"`` is
+  accepted and, in WAL mode, gives what ``FULL`` gives (its extra directory
+  sync concerns rollback journals).
+  Speed comes from batching: a whole claim or completion batch is one
+  commit. One exception, at every level: the idempotency store's *locks*
+  (``begin``/``release``) commit without an fsync, because they only matter
+  while the process holding them lives, and a power loss ends every one of
+  them; the next durable commit (``finish``, ``complete``) makes them
+  durable too, as the WAL is replayed in order.
+- **Several threads and processes.** A store object owns one connection,
+  guarded by a lock (the dispatcher calls stores from a thread pool and from
+  ``asyncio.to_thread``). Processes share the file: a write waits up to
+  ``busy_timeout`` seconds for another process's transaction, reads never
+  wait (WAL snapshots). A forked child opens its own connection. The file
+  must be on a local disk (WAL needs shared memory; not NFS/SMB).
+- **Errors.** ``sqlite3`` errors become :class:`~resilient_sync.StoreError`
+  naming the file and saying what to do (locked, read-only, disk full,
+  corrupted); the failed transaction is rolled back, so what was committed
+  before is intact. A file that cannot be read is never modified.
+- **Schema.** Versioned migrations (``sql/sqlite/migrations/NNNN_name.sql``)
+  run on open, once, under the write lock; the applied versions are kept in
+  ``resilient_sync_migrations`` (``PRAGMA user_version`` is left to the
+  application). Queries live in ``sql/sqlite/queries.sql``.
+
+Needs SQLite 3.24 or newer with the JSON functions (every supported Python
+ships one).
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import json
+import logging
+import os
+import re
+import sqlite3
+import threading
+import weakref
+from collections.abc import Collection, Iterator, Sequence
+from datetime import datetime, timedelta, timezone
+from functools import cache
+from importlib import resources
+from typing import Any, overload
+
+import attrs
+from typing_extensions import Self
+
+from .._errors import StoreError
+from .._json import error_from_json
+from .._model import (
+    Attempt,
+    Completion,
+    Delivery,
+    DeliveryStatus,
+    DestinationState,
+    ErrorCategory,
+    ErrorInfo,
+    Event,
+    IdempotencyRecord,
+    IdempotencyState,
+    Page,
+    QueueStats,
+)
+from ._common import check_page_args, decode_cursor, encode_cursor, fill_audit
+
+__all__ = ["SQLiteIdempotencyStore", "SQLiteQueueStore"]
+
+logger = logging.getLogger("resilient_sync")
+
+#: Accepted values of ``synchronous`` (``OFF`` is refused: it can corrupt the file).
+SYNCHRONOUS_MODES = ("FULL", "NORMAL", "EXTRA")
+DEFAULT_BUSY_TIMEOUT = 10.0
+_MIN_SQLITE = (3, 24, 0)
+
+# --- SQL files ----------------------------------------------------------------
+
+_NAME = re.compile(r"^--\s*name:\s*(\w+)\s*$")
+_MIGRATION = re.compile(r"^(\d{4})_(\w+)\.sql$")
+
+
+def _sql_dir() -> Any:
+    return resources.files("resilient_sync.stores") / "sql" / "sqlite"
+
+
+def parse_queries(text: str) -> dict[str, str]:
+    """Split a file of ``-- name: <name>`` sections into ``{name: sql}``.
+
+    Comment lines inside a section are dropped; the rest is kept verbatim.
+    """
+    queries: dict[str, str] = {}
+    name: str | None = None
+    lines: list[str] = []
+
+    def flush() -> None:
+        if name is not None:
+            if name in queries:
+                raise ValueError(f"query {name!r} is defined twice")
+            queries[name] = "\n".join(lines).strip()
+
+    for line in text.splitlines():
+        match = _NAME.match(line)
+        if match:
+            flush()
+            name, lines = match.group(1), []
+        elif name is not None and not line.lstrip().startswith("--"):
+            lines.append(line)
+    flush()
+    return queries
+
+
+def split_statements(script: str) -> list[str]:
+    """Split a SQL script into complete statements (``sqlite3.complete_statement``)."""
+    statements: list[str] = []
+    buffer = ""
+    for line in script.splitlines(keepends=True):
+        buffer += line
+        if sqlite3.complete_statement(buffer):
+            statements.append(buffer.strip())
+            buffer = ""
+    rest = "\n".join(
+        line for line in buffer.splitlines() if line.strip() and not line.strip().startswith("--")
+    )
+    if rest:
+        raise ValueError(f"incomplete SQL statement at the end of the script: {rest[:80]!r}")
+    return statements
+
+
+@attrs.frozen
+class Migration:
+    """One versioned schema change (``sql/sqlite/migrations/NNNN_name.sql``)."""
+
+    version: int
+    name: str
+    statements: tuple[str, ...]
+
+
+@cache
+def migrations() -> tuple[Migration, ...]:
+    """Every migration shipped with the package, oldest first."""
+    found: list[Migration] = []
+    for entry in (_sql_dir() / "migrations").iterdir():
+        match = _MIGRATION.match(entry.name)
+        if match is None:
+            continue
+        text = entry.read_text(encoding="utf-8")
+        found.append(Migration(int(match.group(1)), match.group(2), tuple(split_statements(text))))
+    found.sort(key=lambda m: m.version)
+    versions = [m.version for m in found]
+    if versions != list(range(1, len(found) + 1)):
+        raise RuntimeError(
+            f"SQLite migrations must be numbered 1, 2, 3 ... without gaps: {versions}"
+        )
+    return tuple(found)
+
+
+@cache
+def _queries() -> dict[str, str]:
+    return parse_queries((_sql_dir() / "queries.sql").read_text(encoding="utf-8"))
+
+
+class _Queries:
+    """Attribute access to the named queries (``Q.claim_candidates``), loaded
+    on first use and then cached as plain attributes."""
+
+    def __getattr__(self, name: str) -> str:
+        try:
+            sql = _queries()[name]
+        except KeyError:
+            raise AttributeError(f"no query named {name!r} in queries.sql") from None
+        setattr(self, name, sql)
+        return sql
+
+
+Q = _Queries()
+
+# --- value mapping ------------------------------------------------------------
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_US = timedelta(microseconds=1)
+_STATUS = {s.value: s for s in DeliveryStatus}
+_FINAL = frozenset(s for s in DeliveryStatus if s.is_final)
+_WAITING = (DeliveryStatus.PENDING, DeliveryStatus.RETRY_SCHEDULED)
+
+
+@overload
+def _us(value: datetime) -> int: ...
+@overload
+def _us(value: datetime | None) -> int | None: ...
+def _us(value: datetime | None) -> int | None:
+    """A timezone-aware datetime as integer microseconds since the epoch."""
+    if value is None:
+        return None
+    return (value - _EPOCH) // _US
+
+
+def _dt(value: int | None) -> datetime | None:
+    return None if value is None else _EPOCH + timedelta(microseconds=value)
+
+
+_ENCODE = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
+
+
+def _dumps(value: Any) -> str | None:
+    return None if value is None else _ENCODE(value)
+
+
+def _event_json(event: Event) -> str:
+    """The JSON of an event (the shape of ``event_to_json``, payload keys in
+    their given order)."""
+    occurred = event.occurred_at
+    return _ENCODE(
+        {
+            "id": event.id,
+            "type": event.type,
+            "payload": event.payload,
+            "ordering_key": event.ordering_key,
+            "idempotency_key": event.idempotency_key,
+            "occurred_at": occurred.isoformat() if occurred is not None else None,
+            "metadata": dict(event.metadata),
+        }
+    )
+
+
+_DECODE = json.JSONDecoder().decode
+
+
+def _event(text: str) -> Event:
+    """Inverse of :func:`_event_json` (also reads ``event_to_json``'s output)."""
+    data = _DECODE(text)
+    occurred = data.get("occurred_at")
+    return Event(
+        data["id"],
+        data["type"],
+        data["payload"],
+        data.get("ordering_key"),
+        data.get("idempotency_key"),
+        datetime.fromisoformat(occurred) if occurred else None,
+        data.get("metadata") or {},
+    )
+
+
+def _error_json(error: ErrorInfo | None) -> str | None:
+    """The JSON of an error (the shape of ``error_to_json``)."""
+    if error is None:
+        return None
+    return _ENCODE(
+        {
+            "category": error.category.value,
+            "message": error.message,
+            "field": error.field,
+            "exception_type": error.exception_type,
+            "retry_after": error.retry_after,
+        }
+    )
+
+
+def _loads(text: str | None) -> Any:
+    return None if text is None else json.loads(text)
+
+
+def _due_at(status: DeliveryStatus, next_attempt_at: int | None, lease: int | None) -> int | None:
+    """When a row in ``status`` may next be claimed (NULL: not by time)."""
+    if status is DeliveryStatus.PENDING or status is DeliveryStatus.RETRY_SCHEDULED:
+        return 0 if next_attempt_at is None else next_attempt_at
+    if status is DeliveryStatus.IN_FLIGHT:
+        return lease
+    return None
+
+
+def _delivery(row: Sequence[Any]) -> Delivery:
+    return Delivery(
+        seq=row[0],
+        id=row[1],
+        event=_event(row[2]),
+        destination=row[3],
+        status=_STATUS[row[4]],
+        idempotency_key=row[5],
+        attempts=row[6],
+        next_attempt_at=_dt(row[7]),
+        last_error=error_from_json(row[8]),
+        result=_loads(row[9]),
+        created_at=_EPOCH + timedelta(microseconds=row[10]),
+        updated_at=_EPOCH + timedelta(microseconds=row[11]),
+        lease_token=row[12],
+        lease_owner=row[13],
+        lease_expires_at=_dt(row[14]),
+    )
+
+
+def _audit_row(record: Attempt) -> tuple[Any, ...]:
+    return (
+        record.delivery_id,
+        record.destination,
+        record.action,
+        record.actor,
+        _us(record.started_at),
+        _us(record.finished_at),
+        record.number,
+        record.outcome.value if record.outcome is not None else None,
+        record.reason,
+        _error_json(record.error),
+        _dumps(dict(record.details)) if record.details else None,
+    )
+
+
+def _attempt(row: Sequence[Any]) -> Attempt:
+    return Attempt(
+        id=row[0],
+        delivery_id=row[1],
+        destination=row[2],
+        action=row[3],
+        actor=row[4],
+        started_at=_EPOCH + timedelta(microseconds=row[5]),
+        finished_at=_EPOCH + timedelta(microseconds=row[6]),
+        number=row[7],
+        outcome=_STATUS[row[8]] if row[8] is not None else None,
+        reason=row[9],
+        error=error_from_json(row[10]),
+        details=_loads(row[11]) or {},
+    )
+
+
+def _destination_state(row: Sequence[Any]) -> DestinationState:
+    return DestinationState(
+        name=row[0],
+        paused=bool(row[1]),
+        paused_reason=row[2],
+        hold_until=_dt(row[3]),
+        hold_reason=row[4],
+        updated_at=_dt(row[5]),
+    )
+
+
+def _category(error: ErrorInfo | None) -> str | None:
+    return error.category.value if error is not None else None
+
+
+# --- the database file ----------------------------------------------------------
+
+_OPEN_DATABASES: weakref.WeakSet[_Database] = weakref.WeakSet()
+#: connections inherited through fork(): kept referenced so that they are never
+#: closed in the child (closing one there could disturb the parent's locks)
+_INHERITED: list[sqlite3.Connection] = []
+
+
+def _after_fork_in_child() -> None:
+    for database in list(_OPEN_DATABASES):
+        database._forget_after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _check_path(path: str | os.PathLike[str]) -> str:
+    if isinstance(path, bytes) or not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path must be a str or os.PathLike, got {type(path).__name__}")
+    text = os.fspath(path)
+    if not text or text == ":memory:" or text.startswith("file:"):
+        raise ValueError(
+            f"SQLite stores need a file path, got {text!r}; "
+            "use MemoryQueueStore/MemoryIdempotencyStore for an in-memory queue"
+        )
+    return text
+
+
+def _check_synchronous(value: str) -> str:
+    mode = value.upper() if isinstance(value, str) else value
+    if mode not in SYNCHRONOUS_MODES:
+        raise ValueError(
+            f"synchronous must be one of {', '.join(SYNCHRONOUS_MODES)}, got {value!r} "
+            "(OFF is refused: an OS crash could corrupt the file)"
+        )
+    return str(mode)
+
+
+def _check_timeout(value: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        raise ValueError(f"busy_timeout must be a number of seconds >= 0, got {value!r}")
+    return float(value)
+
+
+class _Database:
+    """One SQLite file: a lazily (re)opened connection, its lock, error mapping."""
+
+    def __init__(self, path: str | os.PathLike[str], synchronous: str, busy_timeout: float) -> None:
+        self.path = _check_path(path)
+        self.synchronous = _check_synchronous(synchronous)
+        self.busy_timeout = _check_timeout(busy_timeout)
+        self.lock = threading.RLock()
+        self._conn: sqlite3.Connection | None = None
+        self._users = 0
+        self._closed = False
+        with self.lock:
+            self._connection()
+        _OPEN_DATABASES.add(self)
+
+    @property
+    def where(self) -> str:
+        """The file, as named in messages."""
+        return os.path.abspath(self.path)
+
+    # -- connection --------------------------------------------------------
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._closed:
+            raise StoreError(f"SQLite store {self.where!r} is closed")
+        if self._conn is None:
+            self._conn = self._open()
+        return self._conn
+
+    def _open(self) -> sqlite3.Connection:
+        if sqlite3.sqlite_version_info < _MIN_SQLITE:
+            raise StoreError(
+                f"SQLite store {self.where!r}: needs SQLite >= 3.24, "
+                f"this Python has {sqlite3.sqlite_version}"
+            )
+        try:
+            conn = sqlite3.connect(
+                self.path,
+                timeout=self.busy_timeout,
+                isolation_level=None,
+                check_same_thread=False,
+            )
+        except sqlite3.Error as exc:
+            raise self.error("open", exc) from exc
+        try:
+            (mode,) = conn.execute("PRAGMA journal_mode=WAL").fetchone()
+            if str(mode).lower() != "wal":
+                raise StoreError(
+                    f"SQLite store {self.where!r}: could not switch the file to WAL mode "
+                    f"(journal_mode is {mode!r}); put it on a local disk"
+                )
+            conn.execute(f"PRAGMA synchronous={self.synchronous}")
+            conn.execute("SELECT json('[]')")
+            self._migrate(conn)
+        except sqlite3.Error as exc:
+            conn.close()
+            raise self.error("open", exc) from exc
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        known = migrations()
+        latest = known[-1].version
+        current = self._version(conn)
+        if current == latest:
+            return
+        if current > latest:
+            raise StoreError(
+                f"SQLite store {self.where!r}: its schema is at version {current}, newer than "
+                f"this resilient_sync knows ({latest}); upgrade resilient_sync"
+            )
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            current = self._version(conn)  # another process may have migrated meanwhile
+            for migration in known:
+                if migration.version <= current:
+                    continue
+                for statement in migration.statements:
+                    conn.execute(statement)
+                conn.execute(
+                    Q.record_migration, {"version": migration.version, "name": migration.name}
+                )
+                logger.info(
+                    "migrated SQLite store %s to schema version %d (%s)",
+                    self.where,
+                    migration.version,
+                    migration.name,
+                )
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+
+    @staticmethod
+    def _version(conn: sqlite3.Connection) -> int:
+        (exists,) = conn.execute(Q.has_migrations_table).fetchone()
+        if not exists:
+            return 0
+        (version,) = conn.execute(Q.schema_version).fetchone()
+        return int(version)
+
+    def _forget_after_fork(self) -> None:
+        self.lock = threading.RLock()
+        if self._conn is not None:
+            _INHERITED.append(self._conn)
+            self._conn = None
+
+    def acquire(self) -> None:
+        """One more store object uses this file."""
+        with self.lock:
+            self._users += 1
+
+    def release(self) -> None:
+        """A store object is closed; close the connection with the last one."""
+        with self.lock:
+            self._users -= 1
+            if self._users > 0 or self._closed:
+                return
+            self._closed = True
+            conn, self._conn = self._conn, None
+            if conn is not None:
+                try:
+                    conn.close()
+                except sqlite3.Error as exc:
+                    raise self.error("close", exc) from exc
+
+    # -- transactions ------------------------------------------------------
+
+    @contextlib.contextmanager
+    def write(self, action: str, *, durable: bool = True) -> Iterator[sqlite3.Connection]:
+        """One write transaction: ``BEGIN IMMEDIATE`` ... ``COMMIT`` (or rollback).
+
+        ``durable=False`` commits without the fsync of ``synchronous=FULL``
+        (the ``NORMAL`` level, for this transaction only): for rows that only
+        matter while the processes that wrote them live (idempotency locks).
+        Such a commit survives a killed process; a power loss may undo it,
+        but never a later durable commit (the WAL is replayed in order).
+        """
+        with self.lock:
+            conn = self._connection()
+            relax = not durable and self.synchronous != "NORMAL"
+            try:
+                if relax:
+                    conn.execute("PRAGMA synchronous=NORMAL")
+                conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as exc:
+                if relax:
+                    self._restore_synchronous(conn, action)
+                raise self.error(action, exc) from exc
+            try:
+                yield conn
+                conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                self._rollback(conn, action)
+                raise self.error(action, exc) from exc
+            except BaseException:
+                self._rollback(conn, action)
+                raise
+            finally:
+                if relax:
+                    self._restore_synchronous(conn, action)
+
+    def _restore_synchronous(self, conn: sqlite3.Connection, action: str) -> None:
+        """Back to the configured level; a connection that refuses is dropped
+        (the next call reconnects with the right level), never kept weaker."""
+        if self._conn is not conn:
+            return  # already dropped by a failed rollback
+        try:
+            conn.execute(f"PRAGMA synchronous={self.synchronous}")
+        except sqlite3.Error as exc:
+            self._conn = None
+            with contextlib.suppress(sqlite3.Error):
+                conn.close()
+            raise self.error(f"{action} (restoring synchronous={self.synchronous})", exc) from exc
+
+    @contextlib.contextmanager
+    def read(self, action: str, *, snapshot: bool = False) -> Iterator[sqlite3.Connection]:
+        """Reads; with ``snapshot`` in one read transaction (a consistent view)."""
+        with self.lock:
+            conn = self._connection()
+            try:
+                if snapshot:
+                    conn.execute("BEGIN")
+                yield conn
+                if snapshot:
+                    conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                self._rollback(conn, action)
+                raise self.error(action, exc) from exc
+            except BaseException:
+                self._rollback(conn, action)
+                raise
+
+    def _rollback(self, conn: sqlite3.Connection, action: str) -> None:
+        if not conn.in_transaction:
+            return
+        try:
+            conn.execute("ROLLBACK")
+        except sqlite3.Error:
+            # the connection is in an unknown state: drop it, the next call reopens
+            logger.exception(
+                "SQLite store %s: rollback after a failed %s failed; reconnecting",
+                self.where,
+                action,
+            )
+            self._conn = None
+            with contextlib.suppress(sqlite3.Error):
+                conn.close()
+
+    # -- errors ------------------------------------------------------------
+
+    def error(self, action: str, exc: BaseException) -> StoreError:
+        """A :class:`StoreError` naming the file, the action and what to do."""
+        return translate_error(self.where, action, exc, busy_timeout=self.busy_timeout)
+
+
+def translate_error(
+    where: str, action: str, exc: BaseException, *, busy_timeout: float | None = None
+) -> StoreError:
+    """Map a ``sqlite3`` error to a :class:`StoreError` that names the file."""
+    code = str(getattr(exc, "sqlite_errorname", "") or "")
+    text = str(exc)
+    lowered = text.lower()
+    if code.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")) or "locked" in lowered:
+        waited = f" for more than busy_timeout={busy_timeout:g}s" if busy_timeout else ""
+        hint = (
+            f"the database is locked: another connection held it{waited}; "
+            "this call wrote nothing, retry later"
+        )
+    elif code.startswith("SQLITE_READONLY") or "readonly" in lowered:
+        hint = (
+            "the file is read-only (its directory must also be writable, for the -wal and "
+            "-shm files); this call wrote nothing"
+        )
+    elif code == "SQLITE_FULL" or "is full" in lowered:
+        hint = (
+            "the disk is full; this call wrote nothing and what was committed before is "
+            "intact: free some space and retry"
+        )
+    elif (
+        code.startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB"))
+        or "malformed" in lowered
+        or "not a database" in lowered
+    ):
+        hint = (
+            "the file is corrupted or is not a SQLite database; resilient_sync left it "
+            "untouched: restore it from a backup (check it with "
+            "`sqlite3 FILE 'PRAGMA integrity_check'`)"
+        )
+    elif code.startswith("SQLITE_CANTOPEN") or "unable to open" in lowered:
+        hint = "cannot open the file: does its directory exist, and may this process write there?"
+    elif code.startswith("SQLITE_IOERR") or "i/o error" in lowered:
+        hint = (
+            "disk I/O error: check the disk and the system log; this call's transaction "
+            "was rolled back"
+        )
+    else:
+        hint = "SQLite error"
+    return StoreError(f"SQLite store {where!r}: {action} failed: {hint} ({text})")
+
+
+class _SQLiteStore:
+    """What both SQLite stores share: the file, ``close()``, ``repr()``."""
+
+    _db: _Database
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        synchronous: str = "FULL",
+        busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
+    ) -> None:
+        self._attach(_Database(path, synchronous, busy_timeout))
+
+    def _attach(self, database: _Database) -> None:
+        database.acquire()
+        self._db = database
+        self._closed = False
+
+    @classmethod
+    def _on(cls, database: _Database) -> Self:
+        """A store on an already open file (shares its connection)."""
+        store = cls.__new__(cls)
+        store._attach(database)
+        return store
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StoreError(f"{type(self).__name__} on {self._db.where!r} is closed")
+
+    def _writing(
+        self, action: str, *, durable: bool = True
+    ) -> contextlib.AbstractContextManager[sqlite3.Connection]:
+        self._check_open()
+        return self._db.write(action, durable=durable)
+
+    def _reading(
+        self, action: str, *, snapshot: bool = False
+    ) -> contextlib.AbstractContextManager[sqlite3.Connection]:
+        self._check_open()
+        return self._db.read(action, snapshot=snapshot)
+
+    @property
+    def path(self) -> str:
+        """The database file."""
+        return self._db.path
+
+    @property
+    def synchronous(self) -> str:
+        """The ``PRAGMA synchronous`` level of the commits (idempotency locks aside)."""
+        return self._db.synchronous
+
+    def close(self) -> None:
+        """Close the connection (when no other store shares it); idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self._db.release()
+
+    def __repr__(self) -> str:
+        state = ", closed" if self._closed else ""
+        return f"{type(self).__name__}({self._db.path!r}, synchronous={self.synchronous!r}{state})"
+
+
+def open_pair(
+    path: str | os.PathLike[str],
+    *,
+    synchronous: str = "FULL",
+    busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
+) -> tuple[SQLiteQueueStore, SQLiteIdempotencyStore]:
+    """Both stores on one file, sharing one connection (what ``open_stores`` returns)."""
+    database = _Database(path, synchronous, busy_timeout)
+    return SQLiteQueueStore._on(database), SQLiteIdempotencyStore._on(database)
+
+
+# --- the queue store -------------------------------------------------------------
+
+
+def _insert_row(d: Delivery) -> tuple[Any, ...]:
+    event = d.event
+    next_at = _us(d.next_attempt_at)
+    lease = _us(d.lease_expires_at)
+    return (
+        d.id,
+        event.id,
+        d.destination,
+        event.ordering_key,
+        _event_json(event),
+        d.status.value,
+        d.idempotency_key,
+        d.attempts,
+        next_at,
+        _due_at(d.status, next_at, lease),
+        _error_json(d.last_error),
+        _category(d.last_error),
+        _dumps(d.result),
+        _us(d.created_at),
+        _us(d.updated_at),
+        d.lease_token,
+        d.lease_owner,
+        lease,
+    )
+
+
+def _with_seq(d: Delivery, seq: int) -> Delivery:
+    return Delivery(
+        id=d.id,
+        event=d.event,
+        destination=d.destination,
+        status=d.status,
+        idempotency_key=d.idempotency_key,
+        attempts=d.attempts,
+        next_attempt_at=d.next_attempt_at,
+        last_error=d.last_error,
+        result=d.result,
+        created_at=d.created_at,
+        updated_at=d.updated_at,
+        seq=seq,
+        lease_token=d.lease_token,
+        lease_owner=d.lease_owner,
+        lease_expires_at=d.lease_expires_at,
+    )
+
+
+def _enqueue(
+    conn: sqlite3.Connection,
+    deliveries: Sequence[Delivery],
+    rows: list[tuple[Any, ...]],
+    cursor: tuple[str, str | None] | None,
+) -> list[Delivery]:
+    inserted: list[Delivery] = []
+    if rows:
+        (before,) = conn.execute(Q.max_seq).fetchone()
+        conn.executemany(Q.insert_delivery, rows)
+        seqs = dict(conn.execute(Q.inserted_since, (before,)).fetchall())
+        for d in deliveries:
+            seq = seqs.pop(d.id, None)
+            if seq is not None:
+                inserted.append(_with_seq(d, seq))
+    if cursor is not None:
+        conn.execute(Q.save_cursor, (cursor[0], cursor[1]))
+    return inserted
+
+
+def _expired_audit(row: Sequence[Any], worker: str, now: datetime) -> tuple[Any, ...]:
+    owner, expired_at, attempts = row[13], _dt(row[14]), row[6]
+    return _audit_row(
+        Attempt(
+            delivery_id=row[1],
+            destination=row[3],
+            action="lease_expired",
+            actor=f"worker:{worker}",
+            started_at=now,
+            finished_at=now,
+            number=attempts,
+            outcome=DeliveryStatus.IN_FLIGHT,
+            reason=(
+                f"the lease of {owner} expired at {expired_at}; attempt {attempts} had no "
+                "recorded outcome (worker crashed or stalled)"
+            ),
+        )
+    )
+
+
+def _claimed(
+    row: Sequence[Any], token: int, worker: str, now: datetime, until: datetime
+) -> Delivery:
+    return Delivery(
+        seq=row[0],
+        id=row[1],
+        event=_event(row[2]),
+        destination=row[3],
+        status=DeliveryStatus.IN_FLIGHT,
+        idempotency_key=row[5],
+        attempts=row[6] + 1,
+        next_attempt_at=_dt(row[7]),
+        last_error=error_from_json(row[8]),
+        result=_loads(row[9]),
+        created_at=_EPOCH + timedelta(microseconds=row[10]),
+        updated_at=now,
+        lease_token=token,
+        lease_owner=worker,
+        lease_expires_at=until,
+    )
+
+
+def _completion_row(c: Completion) -> tuple[Any, ...]:
+    next_at = _us(c.next_attempt_at)
+    event = c.event
+    return (
+        c.status.value,
+        next_at,
+        _due_at(c.status, next_at, None),
+        _error_json(c.error),
+        _category(c.error),
+        _dumps(c.result) if c.status is DeliveryStatus.SUCCEEDED else None,
+        _event_json(event) if event is not None else None,
+        event.ordering_key if event is not None else None,
+        c.idempotency_key or None,
+        0 if c.count_attempt else 1,
+        _us(c.finished_at),
+        c.delivery_id,
+        c.lease_token,
+    )
+
+
+class SQLiteQueueStore(_SQLiteStore):
+    """A durable :class:`~resilient_sync.QueueStore` in a SQLite file.
+
+    Args:
+        path: the database file (created with its schema when missing).
+        synchronous: ``"FULL"`` (default: every commit is fsynced, so a
+            submitted event survives a power loss), ``"NORMAL"`` (faster;
+            survives a killed process, but a power loss may undo the last
+            commits) or ``"EXTRA"`` (as ``FULL`` in WAL mode).
+        busy_timeout: seconds a write waits for another process's
+            transaction before failing with a :class:`StoreError`.
+
+    ``enqueue(..., transaction=conn)`` joins the caller's own open transaction
+    on a ``sqlite3.Connection`` to the same file (the transactional outbox):
+    the deliveries commit or roll back with the caller's rows. A connection
+    to another file, or without an open transaction, raises ``ValueError``;
+    any other handle ``TypeError``.
+
+    >>> import os, tempfile
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     queue = SQLiteQueueStore(os.path.join(tmp, "sync.db"))
+    ...     print(queue.stats().total)
+    ...     queue.close()
+    0
+    """
+
+    # -- writing ---------------------------------------------------------
+
+    def enqueue(
+        self,
+        deliveries: Sequence[Delivery],
+        *,
+        cursor: tuple[str, str | None] | None = None,
+        transaction: Any = None,
+    ) -> builtins.list[Delivery]:
+        """See :meth:`QueueStore.enqueue`; ``transaction`` may be a
+        ``sqlite3.Connection`` on the same file with an open transaction."""
+        deliveries = list(deliveries)
+        rows = [_insert_row(d) for d in deliveries]
+        if transaction is not None:
+            return self._enqueue_joined(transaction, deliveries, rows, cursor)
+        with self._writing("enqueue") as conn:
+            return _enqueue(conn, deliveries, rows, cursor)
+
+    def _enqueue_joined(
+        self,
+        conn: Any,
+        deliveries: Sequence[Delivery],
+        rows: list[tuple[Any, ...]],
+        cursor: tuple[str, str | None] | None,
+    ) -> builtins.list[Delivery]:
+        if not isinstance(conn, sqlite3.Connection):
+            raise TypeError(
+                f"SQLiteQueueStore cannot join a transaction of type {type(conn).__name__!r}; "
+                f"pass a sqlite3.Connection on {self._db.where!r} with an open transaction"
+            )
+        where = self._db.where
+        try:
+            files = {row[1]: row[2] for row in conn.execute("PRAGMA database_list")}
+            theirs = files.get("main") or ""
+            same = bool(theirs) and os.path.samefile(theirs, self._db.path)
+        except (sqlite3.Error, OSError) as exc:
+            raise translate_error(where, "enqueue (joining a transaction)", exc) from exc
+        if not same:
+            raise ValueError(
+                f"the transaction is on {theirs or 'an in-memory database'!r}, not on the "
+                f"queue's file {where!r}; open your connection on the queue's file"
+            )
+        if not conn.in_transaction:
+            raise ValueError(
+                "the connection passed as transaction= has no open transaction; begin one "
+                "(conn.execute('BEGIN IMMEDIATE'), or write your own rows first inside "
+                "`with conn:`) so the deliveries commit with your rows"
+            )
+        try:
+            conn.execute("SAVEPOINT resilient_sync_enqueue")
+        except sqlite3.Error as exc:
+            raise translate_error(where, "enqueue (joining a transaction)", exc) from exc
+        try:
+            inserted = _enqueue(conn, deliveries, rows, cursor)
+            conn.execute("RELEASE resilient_sync_enqueue")
+        except BaseException as exc:
+            try:
+                conn.execute("ROLLBACK TO resilient_sync_enqueue")
+                conn.execute("RELEASE resilient_sync_enqueue")
+            except sqlite3.Error:
+                logger.exception("SQLite store %s: rolling back a joined enqueue failed", where)
+            if isinstance(exc, sqlite3.Error):
+                raise translate_error(where, "enqueue (joining a transaction)", exc) from exc
+            raise
+        return inserted
+
+    def claim(
+        self,
+        *,
+        now: datetime,
+        limit: int,
+        lease_until: datetime,
+        worker: str,
+        destinations: Collection[str] | None = None,
+    ) -> builtins.list[Delivery]:
+        """See :meth:`QueueStore.claim`: one ``BEGIN IMMEDIATE`` transaction."""
+        if limit < 1:
+            return []
+        now_us = _us(now)
+        until_us = _us(lease_until)
+        wanted = None if destinations is None else json.dumps(list(destinations))
+        with self._writing("claim") as conn:
+            rows = conn.execute(
+                Q.claim_candidates, {"now": now_us, "destinations": wanted, "limit": limit}
+            ).fetchall()
+            if not rows:
+                return []
+            conn.execute(Q.take_tokens, (len(rows),))
+            (last,) = conn.execute(Q.last_token).fetchone()
+            first = last - len(rows) + 1
+            expired = [_expired_audit(row, worker, now) for row in rows if row[4] == "in_flight"]
+            if expired:
+                conn.executemany(Q.insert_audit, expired)
+            conn.executemany(
+                Q.claim_delivery,
+                [(first + i, worker, until_us, now_us, row[0]) for i, row in enumerate(rows)],
+            )
+        return [_claimed(row, first + i, worker, now, lease_until) for i, row in enumerate(rows)]
+
+    def complete(self, completions: Sequence[Completion]) -> builtins.list[bool]:
+        """See :meth:`QueueStore.complete`: one transaction, fenced by lease token."""
+        if not completions:
+            return []
+        rows = [_completion_row(c) for c in completions]
+        audits = [[_audit_row(a) for a in c.audit] for c in completions]
+        ids = json.dumps([c.delivery_id for c in completions])
+        applied: builtins.list[bool] = []
+        with self._writing("complete") as conn:
+            live = dict(conn.execute(Q.in_flight_tokens, (ids,)).fetchall())
+            updates: builtins.list[tuple[Any, ...]] = []
+            records: builtins.list[tuple[Any, ...]] = []
+            for c, row, audit in zip(completions, rows, audits, strict=True):
+                ok = live.get(c.delivery_id) == c.lease_token
+                if ok:
+                    del live[c.delivery_id]  # the first outcome wins; a repeat is refused
+                    updates.append(row)
+                    records.extend(audit)
+                applied.append(ok)
+            if updates:
+                conn.executemany(Q.complete_delivery, updates)
+            if records:
+                conn.executemany(Q.insert_audit, records)
+        return applied
+
+    def transition(
+        self,
+        ids: Sequence[str],
+        *,
+        from_status: Collection[DeliveryStatus],
+        to_status: DeliveryStatus,
+        audit: Attempt,
+        now: datetime,
+        reset_attempts: bool = False,
+        event: Event | None = None,
+        idempotency_key: str | None = None,
+    ) -> builtins.list[str]:
+        """See :meth:`QueueStore.transition`: one transaction."""
+        allowed = frozenset(from_status)
+        moved: builtins.list[str] = []
+        now_us = _us(now)
+        with self._writing("transition") as conn:
+            for delivery_id in dict.fromkeys(ids):
+                row = conn.execute(Q.get_delivery, (delivery_id,)).fetchone()
+                if row is None:
+                    continue
+                d = _delivery(row)
+                if d.status not in allowed:
+                    continue
+                next_at = now if to_status is DeliveryStatus.PENDING else None
+                new = attrs.evolve(
+                    d,
+                    status=to_status,
+                    next_attempt_at=next_at,
+                    attempts=0 if reset_attempts else d.attempts,
+                    event=event or d.event,
+                    idempotency_key=idempotency_key or d.idempotency_key,
+                    lease_owner=None,
+                    lease_expires_at=None,
+                    updated_at=now,
+                )
+                next_us = _us(next_at)
+                conn.execute(
+                    Q.transition_delivery,
+                    (
+                        to_status.value,
+                        next_us,
+                        _due_at(to_status, next_us, None),
+                        new.attempts,
+                        _event_json(new.event),
+                        new.event.ordering_key,
+                        new.idempotency_key,
+                        now_us,
+                        d.seq,
+                    ),
+                )
+                conn.execute(Q.insert_audit, _audit_row(fill_audit(audit, new)))
+                moved.append(delivery_id)
+        return moved
+
+    def set_destination(
+        self,
+        name: str,
+        *,
+        now: datetime,
+        paused: bool | None = None,
+        paused_reason: str | None = None,
+        hold_until: datetime | None = None,
+        hold_reason: str | None = None,
+        audit: Attempt | None = None,
+    ) -> DestinationState:
+        """See :meth:`QueueStore.set_destination`: one transaction."""
+        with self._writing("set_destination") as conn:
+            row = conn.execute(Q.get_destination, (name,)).fetchone()
+            state = _destination_state(row) if row else DestinationState(name=name)
+            if paused is not None:
+                state = attrs.evolve(
+                    state, paused=paused, paused_reason=paused_reason if paused else None
+                )
+            if hold_until is not None and (
+                state.hold_until is None or hold_until > state.hold_until
+            ):
+                state = attrs.evolve(state, hold_until=hold_until, hold_reason=hold_reason)
+            state = attrs.evolve(state, updated_at=now)
+            conn.execute(
+                Q.save_destination,
+                (
+                    name,
+                    int(state.paused),
+                    state.paused_reason,
+                    _us(state.hold_until),
+                    state.hold_reason,
+                    _us(now),
+                ),
+            )
+            if audit is not None:
+                conn.execute(Q.insert_audit, _audit_row(audit))
+        return state
+
+    # -- reading ---------------------------------------------------------
+
+    def destinations(self) -> dict[str, DestinationState]:
+        """See :meth:`QueueStore.destinations`."""
+        with self._reading("destinations") as conn:
+            rows = conn.execute(Q.all_destinations).fetchall()
+        return {row[0]: _destination_state(row) for row in rows}
+
+    def get(self, delivery_id: str) -> Delivery | None:
+        """See :meth:`QueueStore.get`."""
+        with self._reading("get") as conn:
+            row = conn.execute(Q.get_delivery, (delivery_id,)).fetchone()
+        return _delivery(row) if row is not None else None
+
+    def list(
+        self,
+        *,
+        status: Collection[DeliveryStatus] | None = None,
+        destination: str | None = None,
+        category: ErrorCategory | None = None,
+        since: datetime | None = None,
+        limit: int = 100,
+        cursor: str | None = None,
+    ) -> Page:
+        """See :meth:`QueueStore.list`."""
+        check_page_args(limit)
+        params: dict[str, Any] = {"after": decode_cursor(cursor), "limit": limit + 1}
+        parts = [Q.list_deliveries]
+        if status is not None:
+            statuses = sorted({DeliveryStatus(s).value for s in status})
+            if statuses == [DeliveryStatus.NEEDS_ACTION.value]:
+                parts.append(Q.list_where_needs_action)
+            else:
+                parts.append(Q.list_where_status)
+                params["statuses"] = json.dumps(statuses)
+        if destination is not None:
+            parts.append(Q.list_where_destination)
+            params["destination"] = destination
+        if category is not None:
+            parts.append(Q.list_where_category)
+            params["category"] = ErrorCategory(category).value
+        if since is not None:
+            parts.append(Q.list_where_since)
+            params["since"] = _us(since)
+        parts.append(Q.list_order)
+        with self._reading("list") as conn:
+            rows = conn.execute("\n".join(parts), params).fetchall()
+        items = [_delivery(row) for row in rows[:limit]]
+        if len(rows) > limit:
+            return Page(items=items, next_cursor=encode_cursor(items[-1].seq))
+        return Page(items=items, next_cursor=None)
+
+    def attempts(self, delivery_id: str) -> builtins.list[Attempt]:
+        """See :meth:`QueueStore.attempts`."""
+        with self._reading("attempts") as conn:
+            rows = conn.execute(Q.attempts, (delivery_id,)).fetchall()
+        return [_attempt(row) for row in rows]
+
+    def audit(
+        self, *, since: datetime | None = None, errors_only: bool = False, limit: int | None = None
+    ) -> builtins.list[Attempt]:
+        """See :meth:`QueueStore.audit`."""
+        params = {"since": _us(since), "limit": -1 if limit is None else max(limit, 0)}
+        with self._reading("audit") as conn:
+            rows = conn.execute(Q.audit_errors if errors_only else Q.audit, params).fetchall()
+        return [_attempt(row) for row in rows]
+
+    def get_cursor(self, source: str) -> str | None:
+        """See :meth:`QueueStore.get_cursor`."""
+        with self._reading("get_cursor") as conn:
+            row = conn.execute(Q.get_cursor, (source,)).fetchone()
+        return row[0] if row is not None else None
+
+    def stats(self) -> QueueStats:
+        """See :meth:`QueueStore.stats` (one consistent snapshot)."""
+        with self._reading("stats", snapshot=True) as conn:
+            rows = conn.execute(Q.stats).fetchall()
+            states = conn.execute(Q.all_destinations).fetchall()
+        by_destination: dict[str, dict[DeliveryStatus, int]] = {}
+        needs_action: dict[str, dict[ErrorCategory, int]] = {}
+        oldest: int | None = None
+        for destination, status_text, category, count, created in rows:
+            status = _STATUS[status_text]
+            counts = by_destination.setdefault(destination, {})
+            counts[status] = counts.get(status, 0) + count
+            if status is DeliveryStatus.NEEDS_ACTION and category is not None:
+                cats = needs_action.setdefault(destination, {})
+                key = ErrorCategory(category)
+                cats[key] = cats.get(key, 0) + count
+            if status in _WAITING and (oldest is None or created < oldest):
+                oldest = created
+        return QueueStats(
+            by_destination=by_destination,
+            needs_action=needs_action,
+            oldest_waiting=_dt(oldest),
+            destinations={row[0]: _destination_state(row) for row in states},
+        )
+
+    def next_due(self) -> datetime | None:
+        """See :meth:`QueueStore.next_due`."""
+        with self._reading("next_due") as conn:
+            (value,) = conn.execute(Q.next_due).fetchone()
+        return _dt(value)
+
+
+# --- the idempotency store ---------------------------------------------------------
+
+# A key's state is two rows at most: its completed record (fingerprint, result,
+# expires_at) and its lock (fingerprint, locked_until); see queries.sql.
+_Row = tuple[Any, ...]  # (key, c_fingerprint, c_result, c_expires, l_fingerprint, l_until)
+_ABSENT: _Row = (None, None, None, None, None, None)
+
+
+def _state(row: _Row, now_us: int) -> IdempotencyRecord | None:
+    """What a stored key means at ``now`` (None: absent, expired or abandoned)."""
+    key, c_fp, c_result, c_expires, l_fp, l_until = row
+    if l_fp is not None and l_until > now_us:
+        return IdempotencyRecord(
+            key=key,
+            state=IdempotencyState.IN_PROGRESS,
+            fingerprint=l_fp,
+            locked_until=_dt(l_until),
+        )
+    if c_fp is not None and (c_expires is None or c_expires > now_us):
+        return IdempotencyRecord(
+            key=key,
+            state=IdempotencyState.COMPLETED,
+            fingerprint=c_fp,
+            result=_loads(c_result),
+            expires_at=_dt(c_expires),
+        )
+    return None
+
+
+class SQLiteIdempotencyStore(_SQLiteStore):
+    """A durable :class:`~resilient_sync.IdempotencyStore` in a SQLite file.
+
+    Takes the same arguments as :class:`SQLiteQueueStore` and may share its
+    file. Each of ``begin``, ``finish`` and ``release`` is one transaction.
+    ``finish`` (a completed key) is durable under the store's
+    ``synchronous`` level; ``begin`` and ``release`` only take and drop
+    in-progress locks, which are worthless after a power loss (every holder
+    died with it), so they commit without waiting for an fsync.
+    """
+
+    def begin(
+        self, entries: Sequence[tuple[str, str]], *, now: datetime, lock_until: datetime
+    ) -> builtins.list[IdempotencyRecord]:
+        """See :meth:`IdempotencyStore.begin`."""
+        if not entries:
+            return []
+        now_us = _us(now)
+        lock_us = _us(lock_until)
+        keys = _ENCODE([key for key, _ in entries])
+        out: builtins.list[IdempotencyRecord] = []
+        with self._writing("idempotency begin", durable=False) as conn:
+            stored = {row[0]: row for row in conn.execute(Q.idempotency_get_many, (keys,))}
+            locks: builtins.list[tuple[str, str, int]] = []
+            for key, fp in entries:
+                row = stored.get(key, _ABSENT)
+                record = _state(row, now_us)
+                if record is None:
+                    stored[key] = (key, row[1], row[2], row[3], fp, lock_us)
+                    locks.append((key, fp, lock_us))
+                    record = IdempotencyRecord(
+                        key=key, state=IdempotencyState.NEW, fingerprint=fp, locked_until=lock_until
+                    )
+                elif record.state is IdempotencyState.COMPLETED and record.fingerprint != fp:
+                    record = attrs.evolve(record, state=IdempotencyState.MISMATCH)
+                out.append(record)
+            if locks:
+                conn.execute(Q.idempotency_purge_locks, (now_us,))
+                conn.executemany(Q.idempotency_lock, locks)
+        return out
+
+    def finish(
+        self, entries: Sequence[tuple[str, str, Any]], *, now: datetime, expires_at: datetime
+    ) -> None:
+        """See :meth:`IdempotencyStore.finish`: the keys are completed and unlocked."""
+        if not entries:
+            return
+        expires = _us(expires_at)
+        rows = [(key, fp, _dumps(result), expires) for key, fp, result in entries]
+        with self._writing("idempotency finish") as conn:
+            conn.executemany(Q.idempotency_complete, rows)
+            conn.executemany(Q.idempotency_unlock, [(key,) for key, _, _ in entries])
+
+    def release(self, keys: Sequence[str]) -> None:
+        """See :meth:`IdempotencyStore.release`."""
+        if not keys:
+            return
+        with self._writing("idempotency release", durable=False) as conn:
+            conn.executemany(Q.idempotency_unlock, [(key,) for key in keys])
+
+    def get(self, key: str, *, now: datetime) -> IdempotencyRecord | None:
+        """See :meth:`IdempotencyStore.get`."""
+        with self._reading("idempotency get") as conn:
+            row = conn.execute(Q.idempotency_get, (key,)).fetchone()
+        return _state(row, _us(now))

@@ -1,0 +1,120 @@
+-- Migration 1: the first schema of a resilient_sync SQLite file.
+--
+-- Every table is prefixed with resilient_sync_ because the file may also hold
+-- the application's own tables (the transactional outbox). Times are INTEGER
+-- microseconds since 1970-01-01 UTC, so they compare and sort as numbers.
+-- JSON columns hold canonical JSON text (NULL for None).
+
+CREATE TABLE resilient_sync_migrations (
+    version    INTEGER PRIMARY KEY,
+    name       TEXT    NOT NULL,
+    applied_at TEXT    NOT NULL
+);
+
+CREATE TABLE resilient_sync_deliveries (
+    seq              INTEGER PRIMARY KEY AUTOINCREMENT,  -- submission order, never reused
+    id               TEXT    NOT NULL UNIQUE,
+    event_id         TEXT    NOT NULL,
+    destination      TEXT    NOT NULL,
+    ordering_key     TEXT,                               -- copy of event.ordering_key
+    event            TEXT    NOT NULL,                   -- JSON of the Event
+    status           TEXT    NOT NULL,
+    idempotency_key  TEXT    NOT NULL,
+    attempts         INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at  INTEGER,
+    -- when the row may next be claimed: next_attempt_at (0 when unset) while
+    -- PENDING or RETRY_SCHEDULED, lease_expires_at while IN_FLIGHT, NULL
+    -- otherwise (NEEDS_ACTION and the final states never are)
+    due_at           INTEGER,
+    last_error       TEXT,                               -- JSON of the ErrorInfo
+    error_category   TEXT,                               -- copy of last_error.category
+    result           TEXT,                               -- JSON
+    created_at       INTEGER NOT NULL,
+    updated_at       INTEGER NOT NULL,
+    lease_token      INTEGER NOT NULL DEFAULT 0,
+    lease_owner      TEXT,
+    lease_expires_at INTEGER,
+    UNIQUE (event_id, destination)
+);
+
+-- claim: claimable rows in submission order; only rows that can become due
+-- are in it, so finished deliveries cost the claim nothing
+CREATE INDEX resilient_sync_deliveries_due
+    ON resilient_sync_deliveries (seq, due_at, destination)
+    WHERE due_at IS NOT NULL;
+
+-- claim: "is there an older unfinished delivery with my ordering key?"
+CREATE INDEX resilient_sync_deliveries_key
+    ON resilient_sync_deliveries (destination, ordering_key, seq)
+    WHERE ordering_key IS NOT NULL
+      AND status IN ('pending', 'in_flight', 'retry_scheduled', 'needs_action');
+
+-- the operator queue: list(status=NEEDS_ACTION) without scanning the history
+CREATE INDEX resilient_sync_deliveries_needs_action
+    ON resilient_sync_deliveries (seq)
+    WHERE status = 'needs_action';
+
+CREATE TABLE resilient_sync_audit (
+    id           INTEGER PRIMARY KEY,
+    delivery_id  TEXT,                                   -- NULL for destination actions
+    delivery_seq INTEGER,                                -- its delivery's seq (for the index)
+    destination  TEXT    NOT NULL,
+    action       TEXT    NOT NULL,
+    actor        TEXT    NOT NULL,
+    started_at   INTEGER NOT NULL,
+    finished_at  INTEGER NOT NULL,
+    number       INTEGER NOT NULL,
+    outcome      TEXT,
+    reason       TEXT,
+    error        TEXT,                                   -- JSON of the ErrorInfo
+    details      TEXT                                    -- JSON object, NULL when empty
+);
+
+-- attempts(id); keyed by seq, not by the random delivery id, so that a batch
+-- of audit records touches a few index pages instead of one per record
+CREATE INDEX resilient_sync_audit_delivery
+    ON resilient_sync_audit (delivery_seq)
+    WHERE delivery_seq IS NOT NULL;
+
+-- recent_errors() and error_trend(): the failed attempts, newest first
+CREATE INDEX resilient_sync_audit_errors
+    ON resilient_sync_audit (id)
+    WHERE error IS NOT NULL;
+
+CREATE TABLE resilient_sync_cursors (
+    source TEXT PRIMARY KEY,
+    value  TEXT
+) WITHOUT ROWID;
+
+CREATE TABLE resilient_sync_destinations (
+    name          TEXT PRIMARY KEY,
+    paused        INTEGER NOT NULL DEFAULT 0,
+    paused_reason TEXT,
+    hold_until    INTEGER,
+    hold_reason   TEXT,
+    updated_at    INTEGER
+) WITHOUT ROWID;
+
+-- strictly increasing counters shared by every process (lease fencing tokens)
+CREATE TABLE resilient_sync_counters (
+    name  TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+) WITHOUT ROWID;
+
+INSERT INTO resilient_sync_counters (name, value) VALUES ('lease_token', 0);
+
+-- completed idempotency keys (finish)
+CREATE TABLE resilient_sync_idempotency (
+    key          TEXT PRIMARY KEY,
+    fingerprint  TEXT NOT NULL,
+    result       TEXT,                                   -- JSON
+    expires_at   INTEGER
+) WITHOUT ROWID;
+
+-- keys being attempted (begin, until finish or release): a small, hot table,
+-- kept apart so that taking a lock does not rewrite pages of the big one
+CREATE TABLE resilient_sync_idempotency_locks (
+    key          TEXT PRIMARY KEY,
+    fingerprint  TEXT NOT NULL,
+    locked_until INTEGER NOT NULL
+) WITHOUT ROWID;

@@ -1,0 +1,251 @@
+-- Named queries of the SQLite stores, loaded by name (`-- name: <name>`).
+-- Parameters are named (:now) or numbered (?1). Times are INTEGER
+-- microseconds since the epoch; JSON columns hold JSON text.
+
+-- name: schema_version
+-- the highest applied migration (the table exists from migration 1 on)
+SELECT COALESCE(MAX(version), 0) FROM resilient_sync_migrations;
+
+-- name: has_migrations_table
+SELECT COUNT(*) FROM sqlite_master
+WHERE type = 'table' AND name = 'resilient_sync_migrations';
+
+-- name: record_migration
+INSERT INTO resilient_sync_migrations (version, name, applied_at)
+VALUES (:version, :name, strftime('%Y-%m-%dT%H:%M:%fZ', 'now'));
+
+-- ---------------------------------------------------------------- enqueue
+
+-- name: max_seq
+SELECT COALESCE(MAX(seq), 0) FROM resilient_sync_deliveries;
+
+-- name: insert_delivery
+-- a delivery whose id or (event_id, destination) is already stored is skipped
+INSERT INTO resilient_sync_deliveries (
+    id, event_id, destination, ordering_key, event, status, idempotency_key,
+    attempts, next_attempt_at, due_at, last_error, error_category, result,
+    created_at, updated_at, lease_token, lease_owner, lease_expires_at
+) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)
+ON CONFLICT DO NOTHING;
+
+-- name: inserted_since
+-- the rows this transaction inserted (seq is AUTOINCREMENT and we hold the write lock)
+SELECT id, seq FROM resilient_sync_deliveries WHERE seq > ?1;
+
+-- name: save_cursor
+INSERT INTO resilient_sync_cursors (source, value) VALUES (?1, ?2)
+ON CONFLICT (source) DO UPDATE SET value = excluded.value;
+
+-- name: get_cursor
+SELECT value FROM resilient_sync_cursors WHERE source = ?1;
+
+-- ------------------------------------------------------------------ claim
+
+-- name: claim_candidates
+-- due rows oldest first, skipping unwanted, paused and held destinations and
+-- every row that is not the head (oldest unfinished row) of its ordering key
+SELECT seq, id, event, destination, status, idempotency_key, attempts,
+       next_attempt_at, last_error, result, created_at, updated_at,
+       lease_token, lease_owner, lease_expires_at
+FROM resilient_sync_deliveries AS d
+WHERE d.due_at IS NOT NULL
+  AND d.due_at <= :now
+  AND (:destinations IS NULL
+       OR d.destination IN (SELECT value FROM json_each(:destinations)))
+  AND d.destination NOT IN (
+      SELECT name FROM resilient_sync_destinations
+      WHERE paused = 1 OR hold_until > :now)
+  AND (d.ordering_key IS NULL OR NOT EXISTS (
+      SELECT 1 FROM resilient_sync_deliveries AS o
+      WHERE o.destination = d.destination
+        AND o.ordering_key = d.ordering_key
+        AND o.seq < d.seq
+        AND o.ordering_key IS NOT NULL
+        AND o.status IN ('pending', 'in_flight', 'retry_scheduled', 'needs_action')))
+ORDER BY d.seq
+LIMIT :limit;
+
+-- name: take_tokens
+-- reserve ?1 fencing tokens; read the last one with last_token
+UPDATE resilient_sync_counters SET value = value + ?1 WHERE name = 'lease_token';
+
+-- name: last_token
+SELECT value FROM resilient_sync_counters WHERE name = 'lease_token';
+
+-- name: claim_delivery
+UPDATE resilient_sync_deliveries
+SET status = 'in_flight', attempts = attempts + 1, lease_token = ?1, lease_owner = ?2,
+    lease_expires_at = ?3, due_at = ?3, updated_at = ?4
+WHERE seq = ?5;
+
+-- --------------------------------------------------------------- complete
+
+-- name: in_flight_tokens
+-- the current lease token of each listed delivery that is still IN_FLIGHT
+SELECT id, lease_token FROM resilient_sync_deliveries
+WHERE id IN (SELECT value FROM json_each(?1)) AND status = 'in_flight';
+
+-- name: complete_delivery
+-- ?1 status, ?2 next_attempt_at, ?3 due_at, ?4 error JSON, ?5 error category,
+-- ?6 result JSON, ?7 event JSON, ?8 ordering key (with ?7), ?9 idempotency key,
+-- ?10 undone attempts (0 or 1), ?11 finished_at, ?12 id, ?13 lease token
+UPDATE resilient_sync_deliveries
+SET status = ?1,
+    next_attempt_at = ?2,
+    due_at = ?3,
+    last_error = CASE WHEN ?4 IS NULL AND ?1 <> 'succeeded' THEN last_error ELSE ?4 END,
+    error_category = CASE WHEN ?4 IS NULL AND ?1 <> 'succeeded' THEN error_category ELSE ?5 END,
+    result = CASE WHEN ?1 = 'succeeded' THEN ?6 ELSE result END,
+    event = COALESCE(?7, event),
+    ordering_key = CASE WHEN ?7 IS NULL THEN ordering_key ELSE ?8 END,
+    idempotency_key = COALESCE(?9, idempotency_key),
+    attempts = attempts - ?10,
+    lease_owner = NULL,
+    lease_expires_at = NULL,
+    updated_at = ?11
+WHERE id = ?12 AND status = 'in_flight' AND lease_token = ?13;
+
+-- name: insert_audit
+-- ?1 delivery id (its seq is looked up for the index), ?2 destination, ?3 action,
+-- ?4 actor, ?5 started_at, ?6 finished_at, ?7 number, ?8 outcome, ?9 reason,
+-- ?10 error JSON, ?11 details JSON
+INSERT INTO resilient_sync_audit (
+    delivery_id, delivery_seq, destination, action, actor, started_at, finished_at, number,
+    outcome, reason, error, details
+) VALUES (
+    ?1, (SELECT seq FROM resilient_sync_deliveries WHERE id = ?1), ?2, ?3, ?4, ?5, ?6, ?7,
+    ?8, ?9, ?10, ?11
+);
+
+-- ------------------------------------------------------------- transition
+
+-- name: transition_delivery
+-- ?1 status, ?2 next_attempt_at, ?3 due_at, ?4 attempts, ?5 event JSON,
+-- ?6 ordering key, ?7 idempotency key, ?8 updated_at, ?9 seq
+UPDATE resilient_sync_deliveries
+SET status = ?1, next_attempt_at = ?2, due_at = ?3, attempts = ?4, event = ?5,
+    ordering_key = ?6, idempotency_key = ?7, lease_owner = NULL, lease_expires_at = NULL,
+    updated_at = ?8
+WHERE seq = ?9;
+
+-- ----------------------------------------------------------- destinations
+
+-- name: get_destination
+SELECT name, paused, paused_reason, hold_until, hold_reason, updated_at
+FROM resilient_sync_destinations WHERE name = ?1;
+
+-- name: all_destinations
+SELECT name, paused, paused_reason, hold_until, hold_reason, updated_at
+FROM resilient_sync_destinations ORDER BY name;
+
+-- name: save_destination
+INSERT INTO resilient_sync_destinations
+    (name, paused, paused_reason, hold_until, hold_reason, updated_at)
+VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+ON CONFLICT (name) DO UPDATE SET
+    paused = excluded.paused, paused_reason = excluded.paused_reason,
+    hold_until = excluded.hold_until, hold_reason = excluded.hold_reason,
+    updated_at = excluded.updated_at;
+
+-- ---------------------------------------------------------------- reading
+
+-- name: get_delivery
+SELECT seq, id, event, destination, status, idempotency_key, attempts,
+       next_attempt_at, last_error, result, created_at, updated_at,
+       lease_token, lease_owner, lease_expires_at
+FROM resilient_sync_deliveries WHERE id = ?1;
+
+-- name: list_deliveries
+-- list(): this base, then the list_where_* fragments of the filters given,
+-- then list_order (the store joins them; each is a constant)
+SELECT seq, id, event, destination, status, idempotency_key, attempts,
+       next_attempt_at, last_error, result, created_at, updated_at,
+       lease_token, lease_owner, lease_expires_at
+FROM resilient_sync_deliveries
+WHERE seq > :after
+
+-- name: list_where_needs_action
+-- status=[NEEDS_ACTION] alone: uses the partial index of the operator queue
+AND status = 'needs_action'
+
+-- name: list_where_status
+AND status IN (SELECT value FROM json_each(:statuses))
+
+-- name: list_where_destination
+AND destination = :destination
+
+-- name: list_where_category
+AND error_category = :category
+
+-- name: list_where_since
+AND updated_at >= :since
+
+-- name: list_order
+ORDER BY seq
+LIMIT :limit;
+
+-- name: attempts
+SELECT id, delivery_id, destination, action, actor, started_at, finished_at, number,
+       outcome, reason, error, details
+FROM resilient_sync_audit
+WHERE delivery_seq = (SELECT seq FROM resilient_sync_deliveries WHERE id = ?1)
+ORDER BY id;
+
+-- name: audit
+-- :limit is -1 for no limit
+SELECT id, delivery_id, destination, action, actor, started_at, finished_at, number,
+       outcome, reason, error, details
+FROM resilient_sync_audit
+WHERE (:since IS NULL OR finished_at >= :since)
+ORDER BY id DESC
+LIMIT :limit;
+
+-- name: audit_errors
+-- audit(errors_only=True): the same as audit, but able to use the errors index
+SELECT id, delivery_id, destination, action, actor, started_at, finished_at, number,
+       outcome, reason, error, details
+FROM resilient_sync_audit
+WHERE error IS NOT NULL
+  AND (:since IS NULL OR finished_at >= :since)
+ORDER BY id DESC
+LIMIT :limit;
+
+-- name: stats
+SELECT destination, status, error_category, COUNT(*), MIN(created_at)
+FROM resilient_sync_deliveries
+GROUP BY destination, status, error_category;
+
+-- name: next_due
+SELECT MIN(CASE WHEN status = 'in_flight' THEN lease_expires_at ELSE next_attempt_at END)
+FROM resilient_sync_deliveries
+WHERE due_at IS NOT NULL;
+
+-- ------------------------------------------------------------ idempotency
+
+-- name: idempotency_get_many
+-- per listed key: its completed record and its lock (NULLs where absent)
+SELECT k.value, c.fingerprint, c.result, c.expires_at, l.fingerprint, l.locked_until
+FROM json_each(?1) AS k
+LEFT JOIN resilient_sync_idempotency AS c ON c.key = k.value
+LEFT JOIN resilient_sync_idempotency_locks AS l ON l.key = k.value;
+
+-- name: idempotency_get
+SELECT ?1, c.fingerprint, c.result, c.expires_at, l.fingerprint, l.locked_until
+FROM (SELECT 1) AS one
+LEFT JOIN resilient_sync_idempotency AS c ON c.key = ?1
+LEFT JOIN resilient_sync_idempotency_locks AS l ON l.key = ?1;
+
+-- name: idempotency_purge_locks
+-- locks whose holder is gone (they count as absent anyway)
+DELETE FROM resilient_sync_idempotency_locks WHERE locked_until <= ?1;
+
+-- name: idempotency_lock
+INSERT OR REPLACE INTO resilient_sync_idempotency_locks (key, fingerprint, locked_until)
+VALUES (?1, ?2, ?3);
+
+-- name: idempotency_complete
+INSERT OR REPLACE INTO resilient_sync_idempotency (key, fingerprint, result, expires_at)
+VALUES (?1, ?2, ?3, ?4);
+
+-- name: idempotency_unlock
+DELETE FROM resilient_sync_idempotency_locks WHERE key = ?1;

@@ -1,0 +1,1291 @@
+"""Contract test suites for queue and idempotency stores (this module needs pytest).
+
+The same suites prove the memory, SQLite and PostgreSQL stores; run them on
+your own store (Redis, DynamoDB ...) by subclassing a suite in a test module
+and giving it a ``store`` fixture that returns a fresh, empty store::
+
+    import pytest
+    from resilient_sync.testing.contract import IdempotencyStoreContract, QueueStoreContract
+
+    class TestMyQueueStore(QueueStoreContract):
+        @pytest.fixture
+        def store(self):
+            store = MyQueueStore("...")
+            yield store
+            store.close()
+
+    class TestMyIdempotencyStore(IdempotencyStoreContract):
+        @pytest.fixture
+        def store(self):
+            return MyIdempotencyStore("...")
+
+Every ``test_*`` method then runs against your store; each one's docstring
+states the guarantee it checks (see the protocols in
+``resilient_sync.QueueStore`` and ``resilient_sync.IdempotencyStore``). Time
+comes from the ``clock`` fixture (a :class:`~resilient_sync.testing.FakeClock`
+starting at :data:`T0`), passed to the store as ``now``, so nothing waits.
+
+``resilient_sync.testing`` itself stays importable without pytest: import
+the suites from this module (``resilient_sync.testing.QueueStoreContract``
+also works, and imports pytest on first use).
+"""
+
+# ruff: noqa: S101 - a pytest suite: its checks are asserts (rewritten by pytest, see testing/__init__)
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Sequence
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import pytest
+
+from .._clock import FakeClock
+from .._model import (
+    Attempt,
+    Completion,
+    Delivery,
+    DeliveryStatus,
+    ErrorCategory,
+    ErrorInfo,
+    Event,
+    IdempotencyState,
+)
+from .._protocols import IdempotencyStore, QueueStore
+
+__all__ = ["T0", "IdempotencyStoreContract", "QueueStoreContract", "make_delivery"]
+
+#: The time every contract test starts at.
+T0 = datetime(2024, 1, 1, 12, 0, tzinfo=timezone.utc)
+LEASE = timedelta(seconds=60)
+
+PENDING = DeliveryStatus.PENDING
+IN_FLIGHT = DeliveryStatus.IN_FLIGHT
+RETRY_SCHEDULED = DeliveryStatus.RETRY_SCHEDULED
+SUCCEEDED = DeliveryStatus.SUCCEEDED
+NEEDS_ACTION = DeliveryStatus.NEEDS_ACTION
+RESOLVED = DeliveryStatus.RESOLVED
+DISCARDED = DeliveryStatus.DISCARDED
+
+
+def make_delivery(
+    event_id: str,
+    *,
+    destination: str = "pos",
+    ordering_key: str | None = None,
+    now: datetime = T0,
+    next_attempt_at: datetime | None = None,
+    payload: Any = None,
+    idempotency_key: str | None = None,
+) -> Delivery:
+    """A fresh ``PENDING`` delivery of a ``customer.created`` event (due at ``now``)."""
+    event = Event(
+        event_id,
+        "customer.created",
+        payload if payload is not None else {"id": event_id},
+        ordering_key=ordering_key,
+    )
+    return Delivery(
+        id=uuid.uuid4().hex,
+        event=event,
+        destination=destination,
+        status=PENDING,
+        idempotency_key=idempotency_key or f"{destination}:{event_id}",
+        next_attempt_at=next_attempt_at if next_attempt_at is not None else now,
+        created_at=now,
+        updated_at=now,
+    )
+
+
+def _error(
+    category: ErrorCategory = ErrorCategory.TRANSIENT, message: str = "POS down"
+) -> ErrorInfo:
+    return ErrorInfo(category=category, message=message, exception_type="RetryableError")
+
+
+def _record(
+    delivery: Delivery,
+    at: datetime,
+    *,
+    action: str = "deliver",
+    outcome: DeliveryStatus | None = None,
+    error: ErrorInfo | None = None,
+    reason: str | None = None,
+    details: dict[str, Any] | None = None,
+) -> Attempt:
+    return Attempt(
+        delivery_id=delivery.id,
+        destination=delivery.destination,
+        action=action,
+        actor="worker:w1",
+        started_at=at,
+        finished_at=at,
+        number=delivery.attempts,
+        outcome=outcome,
+        reason=reason,
+        error=error,
+        details=details or {},
+    )
+
+
+class QueueStoreContract:
+    """Every guarantee of :class:`~resilient_sync.QueueStore`, as pytest tests.
+
+    Subclass it (the subclass name must start with ``Test``) and override the
+    ``store`` fixture to return a fresh, empty queue store.
+    """
+
+    @pytest.fixture
+    def store(self) -> QueueStore:
+        """Override: a fresh, empty queue store (close it after the test)."""
+        pytest.fail(f"{type(self).__name__} must define a `store` fixture returning a QueueStore")
+
+    @pytest.fixture
+    def clock(self) -> FakeClock:
+        """The time passed to the store as ``now``."""
+        return FakeClock(T0)
+
+    # -- helpers -----------------------------------------------------------
+
+    @staticmethod
+    def enqueue(store: QueueStore, *deliveries: Delivery) -> list[Delivery]:
+        """Enqueue and check that every delivery was inserted."""
+        inserted = store.enqueue(list(deliveries))
+        assert [d.id for d in inserted] == [d.id for d in deliveries]
+        return inserted
+
+    @staticmethod
+    def claim(
+        store: QueueStore,
+        clock: FakeClock,
+        *,
+        limit: int = 10,
+        worker: str = "w1",
+        lease: timedelta = LEASE,
+        destinations: Sequence[str] | None = None,
+    ) -> list[Delivery]:
+        """Claim at the clock's time with a lease of ``lease``."""
+        now = clock.now()
+        return store.claim(
+            now=now,
+            limit=limit,
+            lease_until=now + lease,
+            worker=worker,
+            destinations=destinations,
+        )
+
+    @staticmethod
+    def outcome(
+        delivery: Delivery,
+        clock: FakeClock,
+        status: DeliveryStatus = SUCCEEDED,
+        **kwargs: Any,
+    ) -> Completion:
+        """A completion of a claimed delivery, finished at the clock's time."""
+        return Completion(
+            delivery_id=delivery.id,
+            lease_token=delivery.lease_token,
+            status=status,
+            finished_at=clock.now(),
+            **kwargs,
+        )
+
+    @staticmethod
+    def ids(deliveries: Sequence[Delivery]) -> list[str]:
+        """The event ids of deliveries, in order."""
+        return [d.event.id for d in deliveries]
+
+    def park(self, store: QueueStore, clock: FakeClock, delivery: Delivery) -> None:
+        """Claim ``delivery`` (must be due) and park it in NEEDS_ACTION; every
+        other delivery claimed on the way is handed back unattempted."""
+        claimed = self.claim(store, clock, limit=1000)
+        error = _error(ErrorCategory.MAPPING, "unknown SKU")
+        outcomes = [
+            self.outcome(d, clock, NEEDS_ACTION, error=error)
+            if d.id == delivery.id
+            else self.outcome(d, clock, PENDING, next_attempt_at=clock.now(), count_attempt=False)
+            for d in claimed
+        ]
+        assert delivery.id in {d.id for d in claimed}
+        assert store.complete(outcomes) == [True] * len(outcomes)
+
+    # -- enqueue and get ---------------------------------------------------
+
+    def test_enqueue_assigns_increasing_seq_in_the_given_order(self, store: QueueStore) -> None:
+        """enqueue returns the inserted deliveries in order, with increasing seq."""
+        inserted = self.enqueue(store, make_delivery("e1"), make_delivery("e2"))
+        inserted += self.enqueue(store, make_delivery("e3"))
+        seqs = [d.seq for d in inserted]
+        assert seqs == sorted(seqs)
+        assert len(set(seqs)) == 3
+
+    def test_get_returns_every_field_as_stored(self, store: QueueStore) -> None:
+        """get() returns exactly what enqueue returned (payload, metadata, times ...)."""
+        occurred = datetime(2023, 12, 31, 23, 59, 59, 123456, tzinfo=timezone(timedelta(hours=2)))
+        event = Event(
+            "e1",
+            "order.paid",
+            {"total": 12.5, "lines": [{"sku": "A-1", "qty": 2}], "note": "crème brûlée ☕"},
+            ordering_key="customer-7",
+            idempotency_key="my-key",
+            occurred_at=occurred,
+            metadata={"tenant": "shop-1", "trace": None},
+        )
+        delivery = Delivery(
+            id=uuid.uuid4().hex,
+            event=event,
+            destination="pos",
+            status=PENDING,
+            idempotency_key="my-key",
+            next_attempt_at=T0 + timedelta(microseconds=7),
+            created_at=T0,
+            updated_at=T0 + timedelta(seconds=1),
+        )
+        (inserted,) = store.enqueue([delivery])
+        assert inserted.seq > 0
+        stored = store.get(delivery.id)
+        assert stored == inserted
+        assert stored is not None
+        assert stored.event.payload["note"] == "crème brûlée ☕"
+        assert stored.event.occurred_at == occurred
+
+    def test_get_of_an_unknown_id_is_none(self, store: QueueStore) -> None:
+        """get() of an id never enqueued is None."""
+        assert store.get("no-such-delivery") is None
+
+    def test_enqueue_skips_an_event_already_stored_for_that_destination(
+        self, store: QueueStore
+    ) -> None:
+        """The same (event id, destination) is enqueued once; another destination is new."""
+        self.enqueue(store, make_delivery("e1"))
+        assert store.enqueue([make_delivery("e1")]) == []
+        (crm,) = store.enqueue([make_delivery("e1", destination="crm")])
+        assert crm.destination == "crm"
+        assert store.stats().total == 2
+
+    def test_enqueue_skips_a_repeat_within_one_call(self, store: QueueStore) -> None:
+        """A repeat of (event id, destination) in one batch is skipped too."""
+        first, repeat, other = make_delivery("e1"), make_delivery("e1"), make_delivery("e2")
+        inserted = store.enqueue([first, repeat, other])
+        assert [d.id for d in inserted] == [first.id, other.id]
+        assert store.get(repeat.id) is None
+
+    def test_enqueue_saves_the_source_cursor(self, store: QueueStore) -> None:
+        """The cursor is saved with the deliveries, also when all were known or none given."""
+        assert store.get_cursor("shop") is None
+        store.enqueue([make_delivery("e1")], cursor=("shop", "page-1"))
+        assert store.get_cursor("shop") == "page-1"
+        store.enqueue([make_delivery("e1")], cursor=("shop", "page-2"))  # known event
+        assert store.get_cursor("shop") == "page-2"
+        store.enqueue([], cursor=("shop", "page-3"))
+        assert store.get_cursor("shop") == "page-3"
+        store.enqueue([], cursor=("crm-feed", None))
+        assert store.get_cursor("crm-feed") is None
+        assert store.get_cursor("shop") == "page-3"
+
+    def test_enqueue_with_a_foreign_transaction_raises_type_error_and_writes_nothing(
+        self, store: QueueStore
+    ) -> None:
+        """A transaction handle the store cannot join raises TypeError naming it; nothing
+        is enqueued and the cursor is not saved (all or nothing)."""
+        with pytest.raises(TypeError, match="object"):
+            store.enqueue([make_delivery("e1")], cursor=("shop", "p1"), transaction=object())
+        assert store.stats().total == 0
+        assert store.get_cursor("shop") is None
+
+    # -- claim -------------------------------------------------------------
+
+    def test_claim_leases_due_deliveries_oldest_first(
+        self, store: QueueStore, clock: FakeClock
+    ) -> None:
+        """Claimed deliveries are IN_FLIGHT with attempts + 1, a lease and a token."""
+        inserted = self.enqueue(store, make_delivery("e1"), make_delivery("e2"))
+        claimed = self.claim(store, clock, worker="w1")
+        assert [d.id for d in claimed] == [d.id for d in inserted]
+        for d in claimed:
+            assert d.status is IN_FLIGHT
+            assert d.attempts == 1
+            assert d.lease_owner == "w1"
+            assert d.lease_expires_at == T0 + LEASE
+            assert d.lease_token > 0
+            assert store.get(d.id) == d
+        assert claimed[0].lease_token != claimed[1].lease_token
+
+    def test_claim_respects_the_limit(self, store: QueueStore, clock: FakeClock) -> None:
+        """At most ``limit`` deliveries, the oldest ones."""
+        self.enqueue(store, *(make_delivery(f"e{i}") for i in range(5)))
+        assert self.ids(self.claim(store, clock, limit=2)) == ["e0", "e1"]
+        assert self.ids(self.claim(store, clock, limit=10)) == ["e2", "e3", "e4"]
+        assert self.claim(store, clock) == []
+
+    def test_claim_skips_deliveries_not_yet_due(self, store: QueueStore, clock: FakeClock) -> None:
+        """A delivery is due when next_attempt_at <= now."""
+        self.enqueue(store, make_delivery("later", next_attempt_at=T0 + timedelta(seconds=30)))
+        self.enqueue(store, make_delivery("now"))
+        assert self.ids(self.claim(store, clock)) == ["now"]
+        clock.advance(29)
+        assert self.claim(store, clock) == []
+        clock.advance(1)
+        assert self.ids(self.claim(store, clock)) == ["later"]
+
+    def test_a_leased_delivery_is_not_claimed_again_while_the_lease_lasts(
+        self, store: QueueStore, clock: FakeClock
+    ) -> None:
+        """A live lease keeps a delivery away from every other claim."""
+        self.enqueue(store, make_delivery("e1"))
+        assert len(self.claim(store, clock, worker="w1")) == 1
+        clock.advance(LEASE - timedelta(seconds=1))
+        assert self.claim(store, clock, worker="w2") == []
+
+    def test_lease_tokens_strictly_increase(self, store: QueueStore, clock: FakeClock) -> None:
+        """Every claim stamps a new token, larger than every earlier one."""
+        self.enqueue(store, *(make_delivery(f"e{i}") for i in range(4)))
+        first = self.claim(store, clock, limit=2)
+        second = self.claim(store, clock, limit=2)
+        tokens = [d.lease_token for d in first + second]
+        assert tokens == sorted(tokens)
+        assert len(set(tokens)) == 4
+
+    def test_claim_only_the_given_destinations(self, store: QueueStore, clock: FakeClock) -> None:
+        """``destinations`` restricts the claim; None means every destination."""
+        self.enqueue(
+            store,
+            make_delivery("e1", destination="pos"),
+            make_delivery("e2", destination="crm"),
+            make_delivery("e3", destination="mail"),
+        )
+        assert self.claim(store, clock, destinations=[]) == []
+        claimed = self.claim(store, clock, destinations=["crm", "mail"])
+        assert sorted(d.destination for d in claimed) == ["crm", "mail"]
+        assert [d.destination for d in self.claim(store, clock)] == ["pos"]
+
+    def test_an_expired_lease_is_claimed_again_with_an_audit_record(
+        self, store: QueueStore, clock: FakeClock
+    ) -> None:
+        """A crashed worker's delivery is claimed again after its lease, with a
+        ``lease_expired`` audit record; the crashed attempt counts."""
+        self.enqueue(store, make_delivery("e1"))
+        (first,) = self.claim(store, clock, worker="w1")
+        clock.advance(LEASE)
+        (second,) = self.claim(store, clock, worker="w2")
+        assert second.id == first.id
+        assert second.attempts == 2
+        assert second.lease_owner == "w2"
+        assert second.lease_token > first.lease_token
+        (record,) = store.attempts(first.id)
+        assert record.action == "lease_expired"
+        assert record.delivery_id == first.id
+        assert record.destination == "pos"
+        assert record.outcome is IN_FLIGHT
+        assert record.number == 1
+        assert record.actor == "worker:w2"
+        assert record.finished_at == clock.now()
+        assert record.reason
+        assert record.id is not None
+
+    def test_concurrent_claims_never_return_the_same_delivery(self, store: QueueStore) -> None:
+        """Two claims running at once (threads) never lease the same delivery."""
+        total = 120
+        store.enqueue([make_delivery(f"e{i}") for i in range(total)])
+        seen: list[str] = []
+        lock = threading.Lock()
+        failures: list[BaseException] = []
+        start = threading.Barrier(4)
+
+        def worker(name: str) -> None:
+            try:
+                start.wait()
+                while True:
+                    got = store.claim(
+                        now=T0, limit=7, lease_until=T0 + LEASE, worker=name, destinations=None
+                    )
+                    if not got:
+                        return
+                    with lock:
+                        seen.extend(d.id for d in got)
+            except BaseException as exc:  # noqa: BLE001 - reported by the test below
+                failures.append(exc)
+
+        threads = [threading.Thread(target=worker, args=(f"w{i}",)) for i in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert failures == []
+        assert len(seen) == total
+        assert len(set(seen)) == total
+
+    # -- complete and fencing ----------------------------------------------
+
+    def test_complete_applies_a_success(self, store: QueueStore, clock: FakeClock) -> None:
+        """SUCCEEDED stores the result, clears the lease and the last error."""
+        self.enqueue(store, make_delivery("e1"))
+        (d,) = self.claim(store, clock)
+        clock.advance(2)
+        applied = store.complete([self.outcome(d, clock, result={"remote_id": 42})])
+        assert applied == [True]
+        stored = store.get(d.id)
+        assert stored is not None
+        assert stored.status is SUCCEEDED
+        assert stored.result == {"remote_id": 42}
+        assert stored.attempts == 1
+        assert stored.lease_owner is None
+        assert stored.lease_expires_at is None
+        assert stored.last_error is None
+        assert stored.updated_at == clock.now()
+        assert self.claim(store, clock) == []
+
+    def test_a_late_worker_cannot_complete_a_delivery_another_worker_holds(
+        self, store: QueueStore, clock: FakeClock
+    ) -> None:
+        """Fencing: after its lease expired and another worker claimed the
+        delivery, the first worker's outcome is refused and changes nothing."""
+        self.enqueue(store, make_delivery("e1"))
+        (late,) = self.claim(store, clock, worker="w1")
+        clock.advance(LEASE)
+        (current,) = self.claim(store, clock, worker="w2")
+        audit_before = store.attempts(late.id)
+        assert store.complete([self.outcome(late, clock, result="late")]) == [False]
+        retry = self.outcome(
+            late, clock, RETRY_SCHEDULED, error=_error(), next_attempt_at=clock.now()
+        )
+        assert store.complete([retry]) == [False]
+        stored = store.get(late.id)
+        assert stored == current
+        assert store.attempts(late.id) == audit_before
+        assert store.complete([self.outcome(current, clock, result="on time")]) == [True]
+        stored = store.get(late.id)
+        assert stored is not None
+        assert stored.result == "on time"
+
+    def test_complete_refuses_unknown_and_unclaimed_deliveries(
+        self, store: QueueStore, clock: FakeClock
+    ) -> None:
+        """Only an IN_FLIGHT delivery under that token can be completed."""
+        (pending,) = self.enqueue(store, make_delivery("e1"))
+        unknown = Completion(
+            delivery_id="no-such-delivery", lease_token=1, status=SUCCEEDED, finished_at=T0
+        )
+        assert store.complete([unknown, self.outcome(pending, clock)]) == [False, False]
+        assert store.get(pending.id) == pending
+
+    def test_complete_answers_per_completion_in_one_call(
+        self, store: QueueStore, clock: FakeClock
+    ) -> None:
+        """A batch applies what it can and refuses the rest, per item, in order."""
+        self.enqueue(store, make_delivery("e1"), make_delivery("e2"))
+        one, two = self.claim(store, clock)
+        wrong = Completion(
+            delivery_id=two.id, lease_token=two.lease_token + 1000, status=SUCCEEDED, finished_at=T0
+        )
+        assert store.complete([self.outcome(one, clock), wrong]) == [True, False]
+        assert store.complete([self.outcome(two, clock)]) == [True]
+
+    def test_a_delivery_is_completed_once(self, store: QueueStore, clock: FakeClock) -> None:
+        """A repeated completion (same batch or later) is refused."""
+        self.enqueue(store, make_delivery("e1"))
+        (d,) = self.claim(store, clock)
+        done = self.outcome(d, clock, result=1)
+        again = self.outcome(d, clock, RETRY_SCHEDULED, error=_error(), next_attempt_at=T0)
+        assert store.complete([done, again]) == [True, False]
+        assert store.complete([done]) == [False]
+        stored = store.get(d.id)
+        assert stored is not None
+        assert stored.status is SUCCEEDED
+
+    def test_concurrent_completions_of_one_claim_apply_once(
+        self, store: QueueStore, clock: FakeClock
+    ) -> None:
+        """Two threads completing the same claim: exactly one is applied."""
+        self.enqueue(store, make_delivery("e1"))
+        (d,) = self.claim(store, clock)
+        results: list[bool] = []
+        start = threading.Barrier(2)
+
+        def complete() -> None:
+            start.wait()
+            results.extend(store.complete([self.outcome(d, clock)]))
+
+        threads = [threading.Thread(target=complete) for _ in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert sorted(results) == [False, True]
+
+    def test_a_retry_is_due_at_its_next_attempt_at(
+        self, store: QueueStore, clock: FakeClock
+    ) -> None:
+        """RETRY_SCHEDULED keeps the error and is claimable again from next_attempt_at."""
+        self.enqueue(store, make_delivery("e1"))
+        (d,) = self.claim(store, clock)
+        error = _error()
+        retry_at = clock.now() + timedelta(seconds=120)
+        applied = store.complete(
+            [self.outcome(d, clock, RETRY_SCHEDULED, error=error, next_attempt_at=retry_at)]
+        )
+        assert applied == [True]
+        stored = store.get(d.id)
+        assert stored is not None
+        assert stored.status is RETRY_SCHEDULED
+        assert stored.next_attempt_at == retry_at
+        assert stored.last_error == error
+        assert stored.lease_owner is None
+        clock.advance(119)
+        assert self.claim(store, clock) == []
+        clock.advance(1)
+        (again,) = self.claim(store, clock)
+        assert again.attempts == 2
+        assert again.last_error == error
+
+    def test_complete_keeps_the_last_error_when_none_is_given(
+        self, store: QueueStore, clock: FakeClock
+    ) -> None:
+        """An outcome without an error keeps the previous one, unless it succeeded."""
+        self.enqueue(store, make_delivery("e1"))
+        (d,) = self.claim(store, clock)
+        error = _error(ErrorCategory.RATE_LIMITED, "slow down")
+        store.complete([self.outcome(d, clock, RETRY_SCHEDULED, error=error, next_attempt_at=T0)])
+        (d,) = self.claim(store, clock)
+        store.complete(
+            [self.outcome(d, clock, PENDING, next_attempt_at=clock.now(), count_attempt=False)]
+        )
+        stored = store.get(d.id)
+        assert stored is not None
+        assert stored.last_error == error
+        (d,) = self.claim(store, clock)
+        store.complete([self.outcome(d, clock)])
+        stored = store.get(d.id)
+        assert stored is not None
+        assert stored.last_error is None
+
+    def test_a_hand_back_does_not_use_up_an_attempt(
+        self, store: QueueStore, clock: FakeClock
+    ) -> None:
+        """``count_attempt=False`` undoes the claim's increment (PENDING, due at once)."""
+        self.enqueue(store, make_delivery("e1"))
+        (d,) = self.claim(store, clock)
+        assert d.attempts == 1
+        handed_back = self.outcome(
+            d, clock, PENDING, next_attempt_at=clock.now(), count_attempt=False
+        )
+        assert store.complete([handed_back]) == [True]
+        stored = store.get(d.id)
+        assert stored is not None
+        assert stored.status is PENDING
+        assert stored.attempts == 0
+        (again,) = self.claim(store, clock)
+        assert again.attempts == 1
+
+    def test_complete_replaces_the_event_and_the_idempotency_key(
+        self, store: QueueStore, clock: FakeClock
+    ) -> None:
+        """A corrected event (fix_data) and its revised key replace the stored ones."""
+        self.enqueue(store, make_delivery("e1", payload={"phone": "n/a"}))
+        (d,) = self.claim(store, clock)
+        fixed = Event("e1", "customer.created", {"phone": None})
+        completion = self.outcome(d, clock, result="ok", event=fixed, idempotency_key="pos:e1:v2")
+        assert store.complete([completion]) == [True]
+        stored = store.get(d.id)
+        assert stored is not None
+        assert stored.event == fixed
+        assert stored.idempotency_key == "pos:e1:v2"
+
+    def test_complete_appends_its_audit_records(self, store: QueueStore, clock: FakeClock) -> None:
+        """The completion's audit records are stored in order, with ids."""
+        self.enqueue(store, make_delivery("e1"))
+        (d,) = self.claim(store, clock)
+        error = ErrorInfo(
+            category=ErrorCategory.DUPLICATE, message="email taken", field="email", retry_after=None
+        )
+        records = (
+            _record(d, clock.now(), error=error, reason="email taken"),
+            _record(
+                d,
+                clock.now() + timedelta(milliseconds=5),
+                action="resolve_duplicate",
+                outcome=SUCCEEDED,
+                reason="linked to the existing record",
+                details={"result": {"remote_id": 7}},
+            ),
+        )
+        assert store.complete([self.outcome(d, clock, result={"remote_id": 7}, audit=records)]) == [
+            True
+        ]
+        stored = store.attempts(d.id)
+        assert [r.action for r in stored] == ["deliver", "resolve_duplicate"]
+        assert [attrs_without_id(r) for r in stored] == [attrs_without_id(r) for r in records]
+        first_id, second_id = stored[0].id, stored[1].id
+        assert first_id is not None
+        assert second_id is not None
+        assert first_id < second_id
+
+    def test_a_refused_completion_writes_no_audit(
+        self, store: QueueStore, clock: FakeClock
+    ) -> None:
+        """A fenced-off outcome leaves the audit trail alone."""
+        self.enqueue(store, make_delivery("e1"))
+        (d,) = self.claim(store, clock)
+        store.complete([self.outcome(d, clock)])
+        store.complete([self.outcome(d, clock, audit=(_record(d, clock.now()),))])
+        assert store.attempts(d.id) == []
+
+    # -- ordering keys -----------------------------------------------------
+
+    def test_only_the_head_of_an_ordering_key_is_claimed(
+        self, store: QueueStore, clock: FakeClock
+    ) -> None:
+        """Deliveries sharing an ordering key are claimed one at a time, in order."""
+        self.enqueue(
+            store,
+            make_delivery("a1", ordering_key="A"),
+            make_delivery("a2", ordering_key="A"),
+            make_delivery("b1", ordering_key="B"),
+            make_delivery("n1"),
+            make_delivery("a3", ordering_key="A"),
+        )
+        first = self.claim(store, clock)
+        assert self.ids(first) == ["a1", "b1", "n1"]
+        assert self.claim(store, clock) == []
+        a1 = first[0]
+        store.complete([self.outcome(a1, clock)])
+        assert self.ids(self.claim(store, clock)) == ["a2"]
+
+    def test_ordering_keys_are_per_destination(self, store: QueueStore, clock: FakeClock) -> None:
+        """The same key at two destinations is two independent sequences."""
+        self.enqueue(
+            store,
+            make_delivery("a1", ordering_key="A", destination="pos"),
+            make_delivery("a1", ordering_key="A", destination="crm"),
+        )
+        assert sorted(d.destination for d in self.claim(store, clock)) == ["crm", "pos"]
+
+    def test_a_stuck_head_holds_back_only_its_own_key(
+        self, store: QueueStore, clock: FakeClock
+    ) -> None:
+        """A NEEDS_ACTION head blocks its key; other keys and unkeyed deliveries
+        flow; once resolved, the next of its key is claimable."""
+        a1, _a2, _b1, _n1 = self.enqueue(
+            store,
+            make_delivery("a1", ordering_key="A"),
+            make_delivery("a2", ordering_key="A"),
+            make_delivery("b1", ordering_key="B"),
+            make_delivery("n1"),
+        )
+        (claimed_a1,) = self.claim(store, clock, limit=1)
+        error = _error(ErrorCategory.MAPPING, "unknown SKU")
+        store.complete([self.outcome(claimed_a1, clock, NEEDS_ACTION, error=error)])
+        assert self.ids(self.claim(store, clock)) == ["b1", "n1"]
+        assert self.claim(store, clock) == []
+        audit = Attempt(
+            delivery_id=None,
+            destination="",
+            action="resolve",
+            actor="ops",
+            started_at=clock.now(),
+            finished_at=clock.now(),
+        )
+        moved = store.transition(
+            [a1.id], from_status=[NEEDS_ACTION], to_status=RESOLVED, audit=audit, now=clock.now()
+        )
+        assert moved == [a1.id]
+        assert self.ids(self.claim(store, clock)) == ["a2"]
+
+    def test_a_head_waiting_for_its_retry_holds_back_its_key(
+        self, store: QueueStore, clock: FakeClock
+    ) -> None:
+        """The next delivery of a key waits for the head's retry, even when due itself."""
+        self.enqueue(
+            store, make_delivery("a1", ordering_key="A"), make_delivery("a2", ordering_key="A")
+        )
+        (a1,) = self.claim(store, clock)
+        retry_at = clock.now() + timedelta(seconds=60)
+        store.complete(
+            [self.outcome(a1, clock, RETRY_SCHEDULED, error=_error(), next_attempt_at=retry_at)]
+        )
+        assert self.claim(store, clock) == []
+        clock.advance(60)
+        assert self.ids(self.claim(store, clock)) == ["a1"]
+
+    def test_an_in_flight_head_holds_back_its_key(
+        self, store: QueueStore, clock: FakeClock
+    ) -> None:
+        """While the head is leased, no other worker gets the next of its key."""
+        self.enqueue(
+            store, make_delivery("a1", ordering_key="A"), make_delivery("a2", ordering_key="A")
+        )
+        assert self.ids(self.claim(store, clock, worker="w1")) == ["a1"]
+        assert self.claim(store, clock, worker="w2") == []
+
+    # -- destinations --------------------------------------------------------
+
+    def test_a_paused_destination_is_skipped_until_resumed(
+        self, store: QueueStore, clock: FakeClock
+    ) -> None:
+        """Claims skip a paused destination; resuming clears the pause and its reason."""
+        self.enqueue(
+            store, make_delivery("e1", destination="pos"), make_delivery("e2", destination="crm")
+        )
+        state = store.set_destination("pos", now=clock.now(), paused=True, paused_reason="401")
+        assert state.paused
+        assert state.paused_reason == "401"
+        assert [d.destination for d in self.claim(store, clock)] == ["crm"]
+        clock.advance(30)  # a pause has no end (unlike the crm lease)
+        assert self.claim(store, clock) == []
+        state = store.set_destination("pos", now=clock.now(), paused=False)
+        assert not state.paused
+        assert state.paused_reason is None
+        assert store.destinations()["pos"] == state
+        assert [d.destination for d in self.claim(store, clock)] == ["pos"]
+
+    def test_a_held_destination_is_skipped_until_the_hold_ends(
+        self, store: QueueStore, clock: FakeClock
+    ) -> None:
+        """``hold_until`` keeps a destination back while ``hold_until > now``."""
+        self.enqueue(store, make_delivery("e1"))
+        until = clock.now() + timedelta(seconds=30)
+        store.set_destination("pos", now=clock.now(), hold_until=until, hold_reason="429")
+        clock.advance(29)
+        assert self.claim(store, clock) == []
+        clock.advance(1)
+        assert self.ids(self.claim(store, clock)) == ["e1"]
+
+    def test_a_hold_only_ever_extends(self, store: QueueStore, clock: FakeClock) -> None:
+        """A shorter hold leaves the longer one (and its reason) in place."""
+        later = clock.now() + timedelta(seconds=60)
+        store.set_destination("pos", now=clock.now(), hold_until=later, hold_reason="first")
+        state = store.set_destination(
+            "pos", now=clock.now(), hold_until=clock.now() + timedelta(seconds=5), hold_reason="x"
+        )
+        assert state.hold_until == later
+        assert state.hold_reason == "first"
+        even_later = later + timedelta(seconds=1)
+        state = store.set_destination(
+            "pos", now=clock.now(), hold_until=even_later, hold_reason="y"
+        )
+        assert state.hold_until == even_later
+        assert state.hold_reason == "y"
+
+    def test_set_destination_keeps_the_pause_when_not_given_and_writes_its_audit(
+        self, store: QueueStore, clock: FakeClock
+    ) -> None:
+        """``paused=None`` leaves the pause as is; the audit record is stored."""
+        store.set_destination("pos", now=clock.now(), paused=True, paused_reason="revoked")
+        audit = Attempt(
+            delivery_id=None,
+            destination="pos",
+            action="rate_limited",
+            actor="worker:w1",
+            started_at=clock.now(),
+            finished_at=clock.now(),
+            reason="429",
+            details={"delivery_id": "d1"},
+        )
+        clock.advance(1)
+        state = store.set_destination(
+            "pos", now=clock.now(), hold_until=clock.now() + timedelta(seconds=9), audit=audit
+        )
+        assert state.paused
+        assert state.paused_reason == "revoked"
+        assert state.updated_at == clock.now()
+        (latest,) = store.audit(limit=1)
+        assert attrs_without_id(latest) == attrs_without_id(audit)
+        assert store.destinations() == {"pos": state}
+
+    def test_destinations_is_empty_at_first(self, store: QueueStore) -> None:
+        """Only destinations ever paused or held have a state."""
+        assert store.destinations() == {}
+
+    # -- transition (operator actions) -----------------------------------------
+
+    def test_transition_moves_only_deliveries_in_from_status(
+        self, store: QueueStore, clock: FakeClock
+    ) -> None:
+        """Operator action: listed deliveries in ``from_status`` move (once each,
+        in the given order), with a filled-in audit copy; the rest stay."""
+        stuck, fine, other = self.enqueue(
+            store, make_delivery("e1"), make_delivery("e2"), make_delivery("e3")
+        )
+        self.park(store, clock, stuck)
+        self.park(store, clock, other)
+        clock.advance(10)
+        template = Attempt(
+            delivery_id=None,
+            destination="",
+            action="retry",
+            actor="alice",
+            started_at=clock.now(),
+            finished_at=clock.now(),
+            reason="fixed the SKU mapping",
+        )
+        moved = store.transition(
+            [other.id, stuck.id, fine.id, stuck.id, "no-such-delivery"],
+            from_status=[NEEDS_ACTION],
+            to_status=PENDING,
+            audit=template,
+            now=clock.now(),
+            reset_attempts=True,
+        )
+        assert moved == [other.id, stuck.id]
+        revived = store.get(stuck.id)
+        assert revived is not None
+        assert revived.status is PENDING
+        assert revived.attempts == 0
+        assert revived.next_attempt_at == clock.now()
+        assert revived.updated_at == clock.now()
+        assert revived.last_error is not None  # the reason it was stuck stays visible
+        untouched = store.get(fine.id)
+        assert untouched is not None
+        assert untouched.status is PENDING
+        record = store.attempts(stuck.id)[-1]
+        assert record.action == "retry"
+        assert record.actor == "alice"
+        assert record.delivery_id == stuck.id
+        assert record.destination == "pos"
+        assert record.outcome is PENDING
+        assert record.number == 0
+        assert record.reason == "fixed the SKU mapping"
+        assert self.ids(self.claim(store, clock)) == ["e1", "e2", "e3"]
+
+    def test_transition_to_a_final_status_takes_the_delivery_out_of_the_queue(
+        self, store: QueueStore, clock: FakeClock
+    ) -> None:
+        """RESOLVED/DISCARDED deliveries are never claimed; next_attempt_at is None."""
+        d1, d2 = self.enqueue(store, make_delivery("e1"), make_delivery("e2"))
+        audit = Attempt(
+            delivery_id=None,
+            destination="",
+            action="discard",
+            actor="bob",
+            started_at=clock.now(),
+            finished_at=clock.now(),
+        )
+        moved = store.transition(
+            [d1.id, d2.id], from_status=[PENDING], to_status=DISCARDED, audit=audit, now=T0
+        )
+        assert moved == [d1.id, d2.id]
+        stored = store.get(d1.id)
+        assert stored is not None
+        assert stored.status is DISCARDED
+        assert stored.next_attempt_at is None
+        assert self.claim(store, clock) == []
+        assert store.next_due() is None
+
+    def test_transition_replaces_the_event_and_key_when_given(
+        self, store: QueueStore, clock: FakeClock
+    ) -> None:
+        """An operator's edit replaces the event and the idempotency key."""
+        (d,) = self.enqueue(store, make_delivery("e1", ordering_key="A"))
+        self.park(store, clock, d)
+        edited = Event("e1", "customer.created", {"email": "ada@example.com"}, ordering_key="A")
+        audit = Attempt(
+            delivery_id=None,
+            destination="",
+            action="edit",
+            actor="carol",
+            started_at=clock.now(),
+            finished_at=clock.now(),
+            details={"changed": ["payload.email"]},
+        )
+        moved = store.transition(
+            [d.id],
+            from_status=[NEEDS_ACTION],
+            to_status=PENDING,
+            audit=audit,
+            now=clock.now(),
+            event=edited,
+            idempotency_key="pos:e1:edited",
+        )
+        assert moved == [d.id]
+        stored = store.get(d.id)
+        assert stored is not None
+        assert stored.event == edited
+        assert stored.idempotency_key == "pos:e1:edited"
+        assert store.attempts(d.id)[-1].details == {"changed": ["payload.email"]}
+
+    def test_transition_of_an_in_flight_delivery_fences_its_worker(
+        self, store: QueueStore, clock: FakeClock
+    ) -> None:
+        """After an operator moved a leased delivery, its worker's outcome is refused."""
+        (d,) = self.enqueue(store, make_delivery("e1"))
+        (claimed,) = self.claim(store, clock)
+        audit = Attempt(
+            delivery_id=None,
+            destination="",
+            action="resolve",
+            actor="ops",
+            started_at=T0,
+            finished_at=T0,
+        )
+        store.transition([d.id], from_status=[IN_FLIGHT], to_status=RESOLVED, audit=audit, now=T0)
+        assert store.complete([self.outcome(claimed, clock)]) == [False]
+        stored = store.get(d.id)
+        assert stored is not None
+        assert stored.status is RESOLVED
+
+    # -- reading -------------------------------------------------------------
+
+    def test_list_pages_through_every_delivery_in_submission_order(self, store: QueueStore) -> None:
+        """Pages follow seq; next_cursor is None on the last page."""
+        inserted = store.enqueue([make_delivery(f"e{i}") for i in range(7)])
+        pages: list[list[str]] = []
+        cursor: str | None = None
+        while True:
+            page = store.list(limit=3, cursor=cursor)
+            pages.append([d.id for d in page.items])
+            cursor = page.next_cursor
+            if cursor is None:
+                break
+        assert [len(p) for p in pages] == [3, 3, 1]
+        assert [i for p in pages for i in p] == [d.id for d in inserted]
+        assert store.list(limit=7).next_cursor is None
+        assert len(store.list()) == 7
+
+    def test_list_filters(self, store: QueueStore, clock: FakeClock) -> None:
+        """status, destination, category (of last_error) and since (updated_at) combine."""
+        p1, p2, c1, c2 = self.enqueue(
+            store,
+            make_delivery("e1", destination="pos"),
+            make_delivery("e2", destination="pos"),
+            make_delivery("e3", destination="crm"),
+            make_delivery("e4", destination="crm"),
+        )
+        claimed = {d.id: d for d in self.claim(store, clock)}
+        clock.advance(60)
+        store.complete(
+            [
+                self.outcome(
+                    claimed[p1.id], clock, NEEDS_ACTION, error=_error(ErrorCategory.MAPPING)
+                ),
+                self.outcome(
+                    claimed[c1.id], clock, NEEDS_ACTION, error=_error(ErrorCategory.DATA_FORMAT)
+                ),
+                self.outcome(claimed[p2.id], clock),
+            ]
+        )
+
+        def ids(**filters: Any) -> list[str]:
+            return [d.id for d in store.list(**filters)]
+
+        assert ids(status=[NEEDS_ACTION]) == [p1.id, c1.id]
+        assert ids(status=[NEEDS_ACTION, IN_FLIGHT]) == [p1.id, c1.id, c2.id]
+        assert ids(status=[]) == []
+        assert ids(destination="crm") == [c1.id, c2.id]
+        assert ids(status=[NEEDS_ACTION], destination="pos") == [p1.id]
+        assert ids(category=ErrorCategory.DATA_FORMAT) == [c1.id]
+        assert ids(category=ErrorCategory.PERMISSION) == []
+        assert ids(since=clock.now()) == [p1.id, p2.id, c1.id]
+        assert ids(since=clock.now() + timedelta(microseconds=1)) == []
+        page = store.list(status=[NEEDS_ACTION], limit=1)
+        assert [d.id for d in page] == [p1.id]
+        assert page.next_cursor is not None
+        rest = store.list(status=[NEEDS_ACTION], limit=1, cursor=page.next_cursor)
+        assert [d.id for d in rest] == [c1.id]
+        assert rest.next_cursor is None
+
+    def test_list_rejects_a_bad_limit_or_cursor(self, store: QueueStore) -> None:
+        """ValueError for limit < 1 and for a cursor that no page returned."""
+        with pytest.raises(ValueError, match="limit"):
+            store.list(limit=0)
+        with pytest.raises(ValueError, match="cursor"):
+            store.list(cursor="not-a-cursor")
+
+    def test_attempts_of_an_unknown_delivery_is_empty(self, store: QueueStore) -> None:
+        """No records, no error."""
+        assert store.attempts("no-such-delivery") == []
+
+    def test_audit_is_newest_first_with_filters(self, store: QueueStore, clock: FakeClock) -> None:
+        """audit() lists every record newest first; since, errors_only and limit filter."""
+        self.enqueue(store, make_delivery("e1"), make_delivery("e2"))
+        d1, d2 = self.claim(store, clock)
+        failed = _record(d1, clock.now(), error=_error(), outcome=RETRY_SCHEDULED)
+        store.complete(
+            [
+                self.outcome(
+                    d1, clock, RETRY_SCHEDULED, error=_error(), next_attempt_at=T0, audit=(failed,)
+                )
+            ]
+        )
+        clock.advance(60)
+        ok = _record(d2, clock.now(), outcome=SUCCEEDED)
+        store.complete([self.outcome(d2, clock, audit=(ok,))])
+        assert [r.delivery_id for r in store.audit()] == [d2.id, d1.id]
+        assert [r.delivery_id for r in store.audit(errors_only=True)] == [d1.id]
+        assert [r.delivery_id for r in store.audit(since=clock.now())] == [d2.id]
+        assert [r.delivery_id for r in store.audit(limit=1)] == [d2.id]
+        assert store.audit(since=clock.now(), errors_only=True) == []
+        (stored,) = store.audit(errors_only=True)
+        assert stored.category is ErrorCategory.TRANSIENT
+
+    def test_stats_counts_by_destination_status_and_category(
+        self, store: QueueStore, clock: FakeClock
+    ) -> None:
+        """Counts per destination and status, NEEDS_ACTION per category, the oldest waiting."""
+        empty = store.stats()
+        assert empty.total == 0
+        assert empty.oldest_waiting is None
+        self.enqueue(
+            store,
+            make_delivery("e1", destination="pos"),
+            make_delivery("e2", destination="pos"),
+            make_delivery("e3", destination="crm"),
+        )
+        clock.advance(5)
+        self.enqueue(store, make_delivery("e4", destination="pos", now=clock.now()))
+        claimed = self.claim(store, clock, limit=3)
+        by_event = {d.event.id: d for d in claimed}
+        store.complete(
+            [
+                self.outcome(by_event["e1"], clock),
+                self.outcome(
+                    by_event["e2"], clock, NEEDS_ACTION, error=_error(ErrorCategory.MAPPING)
+                ),
+            ]
+        )
+        store.set_destination("crm", now=clock.now(), paused=True, paused_reason="403")
+        stats = store.stats()
+        assert stats.by_destination == {
+            "pos": {SUCCEEDED: 1, NEEDS_ACTION: 1, PENDING: 1},
+            "crm": {IN_FLIGHT: 1},
+        }
+        assert stats.needs_action == {"pos": {ErrorCategory.MAPPING: 1}}
+        assert stats.total == 4
+        assert stats.by_status[PENDING] == 1
+        assert stats.oldest_waiting == clock.now()
+        assert stats.destinations["crm"].paused
+
+    def test_next_due_is_the_earliest_time_work_may_become_claimable(
+        self, store: QueueStore, clock: FakeClock
+    ) -> None:
+        """next_attempt_at of waiting deliveries and lease ends of leased ones count;
+        NEEDS_ACTION and final deliveries do not."""
+        assert store.next_due() is None
+        self.enqueue(
+            store,
+            make_delivery("e1", next_attempt_at=T0 + timedelta(seconds=300)),
+            make_delivery("e2"),
+        )
+        assert store.next_due() == T0
+        (claimed,) = self.claim(store, clock, lease=timedelta(seconds=90))
+        assert store.next_due() == T0 + timedelta(seconds=90)
+        store.complete(
+            [self.outcome(claimed, clock, NEEDS_ACTION, error=_error(ErrorCategory.MAPPING))]
+        )
+        assert store.next_due() == T0 + timedelta(seconds=300)
+        clock.advance(300)
+        (last,) = self.claim(store, clock)
+        store.complete([self.outcome(last, clock)])
+        assert store.next_due() is None
+
+    def test_close_is_idempotent(self, store: QueueStore) -> None:
+        """close() may be called twice."""
+        store.close()
+        store.close()
+
+
+def attrs_without_id(record: Attempt) -> tuple[Any, ...]:
+    """An audit record's fields except the store-assigned ``id`` (for comparisons)."""
+    return (
+        record.delivery_id,
+        record.destination,
+        record.action,
+        record.actor,
+        record.started_at,
+        record.finished_at,
+        record.number,
+        record.outcome,
+        record.reason,
+        record.error,
+        dict(record.details),
+    )
+
+
+class IdempotencyStoreContract:
+    """Every guarantee of :class:`~resilient_sync.IdempotencyStore`, as pytest tests.
+
+    Subclass it (the subclass name must start with ``Test``) and override the
+    ``store`` fixture to return a fresh, empty idempotency store.
+    """
+
+    @pytest.fixture
+    def store(self) -> IdempotencyStore:
+        """Override: a fresh, empty idempotency store (close it after the test)."""
+        pytest.fail(
+            f"{type(self).__name__} must define a `store` fixture returning an IdempotencyStore"
+        )
+
+    @pytest.fixture
+    def clock(self) -> FakeClock:
+        """The time passed to the store as ``now``."""
+        return FakeClock(T0)
+
+    @staticmethod
+    def begin(
+        store: IdempotencyStore,
+        clock: FakeClock,
+        *entries: tuple[str, str],
+        lock: timedelta = LEASE,
+    ) -> list[IdempotencyState]:
+        """The states ``begin`` reports at the clock's time."""
+        now = clock.now()
+        return [r.state for r in store.begin(list(entries), now=now, lock_until=now + lock)]
+
+    @staticmethod
+    def finish(
+        store: IdempotencyStore,
+        clock: FakeClock,
+        *entries: tuple[str, str, Any],
+        ttl: timedelta = timedelta(days=1),
+    ) -> None:
+        """Mark keys completed at the clock's time for ``ttl``."""
+        now = clock.now()
+        store.finish(list(entries), now=now, expires_at=now + ttl)
+
+    NEW = IdempotencyState.NEW
+    IN_PROGRESS = IdempotencyState.IN_PROGRESS
+    COMPLETED = IdempotencyState.COMPLETED
+    MISMATCH = IdempotencyState.MISMATCH
+
+    def test_a_new_key_is_taken(self, store: IdempotencyStore, clock: FakeClock) -> None:
+        """An unknown key is NEW and now held by the caller until lock_until."""
+        (record,) = store.begin([("k1", "fp")], now=T0, lock_until=T0 + LEASE)
+        assert record.key == "k1"
+        assert record.state is self.NEW
+        assert record.fingerprint == "fp"
+        assert record.locked_until == T0 + LEASE
+        held = store.get("k1", now=T0)
+        assert held is not None
+        assert held.state is self.IN_PROGRESS
+        assert held.locked_until == T0 + LEASE
+
+    def test_a_held_key_is_in_progress(self, store: IdempotencyStore, clock: FakeClock) -> None:
+        """A second caller sees IN_PROGRESS (and when the lock ends); nothing changes."""
+        assert self.begin(store, clock, ("k1", "fp")) == [self.NEW]
+        clock.advance(LEASE - timedelta(seconds=1))
+        (record,) = store.begin([("k1", "fp")], now=clock.now(), lock_until=clock.now() + LEASE)
+        assert record.state is self.IN_PROGRESS
+        assert record.locked_until == T0 + LEASE
+
+    def test_an_expired_lock_can_be_taken_again(
+        self, store: IdempotencyStore, clock: FakeClock
+    ) -> None:
+        """A holder that crashed (lock expired) does not block the key forever."""
+        assert self.begin(store, clock, ("k1", "fp")) == [self.NEW]
+        clock.advance(LEASE)
+        assert store.get("k1", now=clock.now()) is None
+        assert self.begin(store, clock, ("k1", "fp")) == [self.NEW]
+        assert self.begin(store, clock, ("k1", "fp")) == [self.IN_PROGRESS]
+
+    def test_a_finished_key_is_completed_with_its_result(
+        self, store: IdempotencyStore, clock: FakeClock
+    ) -> None:
+        """After finish, begin answers COMPLETED with the stored result."""
+        self.begin(store, clock, ("k1", "fp"))
+        self.finish(store, clock, ("k1", "fp", {"remote_id": "pos-9", "tags": ["a", "é"]}))
+        (record,) = store.begin([("k1", "fp")], now=T0, lock_until=T0 + LEASE)
+        assert record.state is self.COMPLETED
+        assert record.result == {"remote_id": "pos-9", "tags": ["a", "é"]}
+        stored = store.get("k1", now=T0)
+        assert stored is not None
+        assert stored.state is self.COMPLETED
+        assert stored.result == record.result
+        assert stored.fingerprint == "fp"
+        assert stored.expires_at == T0 + timedelta(days=1)
+
+    def test_a_completed_key_with_another_fingerprint_is_a_mismatch(
+        self, store: IdempotencyStore, clock: FakeClock
+    ) -> None:
+        """The same key with a different payload is MISMATCH; the record is kept."""
+        self.begin(store, clock, ("k1", "fp-a"))
+        self.finish(store, clock, ("k1", "fp-a", "done"))
+        (record,) = store.begin([("k1", "fp-b")], now=T0, lock_until=T0 + LEASE)
+        assert record.state is self.MISMATCH
+        assert record.fingerprint == "fp-a"
+        assert self.begin(store, clock, ("k1", "fp-a")) == [self.COMPLETED]
+
+    def test_an_expired_completion_is_new_again(
+        self, store: IdempotencyStore, clock: FakeClock
+    ) -> None:
+        """After expires_at the key is forgotten: get is None, begin is NEW."""
+        self.begin(store, clock, ("k1", "fp"))
+        self.finish(store, clock, ("k1", "fp", None), ttl=timedelta(hours=1))
+        clock.advance(timedelta(hours=1) - timedelta(microseconds=1))
+        assert self.begin(store, clock, ("k1", "fp")) == [self.COMPLETED]
+        clock.advance(timedelta(microseconds=1))
+        assert store.get("k1", now=clock.now()) is None
+        assert self.begin(store, clock, ("k1", "fp-new")) == [self.NEW]
+
+    def test_release_forgets_an_in_progress_key_only(
+        self, store: IdempotencyStore, clock: FakeClock
+    ) -> None:
+        """release() frees held keys; completed and unknown keys are unaffected."""
+        self.begin(store, clock, ("held", "fp"), ("done", "fp"))
+        self.finish(store, clock, ("done", "fp", 1))
+        store.release(["held", "done", "unknown"])
+        assert store.get("held", now=T0) is None
+        assert self.begin(store, clock, ("held", "fp")) == [self.NEW]
+        assert self.begin(store, clock, ("done", "fp")) == [self.COMPLETED]
+
+    def test_begin_answers_per_entry_in_one_call(
+        self, store: IdempotencyStore, clock: FakeClock
+    ) -> None:
+        """A batch mixes every state, answered in order."""
+        self.begin(store, clock, ("held", "fp"), ("done", "fp"))
+        self.finish(store, clock, ("done", "fp", "r"))
+        states = self.begin(
+            store, clock, ("new", "fp"), ("held", "fp"), ("done", "fp"), ("done", "other")
+        )
+        assert states == [self.NEW, self.IN_PROGRESS, self.COMPLETED, self.MISMATCH]
+
+    def test_the_same_key_twice_in_one_call(
+        self, store: IdempotencyStore, clock: FakeClock
+    ) -> None:
+        """The second entry of a key sees the first one's hold."""
+        assert self.begin(store, clock, ("k1", "fp"), ("k1", "fp")) == [self.NEW, self.IN_PROGRESS]
+
+    def test_results_round_trip_as_json(self, store: IdempotencyStore, clock: FakeClock) -> None:
+        """Any JSON result comes back equal (None included)."""
+        results: list[Any] = [None, 0, 1.5, "text ☕", [1, [2]], {"a": {"b": None}}, True]
+        entries = [(f"k{i}", "fp", result) for i, result in enumerate(results)]
+        self.finish(store, clock, *entries)
+        for key, _, result in entries:
+            record = store.get(key, now=T0)
+            assert record is not None
+            assert record.state is self.COMPLETED
+            assert record.result == result
+
+    def test_get_of_an_unknown_key_is_none(self, store: IdempotencyStore) -> None:
+        """No record, no error."""
+        assert store.get("unknown", now=T0) is None
+
+    def test_empty_batches_are_harmless(self, store: IdempotencyStore) -> None:
+        """Empty begin/finish/release calls do nothing."""
+        assert store.begin([], now=T0, lock_until=T0 + LEASE) == []
+        store.finish([], now=T0, expires_at=T0 + LEASE)
+        store.release([])
+
+    def test_concurrent_begins_give_a_key_to_one_caller(self, store: IdempotencyStore) -> None:
+        """Of several threads beginning the same key at once, exactly one gets NEW."""
+        states: list[IdempotencyState] = []
+        lock = threading.Lock()
+        start = threading.Barrier(4)
+
+        def begin() -> None:
+            start.wait()
+            (record,) = store.begin([("k1", "fp")], now=T0, lock_until=T0 + LEASE)
+            with lock:
+                states.append(record.state)
+
+        threads = [threading.Thread(target=begin) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert sorted(states) == sorted([self.NEW] + [self.IN_PROGRESS] * 3)
+
+    def test_close_is_idempotent(self, store: IdempotencyStore) -> None:
+        """close() may be called twice."""
+        store.close()
+        store.close()

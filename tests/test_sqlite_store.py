@@ -1,0 +1,724 @@
+"""What the SQLite stores add to the contract: files, migrations, URLs, the
+outbox join, several connections, and clear errors for a locked, read-only,
+full or corrupted database. (The contract itself: tests/test_store_contract.py.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import shutil
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import threading
+from collections.abc import Callable, Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from resilient_sync import (
+    AsyncDispatcher,
+    Attempt,
+    DeliveryStatus,
+    Dispatcher,
+    Event,
+    IdempotencyStore,
+    QueueStore,
+    StoreError,
+)
+from resilient_sync._model import Completion
+from resilient_sync.stores import SQLiteIdempotencyStore, SQLiteQueueStore, open_stores
+from resilient_sync.stores._open import sqlite_path
+from resilient_sync.stores._sqlite import (
+    Q,
+    migrations,
+    parse_queries,
+    split_statements,
+)
+from resilient_sync.testing import FakeClock, RecordingDestination
+from resilient_sync.testing.contract import LEASE, T0, make_delivery
+
+SQL_DIR = Path(__file__).resolve().parents[1] / "src/resilient_sync/stores/sql/sqlite"
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Path:
+    return tmp_path / "sync.db"
+
+
+@pytest.fixture
+def queue(db: Path) -> Iterator[SQLiteQueueStore]:
+    store = SQLiteQueueStore(db)
+    yield store
+    store.close()
+
+
+def _pragma(store: Any, name: str) -> Any:
+    with store._db.read("test") as conn:
+        return conn.execute(f"PRAGMA {name}").fetchone()[0]
+
+
+def _schema(conn: sqlite3.Connection) -> list[tuple[str, str, str]]:
+    """Every object of the schema, its SQL without comments and spacing."""
+    rows = conn.execute(
+        "SELECT type, name, sql FROM sqlite_master "
+        "WHERE name NOT LIKE 'sqlite_%' ORDER BY type, name"
+    ).fetchall()
+    out = []
+    for kind, name, sql in rows:
+        text = re.sub(r"--[^\n]*", "", sql or "")
+        out.append((kind, name, " ".join(text.split())))
+    return out
+
+
+# -- migrations and SQL files ---------------------------------------------------
+
+
+def test_migrating_from_scratch_yields_the_current_schema(db: Path, tmp_path: Path) -> None:
+    SQLiteQueueStore(db).close()
+    migrated = sqlite3.connect(db)
+    reference = sqlite3.connect(tmp_path / "reference.db")
+    reference.executescript((SQL_DIR / "schema.sql").read_text())
+    assert _schema(migrated) == _schema(reference)
+    counters = "SELECT name, value FROM resilient_sync_counters"
+    assert migrated.execute(counters).fetchall() == reference.execute(counters).fetchall()
+    versions = migrated.execute("SELECT version, name FROM resilient_sync_migrations").fetchall()
+    assert versions == [(m.version, m.name) for m in migrations()]
+    migrated.close()
+    reference.close()
+
+
+def test_migrations_run_once_and_leave_user_version_to_the_application(db: Path) -> None:
+    with sqlite3.connect(db) as conn:
+        conn.execute("PRAGMA user_version = 42")
+        conn.execute("CREATE TABLE orders (id INTEGER PRIMARY KEY)")
+    conn.close()
+    for _ in range(2):
+        SQLiteQueueStore(db).close()
+        SQLiteIdempotencyStore(db).close()
+    conn = sqlite3.connect(db)
+    assert conn.execute("PRAGMA user_version").fetchone() == (42,)
+    assert conn.execute("SELECT COUNT(*) FROM resilient_sync_migrations").fetchone() == (
+        len(migrations()),
+    )
+    assert conn.execute("SELECT COUNT(*) FROM orders").fetchone() == (0,)
+    conn.close()
+
+
+def test_a_file_from_a_newer_version_is_refused(db: Path) -> None:
+    SQLiteQueueStore(db).close()
+    with sqlite3.connect(db) as conn:
+        conn.execute(
+            "INSERT INTO resilient_sync_migrations VALUES (999, 'future', '2030-01-01T00:00:00Z')"
+        )
+    conn.close()
+    with pytest.raises(StoreError, match=r"version 999, newer .*upgrade resilient_sync") as info:
+        SQLiteQueueStore(db)
+    assert str(db) in str(info.value)
+
+
+def test_processes_racing_to_create_a_file_migrate_it_once(db: Path) -> None:
+    script = textwrap.dedent(
+        """
+        import sys
+        from resilient_sync.stores import SQLiteQueueStore
+        SQLiteQueueStore(sys.argv[1]).close()
+        """
+    )
+    procs = [
+        subprocess.Popen([sys.executable, "-c", script, str(db)], stderr=subprocess.PIPE)
+        for _ in range(4)
+    ]
+    errors = [p.communicate()[1].decode() for p in procs]
+    assert [p.returncode for p in procs] == [0] * 4, errors
+    conn = sqlite3.connect(db)
+    assert conn.execute("SELECT COUNT(*) FROM resilient_sync_migrations").fetchone() == (
+        len(migrations()),
+    )
+    conn.close()
+
+
+def test_sql_files_parse() -> None:
+    for migration in migrations():
+        assert migration.statements
+        assert all(sqlite3.complete_statement(s) for s in migration.statements)
+    queries = parse_queries((SQL_DIR / "queries.sql").read_text())
+    assert "claim_candidates" in queries
+    assert all(sql and "-- name" not in sql for sql in queries.values())
+    with pytest.raises(ValueError, match="defined twice"):
+        parse_queries("-- name: a\nSELECT 1;\n-- name: a\nSELECT 2;\n")
+    with pytest.raises(ValueError, match="incomplete"):
+        split_statements("CREATE TABLE t (a);\nSELECT 1")
+    assert split_statements("-- c\nSELECT 1;\n-- trailing comment\n") == ["-- c\nSELECT 1;"]
+
+
+def test_hot_queries_use_their_indexes(queue: SQLiteQueueStore) -> None:
+    """The claim walks the partial index of claimable rows (never the whole
+    table) and checks ordering-key heads through their index."""
+
+    def plan(sql: str, params: Any) -> str:
+        with queue._db.read("test") as conn:
+            rows = conn.execute("EXPLAIN QUERY PLAN " + sql, params).fetchall()
+        return "\n".join(row[-1] for row in rows)
+
+    claim = plan(Q.claim_candidates, {"now": 0, "destinations": None, "limit": 10})
+    assert "USING INDEX resilient_sync_deliveries_due" in claim
+    assert "USING INDEX resilient_sync_deliveries_key" in claim
+    operator_queue = plan(
+        "\n".join([Q.list_deliveries, Q.list_where_needs_action, Q.list_order]),
+        {"after": 0, "limit": 10},
+    )
+    assert "resilient_sync_deliveries_needs_action" in operator_queue
+    assert "resilient_sync_audit_errors" in plan(Q.audit_errors, {"since": None, "limit": 10})
+    assert "resilient_sync_audit_delivery" in plan(Q.attempts, ("d1",))
+
+
+# -- the file ------------------------------------------------------------------
+
+
+def test_deliveries_survive_closing_and_reopening(db: Path) -> None:
+    clock = FakeClock(T0)
+    queue, idempotency = open_stores(f"sqlite:///{db}")
+    pos = RecordingDestination("pos")
+    dispatcher = Dispatcher(queue, idempotency, [pos], clock=clock)
+    dispatcher.submit_many([Event(f"e{i}", "t", {"i": i}) for i in range(5)])
+    dispatcher.run_once(limit=2)
+    queue.close()
+    idempotency.close()
+
+    queue, idempotency = open_stores(f"sqlite:///{db}")
+    assert queue.stats().by_status == {DeliveryStatus.SUCCEEDED: 2, DeliveryStatus.PENDING: 3}
+    dispatcher = Dispatcher(queue, idempotency, [pos], clock=clock)
+    dispatcher.run_until_idle()
+    assert queue.stats().by_status == {DeliveryStatus.SUCCEEDED: 5}
+    assert len(pos.applied) == 5
+    assert len(queue.audit()) == 5
+    queue.close()
+    idempotency.close()
+
+
+def test_the_wal_and_the_durability_setting_are_applied(tmp_path: Path) -> None:
+    for mode, level in (("FULL", 2), ("normal", 1), ("EXTRA", 3)):
+        store = SQLiteQueueStore(tmp_path / f"{mode}.db", synchronous=mode)
+        assert _pragma(store, "journal_mode") == "wal"
+        assert _pragma(store, "synchronous") == level
+        assert store.synchronous == mode.upper()
+        store.close()
+    default = SQLiteIdempotencyStore(tmp_path / "default.db")
+    assert _pragma(default, "synchronous") == 2
+    assert "synchronous='FULL'" in repr(default)
+    default.close()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        ({"synchronous": "OFF"}, ValueError, "synchronous must be one of FULL, NORMAL, EXTRA"),
+        ({"busy_timeout": -1}, ValueError, "busy_timeout"),
+    ],
+)
+def test_bad_options_are_refused(
+    db: Path, kwargs: dict[str, Any], error: type[Exception], message: str
+) -> None:
+    with pytest.raises(error, match=message):
+        SQLiteQueueStore(db, **kwargs)
+
+
+@pytest.mark.parametrize("path", ["", ":memory:", "file:x.db?mode=memory"])
+def test_a_store_needs_a_real_file(path: str) -> None:
+    with pytest.raises(ValueError, match="need a file path"):
+        SQLiteQueueStore(path)
+
+
+def test_a_missing_directory_is_a_clear_error(tmp_path: Path) -> None:
+    missing = tmp_path / "no" / "such" / "dir" / "sync.db"
+    with pytest.raises(StoreError, match="cannot open the file") as info:
+        SQLiteQueueStore(missing)
+    assert str(missing) in str(info.value)
+    assert isinstance(info.value.__cause__, sqlite3.Error)
+
+
+def test_both_stores_share_one_connection_until_both_are_closed(db: Path) -> None:
+    queue, idempotency = open_stores(f"sqlite:///{db}")
+    assert isinstance(queue, SQLiteQueueStore)
+    assert isinstance(idempotency, SQLiteIdempotencyStore)
+    assert queue._db is idempotency._db
+    queue.enqueue([make_delivery("e1")])
+    queue.close()
+    queue.close()
+    assert "closed" in repr(queue)
+    idempotency.finish([("k", "fp", 1)], now=T0, expires_at=T0 + LEASE)  # still open
+    with pytest.raises(StoreError, match="closed"):
+        queue.stats()
+    idempotency.close()
+    with pytest.raises(StoreError, match="closed"):
+        idempotency.get("k", now=T0)
+
+
+def test_separate_connections_see_each_other_and_claim_disjointly(db: Path) -> None:
+    """Several store objects (own connections, like several processes) on one
+    file: writes are visible to all, concurrent claims never overlap."""
+    stores = [SQLiteQueueStore(db) for _ in range(3)]
+    stores[0].enqueue([make_delivery(f"e{i}") for i in range(150)])
+    assert stores[2].stats().total == 150
+    seen: list[list[str]] = [[] for _ in stores]
+    barrier = threading.Barrier(len(stores))
+
+    def work(index: int) -> None:
+        barrier.wait()
+        while got := stores[index].claim(
+            now=T0, limit=5, lease_until=T0 + LEASE, worker=f"w{index}"
+        ):
+            seen[index].extend(d.id for d in got)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(stores))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    everything = [i for ids in seen for i in ids]
+    assert len(everything) == 150
+    assert len(set(everything)) == 150
+    for store in stores:
+        store.close()
+
+
+def test_a_forked_child_opens_its_own_connection(queue: SQLiteQueueStore) -> None:
+    if not hasattr(os, "fork"):
+        pytest.skip("no fork() on this platform")
+    queue.enqueue([make_delivery("parent")])
+    pid = os.fork()
+    if pid == 0:  # the child: use the inherited store object, then leave at once
+        code = 1
+        try:
+            queue.enqueue([make_delivery("child")])
+            code = 0 if queue.stats().total == 2 else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert {d.event.id for d in queue.list()} == {"parent", "child"}
+
+
+# -- open_stores URLs ------------------------------------------------------------
+
+
+def test_open_stores_relative_and_absolute_urls(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    queue, idempotency = open_stores("sqlite:///relative.db")
+    assert (tmp_path / "relative.db").exists()
+    queue.close()
+    idempotency.close()
+    absolute = tmp_path / "sub dir" / "absolute.db"
+    absolute.parent.mkdir()
+    assert str(absolute).startswith("/")
+    queue, idempotency = open_stores(f"sqlite:///{absolute}", synchronous="NORMAL")
+    assert absolute.exists()
+    assert isinstance(queue, SQLiteQueueStore)
+    assert queue.synchronous == "NORMAL"
+    queue.close()
+    idempotency.close()
+    assert sqlite_path("sqlite:////var/lib/sync.db") == "/var/lib/sync.db"
+    assert sqlite_path("sqlite:///data/sync.db") == "data/sync.db"
+    assert sqlite_path("sqlite:///my%20sync.db") == "my sync.db"
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("sqlite://host/sync.db", "a host is not allowed"),
+        ("sqlite:///", "names no file"),
+        ("sqlite:///data/", "names no file"),
+        ("sqlite:///:memory:", "names no file"),
+        ("sqlite:///sync.db?mode=ro", "query parameters are not supported"),
+        ("sqlite:sync.db", "invalid store URL"),
+        ("mysql://localhost/db", "unsupported store URL scheme 'mysql'"),
+        ("sync.db", "invalid store URL"),
+    ],
+)
+def test_open_stores_rejects_bad_urls(url: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message) as info:
+        open_stores(url)
+    assert url in str(info.value)
+
+
+# -- the transactional outbox ------------------------------------------------------
+
+
+def test_enqueue_joins_the_callers_transaction(db: Path, queue: SQLiteQueueStore) -> None:
+    conn = sqlite3.connect(db)
+    conn.execute("CREATE TABLE orders (id TEXT PRIMARY KEY)")
+    conn.commit()
+
+    def rolled_back() -> None:
+        with conn:
+            conn.execute("INSERT INTO orders VALUES ('o1')")
+            queue.enqueue([make_delivery("o1")], cursor=("shop", "1"), transaction=conn)
+            raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        rolled_back()
+    assert queue.stats().total == 0
+    assert queue.get_cursor("shop") is None
+    assert conn.execute("SELECT COUNT(*) FROM orders").fetchone() == (0,)
+
+    with conn:
+        conn.execute("INSERT INTO orders VALUES ('o2')")
+        (inserted,) = queue.enqueue([make_delivery("o2")], transaction=conn)
+        assert queue.get(inserted.id) is None  # not committed yet: invisible to others
+    assert queue.get(inserted.id) == inserted
+    assert conn.execute("SELECT id FROM orders").fetchall() == [("o2",)]
+    conn.close()
+
+
+def test_enqueue_refuses_a_transaction_it_cannot_join(
+    db: Path, tmp_path: Path, queue: SQLiteQueueStore
+) -> None:
+    with pytest.raises(TypeError, match="'dict'"):
+        queue.enqueue([make_delivery("e1")], transaction={})
+    other = sqlite3.connect(tmp_path / "other.db")
+    other.execute("BEGIN")
+    with pytest.raises(ValueError, match=r"other\.db"):
+        queue.enqueue([make_delivery("e1")], transaction=other)
+    other.close()
+    idle = sqlite3.connect(db, isolation_level=None)
+    with pytest.raises(ValueError, match="no open transaction"):
+        queue.enqueue([make_delivery("e1")], transaction=idle)
+    idle.close()
+    assert queue.stats().total == 0
+
+
+def test_the_dispatcher_passes_the_transaction_through(db: Path) -> None:
+    queue, idempotency = open_stores(f"sqlite:///{db}")
+    dispatcher = Dispatcher(queue, idempotency, [RecordingDestination("pos")])
+    conn = sqlite3.connect(db)
+    with conn:
+        conn.execute("CREATE TABLE IF NOT EXISTS orders (id TEXT)")
+        conn.execute("INSERT INTO orders VALUES ('o1')")
+        dispatcher.submit(Event("o1", "order.paid", {}), transaction=conn)
+    assert queue.stats().total == 1
+    conn.close()
+    queue.close()
+    idempotency.close()
+
+
+# -- failures: clear errors that name the file, nothing committed is lost -------
+
+
+def _assert_names_the_file(error: StoreError, db: Path) -> None:
+    assert str(db) in str(error)
+    assert isinstance(error.__cause__, sqlite3.Error)
+
+
+def test_a_locked_database_is_a_clear_error_and_loses_nothing(db: Path) -> None:
+    queue = SQLiteQueueStore(db, busy_timeout=0.05)
+    queue.enqueue([make_delivery("committed")])
+    blocker = sqlite3.connect(db, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")
+    with pytest.raises(StoreError, match=r"locked.*busy_timeout=0.05s.*wrote nothing") as info:
+        queue.enqueue([make_delivery("blocked")])
+    _assert_names_the_file(info.value, db)
+    with pytest.raises(StoreError, match="locked"):
+        queue.claim(now=T0, limit=1, lease_until=T0 + LEASE, worker="w1")
+    assert [d.event.id for d in queue.list()] == ["committed"]  # reads never wait (WAL)
+    blocker.execute("ROLLBACK")
+    blocker.close()
+    queue.enqueue([make_delivery("later")])
+    assert [d.event.id for d in queue.list()] == ["committed", "later"]
+    queue.close()
+
+
+def _chattr(flag: str, path: Path) -> bool:
+    chattr = shutil.which("chattr")
+    if chattr is None or os.geteuid() != 0:
+        return False
+    return (
+        subprocess.run([chattr, flag, str(path)], capture_output=True, check=False).returncode == 0
+    )
+
+
+def test_a_read_only_database_is_a_clear_error_and_loses_nothing(db: Path) -> None:
+    queue = SQLiteQueueStore(db)
+    queue.enqueue([make_delivery("committed")])
+    queue.close()
+    if os.geteuid() == 0:  # root ignores permission bits: make the file immutable instead
+        if not _chattr("+i", db):
+            pytest.skip("cannot make the file read-only (chattr +i failed)")
+    else:
+        db.chmod(0o444)
+    try:
+        queue = SQLiteQueueStore(db)  # opening for reading works
+        assert [d.event.id for d in queue.list()] == ["committed"]
+        with pytest.raises(StoreError, match=r"read-only.*wrote nothing") as info:
+            queue.enqueue([make_delivery("refused")])
+        _assert_names_the_file(info.value, db)
+        queue.close()
+    finally:
+        if os.geteuid() == 0:
+            _chattr("-i", db)
+        else:
+            db.chmod(0o644)
+    queue = SQLiteQueueStore(db)
+    assert [d.event.id for d in queue.list()] == ["committed"]
+    queue.enqueue([make_delivery("accepted")])
+    assert queue.stats().total == 2
+    queue.close()
+
+
+FULL_DISK_SCRIPT = """
+import json, os, sys
+from resilient_sync import StoreError
+from resilient_sync.stores import SQLiteQueueStore
+from resilient_sync.testing.contract import make_delivery
+
+directory = sys.argv[1]
+filler = os.path.join(directory, "filler")
+with open(filler, "wb") as f:
+    f.write(b"x" * 256 * 1024)
+path = os.path.join(directory, "sync.db")
+queue = SQLiteQueueStore(path)
+committed, error = 0, None
+for batch in range(10_000):
+    try:
+        batch_of = [make_delivery(f"e{batch}-{i}", payload={"pad": "y" * 400}) for i in range(20)]
+        queue.enqueue(batch_of)
+    except StoreError as exc:
+        error = str(exc)
+        break
+    committed += 20
+readable = queue.stats().total
+os.remove(filler)
+queue.enqueue([make_delivery("after-freeing-space")])
+queue.close()
+queue = SQLiteQueueStore(path)
+print(json.dumps({"committed": committed, "error": error, "path": path,
+                  "readable": readable, "after": queue.stats().total}))
+"""
+
+
+def test_a_full_disk_is_a_clear_error_and_loses_nothing(tmp_path: Path) -> None:
+    """A real full file system: a 2 MiB tmpfs in a private mount namespace."""
+    unshare = shutil.which("unshare")
+    if unshare is None or os.geteuid() != 0 or not sys.platform.startswith("linux"):
+        pytest.skip("needs Linux, root and unshare to mount a small tmpfs")
+    mountpoint = tmp_path / "small-disk"
+    mountpoint.mkdir()
+    script = tmp_path / "fill.py"
+    script.write_text(FULL_DISK_SCRIPT)
+    command = (
+        f"mount -t tmpfs -o size=2m tmpfs '{mountpoint}' && "
+        f"exec '{sys.executable}' '{script}' '{mountpoint}'"
+    )
+    probe = subprocess.run(
+        [unshare, "-m", "sh", "-c", f"mount -t tmpfs -o size=1m tmpfs '{mountpoint}'"],
+        capture_output=True,
+        check=False,
+    )
+    if probe.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {probe.stderr.decode().strip()}")
+    result = subprocess.run(
+        [unshare, "-m", "sh", "-c", command], capture_output=True, check=False, timeout=120
+    )
+    assert result.returncode == 0, result.stderr.decode()
+    report = json.loads(result.stdout)
+    assert report["committed"] > 0
+    assert report["error"] is not None
+    assert report["path"] in report["error"]
+    assert "disk is full" in report["error"]
+    assert report["readable"] == report["committed"]
+    assert report["after"] == report["committed"] + 1
+
+
+def _corrupt_every_page_but_the_schema(db: Path) -> None:
+    """Overwrite every page except those of the schema and of the migrations
+    table, so the file still opens but every store table is garbage."""
+    conn = sqlite3.connect(db)
+    try:
+        keep = {
+            page
+            for (page,) in conn.execute(
+                "SELECT pageno FROM dbstat "
+                "WHERE name IN ('sqlite_schema', 'sqlite_master', 'resilient_sync_migrations')"
+            )
+        }
+    except sqlite3.OperationalError:
+        pytest.skip("this SQLite has no dbstat table to find the schema's pages")
+    finally:
+        conn.close()
+    data = bytearray(db.read_bytes())
+    size = int.from_bytes(data[16:18], "big") or 65536
+    for number in range(1, len(data) // size + 1):
+        if number not in keep:
+            data[(number - 1) * size : number * size] = b"\xa5" * size
+    db.write_bytes(bytes(data))
+
+
+def test_a_file_that_is_not_a_database_is_refused_and_left_untouched(db: Path) -> None:
+    garbage = b"this is not a database, it is a shopping list\n" * 200
+    db.write_bytes(garbage)
+    with pytest.raises(StoreError, match="corrupted or is not a SQLite database") as info:
+        SQLiteQueueStore(db)
+    _assert_names_the_file(info.value, db)
+    with pytest.raises(StoreError, match="corrupted"):
+        open_stores(f"sqlite:///{db}")
+    assert db.read_bytes() == garbage
+
+
+QUEUE_CALLS: list[tuple[str, Callable[[QueueStore], Any]]] = [
+    ("enqueue", lambda s: s.enqueue([make_delivery("new")])),
+    ("claim", lambda s: s.claim(now=T0, limit=5, lease_until=T0 + LEASE, worker="w")),
+    ("complete", lambda s: s.complete([])),  # nothing to do: must not even fail
+    ("get", lambda s: s.get("x")),
+    ("list", lambda s: s.list()),
+    ("attempts", lambda s: s.attempts("x")),
+    ("audit", lambda s: s.audit()),
+    ("stats", lambda s: s.stats()),
+    ("next_due", lambda s: s.next_due()),
+    ("get_cursor", lambda s: s.get_cursor("shop")),
+    ("destinations", lambda s: s.destinations()),
+    ("set_destination", lambda s: s.set_destination("pos", now=T0, paused=True)),
+    (
+        "transition",
+        lambda s: s.transition(
+            ["x"],
+            from_status=[DeliveryStatus.NEEDS_ACTION],
+            to_status=DeliveryStatus.PENDING,
+            audit=Attempt(
+                delivery_id=None,
+                destination="",
+                action="retry",
+                actor="ops",
+                started_at=T0,
+                finished_at=T0,
+            ),
+            now=T0,
+        ),
+    ),
+]
+IDEMPOTENCY_CALLS: list[tuple[str, Callable[[IdempotencyStore], Any]]] = [
+    ("begin", lambda s: s.begin([("k", "fp")], now=T0, lock_until=T0 + LEASE)),
+    ("finish", lambda s: s.finish([("k", "fp", 1)], now=T0, expires_at=T0 + LEASE)),
+    ("release", lambda s: s.release(["k"])),
+    ("get", lambda s: s.get("k", now=T0)),
+]
+
+
+def test_no_sqlite3_error_slips_through_a_corrupted_file(db: Path) -> None:
+    """Every method of both stores raises StoreError naming the file (never a
+    bare sqlite3 error) when the pages under it are damaged."""
+    queue, idempotency = open_stores(f"sqlite:///{db}")
+    queue.enqueue([make_delivery(f"e{i}", payload={"pad": "z" * 300}) for i in range(200)])
+    idempotency.finish([(f"k{i}", "fp", i) for i in range(200)], now=T0, expires_at=T0 + LEASE)
+    queue.close()
+    idempotency.close()
+    _corrupt_every_page_but_the_schema(db)
+    before = db.read_bytes()
+    queue, idempotency = open_stores(f"sqlite:///{db}")
+    failures = []
+    for name, call in QUEUE_CALLS:
+        if name == "complete":
+            assert call(queue) == []
+            continue
+        with pytest.raises(StoreError) as info:
+            call(queue)
+        _assert_names_the_file(info.value, db)
+        failures.append(name)
+    for name, call in IDEMPOTENCY_CALLS:
+        with pytest.raises(StoreError) as info:
+            call(idempotency)
+        _assert_names_the_file(info.value, db)
+        failures.append(name)
+    assert "corrupted" in str(info.value)
+    queue.close()
+    idempotency.close()
+    assert db.read_bytes() == before
+    assert len(failures) == len(QUEUE_CALLS) - 1 + len(IDEMPOTENCY_CALLS)
+
+
+def test_a_failed_transaction_rolls_back_and_the_store_keeps_working(
+    queue: SQLiteQueueStore,
+) -> None:
+    """A write that fails half-way (here: a result that is not JSON) changes
+    nothing, and the connection is usable afterwards."""
+    queue.enqueue([make_delivery("e1"), make_delivery("e2")])
+    one, two = queue.claim(now=T0, limit=2, lease_until=T0 + LEASE, worker="w")
+    good = Completion(
+        delivery_id=one.id,
+        lease_token=one.lease_token,
+        status=DeliveryStatus.SUCCEEDED,
+        finished_at=T0,
+        result={"ok": True},
+    )
+    bad = Completion(
+        delivery_id=two.id,
+        lease_token=two.lease_token,
+        status=DeliveryStatus.SUCCEEDED,
+        finished_at=T0,
+        result={1, 2},
+    )
+    with pytest.raises(TypeError, match="set"):
+        queue.complete([good, bad])
+    assert queue.stats().by_status == {DeliveryStatus.IN_FLIGHT: 2}
+    assert queue.complete([good]) == [True]
+    assert json.loads(json.dumps(queue.get(one.id).result)) == {"ok": True}  # type: ignore[union-attr]
+
+
+def test_leases_from_the_dispatcher_clock_are_exact(db: Path) -> None:
+    """Times round-trip to the microsecond (stored as integers)."""
+    queue = SQLiteQueueStore(db)
+    queue.enqueue([make_delivery("e1")])
+    until = T0 + timedelta(seconds=30, microseconds=123457)
+    (claimed,) = queue.claim(now=T0, limit=1, lease_until=until, worker="w")
+    stored = queue.get(claimed.id)
+    assert stored is not None
+    assert stored.lease_expires_at == until
+    assert queue.next_due() == until
+    queue.close()
+
+
+def test_idempotency_locks_skip_the_fsync_but_never_weaken_the_connection(db: Path) -> None:
+    """begin/release commit at NORMAL; the connection is back at FULL after
+    them, also when they fail."""
+    queue, idempotency = open_stores(f"sqlite:///{db}", busy_timeout=0.05)
+    idempotency.begin([("k1", "fp")], now=T0, lock_until=T0 + LEASE)
+    idempotency.release(["k1"])
+    assert _pragma(idempotency, "synchronous") == 2
+    blocker = sqlite3.connect(db, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")
+    with pytest.raises(StoreError, match="locked"):
+        idempotency.begin([("k2", "fp")], now=T0, lock_until=T0 + LEASE)
+    blocker.execute("ROLLBACK")
+    blocker.close()
+    assert _pragma(idempotency, "synchronous") == 2
+    assert _pragma(queue, "synchronous") == 2  # the same connection
+    idempotency.finish([("k2", "fp", None)], now=T0, expires_at=T0 + LEASE)
+    record = idempotency.get("k2", now=T0)
+    assert record is not None
+    queue.close()
+    idempotency.close()
+
+
+def test_the_async_dispatcher_drives_the_sqlite_stores(db: Path) -> None:
+    """Store calls from asyncio.to_thread (several at once) on one connection."""
+
+    async def main() -> None:
+        queue, idempotency = open_stores(f"sqlite:///{db}")
+        pos = RecordingDestination("pos")
+        dispatcher = AsyncDispatcher(queue, idempotency, [pos], concurrency=8, batch_size=16)
+        await dispatcher.submit_many([Event(f"e{i}", "t", {"i": i}) for i in range(60)])
+        report = await dispatcher.run_until_idle()
+        assert report.succeeded == 60
+        assert len(pos.applied) == 60
+        assert queue.stats().by_status == {DeliveryStatus.SUCCEEDED: 60}
+        queue.close()
+        idempotency.close()
+
+    asyncio.run(main())
