@@ -1,0 +1,1246 @@
+"""PostgreSQL stores: many workers on many machines (psycopg 3 and psycopg_pool).
+
+Install with ``pip install 'resilient-sync[postgres]'``. Importing
+``resilient_sync`` never needs psycopg; this module does, and says so.
+
+- Claims are one ``UPDATE ... FROM (SELECT ... FOR UPDATE SKIP LOCKED)``
+  statement: batched, never waiting for rows another worker holds. A delivery
+  with an ordering key is claimable only while no older delivery of its
+  ``(destination, ordering_key)`` is unfinished and no other one is in flight;
+  a partial unique index makes the database itself refuse a second in-flight
+  delivery of one key. Enqueues of one key are serialised (advisory lock until
+  commit), so submission order per key is also commit order.
+- Leases carry a fencing token from a sequence; ``complete`` applies many
+  outcomes and their audit records in one statement.
+- ``wait_for_work`` sleeps on ``LISTEN`` until an enqueue, a hand-back or an
+  operator retry sends a ``NOTIFY`` (the dispatcher polls as a fallback).
+- ``enqueue(..., transaction=conn)`` writes in the caller's own psycopg
+  connection and transaction: the transactional outbox.
+- A connection the server dropped (restart, network blip) is replaced and the
+  statement retried when nothing can have been committed; otherwise the error
+  surfaces as :class:`~resilient_sync.StoreError`, which the dispatcher logs
+  before carrying on.
+- The SQL lives in ``sql/postgres/``: numbered migrations applied on open
+  under an advisory lock, and the named queries in ``queries.sql``.
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import hashlib
+import json
+import logging
+import re
+import threading
+import uuid
+from collections.abc import Callable, Collection, Iterable, Sequence
+from datetime import datetime, timezone
+from importlib import resources
+from typing import Any, TypeVar
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import attrs
+
+try:
+    import psycopg
+    import psycopg.errors
+    from psycopg.conninfo import conninfo_to_dict
+    from psycopg.rows import TupleRow, tuple_row
+    from psycopg_pool import ConnectionPool, PoolTimeout
+except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
+    raise ImportError(
+        "the PostgreSQL stores need psycopg 3 and psycopg-pool; install them with "
+        "pip install 'resilient-sync[postgres]'"
+    ) from exc
+
+from .._errors import StoreError
+from .._json import canonical_dumps, error_from_json, error_to_json, event_from_json, event_to_json
+from .._model import (
+    Attempt,
+    Completion,
+    Delivery,
+    DeliveryStatus,
+    DestinationState,
+    ErrorCategory,
+    ErrorInfo,
+    Event,
+    IdempotencyRecord,
+    IdempotencyState,
+    Page,
+    QueueStats,
+)
+from .._redact import redact
+from ._common import check_page_args, decode_cursor, encode_cursor, fill_audit
+
+__all__ = ["PostgresIdempotencyStore", "PostgresQueueStore", "open_pair"]
+
+logger = logging.getLogger("resilient_sync.stores.postgres")
+
+T = TypeVar("T")
+Connection = psycopg.Connection[Any]
+
+_SCHEMA_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+_MIGRATION_FILE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+#: How often a statement is retried on a fresh connection after the server
+#: dropped the old one (restart, failover, idle timeout).
+_RECONNECT_RETRIES = 3
+#: How often a claim is retried when it lost a race for an ordering key.
+_CONFLICT_RETRIES = 5
+IDLE = psycopg.pq.TransactionStatus.IDLE
+
+
+# -- SQL files ------------------------------------------------------------------
+
+
+def _sql_dir() -> Any:
+    return resources.files("resilient_sync.stores") / "sql" / "postgres"
+
+
+def _quote_schema(schema: str) -> str:
+    if not isinstance(schema, str) or not _SCHEMA_NAME.match(schema):
+        raise ValueError(
+            f"invalid schema name {schema!r}: use 1-63 letters, digits and underscores, "
+            "not starting with a digit"
+        )
+    return f'"{schema}"'
+
+
+def _render(text: str, schema: str) -> str:
+    return text.replace("{schema}", _quote_schema(schema))
+
+
+def migrations(schema: str) -> list[tuple[int, str, str]]:
+    """The migrations as ``(version, name, sql)``, oldest first, for ``schema``."""
+    found: list[tuple[int, str, str]] = []
+    for entry in _sql_dir().iterdir():
+        match = _MIGRATION_FILE.match(entry.name)
+        if match:
+            text = entry.read_text(encoding="utf-8")
+            found.append((int(match.group(1)), match.group(2), _render(text, schema)))
+    found.sort()
+    return found
+
+
+def schema_sql(schema: str) -> str:
+    """The current schema as one script (``sql/postgres/schema.sql``), for ``schema``."""
+    return _render((_sql_dir() / "schema.sql").read_text(encoding="utf-8"), schema)
+
+
+def _load_queries(schema: str) -> dict[str, str]:
+    text = (_sql_dir() / "queries.sql").read_text(encoding="utf-8")
+    queries: dict[str, str] = {}
+    name: str | None = None
+    lines: list[str] = []
+    for line in text.splitlines():
+        if line.startswith("-- name: "):
+            if name is not None:
+                queries[name] = _render("\n".join(lines).strip(), schema)
+            name, lines = line[len("-- name: ") :].strip(), []
+        elif name is not None:
+            lines.append(line)
+    if name is not None:
+        queries[name] = _render("\n".join(lines).strip(), schema)
+    return queries
+
+
+# -- small helpers ---------------------------------------------------------------
+
+
+def _lock_id(*parts: str) -> int:
+    """A stable signed 64-bit advisory lock id for ``parts``."""
+    digest = hashlib.blake2b("\x00".join(parts).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    return value.astimezone(timezone.utc) if value is not None else None
+
+
+def _dump(value: Any) -> str | None:
+    return None if value is None else canonical_dumps(value)
+
+
+def _load(text: str | None) -> Any:
+    return None if text is None else json.loads(text)
+
+
+def _describe(conninfo: str) -> str:
+    """``postgresql://user@host:port/db`` without the password."""
+    try:
+        params = conninfo_to_dict(conninfo)
+    except psycopg.Error:
+        return "PostgreSQL (unparsable conninfo)"
+    host = params.get("host") or params.get("hostaddr") or "localhost"
+    user = params.get("user")
+    where = f"{user}@{host}" if user else str(host)
+    return f"postgresql://{where}:{params.get('port') or 5432}/{params.get('dbname') or ''}"
+
+
+def _password(conninfo: str) -> str | None:
+    try:
+        value = conninfo_to_dict(conninfo).get("password")
+    except psycopg.Error:
+        return None
+    return str(value) if value else None
+
+
+def _connection_lost(exc: BaseException, conn: Connection | None) -> bool:
+    return (
+        isinstance(exc, psycopg.OperationalError)
+        and conn is not None
+        and (conn.broken or conn.closed)
+    )
+
+
+def _delivery(row: Sequence[Any]) -> Delivery:
+    return Delivery(
+        id=row[0],
+        seq=row[1],
+        event=event_from_json(row[2]),
+        destination=row[3],
+        status=DeliveryStatus(row[4]),
+        idempotency_key=row[5],
+        attempts=row[6],
+        next_attempt_at=_utc(row[7]),
+        last_error=error_from_json(row[8]),
+        result=_load(row[9]),
+        created_at=_utc(row[10]),  # type: ignore[arg-type]
+        updated_at=_utc(row[11]),  # type: ignore[arg-type]
+        lease_token=row[12],
+        lease_owner=row[13],
+        lease_expires_at=_utc(row[14]),
+    )
+
+
+def _attempt(row: Sequence[Any]) -> Attempt:
+    return Attempt(
+        id=row[0],
+        delivery_id=row[1],
+        destination=row[2],
+        action=row[3],
+        actor=row[4],
+        started_at=_utc(row[5]),  # type: ignore[arg-type]
+        finished_at=_utc(row[6]),  # type: ignore[arg-type]
+        number=row[7],
+        outcome=DeliveryStatus(row[8]) if row[8] is not None else None,
+        reason=row[9],
+        error=error_from_json(row[10]),
+        details=_load(row[11]) or {},
+    )
+
+
+def _destination_state(row: Sequence[Any]) -> DestinationState:
+    return DestinationState(
+        name=row[0],
+        paused=row[1],
+        paused_reason=row[2],
+        hold_until=_utc(row[3]),
+        hold_reason=row[4],
+        updated_at=_utc(row[5]),
+    )
+
+
+def _audit_params(records: Iterable[Attempt]) -> dict[str, list[Any]]:
+    columns: dict[str, list[Any]] = {
+        name: []
+        for name in (
+            "a_delivery_ids",
+            "a_destinations",
+            "a_actions",
+            "a_actors",
+            "a_started_at",
+            "a_finished_at",
+            "a_numbers",
+            "a_outcomes",
+            "a_reasons",
+            "a_errors",
+            "a_error_categories",
+            "a_details",
+        )
+    }
+    for r in records:
+        columns["a_delivery_ids"].append(r.delivery_id)
+        columns["a_destinations"].append(r.destination)
+        columns["a_actions"].append(r.action)
+        columns["a_actors"].append(r.actor)
+        columns["a_started_at"].append(r.started_at)
+        columns["a_finished_at"].append(r.finished_at)
+        columns["a_numbers"].append(r.number)
+        columns["a_outcomes"].append(r.outcome.value if r.outcome is not None else None)
+        columns["a_reasons"].append(r.reason)
+        columns["a_errors"].append(error_to_json(r.error))
+        columns["a_error_categories"].append(r.error.category.value if r.error else None)
+        columns["a_details"].append(canonical_dumps(dict(r.details)))
+    return columns
+
+
+def _error_columns(error: ErrorInfo | None) -> tuple[str | None, str | None]:
+    return error_to_json(error), (error.category.value if error is not None else None)
+
+
+# -- connections ------------------------------------------------------------------
+
+
+class _PoolRef:
+    """A pool created by the stores, closed when the last store using it closes."""
+
+    def __init__(self, pool: ConnectionPool[Any]) -> None:
+        self.pool = pool
+        self._refs = 1
+        self._lock = threading.Lock()
+
+    def acquire(self) -> _PoolRef:
+        with self._lock:
+            self._refs += 1
+        return self
+
+    def release(self) -> None:
+        with self._lock:
+            self._refs -= 1
+            last = self._refs == 0
+        if last:
+            self.pool.close()
+
+
+class _PostgresBase:
+    """Pool ownership, migrations, the transaction helper and error translation."""
+
+    _kind = "store"
+
+    def __init__(
+        self,
+        conninfo_or_pool: str | ConnectionPool[Any],
+        *,
+        schema: str,
+        migrate: bool,
+        pool_min_size: int,
+        pool_max_size: int,
+        pool_timeout: float,
+    ) -> None:
+        _quote_schema(schema)
+        self.schema = schema
+        self._queries = _load_queries(schema)
+        self._closed = False
+        if isinstance(conninfo_or_pool, ConnectionPool):
+            self._pool: ConnectionPool[Any] = conninfo_or_pool
+            self._pool_ref: _PoolRef | None = None  # the caller closes its pool
+            source = conninfo_or_pool.conninfo
+            conninfo = source() if callable(source) else source
+        elif isinstance(conninfo_or_pool, str):
+            conninfo = conninfo_or_pool
+            try:
+                conninfo_to_dict(conninfo)
+            except psycopg.Error as exc:
+                secret = _password(conninfo)
+                raise ValueError(
+                    f"invalid PostgreSQL conninfo for {type(self).__name__}: "
+                    f"{redact(str(exc), [secret] if secret else [])}"
+                ) from None
+            self._pool = ConnectionPool(
+                conninfo,
+                min_size=pool_min_size,
+                max_size=pool_max_size,
+                timeout=pool_timeout,
+                name=f"resilient_sync:{schema}",
+                kwargs={"autocommit": True},
+                open=True,
+            )
+            self._pool_ref = _PoolRef(self._pool)
+        else:
+            raise TypeError(
+                f"{type(self).__name__} needs a conninfo string or a psycopg_pool.ConnectionPool, "
+                f"got {type(conninfo_or_pool).__name__}"
+            )
+        self._conninfo = conninfo
+        self._where = _describe(conninfo)
+        self._secret = _password(conninfo)
+        try:
+            if migrate:
+                self._migrate()
+            else:
+                self._check_version()
+        except BaseException:
+            self.close()
+            raise
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self._where!r}, schema={self.schema!r})"
+
+    @property
+    def pool(self) -> ConnectionPool[Any]:
+        """The connection pool (shared when one was passed in)."""
+        return self._pool
+
+    # -- errors and transactions -------------------------------------------
+
+    def _error(self, action: str, exc: BaseException, *, why: str | None = None) -> StoreError:
+        secrets = [self._secret] if self._secret else []
+        detail = str(exc).strip() or type(exc).__name__
+        if why:
+            detail = f"{detail}; {why}"
+        detail = redact(detail, secrets)
+        return StoreError(
+            f"PostgreSQL {self._kind} at {self._where} (schema {self.schema!r}) failed to "
+            f"{action}: {type(exc).__name__}: {detail}"
+        )
+
+    def _run(
+        self,
+        action: str,
+        fn: Callable[[Connection], T],
+        *,
+        atomic: bool = True,
+        retry_conflicts: bool = False,
+    ) -> T:
+        """Run ``fn`` on a pooled connection and translate psycopg's errors.
+
+        ``atomic``: ``fn`` runs several statements, in a transaction of its
+        own. A connection the server dropped is replaced and ``fn`` retried
+        if the commit was not reached (nothing can have been committed); a
+        failure of the commit itself is never retried (its outcome is
+        unknown) and surfaces as :class:`StoreError`.
+
+        Not ``atomic``: ``fn`` sends one statement (or one pipelined
+        transaction) on the autocommit connection: one round trip. It is
+        retried on a new connection when the old one was dropped, even though
+        it may have been applied: every such call is harmless to repeat (a
+        claim repeated leaves the first claim's leases to expire, a completion
+        repeated is refused by its fencing token, an enqueue repeated inserts
+        nothing new, the idempotency calls and reads are idempotent).
+        """
+        lost = conflicts = 0
+        while True:
+            if self._closed:
+                raise StoreError(f"{self!r} is closed; cannot {action}")
+            stage = "connect"
+            conn: Connection | None = None
+            try:
+                with self._pool.connection() as conn:
+                    stage = "query"
+                    if atomic or not conn.autocommit:
+                        with conn.transaction():
+                            result = fn(conn)
+                            stage = "commit" if atomic else "query"
+                    else:
+                        result = fn(conn)
+                    return result
+            except psycopg.Error as exc:
+                if stage == "query" and _connection_lost(exc, conn) and lost < _RECONNECT_RETRIES:
+                    lost += 1
+                    logger.warning(
+                        "connection to %s lost while trying to %s (%s); retrying on a new one",
+                        self._where,
+                        action,
+                        type(exc).__name__,
+                    )
+                    self._pool.check()
+                    continue
+                if (
+                    retry_conflicts
+                    and isinstance(exc, psycopg.errors.UniqueViolation)
+                    and conflicts < _CONFLICT_RETRIES
+                ):
+                    conflicts += 1
+                    continue
+                if isinstance(exc, PoolTimeout):
+                    raise self._error(action, exc, why=self._why_no_connection()) from exc
+                raise self._error(action, exc) from exc
+
+    def _why_no_connection(self) -> str:
+        """After a pool timeout: the server's answer to one direct connection attempt."""
+        source = self._pool.kwargs
+        kwargs = dict((source() if callable(source) else source) or {})
+        kwargs.setdefault("connect_timeout", max(1, min(5, int(self._pool.timeout))))
+        try:
+            psycopg.Connection.connect(self._conninfo, **kwargs).close()
+        except psycopg.Error as exc:
+            return f"connecting fails: {str(exc).strip()}"
+        return (
+            f"the server accepts connections, but all {self._pool.max_size} of the pool "
+            "were in use: raise pool_max_size or lower the dispatcher's concurrency"
+        )
+
+    def _cursor(self, conn: Connection) -> psycopg.Cursor[TupleRow]:
+        return conn.cursor(row_factory=tuple_row)
+
+    # -- migrations -------------------------------------------------------------
+
+    def _migrate(self) -> None:
+        known = migrations(self.schema)
+        newest = known[-1][0]
+
+        def apply(conn: Connection) -> None:
+            cur = self._cursor(conn)
+            cur.execute(
+                self._queries["migration_lock"],
+                {"lock": _lock_id("resilient_sync", "migrate", self.schema)},
+            )
+            cur.execute(self._queries["bootstrap"])
+            applied = {row[0] for row in cur.execute(self._queries["applied_migrations"])}
+            if applied and max(applied) > newest:
+                raise StoreError(
+                    f"schema {self.schema!r} at {self._where} is at version {max(applied)}, "
+                    f"newer than this resilient_sync knows ({newest}); upgrade resilient_sync"
+                )
+            for version, name, text in known:
+                if version not in applied:
+                    logger.info("applying migration %04d_%s to %s", version, name, self.schema)
+                    cur.execute(text)
+                    cur.execute(
+                        self._queries["record_migration"], {"version": version, "name": name}
+                    )
+
+        self._run("apply migrations", apply)
+
+    def _check_version(self) -> None:
+        newest = migrations(self.schema)[-1][0]
+
+        def read(conn: Connection) -> int:
+            cur = self._cursor(conn)
+            table = f"{_quote_schema(self.schema)}.schema_migrations"
+            exists = cur.execute(self._queries["has_migrations_table"], {"table": table}).fetchone()
+            if not exists or not exists[0]:
+                return 0
+            return max(
+                (row[0] for row in cur.execute(self._queries["applied_migrations"])), default=0
+            )
+
+        version = self._run("read the schema version", read)
+        if version != newest:
+            raise StoreError(
+                f"schema {self.schema!r} at {self._where} is at version {version}, "
+                f"this resilient_sync needs {newest}; open the store with migrate=True "
+                "(or apply the files in resilient_sync/stores/sql/postgres/ in order)"
+            )
+
+    def close(self) -> None:
+        """Close the pool if this store created it; idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        ref, self._pool_ref = self._pool_ref, None
+        if ref is not None:
+            ref.release()
+
+
+# -- the queue store -----------------------------------------------------------------
+
+
+class PostgresQueueStore(_PostgresBase):
+    """A :class:`~resilient_sync.QueueStore` in PostgreSQL, for many workers on many machines.
+
+    Args:
+        conninfo_or_pool: a libpq connection string or URL
+            (``"postgresql://user@host:5432/db"``), or a
+            ``psycopg_pool.ConnectionPool`` to share (then the caller closes
+            it; create it with ``kwargs={"autocommit": True}`` so that most
+            calls take one round trip).
+        schema: the schema holding the tables, created on open; give each
+            application (or test run) its own.
+        migrate: apply pending migrations on open (under an advisory lock, so
+            workers starting together do not race); when False, refuse to
+            open a schema that is not at the current version.
+        pool_min_size: connections the pool this store creates keeps open.
+        pool_max_size: the most connections of that pool (one more, for
+            ``LISTEN``, is opened by :meth:`wait_for_work`).
+        pool_timeout: seconds to wait for a connection before a
+            :class:`~resilient_sync.StoreError`.
+
+    ``enqueue(..., transaction=conn)`` joins the caller's own
+    ``psycopg.Connection`` (the transactional outbox): the rows are written in
+    its transaction and commit or roll back with it.
+    """
+
+    _kind = "queue store"
+
+    def __init__(
+        self,
+        conninfo_or_pool: str | ConnectionPool[Any],
+        *,
+        schema: str = "resilient_sync",
+        migrate: bool = True,
+        pool_min_size: int = 1,
+        pool_max_size: int = 4,
+        pool_timeout: float = 10.0,
+    ) -> None:
+        self._listener: Connection | None = None
+        self._listen_lock = threading.Lock()
+        self._stopped = threading.Event()
+        super().__init__(
+            conninfo_or_pool,
+            schema=schema,
+            migrate=migrate,
+            pool_min_size=pool_min_size,
+            pool_max_size=pool_max_size,
+            pool_timeout=pool_timeout,
+        )
+        prefix = "resilient_sync_"
+        channel = prefix + schema
+        if len(channel) > 63:
+            channel = prefix + hashlib.blake2b(schema.encode(), digest_size=16).hexdigest()
+        self.channel = channel
+
+    # -- writing -------------------------------------------------------------------
+
+    def enqueue(
+        self,
+        deliveries: Sequence[Delivery],
+        *,
+        cursor: tuple[str, str | None] | None = None,
+        transaction: Any = None,
+    ) -> builtins.list[Delivery]:
+        """See :meth:`resilient_sync.QueueStore.enqueue`.
+
+        ``transaction`` is the caller's ``psycopg.Connection``: the rows are
+        written in its current transaction (one is begun if none is open,
+        as psycopg does for any statement) and the caller commits or rolls
+        back. On a connection in autocommit mode outside a transaction block,
+        the rows are written in a transaction of their own. Enqueues of one
+        ``(destination, ordering_key)`` wait for each other's commit, so keep
+        the caller's transaction short.
+        """
+        deliveries = list(deliveries)
+        if not deliveries and cursor is None:
+            return []
+
+        if transaction is None:
+            return self._run(
+                "enqueue deliveries",
+                lambda conn: self._enqueue(conn, deliveries, cursor, own_transaction=True),
+                atomic=False,
+            )
+        conn = self._joinable(transaction, "enqueue deliveries")
+        alone = conn.autocommit and conn.info.transaction_status == IDLE
+        try:
+            return self._enqueue(conn, deliveries, cursor, own_transaction=alone)
+        except psycopg.Error as exc:
+            raise self._error("enqueue deliveries in the caller's transaction", exc) from exc
+
+    def _joinable(self, conn: Any, action: str) -> Connection:
+        if not isinstance(conn, psycopg.Connection):
+            raise TypeError(
+                f"{type(self).__name__} can join only a psycopg.Connection (sync) transaction, "
+                f"got {type(conn).__module__}.{type(conn).__qualname__}"
+            )
+        status = conn.info.transaction_status
+        if status == psycopg.pq.TransactionStatus.INERROR:
+            raise StoreError(
+                f"cannot {action}: the transaction passed to {type(self).__name__} is aborted "
+                "by an earlier error; roll it back first"
+            )
+        if status not in (IDLE, psycopg.pq.TransactionStatus.INTRANS):
+            raise StoreError(
+                f"cannot {action}: the connection passed to {type(self).__name__} is busy "
+                f"({status.name}); pass a connection between statements"
+            )
+        return conn
+
+    def _enqueue(
+        self,
+        conn: Connection,
+        deliveries: builtins.list[Delivery],
+        cursor: tuple[str, str | None] | None,
+        *,
+        own_transaction: bool,
+    ) -> builtins.list[Delivery]:
+        """Lock the ordering keys, insert, save the cursor and notify: one round trip."""
+        locks = sorted(
+            {
+                _lock_id(self.schema, d.destination, d.event.ordering_key)
+                for d in deliveries
+                if d.event.ordering_key is not None
+            }
+        )
+        insert = self._cursor(conn)
+        transaction = conn.transaction() if own_transaction else contextlib.nullcontext()
+        with conn.pipeline(), transaction:
+            if locks:
+                self._cursor(conn).execute(self._queries["lock_ordering_keys"], {"locks": locks})
+            if deliveries:
+                insert.execute(self._queries["enqueue"], self._enqueue_params(deliveries))
+            if cursor is not None:
+                self._cursor(conn).execute(
+                    self._queries["save_cursor"], {"source": cursor[0], "value": cursor[1]}
+                )
+            if deliveries:
+                self._cursor(conn).execute(self._queries["notify"], {"channel": self.channel})
+        if not deliveries:
+            return []
+        seqs = {row[0]: row[1] for row in insert.fetchall()}
+        inserted: builtins.list[Delivery] = []
+        for d in deliveries:
+            seq = seqs.pop(d.id, None)  # pop: a repeated id is inserted once
+            if seq is not None:
+                inserted.append(attrs.evolve(d, seq=seq))
+        return inserted
+
+    @staticmethod
+    def _enqueue_params(deliveries: Sequence[Delivery]) -> dict[str, list[Any]]:
+        p: dict[str, list[Any]] = {
+            name: []
+            for name in (
+                "ids",
+                "event_ids",
+                "destinations",
+                "ordering_keys",
+                "events",
+                "statuses",
+                "idempotency_keys",
+                "attempts",
+                "next_attempt_at",
+                "last_errors",
+                "error_categories",
+                "results",
+                "created_at",
+                "updated_at",
+                "lease_tokens",
+                "lease_owners",
+                "lease_expires_at",
+            )
+        }
+        for d in deliveries:
+            error, category = _error_columns(d.last_error)
+            p["ids"].append(d.id)
+            p["event_ids"].append(d.event.id)
+            p["destinations"].append(d.destination)
+            p["ordering_keys"].append(d.event.ordering_key)
+            p["events"].append(event_to_json(d.event))
+            p["statuses"].append(d.status.value)
+            p["idempotency_keys"].append(d.idempotency_key)
+            p["attempts"].append(d.attempts)
+            p["next_attempt_at"].append(d.next_attempt_at)
+            p["last_errors"].append(error)
+            p["error_categories"].append(category)
+            p["results"].append(_dump(d.result))
+            p["created_at"].append(d.created_at)
+            p["updated_at"].append(d.updated_at)
+            p["lease_tokens"].append(d.lease_token)
+            p["lease_owners"].append(d.lease_owner)
+            p["lease_expires_at"].append(d.lease_expires_at)
+        return p
+
+    def claim(
+        self,
+        *,
+        now: datetime,
+        limit: int,
+        lease_until: datetime,
+        worker: str,
+        destinations: Collection[str] | None = None,
+    ) -> builtins.list[Delivery]:
+        """See :meth:`resilient_sync.QueueStore.claim` (one statement, ``SKIP LOCKED``)."""
+        if isinstance(limit, bool) or not isinstance(limit, int):
+            raise TypeError(f"limit must be an int, got {limit!r}")
+        if limit < 1:
+            return []
+        params = {
+            "now": now,
+            "limit": limit,
+            "lease_until": lease_until,
+            "worker": worker,
+            "all_destinations": destinations is None,
+            "destinations": sorted(destinations) if destinations is not None else [],
+        }
+
+        def lease(conn: Connection) -> builtins.list[Delivery]:
+            rows = self._cursor(conn).execute(self._queries["claim"], params).fetchall()
+            return [_delivery(row) for row in rows]
+
+        return self._run("claim deliveries", lease, atomic=False, retry_conflicts=True)
+
+    def complete(self, completions: Sequence[Completion]) -> builtins.list[bool]:
+        """See :meth:`resilient_sync.QueueStore.complete` (one statement for the batch)."""
+        completions = list(completions)
+        if not completions:
+            return []
+        sent: builtins.list[Completion] = []
+        index: builtins.list[int | None] = []  # per completion: its 1-based row in `sent`
+        seen: set[tuple[str, int]] = set()
+        for c in completions:
+            ident = (c.delivery_id, c.lease_token)
+            if ident in seen:  # a repeat can only find the delivery no longer in flight
+                index.append(None)
+                continue
+            seen.add(ident)
+            sent.append(c)
+            index.append(len(sent))
+        params = {**self._complete_params(sent), "channel": self.channel}
+
+        def apply(conn: Connection) -> set[int]:
+            rows = self._cursor(conn).execute(self._queries["complete"], params).fetchall()
+            return {row[0] for row in rows if row[0] is not None}
+
+        applied = self._run("complete deliveries", apply, atomic=False)
+        return [i is not None and i in applied for i in index]
+
+    @staticmethod
+    def _complete_params(sent: Sequence[Completion]) -> dict[str, list[Any]]:
+        p: dict[str, list[Any]] = {
+            name: []
+            for name in (
+                "ids",
+                "tokens",
+                "statuses",
+                "finished_at",
+                "next_attempt_at",
+                "errors",
+                "error_categories",
+                "results",
+                "events",
+                "ordering_keys",
+                "idempotency_keys",
+                "count_attempt",
+            )
+        }
+        records: builtins.list[Attempt] = []
+        record_ci: builtins.list[int] = []
+        for ci, c in enumerate(sent, start=1):
+            error, category = _error_columns(c.error)
+            p["ids"].append(c.delivery_id)
+            p["tokens"].append(c.lease_token)
+            p["statuses"].append(c.status.value)
+            p["finished_at"].append(c.finished_at)
+            p["next_attempt_at"].append(c.next_attempt_at)
+            p["errors"].append(error)
+            p["error_categories"].append(category)
+            p["results"].append(_dump(c.result))
+            p["events"].append(event_to_json(c.event) if c.event is not None else None)
+            p["ordering_keys"].append(c.event.ordering_key if c.event is not None else None)
+            p["idempotency_keys"].append(c.idempotency_key)
+            p["count_attempt"].append(c.count_attempt)
+            records.extend(c.audit)
+            record_ci.extend([ci] * len(c.audit))
+        return {**p, **_audit_params(records), "a_ci": record_ci}
+
+    def transition(
+        self,
+        ids: Sequence[str],
+        *,
+        from_status: Collection[DeliveryStatus],
+        to_status: DeliveryStatus,
+        audit: Attempt,
+        now: datetime,
+        reset_attempts: bool = False,
+        event: Event | None = None,
+        idempotency_key: str | None = None,
+    ) -> builtins.list[str]:
+        """See :meth:`resilient_sync.QueueStore.transition`."""
+        wanted = list(dict.fromkeys(ids))
+        if not wanted:
+            return []
+        params = {
+            "ids": wanted,
+            "from_status": [DeliveryStatus(s).value for s in from_status],
+            "to_status": to_status.value,
+            "now": now,
+            "reset_attempts": reset_attempts,
+            "event": event_to_json(event) if event is not None else None,
+            "ordering_key": event.ordering_key if event is not None else None,
+            "idempotency_key": idempotency_key,
+        }
+
+        def move(conn: Connection) -> builtins.list[str]:
+            cur = self._cursor(conn)
+            rows = cur.execute(self._queries["transition"], params).fetchall()
+            moved = {row[0]: _delivery(row) for row in rows}
+            order = [i for i in wanted if i in moved]
+            if order:
+                records = [fill_audit(audit, moved[i]) for i in order]
+                cur.execute(self._queries["insert_audit"], _audit_params(records))
+                if to_status is DeliveryStatus.PENDING:
+                    cur.execute(self._queries["notify"], {"channel": self.channel})
+            return order
+
+        return self._run("move deliveries", move)
+
+    def set_destination(
+        self,
+        name: str,
+        *,
+        now: datetime,
+        paused: bool | None = None,
+        paused_reason: str | None = None,
+        hold_until: datetime | None = None,
+        hold_reason: str | None = None,
+        audit: Attempt | None = None,
+    ) -> DestinationState:
+        """See :meth:`resilient_sync.QueueStore.set_destination`."""
+        params = {
+            "name": name,
+            "now": now,
+            "paused": paused,
+            "paused_reason": paused_reason,
+            "hold_until": hold_until,
+            "hold_reason": hold_reason,
+        }
+
+        def update(conn: Connection) -> DestinationState:
+            cur = self._cursor(conn)
+            row = cur.execute(self._queries["set_destination"], params).fetchone()
+            assert row is not None  # noqa: S101 - an upsert always returns its row
+            if audit is not None:
+                cur.execute(self._queries["insert_audit"], _audit_params([audit]))
+            if paused is False:
+                cur.execute(self._queries["notify"], {"channel": self.channel})
+            return _destination_state(row)
+
+        return self._run(f"update destination {name!r}", update)
+
+    # -- reading ----------------------------------------------------------------------
+
+    def _fetch(self, action: str, query: str, params: dict[str, Any]) -> builtins.list[TupleRow]:
+        def read(conn: Connection) -> builtins.list[TupleRow]:
+            return self._cursor(conn).execute(self._queries[query], params).fetchall()
+
+        return self._run(action, read, atomic=False)
+
+    def get(self, delivery_id: str) -> Delivery | None:
+        """See :meth:`resilient_sync.QueueStore.get`."""
+        rows = self._fetch(f"read delivery {delivery_id!r}", "get", {"id": delivery_id})
+        return _delivery(rows[0]) if rows else None
+
+    def list(
+        self,
+        *,
+        status: Collection[DeliveryStatus] | None = None,
+        destination: str | None = None,
+        category: ErrorCategory | None = None,
+        since: datetime | None = None,
+        limit: int = 100,
+        cursor: str | None = None,
+    ) -> Page:
+        """See :meth:`resilient_sync.QueueStore.list`."""
+        check_page_args(limit)
+        params = {
+            "after": decode_cursor(cursor),
+            "statuses": [DeliveryStatus(s).value for s in status] if status is not None else None,
+            "destination": destination,
+            "category": ErrorCategory(category).value if category is not None else None,
+            "since": since,
+            "limit": limit + 1,
+        }
+        items = [_delivery(row) for row in self._fetch("list deliveries", "list", params)]
+        if len(items) > limit:
+            return Page(items=items[:limit], next_cursor=encode_cursor(items[limit - 1].seq))
+        return Page(items=items, next_cursor=None)
+
+    def attempts(self, delivery_id: str) -> builtins.list[Attempt]:
+        """See :meth:`resilient_sync.QueueStore.attempts`."""
+        rows = self._fetch("read the audit trail", "attempts", {"id": delivery_id})
+        return [_attempt(row) for row in rows]
+
+    def audit(
+        self, *, since: datetime | None = None, errors_only: bool = False, limit: int | None = None
+    ) -> builtins.list[Attempt]:
+        """See :meth:`resilient_sync.QueueStore.audit`."""
+        params = {"since": since, "errors_only": errors_only, "limit": limit}
+        return [_attempt(row) for row in self._fetch("read the audit trail", "audit", params)]
+
+    def destinations(self) -> dict[str, DestinationState]:
+        """See :meth:`resilient_sync.QueueStore.destinations`."""
+        rows = self._fetch("read destinations", "destinations", {})
+        return {row[0]: _destination_state(row) for row in rows}
+
+    def get_cursor(self, source: str) -> str | None:
+        """See :meth:`resilient_sync.QueueStore.get_cursor`."""
+        rows = self._fetch(f"read the cursor of {source!r}", "get_cursor", {"source": source})
+        return rows[0][0] if rows else None
+
+    def stats(self) -> QueueStats:
+        """See :meth:`resilient_sync.QueueStore.stats`."""
+
+        def read(conn: Connection) -> QueueStats:
+            cur = self._cursor(conn)
+            q = self._queries
+            by_destination: dict[str, dict[DeliveryStatus, int]] = {}
+            for dest, status, n in cur.execute(q["stats_by_status"]).fetchall():
+                by_destination.setdefault(dest, {})[DeliveryStatus(status)] = n
+            needs_action: dict[str, dict[ErrorCategory, int]] = {}
+            for dest, category, n in cur.execute(q["stats_needs_action"]).fetchall():
+                needs_action.setdefault(dest, {})[ErrorCategory(category)] = n
+            oldest = cur.execute(q["stats_oldest_waiting"]).fetchone()
+            states = {
+                row[0]: _destination_state(row) for row in cur.execute(q["destinations"]).fetchall()
+            }
+            return QueueStats(
+                by_destination=by_destination,
+                needs_action=needs_action,
+                oldest_waiting=_utc(oldest[0]) if oldest else None,
+                destinations=states,
+            )
+
+        return self._run("read queue statistics", read)
+
+    def next_due(self) -> datetime | None:
+        """See :meth:`resilient_sync.QueueStore.next_due`.
+
+        Deliveries waiting for something other than time (a paused
+        destination, an older delivery of their ordering key) are left out,
+        so an idle worker sleeps instead of spinning on them.
+        """
+        rows = self._fetch("read the next due time", "next_due", {})
+        return _utc(rows[0][0]) if rows else None
+
+    # -- waking up -----------------------------------------------------------------
+
+    def wait_for_work(self, timeout: float) -> None:
+        """Block up to ``timeout`` seconds, returning early when work may have arrived.
+
+        Listens on a dedicated connection for the ``NOTIFY`` sent by enqueues,
+        hand-backs, retries and resumed destinations. Returns at once after
+        (re)connecting the listener, since a notification may have been missed
+        meanwhile. Never raises for a database problem: it logs it and waits
+        out the timeout, and the dispatcher's next claim reports the error.
+        """
+        if timeout < 0:
+            raise ValueError(f"timeout must be >= 0, got {timeout!r}")
+        if self._closed:
+            return
+        with self._listen_lock:
+            if self._stopped.is_set():
+                return
+            listener = self._listener
+            if listener is None or listener.closed:
+                try:
+                    self._listener = self._listen()
+                except psycopg.Error as exc:
+                    logger.warning(
+                        "cannot listen for new work at %s (%s); polling every %.1fs",
+                        self._where,
+                        self._error("listen", exc),
+                        timeout,
+                    )
+                    self._stopped.wait(timeout)
+                    return
+                if self._stopped.is_set():  # close() ran while we connected
+                    self._drop_listener()
+                return
+            try:
+                for _ in listener.notifies(timeout=timeout, stop_after=1):
+                    pass
+                for _ in listener.notifies(timeout=0):  # drain what else is queued
+                    pass
+            except psycopg.Error as exc:
+                if self._stopped.is_set():
+                    return  # close() was called from another thread
+                logger.warning(
+                    "lost the listening connection to %s (%s); reconnecting",
+                    self._where,
+                    type(exc).__name__,
+                )
+                self._drop_listener()
+
+    def _listen(self) -> Connection:
+        source = self._pool.kwargs
+        kwargs = dict((source() if callable(source) else source) or {})
+        kwargs["autocommit"] = True
+        conninfo = self._pool.conninfo
+        if callable(conninfo):
+            conninfo = conninfo()
+        conn: Connection = psycopg.Connection.connect(conninfo, **kwargs)
+        try:
+            conn.execute(f'LISTEN "{self.channel}"')
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _drop_listener(self) -> None:
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            try:
+                listener.close()
+            except psycopg.Error as exc:
+                logger.debug("closing the listening connection failed: %s", exc)
+
+    def close(self) -> None:
+        """Close the listening connection and (if this store created it) the pool."""
+        self._stopped.set()
+        self._drop_listener()
+        super().close()
+
+
+# -- the idempotency store -----------------------------------------------------------
+
+
+class PostgresIdempotencyStore(_PostgresBase):
+    """An :class:`~resilient_sync.IdempotencyStore` in PostgreSQL.
+
+    Takes the same arguments as :class:`PostgresQueueStore` and uses the same
+    schema (and migrations). Keys of one batch are locked in sorted order, so
+    concurrent batches never deadlock.
+    """
+
+    _kind = "idempotency store"
+
+    def __init__(
+        self,
+        conninfo_or_pool: str | ConnectionPool[Any],
+        *,
+        schema: str = "resilient_sync",
+        migrate: bool = True,
+        pool_min_size: int = 1,
+        pool_max_size: int = 4,
+        pool_timeout: float = 10.0,
+    ) -> None:
+        super().__init__(
+            conninfo_or_pool,
+            schema=schema,
+            migrate=migrate,
+            pool_min_size=pool_min_size,
+            pool_max_size=pool_max_size,
+            pool_timeout=pool_timeout,
+        )
+
+    def begin(
+        self, entries: Sequence[tuple[str, str]], *, now: datetime, lock_until: datetime
+    ) -> builtins.list[IdempotencyRecord]:
+        """See :meth:`resilient_sync.IdempotencyStore.begin`."""
+        entries = list(entries)
+        if not entries:
+            return []
+        first: dict[str, str] = {}
+        for key, fp in entries:
+            first.setdefault(key, fp)
+        keys = sorted(first)
+        params = {
+            "keys": keys,
+            "fingerprints": [first[k] for k in keys],
+            "now": now,
+            "lock_until": lock_until,
+            "holder": uuid.uuid4(),
+        }
+
+        def take(conn: Connection) -> builtins.list[TupleRow]:
+            return self._cursor(conn).execute(self._queries["idempotency_begin"], params).fetchall()
+
+        rows = {row[0]: row for row in self._run("begin idempotency keys", take, atomic=False)}
+        out: builtins.list[IdempotencyRecord] = []
+        answered: set[str] = set()
+        for key, fp in entries:
+            _, state, stored_fp, result, locked_until, expires_at, taken = rows[key]
+            if taken and key not in answered:
+                record = IdempotencyRecord(
+                    key=key, state=IdempotencyState.NEW, fingerprint=fp, locked_until=lock_until
+                )
+            elif state == "in_progress":
+                record = IdempotencyRecord(
+                    key=key,
+                    state=IdempotencyState.IN_PROGRESS,
+                    fingerprint=stored_fp,
+                    locked_until=_utc(locked_until),
+                )
+            else:
+                record = IdempotencyRecord(
+                    key=key,
+                    state=IdempotencyState.COMPLETED
+                    if stored_fp == fp
+                    else IdempotencyState.MISMATCH,
+                    fingerprint=stored_fp,
+                    result=_load(result),
+                    expires_at=_utc(expires_at),
+                )
+            answered.add(key)
+            out.append(record)
+        return out
+
+    def finish(
+        self, entries: Sequence[tuple[str, str, Any]], *, now: datetime, expires_at: datetime
+    ) -> None:
+        """See :meth:`resilient_sync.IdempotencyStore.finish`."""
+        last: dict[str, tuple[str, Any]] = {}
+        for key, fp, result in entries:
+            last[key] = (fp, result)
+        if not last:
+            return
+        keys = sorted(last)
+        params = {
+            "keys": keys,
+            "fingerprints": [last[k][0] for k in keys],
+            "results": [_dump(last[k][1]) for k in keys],
+            "expires_at": expires_at,
+        }
+
+        def write(conn: Connection) -> None:
+            self._cursor(conn).execute(self._queries["idempotency_finish"], params)
+
+        self._run("finish idempotency keys", write, atomic=False)
+
+    def release(self, keys: Sequence[str]) -> None:
+        """See :meth:`resilient_sync.IdempotencyStore.release`."""
+        unique = sorted(set(keys))
+        if not unique:
+            return
+
+        def forget(conn: Connection) -> None:
+            self._cursor(conn).execute(self._queries["idempotency_release"], {"keys": unique})
+
+        self._run("release idempotency keys", forget, atomic=False)
+
+    def get(self, key: str, *, now: datetime) -> IdempotencyRecord | None:
+        """See :meth:`resilient_sync.IdempotencyStore.get`."""
+
+        def read(conn: Connection) -> TupleRow | None:
+            return (
+                self._cursor(conn)
+                .execute(self._queries["idempotency_get"], {"key": key})
+                .fetchone()
+            )
+
+        row = self._run(f"read idempotency key {key!r}", read, atomic=False)
+        if row is None:
+            return None
+        _, state, fp, result, locked_until, expires_at = row
+        if state == "completed":
+            if expires_at is not None and expires_at <= now:
+                return None
+            return IdempotencyRecord(
+                key=key,
+                state=IdempotencyState.COMPLETED,
+                fingerprint=fp,
+                result=_load(result),
+                expires_at=_utc(expires_at),
+            )
+        if locked_until is not None and locked_until <= now:
+            return None
+        return IdempotencyRecord(
+            key=key,
+            state=IdempotencyState.IN_PROGRESS,
+            fingerprint=fp,
+            locked_until=_utc(locked_until),
+        )
+
+
+# -- open_stores("postgresql://...") -------------------------------------------------
+
+
+def open_pair(url: str, **options: Any) -> tuple[PostgresQueueStore, PostgresIdempotencyStore]:
+    """Both stores on one pool, for ``open_stores("postgresql://...")``.
+
+    A ``schema`` query parameter of the URL (``postgresql://host/db?schema=sync``)
+    selects the schema, as does the ``schema`` option; other options are passed
+    to both stores. The pool closes when both stores are closed.
+    """
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    from_url = [value for key, value in query if key == "schema"]
+    if from_url:
+        if "schema" in options and options["schema"] != from_url[-1]:
+            raise ValueError(
+                f"two schemas given: {from_url[-1]!r} in the URL and {options['schema']!r}"
+            )
+        options["schema"] = from_url[-1]
+        rest = urlencode([(key, value) for key, value in query if key != "schema"])
+        url = urlunsplit(parts._replace(query=rest))
+    queue = PostgresQueueStore(url, **options)
+    try:
+        idempotency = PostgresIdempotencyStore(
+            queue.pool, schema=queue.schema, migrate=options.get("migrate", True)
+        )
+    except BaseException:
+        queue.close()
+        raise
+    assert queue._pool_ref is not None  # noqa: S101 - created from a URL, so it owns its pool
+    idempotency._pool_ref = queue._pool_ref.acquire()
+    return queue, idempotency

@@ -1,0 +1,93 @@
+-- 0001_initial: deliveries, audit trail, destinations, source cursors and
+-- idempotency keys. `{schema}` is replaced by the quoted schema name.
+
+CREATE SEQUENCE {schema}.delivery_seq;
+CREATE SEQUENCE {schema}.lease_tokens;
+
+CREATE TABLE {schema}.deliveries (
+    id               text        PRIMARY KEY,
+    seq              bigint      NOT NULL UNIQUE,
+    event_id         text        NOT NULL,
+    destination      text        NOT NULL,
+    ordering_key     text,
+    event            json        NOT NULL,
+    status           text        NOT NULL CHECK (status IN (
+        'pending', 'in_flight', 'retry_scheduled', 'succeeded',
+        'needs_action', 'resolved', 'discarded')),
+    idempotency_key  text        NOT NULL,
+    attempts         integer     NOT NULL DEFAULT 0,
+    next_attempt_at  timestamptz,
+    last_error       json,
+    error_category   text,
+    result           json,
+    created_at       timestamptz NOT NULL,
+    updated_at       timestamptz NOT NULL,
+    lease_token      bigint      NOT NULL DEFAULT 0,
+    lease_owner      text,
+    lease_expires_at timestamptz,
+    CONSTRAINT deliveries_event_destination_key UNIQUE (event_id, destination)
+);
+
+-- The claim walks open deliveries in submission order.
+CREATE INDEX deliveries_claimable ON {schema}.deliveries (seq)
+    WHERE status IN ('pending', 'retry_scheduled', 'in_flight');
+-- "Is there an older non-final delivery of this (destination, ordering_key)?"
+CREATE INDEX deliveries_open_by_key ON {schema}.deliveries (destination, ordering_key, seq)
+    WHERE ordering_key IS NOT NULL
+      AND status IN ('pending', 'in_flight', 'retry_scheduled', 'needs_action');
+-- The database itself refuses a second in-flight delivery of one key: a key
+-- held by one worker is never handed to another, whatever the race.
+CREATE UNIQUE INDEX deliveries_one_in_flight_per_key ON {schema}.deliveries (destination, ordering_key)
+    WHERE ordering_key IS NOT NULL AND status = 'in_flight';
+CREATE INDEX deliveries_due ON {schema}.deliveries (next_attempt_at)
+    WHERE status IN ('pending', 'retry_scheduled');
+CREATE INDEX deliveries_leases ON {schema}.deliveries (lease_expires_at)
+    WHERE status = 'in_flight';
+CREATE INDEX deliveries_by_status ON {schema}.deliveries (status, seq);
+CREATE INDEX deliveries_by_destination ON {schema}.deliveries (destination, seq);
+
+CREATE TABLE {schema}.audit (
+    id             bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    delivery_id    text,
+    destination    text        NOT NULL,
+    action         text        NOT NULL,
+    actor          text        NOT NULL,
+    started_at     timestamptz NOT NULL,
+    finished_at    timestamptz NOT NULL,
+    number         integer     NOT NULL DEFAULT 0,
+    outcome        text,
+    reason         text,
+    error          json,
+    error_category text,
+    details        json
+);
+
+CREATE INDEX audit_by_delivery ON {schema}.audit (delivery_id, id);
+CREATE INDEX audit_by_time ON {schema}.audit (finished_at);
+CREATE INDEX audit_errors ON {schema}.audit (id) WHERE error IS NOT NULL;
+
+CREATE TABLE {schema}.destinations (
+    name          text        PRIMARY KEY,
+    paused        boolean     NOT NULL DEFAULT false,
+    paused_reason text,
+    hold_until    timestamptz,
+    hold_reason   text,
+    updated_at    timestamptz
+);
+
+CREATE TABLE {schema}.cursors (
+    source text PRIMARY KEY,
+    value  text
+);
+
+CREATE TABLE {schema}.idempotency_keys (
+    key          text PRIMARY KEY,
+    state        text NOT NULL CHECK (state IN ('in_progress', 'completed')),
+    fingerprint  text NOT NULL,
+    result       json,
+    locked_until timestamptz,
+    expires_at   timestamptz,
+    -- who took the key (one random value per begin() call); tells a caller
+    -- whether it took the key or found it held
+    holder       uuid
+);

@@ -1,0 +1,401 @@
+-- Named queries of the PostgreSQL stores. Each starts with a `-- name: <name>`
+-- line; `{schema}` is replaced by the quoted schema name when loaded.
+-- Parameters are psycopg's %(name)s placeholders; arrays are sent in binary
+-- (%(name)b), which spares psycopg quoting every element.
+
+-- name: bootstrap
+-- Run under the migration lock before any migration.
+CREATE SCHEMA IF NOT EXISTS {schema};
+CREATE TABLE IF NOT EXISTS {schema}.schema_migrations (
+    version    integer     PRIMARY KEY,
+    name       text        NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT now()
+);
+
+-- name: migration_lock
+SELECT pg_advisory_xact_lock(%(lock)s);
+
+-- name: applied_migrations
+SELECT version FROM {schema}.schema_migrations ORDER BY version;
+
+-- name: record_migration
+INSERT INTO {schema}.schema_migrations (version, name) VALUES (%(version)s, %(name)s);
+
+-- name: has_migrations_table
+SELECT to_regclass(%(table)s) IS NOT NULL;
+
+-- name: lock_ordering_keys
+-- Serialises enqueues of one (destination, ordering_key) until commit, so that
+-- `seq` order per key is also commit order: a claim that sees a delivery
+-- also sees every older one of its key.
+SELECT pg_advisory_xact_lock(k.lock)
+FROM unnest(%(locks)b::bigint[]) WITH ORDINALITY AS k(lock, ord)
+ORDER BY k.ord;
+
+-- name: enqueue
+INSERT INTO {schema}.deliveries (
+    id, seq, event_id, destination, ordering_key, event, status, idempotency_key,
+    attempts, next_attempt_at, last_error, error_category, result, created_at,
+    updated_at, lease_token, lease_owner, lease_expires_at)
+SELECT i.id, nextval('{schema}.delivery_seq'), i.event_id, i.destination, i.ordering_key,
+       i.event::json, i.status, i.idempotency_key, i.attempts, i.next_attempt_at,
+       i.last_error::json, i.error_category, i.result::json, i.created_at, i.updated_at,
+       i.lease_token, i.lease_owner, i.lease_expires_at
+FROM (
+    SELECT *
+    FROM unnest(
+        %(ids)b::text[], %(event_ids)b::text[], %(destinations)b::text[],
+        %(ordering_keys)b::text[], %(events)b::text[], %(statuses)b::text[],
+        %(idempotency_keys)b::text[], %(attempts)b::integer[],
+        %(next_attempt_at)b::timestamptz[], %(last_errors)b::text[],
+        %(error_categories)b::text[], %(results)b::text[], %(created_at)b::timestamptz[],
+        %(updated_at)b::timestamptz[], %(lease_tokens)b::bigint[], %(lease_owners)b::text[],
+        %(lease_expires_at)b::timestamptz[]
+    ) WITH ORDINALITY AS u(
+        id, event_id, destination, ordering_key, event, status, idempotency_key, attempts,
+        next_attempt_at, last_error, error_category, result, created_at, updated_at,
+        lease_token, lease_owner, lease_expires_at, ord)
+    ORDER BY u.ord
+) AS i
+ON CONFLICT DO NOTHING
+RETURNING id, seq;
+
+-- name: save_cursor
+INSERT INTO {schema}.cursors (source, value) VALUES (%(source)s, %(value)s)
+ON CONFLICT (source) DO UPDATE SET value = EXCLUDED.value;
+
+-- name: notify
+SELECT pg_notify(%(channel)s, '');
+
+-- name: claim
+-- Lease up to %(limit)s due deliveries, oldest first, and write a
+-- "lease_expired" audit record for each one reclaimed from a worker whose
+-- lease ran out. A waiting delivery with an ordering key is due only if no
+-- older delivery of its (destination, key) is unfinished and none is in
+-- flight (an expired one is reclaimed first); rows another claimer holds are
+-- skipped, never waited for.
+WITH candidates AS (
+    SELECT d.id, d.status AS old_status, d.attempts AS old_attempts,
+           d.lease_owner AS old_owner, d.lease_expires_at AS old_expires_at
+    FROM {schema}.deliveries AS d
+    WHERE d.status IN ('pending', 'retry_scheduled', 'in_flight')
+      AND CASE WHEN d.status = 'in_flight'
+               THEN d.lease_expires_at <= %(now)s
+               ELSE d.next_attempt_at IS NULL OR d.next_attempt_at <= %(now)s END
+      AND (%(all_destinations)s OR d.destination = ANY(%(destinations)b::text[]))
+      AND NOT EXISTS (
+          SELECT 1 FROM {schema}.destinations AS x
+          WHERE x.name = d.destination AND (x.paused OR x.hold_until > %(now)s))
+      AND (d.ordering_key IS NULL
+           -- an expired in-flight delivery holds its key: it may always be reclaimed
+           OR d.status = 'in_flight'
+           OR (NOT EXISTS (  -- an older unfinished delivery of the key
+                   SELECT 1 FROM {schema}.deliveries AS o
+                   WHERE o.destination = d.destination
+                     AND o.ordering_key = d.ordering_key
+                     AND o.status IN ('pending', 'in_flight', 'retry_scheduled', 'needs_action')
+                     AND o.seq < d.seq)
+               AND NOT EXISTS (  -- another delivery of the key in flight, even if expired
+                   SELECT 1 FROM {schema}.deliveries AS f
+                   WHERE f.destination = d.destination
+                     AND f.ordering_key = d.ordering_key
+                     AND f.status = 'in_flight')))
+    ORDER BY d.seq
+    LIMIT %(limit)s
+    FOR UPDATE OF d SKIP LOCKED
+),
+claimed AS (
+    UPDATE {schema}.deliveries AS t
+    SET status = 'in_flight',
+        attempts = t.attempts + 1,
+        lease_token = nextval('{schema}.lease_tokens'),
+        lease_owner = %(worker)s,
+        lease_expires_at = %(lease_until)s,
+        updated_at = %(now)s
+    FROM candidates AS c
+    WHERE t.id = c.id
+    RETURNING t.id, t.seq, t.event, t.destination, t.status, t.idempotency_key, t.attempts,
+              t.next_attempt_at, t.last_error, t.result, t.created_at, t.updated_at,
+              t.lease_token, t.lease_owner, t.lease_expires_at,
+              c.old_status, c.old_attempts, c.old_owner, c.old_expires_at
+),
+expired AS (
+    INSERT INTO {schema}.audit (
+        delivery_id, destination, action, actor, started_at, finished_at, number, outcome,
+        reason, details)
+    SELECT id, destination, 'lease_expired', 'worker:' || %(worker)s::text, %(now)s, %(now)s,
+           old_attempts, 'in_flight',
+           'the lease of ' || coalesce(old_owner, 'None') || ' expired at '
+               || coalesce(to_char(old_expires_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS')
+                           || CASE WHEN to_char(old_expires_at AT TIME ZONE 'UTC', 'US') = '000000'
+                                   THEN '' ELSE to_char(old_expires_at AT TIME ZONE 'UTC', '.US') END
+                           || '+00:00', 'None')
+               || '; attempt ' || old_attempts
+               || ' had no recorded outcome (worker crashed or stalled)',
+           '{}'
+    FROM claimed
+    WHERE old_status = 'in_flight'
+    ORDER BY seq
+)
+SELECT id, seq, event::text, destination, status, idempotency_key, attempts, next_attempt_at,
+       last_error::text, result::text, created_at, updated_at, lease_token, lease_owner,
+       lease_expires_at
+FROM claimed
+ORDER BY seq;
+
+-- name: complete
+-- Apply outcomes fenced by lease token, and the audit records of the applied
+-- ones, in one statement. Returns the index (1-based) of each applied outcome
+-- (and a NULL row when it notified listeners).
+WITH c AS (
+    SELECT *
+    FROM unnest(
+        %(ids)b::text[], %(tokens)b::bigint[], %(statuses)b::text[],
+        %(finished_at)b::timestamptz[], %(next_attempt_at)b::timestamptz[],
+        %(errors)b::text[], %(error_categories)b::text[], %(results)b::text[],
+        %(events)b::text[], %(ordering_keys)b::text[], %(idempotency_keys)b::text[],
+        %(count_attempt)b::boolean[]
+    ) WITH ORDINALITY AS u(
+        id, token, status, finished_at, next_attempt_at, error, error_category, result,
+        event, ordering_key, idempotency_key, count_attempt, ci)
+),
+applied AS (
+    UPDATE {schema}.deliveries AS t
+    SET status = c.status,
+        next_attempt_at = c.next_attempt_at,
+        last_error = CASE WHEN c.error IS NULL AND c.status <> 'succeeded'
+                          THEN t.last_error ELSE c.error::json END,
+        error_category = CASE WHEN c.error IS NULL AND c.status <> 'succeeded'
+                              THEN t.error_category ELSE c.error_category END,
+        result = CASE WHEN c.status = 'succeeded' THEN c.result::json ELSE t.result END,
+        event = coalesce(c.event::json, t.event),
+        ordering_key = CASE WHEN c.event IS NULL THEN t.ordering_key ELSE c.ordering_key END,
+        idempotency_key = coalesce(c.idempotency_key, t.idempotency_key),
+        attempts = CASE WHEN c.count_attempt THEN t.attempts ELSE t.attempts - 1 END,
+        lease_owner = NULL,
+        lease_expires_at = NULL,
+        updated_at = c.finished_at
+    FROM c
+    WHERE t.id = c.id AND t.status = 'in_flight' AND t.lease_token = c.token
+    RETURNING c.ci, c.status
+),
+audited AS (
+    INSERT INTO {schema}.audit (
+        delivery_id, destination, action, actor, started_at, finished_at, number, outcome,
+        reason, error, error_category, details)
+    SELECT a.delivery_id, a.destination, a.action, a.actor, a.started_at, a.finished_at,
+           a.number, a.outcome, a.reason, a.error::json, a.error_category, a.details::json
+    FROM unnest(
+        %(a_ci)b::bigint[], %(a_delivery_ids)b::text[], %(a_destinations)b::text[],
+        %(a_actions)b::text[], %(a_actors)b::text[], %(a_started_at)b::timestamptz[],
+        %(a_finished_at)b::timestamptz[], %(a_numbers)b::integer[], %(a_outcomes)b::text[],
+        %(a_reasons)b::text[], %(a_errors)b::text[], %(a_error_categories)b::text[],
+        %(a_details)b::text[]
+    ) WITH ORDINALITY AS a(
+        ci, delivery_id, destination, action, actor, started_at, finished_at, number,
+        outcome, reason, error, error_category, details, ord)
+    WHERE a.ci IN (SELECT applied.ci FROM applied)
+    ORDER BY a.ord
+),
+-- wake idle workers when a delivery was handed back or rescheduled
+notified AS (
+    SELECT pg_notify(%(channel)s, '')
+    FROM (SELECT 1 FROM applied WHERE status IN ('pending', 'retry_scheduled') LIMIT 1) AS w
+)
+SELECT ci FROM applied
+UNION ALL
+SELECT NULL FROM notified;
+
+-- name: insert_audit
+INSERT INTO {schema}.audit (
+    delivery_id, destination, action, actor, started_at, finished_at, number, outcome,
+    reason, error, error_category, details)
+SELECT a.delivery_id, a.destination, a.action, a.actor, a.started_at, a.finished_at,
+       a.number, a.outcome, a.reason, a.error::json, a.error_category, a.details::json
+FROM unnest(
+    %(a_delivery_ids)b::text[], %(a_destinations)b::text[], %(a_actions)b::text[],
+    %(a_actors)b::text[], %(a_started_at)b::timestamptz[], %(a_finished_at)b::timestamptz[],
+    %(a_numbers)b::integer[], %(a_outcomes)b::text[], %(a_reasons)b::text[],
+    %(a_errors)b::text[], %(a_error_categories)b::text[], %(a_details)b::text[]
+) WITH ORDINALITY AS a(
+    delivery_id, destination, action, actor, started_at, finished_at, number, outcome,
+    reason, error, error_category, details, ord)
+ORDER BY a.ord;
+
+-- name: transition
+UPDATE {schema}.deliveries
+SET status = %(to_status)s,
+    next_attempt_at = CASE WHEN %(to_status)s = 'pending' THEN %(now)s::timestamptz END,
+    attempts = CASE WHEN %(reset_attempts)s THEN 0 ELSE attempts END,
+    event = coalesce(%(event)s::json, event),
+    ordering_key = CASE WHEN %(event)s::text IS NULL THEN ordering_key
+                        ELSE %(ordering_key)s::text END,
+    idempotency_key = coalesce(%(idempotency_key)s, idempotency_key),
+    lease_owner = NULL,
+    lease_expires_at = NULL,
+    updated_at = %(now)s
+WHERE id = ANY(%(ids)b::text[]) AND status = ANY(%(from_status)b::text[])
+RETURNING id, seq, event::text, destination, status, idempotency_key, attempts,
+          next_attempt_at, last_error::text, result::text, created_at, updated_at,
+          lease_token, lease_owner, lease_expires_at;
+
+-- name: set_destination
+INSERT INTO {schema}.destinations AS s (
+    name, paused, paused_reason, hold_until, hold_reason, updated_at)
+VALUES (
+    %(name)s,
+    coalesce(%(paused)s::boolean, false),
+    CASE WHEN %(paused)s::boolean THEN %(paused_reason)s::text END,
+    %(hold_until)s::timestamptz,
+    CASE WHEN %(hold_until)s::timestamptz IS NOT NULL THEN %(hold_reason)s::text END,
+    %(now)s)
+ON CONFLICT (name) DO UPDATE SET
+    paused = coalesce(%(paused)s::boolean, s.paused),
+    paused_reason = CASE WHEN %(paused)s::boolean IS NULL THEN s.paused_reason
+                         WHEN %(paused)s::boolean THEN %(paused_reason)s::text END,
+    hold_until = CASE WHEN %(hold_until)s::timestamptz > s.hold_until OR s.hold_until IS NULL
+                      THEN coalesce(%(hold_until)s::timestamptz, s.hold_until)
+                      ELSE s.hold_until END,
+    hold_reason = CASE WHEN %(hold_until)s::timestamptz > s.hold_until
+                            OR (s.hold_until IS NULL AND %(hold_until)s::timestamptz IS NOT NULL)
+                       THEN %(hold_reason)s::text
+                       ELSE s.hold_reason END,
+    updated_at = %(now)s
+RETURNING name, paused, paused_reason, hold_until, hold_reason, updated_at;
+
+-- name: destinations
+SELECT name, paused, paused_reason, hold_until, hold_reason, updated_at
+FROM {schema}.destinations
+ORDER BY name;
+
+-- name: get
+SELECT id, seq, event::text, destination, status, idempotency_key, attempts,
+       next_attempt_at, last_error::text, result::text, created_at, updated_at,
+       lease_token, lease_owner, lease_expires_at
+FROM {schema}.deliveries
+WHERE id = %(id)s;
+
+-- name: list
+-- The filters are switched on and off by parameters, so the statement stays
+-- one prepared statement.
+SELECT id, seq, event::text, destination, status, idempotency_key, attempts,
+       next_attempt_at, last_error::text, result::text, created_at, updated_at,
+       lease_token, lease_owner, lease_expires_at
+FROM {schema}.deliveries
+WHERE seq > %(after)s
+  AND (%(statuses)b::text[] IS NULL OR status = ANY(%(statuses)b::text[]))
+  AND (%(destination)s::text IS NULL OR destination = %(destination)s::text)
+  AND (%(category)s::text IS NULL OR error_category = %(category)s::text)
+  AND (%(since)s::timestamptz IS NULL OR updated_at >= %(since)s::timestamptz)
+ORDER BY seq
+LIMIT %(limit)s;
+
+-- name: attempts
+SELECT id, delivery_id, destination, action, actor, started_at, finished_at, number,
+       outcome, reason, error::text, details::text
+FROM {schema}.audit
+WHERE delivery_id = %(id)s
+ORDER BY id;
+
+-- name: audit
+SELECT id, delivery_id, destination, action, actor, started_at, finished_at, number,
+       outcome, reason, error::text, details::text
+FROM {schema}.audit
+WHERE (%(since)s::timestamptz IS NULL OR finished_at >= %(since)s::timestamptz)
+  AND (NOT %(errors_only)s OR error IS NOT NULL)
+ORDER BY id DESC
+LIMIT %(limit)s;
+
+-- name: get_cursor
+SELECT value FROM {schema}.cursors WHERE source = %(source)s;
+
+-- name: stats_by_status
+SELECT destination, status, count(*) FROM {schema}.deliveries GROUP BY destination, status;
+
+-- name: stats_needs_action
+SELECT destination, error_category, count(*)
+FROM {schema}.deliveries
+WHERE status = 'needs_action' AND error_category IS NOT NULL
+GROUP BY destination, error_category;
+
+-- name: stats_oldest_waiting
+SELECT min(created_at) FROM {schema}.deliveries WHERE status IN ('pending', 'retry_scheduled');
+
+-- name: next_due
+-- The earliest time a delivery may become claimable without anyone acting:
+-- a due time or a lease expiry. Deliveries that wait for something else (a
+-- paused destination, an older delivery of their ordering key) are left
+-- out, so an idle worker does not spin on them; a held destination's
+-- deliveries count from the end of the hold.
+SELECT min(CASE WHEN d.status = 'in_flight' THEN d.lease_expires_at
+                ELSE greatest(d.next_attempt_at, x.hold_until) END)
+FROM {schema}.deliveries AS d
+LEFT JOIN {schema}.destinations AS x ON x.name = d.destination
+WHERE d.status IN ('pending', 'retry_scheduled', 'in_flight')
+  AND (d.status = 'in_flight' OR x.paused IS NOT TRUE)
+  AND (d.status = 'in_flight' OR d.ordering_key IS NULL OR (
+      NOT EXISTS (
+          SELECT 1 FROM {schema}.deliveries AS o
+          WHERE o.destination = d.destination
+            AND o.ordering_key = d.ordering_key
+            AND o.status IN ('pending', 'in_flight', 'retry_scheduled', 'needs_action')
+            AND o.seq < d.seq)
+      AND NOT EXISTS (  -- the in-flight one's lease expiry counts instead
+          SELECT 1 FROM {schema}.deliveries AS f
+          WHERE f.destination = d.destination
+            AND f.ordering_key = d.ordering_key
+            AND f.status = 'in_flight')));
+
+-- name: idempotency_begin
+-- Take each key that is absent, expired or abandoned; report the others as
+-- they are. `holder` tells this call's takes from keys someone else holds.
+INSERT INTO {schema}.idempotency_keys AS k (
+    key, state, fingerprint, result, locked_until, expires_at, holder)
+SELECT u.key, 'in_progress', u.fingerprint, NULL, %(lock_until)s, NULL, %(holder)s
+FROM unnest(%(keys)b::text[], %(fingerprints)b::text[]) WITH ORDINALITY AS u(key, fingerprint, ord)
+ORDER BY u.ord
+ON CONFLICT (key) DO UPDATE SET
+    state = CASE WHEN k.state = 'completed' AND k.expires_at <= %(now)s
+                      OR k.state = 'in_progress' AND (k.locked_until IS NULL OR k.locked_until <= %(now)s)
+                 THEN 'in_progress' ELSE k.state END,
+    fingerprint = CASE WHEN k.state = 'completed' AND k.expires_at <= %(now)s
+                            OR k.state = 'in_progress' AND (k.locked_until IS NULL OR k.locked_until <= %(now)s)
+                       THEN EXCLUDED.fingerprint ELSE k.fingerprint END,
+    result = CASE WHEN k.state = 'completed' AND k.expires_at <= %(now)s
+                       OR k.state = 'in_progress' AND (k.locked_until IS NULL OR k.locked_until <= %(now)s)
+                  THEN NULL ELSE k.result END,
+    locked_until = CASE WHEN k.state = 'completed' AND k.expires_at <= %(now)s
+                             OR k.state = 'in_progress' AND (k.locked_until IS NULL OR k.locked_until <= %(now)s)
+                        THEN EXCLUDED.locked_until ELSE k.locked_until END,
+    expires_at = CASE WHEN k.state = 'completed' AND k.expires_at <= %(now)s
+                           OR k.state = 'in_progress' AND (k.locked_until IS NULL OR k.locked_until <= %(now)s)
+                      THEN NULL ELSE k.expires_at END,
+    holder = CASE WHEN k.state = 'completed' AND k.expires_at <= %(now)s
+                       OR k.state = 'in_progress' AND (k.locked_until IS NULL OR k.locked_until <= %(now)s)
+                  THEN EXCLUDED.holder ELSE k.holder END
+RETURNING k.key, k.state, k.fingerprint, k.result::text, k.locked_until, k.expires_at,
+          k.holder = %(holder)s AS taken;
+
+-- name: idempotency_finish
+INSERT INTO {schema}.idempotency_keys (
+    key, state, fingerprint, result, locked_until, expires_at, holder)
+SELECT u.key, 'completed', u.fingerprint, u.result::json, NULL, %(expires_at)s, NULL
+FROM unnest(%(keys)b::text[], %(fingerprints)b::text[], %(results)b::text[])
+     WITH ORDINALITY AS u(key, fingerprint, result, ord)
+ORDER BY u.ord
+ON CONFLICT (key) DO UPDATE SET
+    state = 'completed',
+    fingerprint = EXCLUDED.fingerprint,
+    result = EXCLUDED.result,
+    locked_until = NULL,
+    expires_at = EXCLUDED.expires_at,
+    holder = NULL;
+
+-- name: idempotency_release
+DELETE FROM {schema}.idempotency_keys
+WHERE key = ANY(%(keys)b::text[]) AND state = 'in_progress';
+
+-- name: idempotency_get
+SELECT key, state, fingerprint, result::text, locked_until, expires_at
+FROM {schema}.idempotency_keys
+WHERE key = %(key)s;

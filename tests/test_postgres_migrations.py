@@ -1,0 +1,127 @@
+"""The versioned migrations: from scratch they give the current schema
+(``sql/postgres/schema.sql``), they run once, and workers opening a fresh
+schema together do not race."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from pg_support import (
+    admin_connection,
+    drop_schema,
+    new_schema_name,
+)
+from resilient_sync import StoreError
+
+pytestmark = pytest.mark.postgres
+pytest_plugins = ["pg_fixtures"]
+
+CATALOG = {
+    "columns": """
+        SELECT table_name, ordinal_position, column_name, data_type, is_nullable,
+               column_default, is_identity, identity_generation
+        FROM information_schema.columns WHERE table_schema = %(s)s
+        ORDER BY table_name, ordinal_position""",
+    "indexes": """
+        SELECT tablename, indexname, indexdef FROM pg_indexes WHERE schemaname = %(s)s
+        ORDER BY tablename, indexname""",
+    "constraints": """
+        SELECT conrelid::regclass::text, conname, contype, pg_get_constraintdef(oid)
+        FROM pg_constraint WHERE connamespace = to_regnamespace(%(s)s)
+        ORDER BY 1, 2""",
+    "sequences": """
+        SELECT sequence_name, data_type, start_value, increment, cycle_option
+        FROM information_schema.sequences WHERE sequence_schema = %(s)s
+        ORDER BY sequence_name""",
+    "migrations": "SELECT version, name FROM {schema}.schema_migrations ORDER BY version",
+}
+
+
+def catalog(schema: str) -> dict[str, list[tuple[Any, ...]]]:
+    """What the schema holds, with its name replaced by ``S`` so two can be compared."""
+    out: dict[str, list[tuple[Any, ...]]] = {}
+    with admin_connection() as conn:
+        for part, query in CATALOG.items():
+            rows = conn.execute(query.replace("{schema}", f'"{schema}"'), {"s": schema}).fetchall()
+            out[part] = [
+                tuple(v.replace(schema, "S") if isinstance(v, str) else v for v in row)
+                for row in rows
+            ]
+    return out
+
+
+@pytest.fixture
+def other_schema(pg_dsn: str) -> Iterator[str]:
+    name = new_schema_name("rs_ref")
+    try:
+        yield name
+    finally:
+        drop_schema(name)
+
+
+def test_migrations_from_scratch_give_the_current_schema(
+    pg_dsn: str, pg_schema: str, other_schema: str
+) -> None:
+    from resilient_sync.stores._postgres import PostgresQueueStore, migrations, schema_sql
+
+    assert [v for v, _, _ in migrations(pg_schema)] == list(
+        range(1, len(migrations(pg_schema)) + 1)
+    ), "migrations are numbered 0001, 0002 ... without gaps"
+    PostgresQueueStore(pg_dsn, schema=pg_schema).close()
+    with admin_connection() as conn:
+        conn.execute(schema_sql(other_schema))
+    migrated, reference = catalog(pg_schema), catalog(other_schema)
+    assert migrated["columns"], "the migrations created nothing"
+    for part in CATALOG:
+        assert migrated[part] == reference[part], f"{part} differ from schema.sql"
+
+
+def test_a_schema_made_from_schema_sql_opens_without_migrating(pg_dsn: str, pg_schema: str) -> None:
+    from resilient_sync.stores._postgres import PostgresQueueStore, schema_sql
+
+    with pytest.raises(StoreError, match="version 0"):
+        PostgresQueueStore(pg_dsn, schema=pg_schema, migrate=False)
+    with admin_connection() as conn:
+        conn.execute(schema_sql(pg_schema))
+    PostgresQueueStore(pg_dsn, schema=pg_schema, migrate=False).close()
+
+
+def test_migrations_run_once_and_workers_opening_together_do_not_race(
+    pg_dsn: str, pg_schema: str
+) -> None:
+    from resilient_sync.stores._postgres import PostgresIdempotencyStore, PostgresQueueStore
+
+    start = threading.Barrier(6)
+    errors: list[BaseException] = []
+
+    def open_one(i: int) -> None:
+        start.wait()
+        try:
+            kind = PostgresQueueStore if i % 2 else PostgresIdempotencyStore
+            kind(pg_dsn, schema=pg_schema).close()
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=open_one, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert errors == []
+    assert catalog(pg_schema)["migrations"] == [(1, "initial")]
+
+
+def test_a_schema_newer_than_the_library_is_refused(pg_dsn: str, pg_schema: str) -> None:
+    from resilient_sync.stores._postgres import PostgresQueueStore
+
+    PostgresQueueStore(pg_dsn, schema=pg_schema).close()
+    with admin_connection() as conn:
+        conn.execute(
+            f"INSERT INTO \"{pg_schema}\".schema_migrations (version, name) VALUES (999, 'future')"
+        )
+    with pytest.raises(StoreError, match="newer than this resilient_sync knows"):
+        PostgresQueueStore(pg_dsn, schema=pg_schema)

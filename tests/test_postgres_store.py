@@ -1,0 +1,580 @@
+"""What only the PostgreSQL stores do: SQL-level races, the outbox, LISTEN/NOTIFY,
+error translation and reconnection. The protocol itself is proven by the
+shared contract suite (tests/test_store_contract.py)."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+import threading
+import uuid
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import pytest
+
+from pg_support import (
+    PG_DSN,
+    admin_connection,
+    terminate_backends,
+    with_params,
+)
+from resilient_sync import (
+    Attempt,
+    Delivery,
+    DeliveryStatus,
+    Dispatcher,
+    Event,
+    StoreError,
+)
+from resilient_sync.testing import FakeClock, RecordingDestination
+
+pytestmark = pytest.mark.postgres
+pytest_plugins = ["pg_fixtures"]
+
+T0 = datetime(2024, 1, 1, tzinfo=timezone.utc)
+
+
+def delivery(event_id: str, key: str | None = None, destination: str = "pos") -> Delivery:
+    return Delivery(
+        id=uuid.uuid4().hex,
+        event=Event(event_id, "customer.created", {"n": event_id}, ordering_key=key),
+        destination=destination,
+        status=DeliveryStatus.PENDING,
+        idempotency_key=f"key-{event_id}-{destination}",
+        next_attempt_at=T0,
+        created_at=T0,
+        updated_at=T0,
+    )
+
+
+def claim(queue: Any, worker: str = "w1", limit: int = 10, at: datetime = T0) -> list[Delivery]:
+    result: list[Delivery] = queue.claim(
+        now=at, limit=limit, lease_until=at + timedelta(seconds=60), worker=worker
+    )
+    return result
+
+
+def operator_audit(action: str) -> Attempt:
+    return Attempt(
+        delivery_id=None,
+        destination="",
+        action=action,
+        actor="ops",
+        started_at=T0,
+        finished_at=T0,
+    )
+
+
+# -- packaging ----------------------------------------------------------------------
+
+
+def test_importing_the_library_never_needs_psycopg() -> None:
+    script = """
+import sys
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("psycopg", "psycopg_pool"):
+            raise ImportError(f"No module named {name!r}", name=name)
+sys.meta_path.insert(0, Block())
+import resilient_sync, resilient_sync.stores, resilient_sync.testing
+for attempt in (
+    "from resilient_sync.stores import PostgresQueueStore",
+    "resilient_sync.stores.open_stores('postgresql://127.0.0.1/test')",
+):
+    try:
+        exec(attempt)
+    except ImportError as exc:
+        print("ERROR:", exc)
+"""
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=60
+    )
+    errors = [line for line in out.stdout.splitlines() if line.startswith("ERROR:")]
+    assert len(errors) == 2, out.stdout + out.stderr
+    assert all("pip install 'resilient-sync[postgres]'" in line for line in errors)
+
+
+# -- errors --------------------------------------------------------------------------
+
+
+def test_an_unreachable_server_is_a_store_error_naming_it_without_the_password() -> None:
+    from resilient_sync.stores._postgres import PostgresQueueStore
+
+    with pytest.raises(StoreError) as info:
+        PostgresQueueStore(
+            "postgresql://ada:s3cret-pw@127.0.0.1:1/test", schema="nowhere", pool_timeout=0.5
+        )
+    message = str(info.value)
+    assert "127.0.0.1:1" in message
+    assert (
+        "connecting fails" in message
+    )  # the server's (or the OS's) own answer, not just a timeout
+    assert "s3cret-pw" not in message
+    assert info.value.__cause__ is not None
+
+
+def test_an_invalid_conninfo_is_a_value_error_without_the_password() -> None:
+    from resilient_sync.stores._postgres import PostgresQueueStore
+
+    with pytest.raises(ValueError, match="bogus") as info:
+        PostgresQueueStore("host=127.0.0.1 bogus=1 password=s3cret-pw")
+    assert "s3cret-pw" not in str(info.value)
+
+
+def test_a_failing_statement_is_a_store_error_chained_to_psycopg(pg_stores: Any) -> None:
+    import psycopg
+
+    queue, _ = pg_stores
+    with admin_connection() as conn:
+        conn.execute(f'DROP TABLE "{queue.schema}".cursors')
+    with pytest.raises(StoreError, match="cursors") as info:
+        queue.get_cursor("crm")
+    assert isinstance(info.value.__cause__, psycopg.errors.UndefinedTable)
+    assert queue.schema in str(info.value)
+
+
+def test_invalid_schema_names_are_refused_before_any_sql() -> None:
+    from resilient_sync.stores._postgres import PostgresQueueStore
+
+    with pytest.raises(ValueError, match="invalid schema name"):
+        PostgresQueueStore(PG_DSN, schema='x"; DROP TABLE y; --')
+
+
+def test_a_closed_store_says_so(pg_stores: Any) -> None:
+    queue, idempotency = pg_stores
+    queue.close()
+    queue.close()  # idempotent
+    with pytest.raises(StoreError, match="closed"):
+        queue.get("nope")
+    idempotency.close()
+    with pytest.raises(StoreError, match="closed"):
+        idempotency.release(["k"])
+
+
+# -- claims ----------------------------------------------------------------------------
+
+
+def test_the_database_refuses_two_in_flight_deliveries_of_one_key(pg_stores: Any) -> None:
+    import psycopg
+
+    queue, _ = pg_stores
+    queue.enqueue([delivery("e1", "k"), delivery("e2", "k")])
+    with admin_connection() as conn, pytest.raises(psycopg.errors.UniqueViolation):
+        conn.execute(f"UPDATE \"{queue.schema}\".deliveries SET status = 'in_flight'")
+
+
+def test_a_key_held_by_a_worker_is_not_handed_out_even_to_an_older_retried_delivery(
+    pg_stores: Any,
+) -> None:
+    queue, _ = pg_stores
+    first, second = queue.enqueue([delivery("e1", "k"), delivery("e2", "k")])
+    (held,) = claim(queue)
+    assert held.id == first.id
+    queue.complete(
+        [
+            _done(held, DeliveryStatus.DISCARDED),
+        ]
+    )
+    (now_held,) = claim(queue, worker="w2")
+    assert now_held.id == second.id
+    # An operator re-queues the discarded older delivery while w2 holds the key:
+    moved = queue.transition(
+        [first.id],
+        from_status=[DeliveryStatus.DISCARDED],
+        to_status=DeliveryStatus.PENDING,
+        audit=operator_audit("retry"),
+        now=T0,
+    )
+    assert moved == [first.id]
+    assert claim(queue, worker="w3") == []
+    queue.complete([_done(now_held, DeliveryStatus.SUCCEEDED)])
+    assert [d.id for d in claim(queue, worker="w3")] == [first.id]
+
+
+def test_an_expired_holder_of_a_key_is_reclaimed_before_an_older_requeued_delivery(
+    pg_stores: Any,
+) -> None:
+    queue, _ = pg_stores
+    first, second = queue.enqueue([delivery("e1", "k"), delivery("e2", "k")])
+    (held,) = claim(queue)
+    queue.complete([_done(held, DeliveryStatus.DISCARDED)])
+    (crashed,) = claim(queue, worker="crashed")
+    assert crashed.id == second.id
+    queue.transition(
+        [first.id],
+        from_status=[DeliveryStatus.DISCARDED],
+        to_status=DeliveryStatus.PENDING,
+        audit=operator_audit("retry"),
+        now=T0,
+    )
+    later = T0 + timedelta(seconds=61)  # the crashed worker's lease is over
+    (reclaimed,) = claim(queue, worker="w2", at=later)
+    assert reclaimed.id == second.id  # the key's holder finishes first
+    assert queue.complete([_done(reclaimed, DeliveryStatus.SUCCEEDED)]) == [True]
+    assert [d.id for d in claim(queue, worker="w2", at=later)] == [first.id]
+
+
+def _done(d: Delivery, status: DeliveryStatus) -> Any:
+    from resilient_sync._model import Completion
+
+    return Completion(delivery_id=d.id, lease_token=d.lease_token, status=status, finished_at=T0)
+
+
+def test_concurrent_claimers_never_share_a_delivery_or_a_key(pg_dsn: str, pg_schema: str) -> None:
+    from resilient_sync.stores._postgres import PostgresQueueStore
+
+    stores = [PostgresQueueStore(pg_dsn, schema=pg_schema) for _ in range(4)]
+    try:
+        stores[0].enqueue(
+            [delivery(f"e{i}", key=f"k{i % 7}" if i % 3 else None) for i in range(300)]
+        )
+        seen: dict[str, str] = {}
+        lock = threading.Lock()
+        errors: list[BaseException] = []
+
+        def worker(store: Any, name: str) -> None:
+            try:
+                while True:
+                    got = claim(store, worker=name, limit=5)
+                    if not got:
+                        if store.next_due() is None:
+                            return
+                        continue
+                    keys = [d.ordering_key for d in got if d.ordering_key]
+                    assert len(keys) == len(set(keys)), "one claim returned two of a key"
+                    with lock:
+                        for d in got:
+                            assert d.id not in seen, f"{d.id}: {seen.get(d.id)} and {name}"
+                            seen[d.id] = name
+                    store.complete([_done(d, DeliveryStatus.SUCCEEDED) for d in got])
+            except BaseException as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=worker, args=(s, f"w{i}")) for i, s in enumerate(stores)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert not errors, errors
+        assert len(seen) == 300
+        assert stores[0].stats().by_status == {DeliveryStatus.SUCCEEDED: 300}
+    finally:
+        for s in stores:
+            s.close()
+
+
+def test_an_expired_lease_is_reclaimed_with_an_audit_record(pg_stores: Any) -> None:
+    queue, _ = pg_stores
+    (d,) = queue.enqueue([delivery("e1", "k")])
+    (first,) = claim(queue, worker="crashed")
+    later = T0 + timedelta(seconds=61)
+    (again,) = claim(queue, worker="w2", at=later)
+    assert again.id == d.id
+    assert again.attempts == 2
+    assert again.lease_token > first.lease_token
+    (record,) = queue.attempts(d.id)
+    assert record.action == "lease_expired"
+    assert record.actor == "worker:w2"
+    assert "crashed" in (record.reason or "")
+    assert queue.complete([_done(first, DeliveryStatus.SUCCEEDED)]) == [False]
+    assert queue.complete([_done(again, DeliveryStatus.SUCCEEDED)]) == [True]
+
+
+def test_complete_applies_a_batch_in_one_statement_fenced_per_delivery(pg_stores: Any) -> None:
+    queue, _ = pg_stores
+    queue.enqueue([delivery(f"e{i}") for i in range(3)])
+    a, b, c = claim(queue)
+    stale = _done(b, DeliveryStatus.SUCCEEDED)
+    stale = type(stale)(
+        delivery_id=b.id, lease_token=b.lease_token - 100, status=stale.status, finished_at=T0
+    )
+    ok_a = _done(a, DeliveryStatus.SUCCEEDED)
+    assert queue.complete([ok_a, stale, ok_a, _done(c, DeliveryStatus.NEEDS_ACTION)]) == [
+        True,
+        False,
+        False,
+        True,
+    ]
+    assert queue.get(b.id).status is DeliveryStatus.IN_FLIGHT
+
+
+def test_next_due_ignores_what_time_alone_cannot_release(pg_stores: Any) -> None:
+    queue, _ = pg_stores
+    queue.enqueue([delivery("e1", "k"), delivery("e2", "k")])
+    (held,) = claim(queue)
+    queue.complete([_done(held, DeliveryStatus.NEEDS_ACTION)])
+    assert queue.next_due() is None  # e2 waits for a person to act on e1, not for time
+    queue.enqueue([delivery("e3", destination="crm")])
+    queue.set_destination("crm", now=T0, paused=True, paused_reason="token revoked")
+    assert queue.next_due() is None
+    queue.set_destination("crm", now=T0, paused=False)
+    assert queue.next_due() == T0
+
+
+# -- ordering of concurrent enqueues ------------------------------------------------------
+
+
+def test_enqueues_of_one_key_are_ordered_by_commit(pg_stores: Any) -> None:
+    """A later-committed enqueue of a key never gets a lower seq than an earlier one."""
+    queue, _ = pg_stores
+    done = threading.Event()
+    with admin_connection() as outer:
+        outer.autocommit = False
+        queue.enqueue([delivery("first", "k")], transaction=outer)
+
+        def second() -> None:
+            queue.enqueue([delivery("second", "k")])
+            done.set()
+
+        thread = threading.Thread(target=second)
+        thread.start()
+        _wait_for_advisory_lock_waiter()
+        assert not done.is_set()  # blocked on the key until the first commits
+        outer.commit()
+    thread.join(30)
+    assert done.is_set()
+    seqs = {d.event.id: d.seq for d in queue.list().items}
+    assert seqs["first"] < seqs["second"]
+
+
+def _wait_for_advisory_lock_waiter() -> None:
+    with admin_connection() as conn:
+        for _ in range(600):
+            row = conn.execute(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+            ).fetchone()
+            if row and row[0] > 0:
+                return
+            threading.Event().wait(0.05)
+    raise AssertionError("the second enqueue never waited for the key's lock")
+
+
+# -- the transactional outbox --------------------------------------------------------------
+
+
+def _customers(conn: Any, schema: str) -> None:
+    conn.execute(f'CREATE TABLE "{schema}".customers (id text PRIMARY KEY, email text)')
+
+
+def test_outbox_commits_with_the_callers_transaction(pg_stores: Any) -> None:
+    queue, idempotency = pg_stores
+    import psycopg
+
+    pos = RecordingDestination("pos")
+    dispatcher = Dispatcher(queue, idempotency, [pos], clock=FakeClock(T0))
+    with psycopg.connect(PG_DSN) as conn:
+        _customers(conn, queue.schema)
+        conn.commit()
+        conn.execute(f'INSERT INTO "{queue.schema}".customers VALUES (%s, %s)', ["c1", "a@x.io"])
+        dispatcher.submit(Event("c1", "customer.created", {"id": "c1"}), transaction=conn)
+        assert queue.list().items == []  # not visible before the caller commits
+        conn.commit()
+    assert [d.event.id for d in queue.list().items] == ["c1"]
+    dispatcher.run_until_idle()
+    assert [e.id for e in pos.applied] == ["c1"]
+
+
+def test_outbox_rolls_back_with_the_callers_transaction(pg_stores: Any) -> None:
+    queue, idempotency = pg_stores
+    import psycopg
+
+    dispatcher = Dispatcher(queue, idempotency, [RecordingDestination("pos")], clock=FakeClock(T0))
+    with psycopg.connect(PG_DSN) as conn:
+        _customers(conn, queue.schema)
+        conn.commit()
+
+        def save_customer() -> None:
+            with conn.transaction():
+                conn.execute(f'INSERT INTO "{queue.schema}".customers VALUES (%s, %s)', ["c1", "a"])
+                dispatcher.submit(Event("c1", "customer.created", {}), transaction=conn)
+                raise RuntimeError("the web request failed after saving")
+
+        with pytest.raises(RuntimeError):
+            save_customer()
+        count = conn.execute(f'SELECT count(*) FROM "{queue.schema}".customers').fetchone()
+    assert count == (0,)
+    assert queue.list().items == []
+    assert queue.next_due() is None
+
+
+def test_outbox_on_an_autocommit_connection_writes_atomically(pg_stores: Any) -> None:
+    queue, _ = pg_stores
+    import psycopg
+
+    with psycopg.connect(PG_DSN, autocommit=True) as conn:
+        inserted = queue.enqueue([delivery("e1"), delivery("e2")], transaction=conn)
+    assert len(inserted) == 2
+    assert len(queue.list().items) == 2
+
+
+def test_outbox_refuses_what_it_cannot_join(pg_stores: Any) -> None:
+    queue, _ = pg_stores
+    import psycopg
+
+    with pytest.raises(TypeError, match=r"psycopg\.Connection"):
+        queue.enqueue([delivery("e1")], transaction=queue.pool)
+    import sqlite3
+
+    lite = sqlite3.connect(":memory:")
+    with pytest.raises(TypeError, match=r"sqlite3\.Connection"):
+        queue.enqueue([delivery("e1")], transaction=lite)
+    lite.close()
+    with psycopg.connect(PG_DSN) as conn:
+        with pytest.raises(psycopg.errors.DivisionByZero):
+            conn.execute("SELECT 1/0")
+        with pytest.raises(StoreError, match="aborted"):
+            queue.enqueue([delivery("e1")], transaction=conn)
+        conn.rollback()
+        conn.execute("SET TRANSACTION READ ONLY")
+        with pytest.raises(StoreError, match="caller's transaction") as info:
+            queue.enqueue([delivery("e1")], transaction=conn)
+        assert isinstance(info.value.__cause__, psycopg.errors.ReadOnlySqlTransaction)
+        conn.rollback()
+    assert queue.list().items == []
+
+
+# -- waking up on new work -----------------------------------------------------------------
+
+
+def test_wait_for_work_wakes_on_enqueue_and_times_out_otherwise(pg_stores: Any) -> None:
+    queue, _ = pg_stores
+    queue.wait_for_work(5)  # first call connects the listener and returns at once
+    queue.wait_for_work(0.01)  # nothing new: times out
+    woke = threading.Event()
+
+    def waiter() -> None:
+        queue.wait_for_work(60)
+        woke.set()
+
+    thread = threading.Thread(target=waiter)
+    thread.start()
+    queue.enqueue([delivery("e1")])
+    thread.join(30)
+    assert woke.is_set()
+
+
+def test_wait_for_work_survives_a_killed_listener(pg_dsn: str, pg_schema: str) -> None:
+    from resilient_sync.stores._postgres import PostgresQueueStore
+
+    app = f"rs_listener_{uuid.uuid4().hex[:8]}"
+    queue = PostgresQueueStore(with_params(pg_dsn, application_name=app), schema=pg_schema)
+    try:
+        queue.wait_for_work(5)
+        assert terminate_backends(app) >= 1
+        queue.wait_for_work(5)  # notices the dead connection and returns
+        queue.wait_for_work(5)  # listens again
+        woke = threading.Event()
+        thread = threading.Thread(target=lambda: (queue.wait_for_work(60), woke.set()))
+        thread.start()
+        queue.enqueue([delivery("e1")])
+        thread.join(30)
+        assert woke.is_set()
+    finally:
+        queue.close()
+
+
+def test_close_wakes_a_waiting_worker_quietly(
+    pg_stores: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    queue, _ = pg_stores
+    queue.wait_for_work(5)  # connect the listener
+    returned = threading.Event()
+    thread = threading.Thread(target=lambda: (queue.wait_for_work(60), returned.set()))
+    thread.start()
+    _wait_for_listener_wait()
+    queue.close()
+    thread.join(30)
+    assert returned.is_set()
+    assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
+
+
+def _wait_for_listener_wait() -> None:
+    """Until some backend sits idle in LISTEN (the waiter is blocked on it)."""
+    with admin_connection() as conn:
+        for _ in range(600):
+            row = conn.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'LISTEN %' "
+                "AND state = 'idle'"
+            ).fetchone()
+            if row and row[0] > 0:
+                return
+            threading.Event().wait(0.05)
+    raise AssertionError("no listening connection showed up")
+
+
+# -- connections lost between calls ----------------------------------------------------
+
+
+def test_killed_pool_connections_are_replaced_transparently(pg_dsn: str, pg_schema: str) -> None:
+    from resilient_sync.stores._postgres import PostgresIdempotencyStore, PostgresQueueStore
+
+    app = f"rs_pool_{uuid.uuid4().hex[:8]}"
+    dsn = with_params(pg_dsn, application_name=app)
+    queue = PostgresQueueStore(dsn, schema=pg_schema, pool_min_size=2)
+    idempotency = PostgresIdempotencyStore(dsn, schema=pg_schema)
+    try:
+        queue.enqueue([delivery("e1")])
+        assert terminate_backends(app) >= 1
+        assert len(claim(queue)) == 1
+        assert terminate_backends(app) >= 1
+        (record,) = idempotency.begin([("k", "fp")], now=T0, lock_until=T0 + timedelta(60))
+        assert record.state.value == "new"
+    finally:
+        queue.close()
+        idempotency.close()
+
+
+def test_open_pair_shares_one_pool_and_reads_the_schema_from_the_url(pg_schema: str) -> None:
+    from resilient_sync.stores._postgres import open_pair
+
+    queue, idempotency = open_pair(f"{PG_DSN}?schema={pg_schema}&connect_timeout=5")
+    try:
+        assert queue.schema == idempotency.schema == pg_schema
+        assert queue.pool is idempotency.pool
+        queue.close()
+        assert not queue.pool.closed  # still used by the idempotency store
+        assert idempotency.get("k", now=T0) is None
+    finally:
+        queue.close()
+        idempotency.close()
+    assert idempotency.pool.closed
+
+
+# -- asyncio ---------------------------------------------------------------------------
+
+
+def test_the_async_dispatcher_runs_on_the_sync_store_including_run_forever(
+    pg_stores: Any,
+) -> None:
+    """Store calls run in a worker thread (asyncio.to_thread), so the loop never blocks;
+    an idle run_forever waits in wait_for_work and wakes on the enqueue's NOTIFY."""
+    import asyncio
+
+    from resilient_sync import AsyncDispatcher
+
+    queue, idempotency = pg_stores
+    seen: list[str] = []
+
+    class AsyncPos:
+        name = "pos"
+
+        async def deliver(self, event: Event, context: Any) -> Any:
+            seen.append(event.id)
+            if len(seen) == 3:
+                stop.set()
+            return {"id": event.id}
+
+    stop = asyncio.Event()
+    dispatcher = AsyncDispatcher(queue, idempotency, [AsyncPos()], poll_interval=30)
+
+    async def main() -> None:
+        await dispatcher.submit(Event("a1", "t", {}, ordering_key="k"))
+        runner = asyncio.create_task(dispatcher.run_forever(stop))
+        await asyncio.sleep(0.2)  # let it go idle, waiting for work
+        await dispatcher.submit_many([Event(f"a{i}", "t", {}, ordering_key="k") for i in (2, 3)])
+        await asyncio.wait_for(runner, 20)  # far less than poll_interval: woken by NOTIFY
+
+    asyncio.run(main())
+    assert seen == ["a1", "a2", "a3"]
