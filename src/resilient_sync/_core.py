@@ -10,6 +10,8 @@ plain calls, the async one awaits; neither decides anything on its own.
 from __future__ import annotations
 
 import copy
+import secrets
+import time
 import uuid
 from collections.abc import Callable, Generator
 from datetime import datetime, timedelta
@@ -88,10 +90,17 @@ def revised_key(event: Event, destination: str) -> str:
     return f"{base_key(event, destination)}:{fingerprint(event)[:16]}"
 
 
+def new_id() -> str:
+    """A 32-hex-digit id that sorts by creation time (48 bits of milliseconds,
+    then 80 random bits, as UUIDv7 does): SQL stores insert it at the end of
+    their index instead of at a random page."""
+    return f"{time.time_ns() // 1_000_000:012x}{secrets.token_hex(10)}"
+
+
 def new_delivery(event: Event, destination: str, now: datetime) -> Delivery:
     """A fresh ``PENDING`` delivery (the store assigns ``seq``)."""
     return Delivery(
-        id=uuid.uuid4().hex,
+        id=new_id(),
         event=event,
         destination=destination,
         status=DeliveryStatus.PENDING,
@@ -221,31 +230,25 @@ def _changed_paths(old: Any, new: Any, path: str = "payload") -> list[str]:
 
 
 def delivery_flow(
-    delivery: Delivery, begun: IdempotencyRecord, env: FlowEnv
+    delivery: Delivery, begun: IdempotencyRecord, env: FlowEnv, fp: str | None = None
 ) -> Generator[Call, Outcome, FlowResult]:
-    """Decide one claimed delivery: idempotency -> deliver -> classify -> next step."""
+    """Decide one claimed delivery: idempotency -> deliver -> classify -> next step.
+
+    ``fp`` is the event's fingerprint when the caller already computed it.
+    """
     event = delivery.event
     key = delivery.idempotency_key
-    fp = fingerprint(event)
+    if fp is None:
+        fp = fingerprint(event)
     record = begun
-    audit: list[Attempt] = []
+    audit: list[dict[str, Any]] = []
     taken: list[str] = []
     fixes = 0
     corrected = False
 
     def note(action: str, started: datetime, **kw: Any) -> None:
-        audit.append(
-            Attempt(
-                delivery_id=delivery.id,
-                destination=delivery.destination,
-                action=action,
-                actor=env.actor,
-                started_at=started,
-                finished_at=env.now(),
-                number=delivery.attempts,
-                **kw,
-            )
-        )
+        kw.update(action=action, started_at=started, finished_at=env.now())
+        audit.append(kw)
 
     def done(
         status: DeliveryStatus,
@@ -257,9 +260,18 @@ def delivery_flow(
         count_attempt: bool = True,
         **extra: Any,
     ) -> FlowResult:
-        records = list(audit)
-        if records:
-            records[-1] = attrs.evolve(records[-1], outcome=status)
+        if audit:
+            audit[-1]["outcome"] = status
+        records = [
+            Attempt(
+                delivery_id=delivery.id,
+                destination=delivery.destination,
+                actor=env.actor,
+                number=delivery.attempts,
+                **kw,
+            )
+            for kw in audit
+        ]
         return FlowResult(
             completion=Completion(
                 delivery_id=delivery.id,

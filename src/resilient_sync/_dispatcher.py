@@ -15,7 +15,7 @@ import os
 import socket
 import threading
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 from typing import Any
@@ -185,17 +185,20 @@ class _BaseDispatcher:
 
     # -- one batch ----------------------------------------------------------
 
-    def _env(self, delivery: Delivery, lease_until: datetime) -> FlowEnv:
-        dest = self.destinations[delivery.destination]
-        return FlowEnv(
-            policy=self.retry,
-            classifier=self.classifier,
-            now=self.clock.now,
-            actor=f"worker:{self.worker_id}",
-            lease_until=lease_until,
-            has_resolve_duplicate=callable(getattr(dest, "resolve_duplicate", None)),
-            has_fix_data=callable(getattr(dest, "fix_data", None)),
-        )
+    def _envs(self, lease_until: datetime) -> dict[str, FlowEnv]:
+        """One :class:`FlowEnv` per destination, for one batch."""
+        return {
+            name: FlowEnv(
+                policy=self.retry,
+                classifier=self.classifier,
+                now=self.clock.now,
+                actor=f"worker:{self.worker_id}",
+                lease_until=lease_until,
+                has_resolve_duplicate=callable(getattr(dest, "resolve_duplicate", None)),
+                has_fix_data=callable(getattr(dest, "fix_data", None)),
+            )
+            for name, dest in self.destinations.items()
+        }
 
     def _claim_args(self, limit: int | None) -> dict[str, Any]:
         now = self.clock.now()
@@ -210,6 +213,8 @@ class _BaseDispatcher:
         }
 
     def _idempotency_entries(self, claimed: Sequence[Delivery]) -> list[tuple[str, str]]:
+        """``(store key, fingerprint)`` per claimed delivery; the flow reuses the
+        fingerprint instead of hashing the payload again."""
         return [
             (store_key(d.destination, d.idempotency_key), fingerprint(d.event)) for d in claimed
         ]
@@ -451,6 +456,8 @@ class Dispatcher(_BaseDispatcher):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self._pool: ThreadPoolExecutor | None = None
+        self._pool_lock = threading.Lock()
         for name, dest in self.destinations.items():
             for hook in ("deliver", "resolve_duplicate", "fix_data"):
                 if inspect.iscoroutinefunction(getattr(dest, hook, None)):
@@ -516,34 +523,58 @@ class Dispatcher(_BaseDispatcher):
         claimed = self.queue.claim(**args)
         if not claimed:
             return RunReport()
-        records = self.idempotency.begin(
-            self._idempotency_entries(claimed), now=args["now"], lock_until=args["lease_until"]
-        )
+        lease_until: datetime = args["lease_until"]
+        entries = self._idempotency_entries(claimed)
+        records = self.idempotency.begin(entries, now=args["now"], lock_until=lease_until)
+        envs = self._envs(lease_until)
         halted: dict[str, str] = {}
 
-        def one(pair: tuple[Delivery, IdempotencyRecord]) -> FlowResult:
-            delivery, record = pair
+        def one(index: int) -> FlowResult:
+            delivery, record = claimed[index], records[index]
             if delivery.destination in halted or not self._circuit_gate(delivery):
                 return self._halted_result(delivery, record)
-            result = self._circuit_verdict(
-                delivery, self._drive(delivery, record, args["lease_until"])
-            )
+            flow = delivery_flow(delivery, record, envs[delivery.destination], entries[index][1])
+            result = self._circuit_verdict(delivery, self._drive(delivery, flow, lease_until))
             self._apply_destination_effects(delivery, result, halted)
             return result
 
-        pairs = list(zip(claimed, records, strict=True))
-        if self.concurrency > 1 and len(pairs) > 1:
-            with ThreadPoolExecutor(max_workers=min(self.concurrency, len(pairs))) as pool:
-                results = list(pool.map(one, pairs))
+        if len(records) != len(claimed):
+            raise StoreError(
+                f"{type(self.idempotency).__name__}.begin returned {len(records)} records "
+                f"for {len(claimed)} keys"
+            )
+        if self.concurrency > 1 and len(claimed) > 1:
+            results = list(self._executor().map(one, range(len(claimed))))
         else:
-            results = [one(p) for p in pairs]
+            results = [one(i) for i in range(len(claimed))]
         return self._commit(claimed, results)
 
+    def _executor(self) -> ThreadPoolExecutor:
+        """The worker pool, made on first use and kept (``close()`` ends it)."""
+        with self._pool_lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(
+                    max_workers=self.concurrency, thread_name_prefix="resilient-sync"
+                )
+            return self._pool
+
+    def close(self) -> None:
+        """Stop the worker pool (if any). Stores are the caller's to close."""
+        with self._pool_lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True)
+
+    def __enter__(self) -> Dispatcher:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
     def _drive(
-        self, delivery: Delivery, record: IdempotencyRecord, lease_until: datetime
+        self, delivery: Delivery, flow: Generator[Call, Outcome, FlowResult], lease_until: datetime
     ) -> FlowResult:
         dest = self.destinations[delivery.destination]
-        flow = delivery_flow(delivery, record, self._env(delivery, lease_until))
         try:
             call = next(flow)
         except StopIteration as stop:  # decided without a call (replay, mismatch, in progress)
@@ -708,35 +739,41 @@ class AsyncDispatcher(_BaseDispatcher):
         claimed: list[Delivery] = await self._io(self.queue.claim, **args)
         if not claimed:
             return RunReport()
+        lease_until: datetime = args["lease_until"]
+        entries = self._idempotency_entries(claimed)
         records: list[IdempotencyRecord] = await self._io(
-            self.idempotency.begin,
-            self._idempotency_entries(claimed),
-            now=args["now"],
-            lock_until=args["lease_until"],
+            self.idempotency.begin, entries, now=args["now"], lock_until=lease_until
         )
+        if len(records) != len(claimed):
+            raise StoreError(
+                f"{type(self.idempotency).__name__}.begin returned {len(records)} records "
+                f"for {len(claimed)} keys"
+            )
+        envs = self._envs(lease_until)
         halted: dict[str, str] = {}
         gate = asyncio.Semaphore(self.concurrency)
 
-        async def one(delivery: Delivery, record: IdempotencyRecord) -> FlowResult:
+        async def one(index: int) -> FlowResult:
+            delivery, record = claimed[index], records[index]
             async with gate:
                 if delivery.destination in halted or not self._circuit_gate(delivery):
                     return self._halted_result(delivery, record)
+                flow = delivery_flow(
+                    delivery, record, envs[delivery.destination], entries[index][1]
+                )
                 result = self._circuit_verdict(
-                    delivery, await self._drive(delivery, record, args["lease_until"])
+                    delivery, await self._drive(delivery, flow, lease_until)
                 )
                 await self._apply_destination_effects(delivery, result, halted)
                 return result
 
-        results = list(
-            await asyncio.gather(*(one(d, r) for d, r in zip(claimed, records, strict=True)))
-        )
+        results = list(await asyncio.gather(*(one(i) for i in range(len(claimed)))))
         return await self._commit(claimed, results)
 
     async def _drive(
-        self, delivery: Delivery, record: IdempotencyRecord, lease_until: datetime
+        self, delivery: Delivery, flow: Generator[Call, Outcome, FlowResult], lease_until: datetime
     ) -> FlowResult:
         dest = self.destinations[delivery.destination]
-        flow = delivery_flow(delivery, record, self._env(delivery, lease_until))
         try:
             call = next(flow)
         except StopIteration as stop:  # decided without a call (replay, mismatch, in progress)

@@ -26,9 +26,29 @@ __all__ = [
 _MAX_ID = 255
 
 
+_ENCODE = json.JSONEncoder(allow_nan=False, ensure_ascii=False, separators=(",", ":")).encode
+_DECODE = json.JSONDecoder().decode
+
+
 def check_json(value: Any, path: str) -> Any:
     """Return a normalised copy of ``value`` (tuples become lists), or raise
-    :class:`InvalidEventError` naming the first offending path."""
+    :class:`InvalidEventError` naming the first offending path.
+
+    The common case (valid JSON) takes a round trip through the C encoder;
+    only when that fails or changes the value (non-string keys, tuples) is
+    the value walked to name the offending path.
+    """
+    try:
+        copied = _DECODE(_ENCODE(value))
+    except (TypeError, ValueError, RecursionError):
+        pass
+    else:
+        if copied == value:  # bool/int/float kinds survive JSON; tuples and int keys don't
+            return copied
+    return _walk(value, path)
+
+
+def _walk(value: Any, path: str) -> Any:
     if value is None or isinstance(value, (str, bool, int)):
         return value
     if isinstance(value, float):
@@ -43,10 +63,10 @@ def check_json(value: Any, path: str) -> Any:
                     f"{path} has a key {key!r} of type {type(key).__name__}; JSON keys are strings",
                     field=path,
                 )
-            out[key] = check_json(item, f"{path}.{key}")
+            out[key] = _walk(item, f"{path}.{key}")
         return out
     if isinstance(value, (list, tuple)):
-        return [check_json(item, f"{path}[{i}]") for i, item in enumerate(value)]
+        return [_walk(item, f"{path}[{i}]") for i, item in enumerate(value)]
     raise InvalidEventError(
         f"{path} is a {type(value).__name__} ({_short(value)}), which is not JSON-serialisable",
         field=path,
