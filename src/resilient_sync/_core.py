@@ -10,6 +10,7 @@ plain calls, the async one awaits; neither decides anything on its own.
 from __future__ import annotations
 
 import copy
+import hashlib
 import secrets
 import time
 import uuid
@@ -66,7 +67,17 @@ def base_key(event: Event, destination: str) -> str:
     """
     if event.idempotency_key:
         return event.idempotency_key
-    return str(uuid.uuid5(_KEY_NAMESPACE, f"{destination}\x00{event.id}"))
+    return _uuid5(f"{destination}\x00{event.id}")
+
+
+_KEY_PREFIX = _KEY_NAMESPACE.bytes
+
+
+def _uuid5(name: str) -> str:
+    """``str(uuid.uuid5(_KEY_NAMESPACE, name))``, without building UUID objects."""
+    h = hashlib.sha1(_KEY_PREFIX + name.encode(), usedforsecurity=False).hexdigest()
+    variant = "89ab"[int(h[16], 16) & 0x3]
+    return f"{h[:8]}-{h[8:12]}-5{h[13:16]}-{variant}{h[17:20]}-{h[20:32]}"
 
 
 def store_key(destination: str, key: str) -> str:

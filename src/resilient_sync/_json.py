@@ -26,49 +26,47 @@ __all__ = [
 _MAX_ID = 255
 
 
-_ENCODE = json.JSONEncoder(allow_nan=False, ensure_ascii=False, separators=(",", ":")).encode
-_DECODE = json.JSONDecoder().decode
+_SCALARS = (str, int, bool, type(None))
 
 
 def check_json(value: Any, path: str) -> Any:
     """Return a normalised copy of ``value`` (tuples become lists), or raise
-    :class:`InvalidEventError` naming the first offending path.
-
-    The common case (valid JSON) takes a round trip through the C encoder;
-    only when that fails or changes the value (non-string keys, tuples) is
-    the value walked to name the offending path.
-    """
-    try:
-        copied = _DECODE(_ENCODE(value))
-    except (TypeError, ValueError, RecursionError):
-        pass
-    else:
-        if copied == value:  # bool/int/float kinds survive JSON; tuples and int keys don't
-            return copied
-    return _walk(value, path)
-
-
-def _walk(value: Any, path: str) -> Any:
-    if value is None or isinstance(value, (str, bool, int)):
+    :class:`InvalidEventError` naming the first offending path."""
+    kind = type(value)
+    if kind is dict:
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            if type(key) is not str:
+                _bad_key(key, path)
+            item_kind = type(item)
+            if item_kind is str or item_kind is int or item_kind is bool or item is None:
+                out[key] = item
+            else:
+                out[key] = check_json(item, f"{path}.{key}")
+        return out
+    if kind is list or kind is tuple:
+        return [check_json(item, f"{path}[{i}]") for i, item in enumerate(value)]
+    if isinstance(value, _SCALARS):
         return value
     if isinstance(value, float):
         if math.isnan(value) or math.isinf(value):
             raise InvalidEventError(f"{path} is {value!r}, which JSON cannot represent", field=path)
         return value
     if isinstance(value, Mapping):
-        out: dict[str, Any] = {}
-        for key, item in value.items():
-            if not isinstance(key, str):
-                raise InvalidEventError(
-                    f"{path} has a key {key!r} of type {type(key).__name__}; JSON keys are strings",
-                    field=path,
-                )
-            out[key] = _walk(item, f"{path}.{key}")
-        return out
+        return check_json(dict(value), path)
     if isinstance(value, (list, tuple)):
-        return [_walk(item, f"{path}[{i}]") for i, item in enumerate(value)]
+        return check_json(list(value), path)
     raise InvalidEventError(
         f"{path} is a {type(value).__name__} ({_short(value)}), which is not JSON-serialisable",
+        field=path,
+    )
+
+
+def _bad_key(key: Any, path: str) -> None:
+    if isinstance(key, str):
+        return
+    raise InvalidEventError(
+        f"{path} has a key {key!r} of type {type(key).__name__}; JSON keys are strings",
         field=path,
     )
 
