@@ -119,7 +119,7 @@ def test_retry_resets_the_budget_keeps_the_key_and_is_audited() -> None:
     after = h.delivery("map1")
     assert after.status is DeliveryStatus.PENDING
     assert after.attempts == 0
-    assert after.next_attempt_at == h.clock.now()
+    assert after.next_attempt_at is None  # due at once, whatever the dispatcher's clock
     assert after.idempotency_key == d.idempotency_key
     record = h.audit("map1")[-1]
     assert (record.action, record.actor, record.reason) == ("retry", "alice", "SKU mapped")
@@ -268,3 +268,59 @@ def test_pause_and_resume_a_destination() -> None:
     assert pos.ids("ok") == ["e1"]
     actions = [(a.action, a.actor, a.destination) for a in reversed(h.queue.audit())]
     assert actions[:2] == [("pause", "frank", "pos"), ("resume", "frank", "pos")]
+
+
+def test_operator_on_the_system_clock_re_syncs_for_a_fake_clock_dispatcher() -> None:
+    """Operator(queue) with no clock still makes a retry due for a dispatcher
+    whose clock is far from the wall clock (a re-sync is due at once)."""
+    from resilient_sync import Dispatcher, Operator, RetryPolicy
+    from resilient_sync.stores import MemoryIdempotencyStore, MemoryQueueStore
+    from resilient_sync.testing import FakeClock, FlakyDestination
+
+    clock = FakeClock()  # 2024, years behind the operator's wall clock
+    queue = MemoryQueueStore()
+    pos = FlakyDestination("pos", [MappingError("unknown SKU")])
+    dispatcher = Dispatcher(queue, MemoryIdempotencyStore(), [pos], clock=clock)
+    dispatcher.submit(Event("o1", "order.created", {"sku": "MUG"}))
+    assert dispatcher.run_until_idle().needs_action == 1
+    stuck = queue.list().items[0]
+
+    assert Operator(queue).retry([stuck.id], actor="alice") == [stuck.id]
+    assert dispatcher.run_until_idle().succeeded == 1
+    assert [e.id for e in pos.applied] == ["o1"]
+    _ = RetryPolicy  # imported for the reader: the default policy is used
+
+
+def test_a_re_sync_gives_a_fresh_deadline_not_only_fresh_attempts() -> None:
+    """A delivery re-synced long after its deadline is retried again under the
+    policy, counting the deadline from the re-sync, not from submission."""
+    from resilient_sync import Dispatcher, Operator, RetryPolicy
+    from resilient_sync.stores import MemoryIdempotencyStore, MemoryQueueStore
+    from resilient_sync.testing import FakeClock, FlakyDestination
+
+    clock = FakeClock()
+    queue = MemoryQueueStore()
+    down = RetryableError("POS down")
+    pos = FlakyDestination("pos", [down, down, down, down])
+    policy = RetryPolicy(max_attempts=10, initial_delay=60, jitter=False, deadline=3600)
+    dispatcher = Dispatcher(queue, MemoryIdempotencyStore(), [pos], retry=policy, clock=clock)
+    operator = Operator(queue, clock)
+    dispatcher.submit(Event("c1", "customer.created", {}))
+    dispatcher.run_until_idle()
+    clock.advance(timedelta(hours=2))  # past the deadline: the next failure parks it
+    dispatcher.run_until_idle()
+    parked = queue.list().items[0]
+    assert parked.status is DeliveryStatus.NEEDS_ACTION
+    assert "deadline" in (parked.last_error.message if parked.last_error else "")
+
+    clock.advance(timedelta(days=3))  # the operator re-syncs days later
+    operator.retry([parked.id], actor="alice")
+    dispatcher.run_until_idle()  # fails again: a fresh budget, so a retry is scheduled
+    again = queue.get(parked.id)
+    assert again is not None
+    assert again.status is DeliveryStatus.RETRY_SCHEDULED
+    clock.advance(60)
+    dispatcher.run_until_idle()  # the 4th scripted failure; still inside the new hour
+    clock.advance(120)
+    dispatcher.run_until_idle()
+    assert [e.id for e in pos.applied] == ["c1"]

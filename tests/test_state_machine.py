@@ -214,8 +214,10 @@ class DispatcherMachine(RuleBasedStateMachine):
     @invariant()
     def every_waiting_delivery_has_a_way_forward(self) -> None:
         for d in self.deliveries():
-            if d.status in (DeliveryStatus.PENDING, DeliveryStatus.RETRY_SCHEDULED):
+            if d.status is DeliveryStatus.RETRY_SCHEDULED:
                 assert d.next_attempt_at is not None, d
+            # PENDING is due at its next_attempt_at, or at once when it is None
+            # (an operator's re-sync): it always has a way forward
             elif d.status is DeliveryStatus.IN_FLIGHT:
                 # only crashed workers' claims stay in flight between runs,
                 # and their lease will expire

@@ -14,7 +14,7 @@ import hashlib
 import secrets
 import time
 import uuid
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Sequence
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
@@ -35,7 +35,7 @@ from ._model import (
     IdempotencyRecord,
     IdempotencyState,
 )
-from ._policy import RetryPolicy, decide_retry, is_retryable
+from ._policy import RetryDecision, RetryPolicy, decide_retry, is_retryable
 
 __all__ = [
     "Call",
@@ -142,9 +142,11 @@ def released(delivery: Delivery, now: datetime) -> Completion:
 @attrs.frozen
 class Call:
     """A call the flow needs made: ``deliver``, ``resolve_duplicate``,
-    ``fix_data`` (on the destination) or ``idempotency_begin``."""
+    ``fix_data`` (on the destination), ``idempotency_begin``, or
+    ``budget_start`` (when the operator last gave the delivery a fresh
+    retry budget, from its audit trail; None if never)."""
 
-    kind: Literal["deliver", "resolve_duplicate", "fix_data", "idempotency_begin"]
+    kind: Literal["deliver", "resolve_duplicate", "fix_data", "idempotency_begin", "budget_start"]
     args: tuple[Any, ...]
 
 
@@ -396,7 +398,7 @@ def delivery_flow(
                 if hook_error.category in _PASSING:
                     # the lookup failed for a passing reason (a 503, a 429, a revoked token):
                     # retry (or pause) as for a failed attempt; nobody has decided anything yet
-                    return _retry_or_park(done, env, delivery, hook_error)
+                    return (yield from _retry_or_park(done, env, delivery, hook_error))
                 error = attrs.evolve(
                     error,
                     message=(
@@ -452,7 +454,7 @@ def delivery_flow(
                 )
                 if not begun_outcome.ok:
                     store_error = _safe_classify(env.classifier, begun_outcome.error)  # type: ignore[arg-type]
-                    return _retry_or_park(done, env, delivery, store_error)
+                    return (yield from _retry_or_park(done, env, delivery, store_error))
                 record = begun_outcome.value
                 continue
             if hook.ok:
@@ -461,21 +463,40 @@ def delivery_flow(
                 hook_error = _safe_classify(env.classifier, hook.error)  # type: ignore[arg-type]
                 note("fix_data", started, reason=hook_error.message, error=hook_error)
 
-        return _retry_or_park(done, env, delivery, error)
+        return (yield from _retry_or_park(done, env, delivery, error))
+
+
+#: Operator actions that give a delivery a fresh retry budget (attempts and deadline).
+BUDGET_RESETS = frozenset({"retry", "edit"})
 
 
 def _retry_or_park(
     done: Callable[..., FlowResult], env: FlowEnv, delivery: Delivery, error: ErrorInfo
-) -> FlowResult:
+) -> Generator[Call, Outcome, FlowResult]:
     if is_retryable(error.category, env.policy):
         now = env.now()
-        decision = decide_retry(
-            env.policy,
-            attempts=delivery.attempts,
-            created_at=delivery.created_at,
-            now=now,
-            retry_after=error.retry_after,
-        )
+
+        def decide(budget_start: datetime) -> RetryDecision:
+            return decide_retry(
+                env.policy,
+                attempts=delivery.attempts,
+                created_at=budget_start,
+                now=now,
+                retry_after=error.retry_after,
+            )
+
+        decision = decide(delivery.created_at)
+        if decision.retry_at is None and delivery.attempts < env.policy.max_attempts:
+            # The deadline ran out. It counts from submission, or from the
+            # operator's last re-sync (which gives a fresh budget): look that
+            # up only now, on this rare path, in the delivery's audit trail.
+            since = yield Call("budget_start", (delivery.id,))
+            if (
+                since.error is None
+                and since.value is not None
+                and since.value > delivery.created_at
+            ):
+                decision = decide(since.value)
         if decision.retry_at is not None:
             extra: dict[str, Any] = {}
             if error.category is ErrorCategory.RATE_LIMITED:
@@ -502,6 +523,14 @@ def _retry_or_park(
             pause=f"permission denied: {error.message}",
         )
     return done(DeliveryStatus.NEEDS_ACTION, error=error)
+
+
+def budget_start(records: Sequence[Attempt]) -> datetime | None:
+    """When an operator last re-synced a delivery (its audit trail, oldest first)."""
+    for record in reversed(records):
+        if record.action in BUDGET_RESETS and record.outcome is DeliveryStatus.PENDING:
+            return record.finished_at
+    return None
 
 
 def _at(payload: Any, path: str) -> Any:

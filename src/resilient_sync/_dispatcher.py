@@ -30,6 +30,7 @@ from ._core import (
     FlowEnv,
     FlowResult,
     Outcome,
+    budget_start,
     delivery_flow,
     new_delivery,
     released,
@@ -596,6 +597,8 @@ class Dispatcher(_BaseDispatcher):
                     [(key, fp)], now=self.clock.now(), lock_until=lease_until
                 )
                 return Outcome(value=record)
+            if call.kind == "budget_start":
+                return Outcome(value=budget_start(self.queue.attempts(*call.args)))
             value = getattr(dest, call.kind)(*call.args)
             if inspect.isawaitable(value):
                 # a plain function that returned a coroutine: nothing was sent yet,
@@ -798,6 +801,9 @@ class AsyncDispatcher(_BaseDispatcher):
                     lock_until=lease_until,
                 )
                 return Outcome(value=record)
+            if call.kind == "budget_start":
+                records = await self._io(self.queue.attempts, *call.args)
+                return Outcome(value=budget_start(records))
             fn = getattr(dest, call.kind)
             if inspect.iscoroutinefunction(fn):
                 value = await fn(*call.args)

@@ -146,8 +146,8 @@ class QueueStore(Protocol):
     ) -> builtins.list[Delivery]:
         """Lease up to ``limit`` due deliveries in one transaction.
 
-        Due means ``PENDING`` or ``RETRY_SCHEDULED`` with ``next_attempt_at <=
-        now``, or ``IN_FLIGHT`` with an expired lease (``lease_expires_at <=
+        Due means ``PENDING`` or ``RETRY_SCHEDULED`` with ``next_attempt_at``
+        None or ``<= now``, or ``IN_FLIGHT`` with an expired lease (``lease_expires_at <=
         now``; the store records a ``"lease_expired"`` audit record for it).
         Skipped: destinations not in ``destinations`` (when given), paused, or
         held (``hold_until > now``); and any delivery with an ordering key that
@@ -219,8 +219,9 @@ class QueueStore(Protocol):
         """Operator action, in one transaction.
 
         Each delivery in ``ids`` whose status is in ``from_status`` moves to
-        ``to_status`` (``next_attempt_at`` = ``now`` for ``PENDING``, else
-        None), with ``attempts`` reset to 0 when asked, ``event`` and
+        ``to_status`` with ``next_attempt_at`` None (for ``PENDING``: due at
+        once, whatever the claimer's clock, which may differ from the
+        operator's), with ``attempts`` reset to 0 when asked, ``event`` and
         ``idempotency_key`` replaced when given, and a copy of ``audit`` whose
         ``delivery_id``, ``destination`` and ``outcome`` are filled in. Returns
         the ids that moved, in the given order.

@@ -211,7 +211,7 @@ class MemoryQueueStore:
                 new = attrs.evolve(
                     d,
                     status=to_status,
-                    next_attempt_at=now if to_status is DeliveryStatus.PENDING else None,
+                    next_attempt_at=None,
                     attempts=0 if reset_attempts else d.attempts,
                     event=event or d.event,
                     idempotency_key=idempotency_key or d.idempotency_key,

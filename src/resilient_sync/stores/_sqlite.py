@@ -1039,7 +1039,7 @@ class SQLiteQueueStore(_SQLiteStore):
                 d = _delivery(row)
                 if d.status not in allowed:
                     continue
-                next_at = now if to_status is DeliveryStatus.PENDING else None
+                next_at = None  # PENDING: due at once, whatever the claimer's clock
                 new = attrs.evolve(
                     d,
                     status=to_status,

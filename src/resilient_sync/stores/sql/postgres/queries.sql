@@ -225,7 +225,7 @@ ORDER BY a.ord;
 -- name: transition
 UPDATE {schema}.deliveries
 SET status = %(to_status)s,
-    next_attempt_at = CASE WHEN %(to_status)s = 'pending' THEN %(now)s::timestamptz END,
+    next_attempt_at = NULL,
     attempts = CASE WHEN %(reset_attempts)s THEN 0 ELSE attempts END,
     event = coalesce(%(event)s::json, event),
     ordering_key = CASE WHEN %(event)s::text IS NULL THEN ordering_key
