@@ -26,7 +26,7 @@ STAMP = VENV / ".installed"
 
 
 def ensure_venv() -> None:
-    if sys.version_info < (3, 10):
+    if sys.version_info < (3, 10):  # noqa: UP036 - tasks.py runs before anything is installed
         sys.exit(f"resilient_sync needs Python 3.10+, this is {sys.version.split()[0]}")
     if not PY.exists():
         print("creating .venv ...", flush=True)

@@ -31,8 +31,7 @@ from resilient_sync import (
     RetryPolicy,
     SystemClock,
 )
-from resilient_sync._model import Completion
-from resilient_sync.stores import SQLiteQueueStore, open_stores
+from resilient_sync.stores import Completion, SQLiteQueueStore, open_stores
 
 LEASE = 2.0  # seconds: a killed worker's deliveries are claimed again after it
 KEYS = 40  # ordering keys (customers)

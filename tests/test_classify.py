@@ -207,3 +207,39 @@ def test_the_error_tree() -> None:
     err = DataFormatError("bad", field="phone", details={"got": "x"})
     assert (str(err), err.field, err.details) == ("bad", "phone", {"got": "x"})
     assert RetryableError().message == "Temporary failure; retry later with backoff."
+
+
+def test_raise_for_status_429_carries_its_retry_after() -> None:
+    """A 429 raised by httpx's raise_for_status() keeps Retry-After (seconds
+    or an HTTP date measured from the response's Date header)."""
+    import httpx
+
+    from resilient_sync import Classifier, ErrorCategory
+
+    request = httpx.Request("POST", "https://pos.example/customers")
+    for headers, expected in (
+        ({"Retry-After": "120"}, 120.0),
+        (
+            {
+                "Retry-After": "Wed, 21 Oct 2026 07:29:30 GMT",
+                "Date": "Wed, 21 Oct 2026 07:28:00 GMT",
+            },
+            90.0,
+        ),
+        ({}, None),
+    ):
+        response = httpx.Response(429, headers=headers, request=request)
+        try:
+            response.raise_for_status()
+        except httpx.HTTPStatusError as exc:
+            info = Classifier().classify(exc)
+        assert info.category is ErrorCategory.RATE_LIMITED
+        assert info.retry_after == expected
+
+
+def test_an_authorization_header_is_redacted_once_keeping_its_scheme() -> None:
+    from resilient_sync._redact import redact
+
+    text = redact("401 with Authorization: Bearer sk_live_abcdef123456")
+    assert text == "401 with Authorization: Bearer [REDACTED]"
+    assert "sk_live" not in text

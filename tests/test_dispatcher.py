@@ -418,3 +418,15 @@ def test_a_destination_changing_the_event_in_place_does_not_change_the_queue() -
     h.dispatcher.run_until_idle()
     assert seen == [{"phone": "555 01", "lines": []}] * 2  # the retry sends what was submitted
     assert h.delivery("e1").event.payload == {"phone": "555 01", "lines": []}
+
+
+def test_a_single_destination_needs_no_list() -> None:
+    from resilient_sync import Dispatcher, Event
+    from resilient_sync.stores import MemoryIdempotencyStore, MemoryQueueStore
+    from resilient_sync.testing import FakeClock, RecordingDestination
+
+    pos = RecordingDestination("pos")
+    dispatcher = Dispatcher(MemoryQueueStore(), MemoryIdempotencyStore(), pos, clock=FakeClock())
+    dispatcher.submit(Event("c1", "customer.created", {}))
+    assert dispatcher.run_until_idle().succeeded == 1
+    assert [e.id for e in pos.applied] == ["c1"]

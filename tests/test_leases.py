@@ -18,10 +18,7 @@ from resilient_sync import (
     Event,
     MappingError,
 )
-
-# Completion is what QueueStore.complete takes; it is not exported (see the report)
-from resilient_sync._model import Completion
-from resilient_sync.stores import MemoryIdempotencyStore, MemoryQueueStore
+from resilient_sync.stores import Completion, MemoryIdempotencyStore, MemoryQueueStore
 from resilient_sync.testing import FakeClock, RecordingDestination
 
 LEASE = 60.0

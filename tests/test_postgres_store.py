@@ -217,7 +217,7 @@ def test_an_expired_holder_of_a_key_is_reclaimed_before_an_older_requeued_delive
 
 
 def _done(d: Delivery, status: DeliveryStatus) -> Any:
-    from resilient_sync._model import Completion
+    from resilient_sync.stores import Completion
 
     return Completion(delivery_id=d.id, lease_token=d.lease_token, status=status, finished_at=T0)
 

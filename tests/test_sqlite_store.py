@@ -32,8 +32,7 @@ from resilient_sync import (
     QueueStore,
     StoreError,
 )
-from resilient_sync._model import Completion
-from resilient_sync.stores import SQLiteIdempotencyStore, SQLiteQueueStore, open_stores
+from resilient_sync.stores import Completion, SQLiteIdempotencyStore, SQLiteQueueStore, open_stores
 from resilient_sync.stores._open import sqlite_path
 from resilient_sync.stores._sqlite import (
     Q,

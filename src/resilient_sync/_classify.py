@@ -105,8 +105,28 @@ def _info(exc: BaseException, category: ErrorCategory) -> ErrorInfo:
         message=_message(exc),
         field=getattr(exc, "field", None) if isinstance(exc, SyncError) else None,
         exception_type=_type_name(exc),
-        retry_after=exc.retry_after if isinstance(exc, SyncError) else None,
+        retry_after=_retry_after(exc),
     )
+
+
+def _retry_after(exc: BaseException) -> float | None:
+    """``retry_after`` of our errors, or the ``Retry-After`` header of an
+    ``httpx.HTTPStatusError`` (e.g. from ``response.raise_for_status()``); an
+    HTTP date is measured from the response's own ``Date`` header."""
+    if isinstance(exc, SyncError):
+        return exc.retry_after
+    if isinstance(exc, httpx.HTTPStatusError):
+        headers = exc.response.headers
+        now: datetime | None = None
+        if "date" in headers:
+            try:
+                now = email.utils.parsedate_to_datetime(headers["date"])
+            except (TypeError, ValueError, IndexError):
+                now = None
+        if now is None or now.tzinfo is None:
+            now = datetime.now(timezone.utc)
+        return parse_retry_after(headers.get("retry-after"), now)
+    return None
 
 
 def _default_category(exc: BaseException) -> ErrorCategory:

@@ -99,7 +99,7 @@ class _BaseDispatcher:
         self,
         queue: QueueStore,
         idempotency: IdempotencyStore,
-        destinations: Iterable[Destination] | Mapping[str, Destination],
+        destinations: Destination | Iterable[Destination] | Mapping[str, Destination],
         retry: RetryPolicy | None = None,
         clock: Clock | None = None,
         *,
@@ -116,8 +116,12 @@ class _BaseDispatcher:
     ) -> None:
         if isinstance(destinations, Mapping):
             items = list(destinations.items())
-        else:
+        elif isinstance(destinations, Iterable) and not callable(
+            getattr(destinations, "deliver", None)
+        ):
             items = [(getattr(d, "name", None), d) for d in destinations]
+        else:  # one destination on its own
+            items = [(getattr(destinations, "name", None), destinations)]
         self.destinations: dict[str, Destination] = {}
         for name, dest in items:
             if not isinstance(name, str) or not name:

@@ -36,8 +36,9 @@ _PATTERNS = [
     re.compile(
         r"""(?ix)
         \b(["']?(?:[a-z0-9_\-]{0,40}?(?:api[_-]?key|secret|token|password|passwd|authorization|
-        access[_-]?key|client[_-]?secret|signature|cookie))["']?\s*[:=]\s*)
-        (?:"[^"]*"|'[^']*'|[^\s,;&}\]]+)
+        access[_-]?key|client[_-]?secret|signature|cookie))["']?\s*[:=]\s*
+        (?:(?:bearer|basic)\s+)?)
+        (?:\[REDACTED\]|"[^"]*"|'[^']*'|[^\s,;&}\]]+)
         """
     ),
     # credentials in URLs: scheme://user:password@host

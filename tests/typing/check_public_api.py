@@ -209,3 +209,37 @@ def errors() -> list[SyncError]:
 if __name__ == "__main__":
     run_sync()
     asyncio.run(run_async())
+
+
+# --- the public subpackages, as a user writes them --------------------------
+
+import httpx  # noqa: E402
+
+from resilient_sync.alerts import Alerter, LogNotifier, default_rules  # noqa: E402
+from resilient_sync.http import AsyncHttpDestination, HttpDestination, RateLimit  # noqa: E402
+from resilient_sync.stores import SQLiteIdempotencyStore, SQLiteQueueStore, open_stores  # noqa: E402
+
+
+def build_http() -> tuple[HttpDestination, AsyncHttpDestination]:
+    pos = HttpDestination(
+        "pos",
+        base_url="https://pos.example/api",
+        path="/customers",
+        headers={"Authorization": "Bearer secret"},
+        timeout=httpx.Timeout(10.0),
+        rate_limit=RateLimit(rate=5.0, burst=10),
+    )
+    crm = AsyncHttpDestination("crm", base_url="https://crm.example", path="/contacts")
+    return pos, crm
+
+
+def operate_url(url: str) -> int:
+    queue, idempotency = open_stores(url)
+    alerter = Alerter(queue, [LogNotifier()], default_rules())
+    alerter.check()
+    store: SQLiteQueueStore = SQLiteQueueStore("sync.db")
+    other: SQLiteIdempotencyStore = SQLiteIdempotencyStore("sync.db")
+    store.close()
+    other.close()
+    idempotency.close()
+    return Operator(queue).stats().total

@@ -6,12 +6,24 @@
   machines (``pip install 'resilient-sync[postgres]'``).
 
 ``open_stores(url)`` opens a matching pair from a URL.
+
+The values a store exchanges with the dispatcher (``Completion``,
+``DestinationState``, ``IdempotencyRecord``, ``IdempotencyState``, ``Page``,
+``QueueStats``) are exported here for people writing their own store.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from .._model import (
+    Completion,
+    DestinationState,
+    IdempotencyRecord,
+    IdempotencyState,
+    Page,
+    QueueStats,
+)
 from ._memory import MemoryIdempotencyStore, MemoryQueueStore
 from ._open import open_stores
 from ._sqlite import SQLiteIdempotencyStore, SQLiteQueueStore
@@ -20,10 +32,16 @@ if TYPE_CHECKING:
     from ._postgres import PostgresIdempotencyStore, PostgresQueueStore
 
 __all__ = [
+    "Completion",
+    "DestinationState",
+    "IdempotencyRecord",
+    "IdempotencyState",
     "MemoryIdempotencyStore",
     "MemoryQueueStore",
+    "Page",
     "PostgresIdempotencyStore",
     "PostgresQueueStore",
+    "QueueStats",
     "SQLiteIdempotencyStore",
     "SQLiteQueueStore",
     "open_stores",
