@@ -30,6 +30,7 @@ import json
 import pstats
 import sqlite3
 import statistics
+import os
 import sys
 import tempfile
 import time
@@ -243,7 +244,7 @@ def main(argv: list[str]) -> None:
                 f"   {alone:>16,.0f} {alone / raw_rate:>7.0%}   {split}"
             )
     if profiler is not None:
-        pstats.Stats(profiler, stream=sys.stdout).sort_stats("tottime").print_stats(30)
+        pstats.Stats(profiler, stream=sys.stdout).sort_stats(os.environ.get("BENCH_SORT", "tottime")).print_stats(int(os.environ.get("BENCH_TOP", "30")))
 
 
 if __name__ == "__main__":

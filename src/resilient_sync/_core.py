@@ -207,7 +207,7 @@ def _safe_classify(classifier: Classifier, exc: Exception) -> ErrorInfo:
         )
 
 
-def _handed(event: Event) -> Event:
+def handed_copy(event: Event) -> Event:
     """The copy a destination or hook receives: changing its payload in place
     cannot change the queued event (as with a durable store)."""
     return Event(
@@ -275,6 +275,9 @@ def delivery_flow(
     ) -> FlowResult:
         if audit:
             audit[-1]["outcome"] = status
+            finished_at = audit[-1]["finished_at"]
+        else:
+            finished_at = env.now()
         records = [
             Attempt(
                 delivery_id=delivery.id,
@@ -290,7 +293,7 @@ def delivery_flow(
                 delivery_id=delivery.id,
                 lease_token=delivery.lease_token,
                 status=status,
-                finished_at=env.now(),
+                finished_at=finished_at,
                 next_attempt_at=next_attempt_at,
                 error=error,
                 result=result,
@@ -351,7 +354,7 @@ def delivery_flow(
             attempt=delivery.attempts,
             lease_expires_at=env.lease_until,
         )
-        outcome = yield Call("deliver", (_handed(event), context))
+        outcome = yield Call("deliver", (event, context))
         if outcome.error is None:
             try:
                 result = check_json(outcome.value, "result")
@@ -371,7 +374,7 @@ def delivery_flow(
 
         if error.category is ErrorCategory.DUPLICATE and env.has_resolve_duplicate:
             started = env.now()
-            hook = yield Call("resolve_duplicate", (_handed(event), outcome.error))
+            hook = yield Call("resolve_duplicate", (handed_copy(event), outcome.error))
             if hook.ok and hook.value is not None:
                 try:
                     linked = check_json(hook.value, "result")
@@ -413,7 +416,7 @@ def delivery_flow(
 
         if error.category is ErrorCategory.DATA_FORMAT and env.has_fix_data and fixes < MAX_FIXES:
             started = env.now()
-            hook = yield Call("fix_data", (_handed(event), outcome.error))
+            hook = yield Call("fix_data", (handed_copy(event), outcome.error))
             fixed: Event | None = None
             if hook.ok and hook.value is not None:
                 try:

@@ -232,6 +232,8 @@ class _BaseDispatcher:
 
     def _destination_updates(self, delivery: Delivery, result: FlowResult) -> list[dict[str, Any]]:
         """``set_destination`` calls a flow's result asks for (pause, hold)."""
+        if not result.pause and result.hold_until is None:
+            return []
         now = self.clock.now()
         updates: list[dict[str, Any]] = []
         if result.pause:
@@ -289,6 +291,8 @@ class _BaseDispatcher:
 
     def _circuit_verdict(self, delivery: Delivery, result: FlowResult) -> FlowResult:
         """Feed the outcome to the circuit; open it (hold the destination) if due."""
+        if self.circuits.settings.get(delivery.destination) is None:
+            return result  # no circuit breaker for this destination
         completion = result.completion
         error = completion.error
         if completion.status is DeliveryStatus.PENDING:
@@ -396,6 +400,11 @@ class _BaseDispatcher:
         )
 
     def _log(self, delivery: Delivery, completion: Completion) -> None:
+        if not logger.isEnabledFor(logging.DEBUG) and (
+            completion.status is DeliveryStatus.SUCCEEDED
+            or completion.status is DeliveryStatus.PENDING
+        ):
+            return  # the common case logs at DEBUG only: skip building its fields
         error = completion.error
         extra = _log_fields(delivery, completion)
         if completion.status is DeliveryStatus.NEEDS_ACTION and error is not None:

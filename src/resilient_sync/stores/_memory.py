@@ -15,6 +15,7 @@ from typing import Any
 
 import attrs
 
+from .._core import handed_copy
 from .._model import (
     Attempt,
     Completion,
@@ -151,7 +152,9 @@ class MemoryQueueStore:
                     updated_at=now,
                 )
                 self._deliveries[d.id] = new
-                claimed.append(new)
+                # hand out a copy, as a durable store hands out fresh rows: a
+                # destination changing the payload in place cannot change the queue
+                claimed.append(attrs.evolve(new, event=handed_copy(new.event)))
             return claimed
 
     def complete(self, completions: Sequence[Completion]) -> builtins.list[bool]:

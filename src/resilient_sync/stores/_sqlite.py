@@ -16,11 +16,15 @@ How the promises are kept:
   accepted and, in WAL mode, gives what ``FULL`` gives (its extra directory
   sync concerns rollback journals).
   Speed comes from batching: a whole claim or completion batch is one
-  commit. One exception, at every level: the idempotency store's *locks*
-  (``begin``/``release``) commit without an fsync, because they only matter
-  while the process holding them lives, and a power loss ends every one of
-  them; the next durable commit (``finish``, ``complete``) makes them
-  durable too, as the WAL is replayed in order.
+  commit. One exception, at every level: the idempotency store's writes
+  (``begin``/``release`` locks and ``finish``) commit without an fsync. A
+  lock only matters while the process holding it lives, and a power loss
+  ends every one of them. A ``finish`` is always followed by the queue's
+  durable ``complete``: on the same file that fsync makes it durable too (the
+  WAL is replayed in order); a power loss in between undoes both, so the
+  delivery is attempted again under the same idempotency key, which is the
+  window no client can close and the destination's key dedupe covers. A
+  killed process loses none of them (the OS still holds the pages).
 - **Several threads and processes.** A store object owns one connection,
   guarded by a lock (the dispatcher calls stores from a thread pool and from
   ``asyncio.to_thread``). Processes share the file: a write waits up to
@@ -1248,10 +1252,12 @@ class SQLiteIdempotencyStore(_SQLiteStore):
 
     Takes the same arguments as :class:`SQLiteQueueStore` and may share its
     file. Each of ``begin``, ``finish`` and ``release`` is one transaction.
-    ``finish`` (a completed key) is durable under the store's
-    ``synchronous`` level; ``begin`` and ``release`` only take and drop
-    in-progress locks, which are worthless after a power loss (every holder
-    died with it), so they commit without waiting for an fsync.
+    None of them waits for an fsync (see the module notes): ``begin`` and
+    ``release`` only take and drop in-progress locks, worthless after a
+    power loss; ``finish`` is made durable by the queue's ``complete`` that
+    the dispatcher commits right after it, and losing both to a power cut
+    leaves the delivery to be attempted again under the same key. A killed
+    process loses nothing.
     """
 
     def begin(
@@ -1292,7 +1298,7 @@ class SQLiteIdempotencyStore(_SQLiteStore):
             return
         expires = _us(expires_at)
         rows = [(key, fp, _dumps(result), expires) for key, fp, result in entries]
-        with self._writing("idempotency finish") as conn:
+        with self._writing("idempotency finish", durable=False) as conn:
             conn.executemany(Q.idempotency_complete, rows)
             conn.executemany(Q.idempotency_unlock, [(key,) for key, _, _ in entries])
 
