@@ -354,7 +354,8 @@ def delivery_flow(
             attempt=delivery.attempts,
             lease_expires_at=env.lease_until,
         )
-        outcome = yield Call("deliver", (event, context))
+        # a corrected event is also what gets stored: hand the destination a copy
+        outcome = yield Call("deliver", (handed_copy(event) if corrected else event, context))
         if outcome.error is None:
             try:
                 result = check_json(outcome.value, "result")
@@ -494,11 +495,15 @@ def _retry_or_park(
             # operator's last re-sync (which gives a fresh budget): look that
             # up only now, on this rare path, in the delivery's audit trail.
             since = yield Call("budget_start", (delivery.id,))
-            if (
-                since.error is None
-                and since.value is not None
-                and since.value > delivery.created_at
-            ):
+            if since.error is not None:
+                error = attrs.evolve(
+                    error,
+                    message=(
+                        f"{error.message} (could not read the audit trail to see whether an "
+                        f"operator re-synced it: {type(since.error).__name__}: {since.error})"
+                    ),
+                )
+            elif since.value is not None and since.value > delivery.created_at:
                 decision = decide(since.value)
         if decision.retry_at is not None:
             extra: dict[str, Any] = {}
@@ -531,7 +536,11 @@ def _retry_or_park(
 def budget_start(records: Sequence[Attempt]) -> datetime | None:
     """When an operator last re-synced a delivery (its audit trail, oldest first)."""
     for record in reversed(records):
-        if record.action in BUDGET_RESETS and record.outcome is DeliveryStatus.PENDING:
+        if (
+            record.action in BUDGET_RESETS
+            and record.outcome is DeliveryStatus.PENDING
+            and record.number == 0  # the action reset the attempts: a fresh budget
+        ):
             return record.finished_at
     return None
 

@@ -45,13 +45,15 @@ from ._model import (
     DeliveryStatus,
     DispatchEvent,
     ErrorCategory,
+    ErrorInfo,
     Event,
     IdempotencyRecord,
     IdempotencyState,
     RunReport,
 )
-from ._policy import RetryPolicy
+from ._policy import RetryPolicy, decide_retry
 from ._protocols import Clock, Destination, IdempotencyStore, QueueStore, Source
+from ._redact import redact
 
 __all__ = ["AsyncDispatcher", "Dispatcher"]
 
@@ -279,6 +281,65 @@ class _BaseDispatcher:
                 }
             )
         return updates
+
+    def _check_begun(self, claimed: Sequence[Delivery], records: Sequence[Any]) -> None:
+        if len(records) != len(claimed):
+            raise StoreError(
+                f"{type(self.idempotency).__name__}.begin returned {len(records)} records "
+                f"for {len(claimed)} keys"
+            )
+
+    def _broken(self, delivery: Delivery, record: IdempotencyRecord, exc: Exception) -> FlowResult:
+        """A bug or a store failure while deciding one delivery (not an error of
+        the destination, which the flow classifies): log it with its traceback,
+        record it on the delivery as UNEXPECTED under the retry policy, and keep
+        the rest of the batch."""
+        logger.error(
+            "internal error while processing delivery %s",
+            delivery.id,
+            exc_info=exc,
+            extra=_log_fields(delivery),
+        )
+        self.circuits.cancel_probe(delivery.destination)
+        now = self.clock.now()
+        error = ErrorInfo(
+            category=ErrorCategory.UNEXPECTED,
+            message=redact(
+                f"internal error while processing the delivery: {type(exc).__name__}: {exc}"
+            ),
+            exception_type=f"{type(exc).__module__}.{type(exc).__qualname__}",
+        )
+        decision = decide_retry(
+            self.retry, attempts=delivery.attempts, created_at=delivery.created_at, now=now
+        )
+        status = DeliveryStatus.RETRY_SCHEDULED
+        if decision.retry_at is None:
+            status = DeliveryStatus.NEEDS_ACTION
+            error = attrs.evolve(error, message=f"{decision.reason}; last error: {error.message}")
+        audit = Attempt(
+            delivery_id=delivery.id,
+            destination=delivery.destination,
+            action="internal_error",
+            actor=f"worker:{self.worker_id}",
+            started_at=now,
+            finished_at=now,
+            number=delivery.attempts,
+            outcome=status,
+            reason=error.message,
+            error=error,
+        )
+        return FlowResult(
+            completion=Completion(
+                delivery_id=delivery.id,
+                lease_token=delivery.lease_token,
+                status=status,
+                finished_at=now,
+                next_attempt_at=decision.retry_at,
+                error=error,
+                audit=(audit,),
+            ),
+            taken=(record.key,) if record.state is IdempotencyState.NEW else (),
+        )
 
     def _halted_result(self, delivery: Delivery, record: IdempotencyRecord) -> FlowResult:
         """Hand back a delivery whose destination stopped earlier in this batch."""
@@ -539,7 +600,13 @@ class Dispatcher(_BaseDispatcher):
             return RunReport()
         lease_until: datetime = args["lease_until"]
         entries = self._idempotency_entries(claimed)
-        records = self.idempotency.begin(entries, now=args["now"], lock_until=lease_until)
+        try:
+            records = self.idempotency.begin(entries, now=args["now"], lock_until=lease_until)
+            self._check_begun(claimed, records)
+        except Exception:
+            # hand the batch back unattempted, so the failure costs no retry budget
+            self.queue.complete([released(d, self.clock.now()) for d in claimed])
+            raise
         envs = self._envs(lease_until)
         halted: dict[str, str] = {}
 
@@ -547,16 +614,20 @@ class Dispatcher(_BaseDispatcher):
             delivery, record = claimed[index], records[index]
             if delivery.destination in halted or not self._circuit_gate(delivery):
                 return self._halted_result(delivery, record)
-            flow = delivery_flow(delivery, record, envs[delivery.destination], entries[index][1])
-            result = self._circuit_verdict(delivery, self._drive(delivery, flow, lease_until))
-            self._apply_destination_effects(delivery, result, halted)
+            try:
+                flow = delivery_flow(
+                    delivery, record, envs[delivery.destination], entries[index][1]
+                )
+                result = self._circuit_verdict(delivery, self._drive(delivery, flow, lease_until))
+            except Exception as exc:  # noqa: BLE001 - recorded on the delivery, logged
+                return self._broken(delivery, record, exc)
+            try:
+                self._apply_destination_effects(delivery, result, halted)
+            except Exception:
+                logger.exception("could not pause or hold destination %s", delivery.destination)
+                self._halt(result, delivery, halted)
             return result
 
-        if len(records) != len(claimed):
-            raise StoreError(
-                f"{type(self.idempotency).__name__}.begin returned {len(records)} records "
-                f"for {len(claimed)} keys"
-            )
         if self.concurrency > 1 and len(claimed) > 1:
             results = list(self._executor().map(one, range(len(claimed))))
         else:
@@ -757,14 +828,16 @@ class AsyncDispatcher(_BaseDispatcher):
             return RunReport()
         lease_until: datetime = args["lease_until"]
         entries = self._idempotency_entries(claimed)
-        records: list[IdempotencyRecord] = await self._io(
-            self.idempotency.begin, entries, now=args["now"], lock_until=lease_until
-        )
-        if len(records) != len(claimed):
-            raise StoreError(
-                f"{type(self.idempotency).__name__}.begin returned {len(records)} records "
-                f"for {len(claimed)} keys"
+        try:
+            records: list[IdempotencyRecord] = await self._io(
+                self.idempotency.begin, entries, now=args["now"], lock_until=lease_until
             )
+            self._check_begun(claimed, records)
+        except Exception:
+            # hand the batch back unattempted, so the failure costs no retry budget
+            now = self.clock.now()
+            await self._io(self.queue.complete, [released(d, now) for d in claimed])
+            raise
         envs = self._envs(lease_until)
         halted: dict[str, str] = {}
         gate = asyncio.Semaphore(self.concurrency)
@@ -774,13 +847,20 @@ class AsyncDispatcher(_BaseDispatcher):
             async with gate:
                 if delivery.destination in halted or not self._circuit_gate(delivery):
                     return self._halted_result(delivery, record)
-                flow = delivery_flow(
-                    delivery, record, envs[delivery.destination], entries[index][1]
-                )
-                result = self._circuit_verdict(
-                    delivery, await self._drive(delivery, flow, lease_until)
-                )
-                await self._apply_destination_effects(delivery, result, halted)
+                try:
+                    flow = delivery_flow(
+                        delivery, record, envs[delivery.destination], entries[index][1]
+                    )
+                    result = self._circuit_verdict(
+                        delivery, await self._drive(delivery, flow, lease_until)
+                    )
+                except Exception as exc:  # noqa: BLE001 - recorded on the delivery, logged
+                    return self._broken(delivery, record, exc)
+                try:
+                    await self._apply_destination_effects(delivery, result, halted)
+                except Exception:
+                    logger.exception("could not pause or hold destination %s", delivery.destination)
+                    self._halt(result, delivery, halted)
                 return result
 
         results = list(await asyncio.gather(*(one(i) for i in range(len(claimed)))))

@@ -32,6 +32,15 @@ _SCALARS = (str, int, bool, type(None))
 def check_json(value: Any, path: str) -> Any:
     """Return a normalised copy of ``value`` (tuples become lists), or raise
     :class:`InvalidEventError` naming the first offending path."""
+    try:
+        return _check(value, path)
+    except RecursionError:
+        raise InvalidEventError(
+            f"{path} is nested too deeply or contains itself (a cycle)", field=path
+        ) from None
+
+
+def _check(value: Any, path: str) -> Any:
     kind = type(value)
     if kind is dict:
         out: dict[str, Any] = {}
@@ -42,10 +51,10 @@ def check_json(value: Any, path: str) -> Any:
             if item_kind is str or item_kind is int or item_kind is bool or item is None:
                 out[key] = item
             else:
-                out[key] = check_json(item, f"{path}.{key}")
+                out[key] = _check(item, f"{path}.{key}")
         return out
     if kind is list or kind is tuple:
-        return [check_json(item, f"{path}[{i}]") for i, item in enumerate(value)]
+        return [_check(item, f"{path}[{i}]") for i, item in enumerate(value)]
     if isinstance(value, _SCALARS):
         return value
     if isinstance(value, float):
@@ -53,9 +62,9 @@ def check_json(value: Any, path: str) -> Any:
             raise InvalidEventError(f"{path} is {value!r}, which JSON cannot represent", field=path)
         return value
     if isinstance(value, Mapping):
-        return check_json(dict(value), path)
+        return _check(dict(value), path)
     if isinstance(value, (list, tuple)):
-        return check_json(list(value), path)
+        return _check(list(value), path)
     raise InvalidEventError(
         f"{path} is a {type(value).__name__} ({_short(value)}), which is not JSON-serialisable",
         field=path,

@@ -189,10 +189,10 @@ class Operator:
         self, ids: str | Iterable[str], actor: str = "operator", note: str | None = None
     ) -> builtins.list[str]:
         """Re-sync now: ``NEEDS_ACTION``, ``RETRY_SCHEDULED`` or ``DISCARDED``
-        deliveries become ``PENDING`` with ``attempts`` reset to 0 (a fresh
-        ``max_attempts`` budget) and the same idempotency key. The policy's
-        ``deadline`` still counts from submission: a delivery older than it
-        gets one attempt per re-sync. Returns the ids that moved."""
+        deliveries become ``PENDING``, due at once (whatever the dispatcher's
+        clock), with the same idempotency key and a fresh retry budget:
+        ``attempts`` reset to 0 and the policy's ``deadline`` counted from
+        this re-sync. Returns the ids that moved."""
         wanted = _ids(ids)
         self._existing(wanted)
         return self.queue.transition(

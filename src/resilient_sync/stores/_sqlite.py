@@ -16,12 +16,13 @@ How the promises are kept:
   accepted and, in WAL mode, gives what ``FULL`` gives (its extra directory
   sync concerns rollback journals).
   Speed comes from batching: a whole claim or completion batch is one
-  commit. One exception, at every level: the idempotency store's writes
-  (``begin``/``release`` locks and ``finish``) commit without an fsync. A
-  lock only matters while the process holding it lives, and a power loss
-  ends every one of them. A ``finish`` is always followed by the queue's
-  durable ``complete``: on the same file that fsync makes it durable too (the
-  WAL is replayed in order); a power loss in between undoes both, so the
+  commit. One exception, at every level: the idempotency store's locks
+  (``begin``/``release``) commit without an fsync, and so does ``finish``
+  when both stores share one file (``open_stores``). A lock only matters
+  while the process holding it lives, and a power loss ends every one of
+  them. A ``finish`` is always followed by the queue's durable ``complete``:
+  on the same file that fsync makes it durable too (the WAL is replayed in
+  order); a power loss in between undoes both, so the
   delivery is attempted again under the same idempotency key, which is the
   window no client can close and the destination's key dedupe covers. A
   killed process loses none of them (the OS still holds the pages).
@@ -408,6 +409,10 @@ class _Database:
         self.busy_timeout = _check_timeout(busy_timeout)
         self.lock = threading.RLock()
         self._conn: sqlite3.Connection | None = None
+        #: True when a queue store and an idempotency store share this file
+        #: (``open_pair``): the queue's durable commits then cover the
+        #: idempotency store's ``finish`` too (one WAL, replayed in order).
+        self.shared_with_queue = False
         self._users = 0
         self._closed = False
         with self.lock:
@@ -735,6 +740,7 @@ def open_pair(
 ) -> tuple[SQLiteQueueStore, SQLiteIdempotencyStore]:
     """Both stores on one file, sharing one connection (what ``open_stores`` returns)."""
     database = _Database(path, synchronous, busy_timeout)
+    database.shared_with_queue = True
     return SQLiteQueueStore._on(database), SQLiteIdempotencyStore._on(database)
 
 
@@ -1252,12 +1258,14 @@ class SQLiteIdempotencyStore(_SQLiteStore):
 
     Takes the same arguments as :class:`SQLiteQueueStore` and may share its
     file. Each of ``begin``, ``finish`` and ``release`` is one transaction.
-    None of them waits for an fsync (see the module notes): ``begin`` and
-    ``release`` only take and drop in-progress locks, worthless after a
-    power loss; ``finish`` is made durable by the queue's ``complete`` that
-    the dispatcher commits right after it, and losing both to a power cut
-    leaves the delivery to be attempted again under the same key. A killed
-    process loses nothing.
+    ``begin`` and ``release`` do not wait for an fsync (see the module
+    notes): they only take and drop in-progress locks, worthless after a
+    power loss. ``finish`` is durable at the store's ``synchronous`` level,
+    except when the store shares its file and connection with the queue
+    store (``open_stores``/``open_pair``): then the queue's ``complete``,
+    which the dispatcher commits right after it, makes it durable too, and
+    losing both to a power cut leaves the delivery to be attempted again
+    under the same key. A killed process loses nothing either way.
     """
 
     def begin(
@@ -1298,7 +1306,10 @@ class SQLiteIdempotencyStore(_SQLiteStore):
             return
         expires = _us(expires_at)
         rows = [(key, fp, _dumps(result), expires) for key, fp, result in entries]
-        with self._writing("idempotency finish", durable=False) as conn:
+        # Without its own fsync only when the queue shares the file (open_pair):
+        # the dispatcher's durable ``complete`` right after it covers it then.
+        durable = not self._db.shared_with_queue
+        with self._writing("idempotency finish", durable=durable) as conn:
             conn.executemany(Q.idempotency_complete, rows)
             conn.executemany(Q.idempotency_unlock, [(key,) for key, _, _ in entries])
 
