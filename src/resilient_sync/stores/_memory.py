@@ -102,6 +102,13 @@ class MemoryQueueStore:
         with self._lock:
             wanted = set(destinations) if destinations is not None else None
             heads: set[tuple[str, str]] = set()
+            # a key with a delivery in flight (even an expired one) hands out
+            # nothing else: the in-flight one is reclaimed first
+            in_flight = {
+                (d.destination, d.ordering_key)
+                for d in (self._deliveries[i] for i in self._open)
+                if d.status is DeliveryStatus.IN_FLIGHT and d.ordering_key is not None
+            }
             claimed: builtins.list[Delivery] = []
             for delivery_id in list(self._open):
                 if len(claimed) >= limit:
@@ -109,9 +116,10 @@ class MemoryQueueStore:
                 d = self._deliveries[delivery_id]
                 if d.ordering_key is not None:
                     ident = (d.destination, d.ordering_key)
-                    if ident in heads:
-                        continue  # an older delivery of this key is not final yet
+                    behind = ident in heads  # an older delivery of this key is not final
                     heads.add(ident)
+                    if d.status is not DeliveryStatus.IN_FLIGHT and (behind or ident in in_flight):
+                        continue
                 if wanted is not None and d.destination not in wanted:
                     continue
                 if self._blocked(d.destination, now):

@@ -719,6 +719,48 @@ class QueueStoreContract:
         assert self.ids(self.claim(store, clock, worker="w1")) == ["a1"]
         assert self.claim(store, clock, worker="w2") == []
 
+    def test_a_revived_older_delivery_waits_for_the_in_flight_one_of_its_key(
+        self, store: QueueStore, clock: FakeClock
+    ) -> None:
+        """An operator revives a discarded older delivery while a newer one of
+        its key is in flight: the older waits (never two of a key in flight);
+        the in-flight one is reclaimed when its lease expires."""
+        a1, _a2 = self.enqueue(
+            store, make_delivery("a1", ordering_key="A"), make_delivery("a2", ordering_key="A")
+        )
+        (claimed_a1,) = self.claim(store, clock)
+        store.complete([self.outcome(claimed_a1, clock, NEEDS_ACTION, error=_error())])
+        audit = Attempt(
+            delivery_id=None,
+            destination="",
+            action="discard",
+            actor="ops",
+            started_at=clock.now(),
+            finished_at=clock.now(),
+        )
+        store.transition(
+            [a1.id], from_status=[NEEDS_ACTION], to_status=DISCARDED, audit=audit, now=clock.now()
+        )
+        (claimed_a2,) = self.claim(store, clock)
+        assert claimed_a2.event.id == "a2"
+        revive = Attempt(
+            delivery_id=None,
+            destination="",
+            action="retry",
+            actor="ops",
+            started_at=clock.now(),
+            finished_at=clock.now(),
+        )
+        store.transition(
+            [a1.id], from_status=[DISCARDED], to_status=PENDING, audit=revive, now=clock.now()
+        )
+        assert self.claim(store, clock) == []  # a2 is in flight: a1 waits
+        clock.advance(LEASE)
+        (reclaimed,) = self.claim(store, clock)  # a2 again, not a deadlock
+        assert reclaimed.event.id == "a2"
+        assert store.complete([self.outcome(reclaimed, clock)]) == [True]
+        assert self.ids(self.claim(store, clock)) == ["a1"]
+
     # -- destinations --------------------------------------------------------
 
     def test_a_paused_destination_is_skipped_until_resumed(

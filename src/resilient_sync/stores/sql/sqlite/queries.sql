@@ -55,13 +55,22 @@ WHERE d.due_at IS NOT NULL
   AND d.destination NOT IN (
       SELECT name FROM resilient_sync_destinations
       WHERE paused = 1 OR hold_until > :now)
-  AND (d.ordering_key IS NULL OR NOT EXISTS (
-      SELECT 1 FROM resilient_sync_deliveries AS o
-      WHERE o.destination = d.destination
-        AND o.ordering_key = d.ordering_key
-        AND o.seq < d.seq
-        AND o.ordering_key IS NOT NULL
-        AND o.status IN ('pending', 'in_flight', 'retry_scheduled', 'needs_action')))
+  AND (d.ordering_key IS NULL
+       -- an expired in-flight delivery holds its key: it may always be reclaimed
+       OR d.status = 'in_flight'
+       OR (NOT EXISTS (  -- an older unfinished delivery of the key
+               SELECT 1 FROM resilient_sync_deliveries AS o
+               WHERE o.destination = d.destination
+                 AND o.ordering_key = d.ordering_key
+                 AND o.seq < d.seq
+                 AND o.ordering_key IS NOT NULL
+                 AND o.status IN ('pending', 'in_flight', 'retry_scheduled', 'needs_action'))
+           AND NOT EXISTS (  -- another delivery of the key in flight, even if expired
+               SELECT 1 FROM resilient_sync_deliveries AS f
+               WHERE f.destination = d.destination
+                 AND f.ordering_key = d.ordering_key
+                 AND f.ordering_key IS NOT NULL
+                 AND f.status = 'in_flight')))
 ORDER BY d.seq
 LIMIT :limit;
 
