@@ -102,3 +102,37 @@ def test_a_failed_pause_is_logged_and_the_outcomes_are_kept(
     assert (report.needs_action, report.released) == (1, 1)  # second waits, not lost
     assert pos.applied == []
     assert any("could not pause" in r.getMessage() for r in caplog.records)
+
+
+class Unprintable:
+    def __repr__(self) -> str:
+        raise RuntimeError("repr is broken")
+
+
+class ReturnsUnprintable:
+    name = "pos"
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def deliver(self, event: Event, context: DeliveryContext) -> Any:
+        self.calls.append(event.id)
+        return Unprintable() if event.id == "odd" else {"id": event.id}
+
+
+def test_an_internal_failure_on_one_delivery_keeps_the_rest_of_the_batch(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    queue = MemoryQueueStore()
+    pos = ReturnsUnprintable()
+    dispatcher = Dispatcher(queue, MemoryIdempotencyStore(), [pos], clock=FakeClock())
+    dispatcher.submit_many([Event("odd", "t", {}), Event("fine", "t", {})])
+    with caplog.at_level(logging.ERROR, logger="resilient_sync"):
+        report = dispatcher.run_once()  # does not raise
+    assert (report.succeeded, report.retry_scheduled) == (1, 1)
+    odd = next(d for d in queue.list().items if d.event.id == "odd")
+    assert odd.status is DeliveryStatus.RETRY_SCHEDULED
+    assert odd.last_error is not None
+    assert "internal error" in odd.last_error.message
+    assert queue.attempts(odd.id)[-1].action == "internal_error"
+    assert any("internal error" in r.getMessage() for r in caplog.records)

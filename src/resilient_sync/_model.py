@@ -214,7 +214,9 @@ class Attempt:
         action: ``"deliver"``, ``"resolve_duplicate"``, ``"fix_data"``,
             ``"replay"`` (already done per the idempotency store),
             ``"lease_expired"``, ``"give_up"`` (the budget went on claims
-            whose worker crashed; not attempted again); on a destination
+            whose worker crashed; not attempted again), ``"internal_error"``
+            (a failure outside the destination, e.g. a store or a bug,
+            retried under the policy); on a destination
             (``delivery_id`` None),
             ``"pause"``, ``"rate_limited"`` or ``"circuit_open"`` by the
             dispatcher; or an operator action (``"retry"``, ``"resolve"``,
