@@ -710,7 +710,7 @@ class Dispatcher(_BaseDispatcher):
         if finish:
             self.idempotency.finish(finish, now=now, expires_at=now + self.idempotency_ttl)
         if release:
-            self.idempotency.release(release)
+            self.idempotency.release(release, locked_until=claimed[0].lease_expires_at)
         applied = self.queue.complete(completions)
         report, needs_action = self._report(claimed, results, applied)
         self._escalate(needs_action)
@@ -923,7 +923,9 @@ class AsyncDispatcher(_BaseDispatcher):
                 self.idempotency.finish, finish, now=now, expires_at=now + self.idempotency_ttl
             )
         if release:
-            await self._io(self.idempotency.release, release)
+            await self._io(
+                self.idempotency.release, release, locked_until=claimed[0].lease_expires_at
+            )
         applied: list[bool] = await self._io(self.queue.complete, completions)
         report, needs_action = self._report(claimed, results, applied)
         await self._escalate(needs_action)

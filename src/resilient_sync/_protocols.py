@@ -305,8 +305,13 @@ class IdempotencyStore(Protocol):
         """Mark each ``(key, fingerprint, result)`` completed until ``expires_at``."""
         ...
 
-    def release(self, keys: Sequence[str]) -> None:
-        """Forget in-progress keys (the attempt failed); completed keys stay."""
+    def release(self, keys: Sequence[str], *, locked_until: datetime | None = None) -> None:
+        """Forget in-progress keys (the attempt failed); completed keys stay.
+
+        With ``locked_until``, only locks taken with that ``lock_until`` are
+        dropped: a worker that stalled past its lease releases its own locks,
+        never those of the worker that took over.
+        """
         ...
 
     def get(self, key: str, *, now: datetime) -> IdempotencyRecord | None:

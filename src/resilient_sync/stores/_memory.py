@@ -439,11 +439,15 @@ class MemoryIdempotencyStore:
                     expires_at=expires_at,
                 )
 
-    def release(self, keys: Sequence[str]) -> None:
+    def release(self, keys: Sequence[str], *, locked_until: datetime | None = None) -> None:
         with self._lock:
             for key in keys:
                 rec = self._records.get(key)
-                if rec is not None and rec.state is IdempotencyState.IN_PROGRESS:
+                if (
+                    rec is not None
+                    and rec.state is IdempotencyState.IN_PROGRESS
+                    and (locked_until is None or rec.locked_until == locked_until)
+                ):
                     del self._records[key]
 
     def get(self, key: str, *, now: datetime) -> IdempotencyRecord | None:

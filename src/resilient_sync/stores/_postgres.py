@@ -1167,14 +1167,17 @@ class PostgresIdempotencyStore(_PostgresBase):
 
         self._run("finish idempotency keys", write, atomic=False)
 
-    def release(self, keys: Sequence[str]) -> None:
+    def release(self, keys: Sequence[str], *, locked_until: datetime | None = None) -> None:
         """See :meth:`resilient_sync.IdempotencyStore.release`."""
         unique = sorted(set(keys))
         if not unique:
             return
 
         def forget(conn: Connection) -> None:
-            self._cursor(conn).execute(self._queries["idempotency_release"], {"keys": unique})
+            self._cursor(conn).execute(
+                self._queries["idempotency_release"],
+                {"keys": unique, "locked_until": locked_until},
+            )
 
         self._run("release idempotency keys", forget, atomic=False)
 

@@ -1313,12 +1313,13 @@ class SQLiteIdempotencyStore(_SQLiteStore):
             conn.executemany(Q.idempotency_complete, rows)
             conn.executemany(Q.idempotency_unlock, [(key,) for key, _, _ in entries])
 
-    def release(self, keys: Sequence[str]) -> None:
+    def release(self, keys: Sequence[str], *, locked_until: datetime | None = None) -> None:
         """See :meth:`IdempotencyStore.release`."""
         if not keys:
             return
+        until = _us(locked_until)
         with self._writing("idempotency release", durable=False) as conn:
-            conn.executemany(Q.idempotency_unlock, [(key,) for key in keys])
+            conn.executemany(Q.idempotency_release, [(key, until) for key in keys])
 
     def get(self, key: str, *, now: datetime) -> IdempotencyRecord | None:
         """See :meth:`IdempotencyStore.get`."""

@@ -1270,6 +1270,20 @@ class IdempotencyStoreContract:
         assert self.begin(store, clock, ("held", "fp")) == [self.NEW]
         assert self.begin(store, clock, ("done", "fp")) == [self.COMPLETED]
 
+    def test_release_drops_only_the_releasing_workers_lock(
+        self, store: IdempotencyStore, clock: FakeClock
+    ) -> None:
+        """A worker that stalled past its lock releases with its own
+        ``locked_until``: the lock another worker took since stays."""
+        first_until = clock.now() + LEASE
+        store.begin([("key", "fp")], now=clock.now(), lock_until=first_until)
+        clock.advance(LEASE)  # the first lock expires; a second worker takes the key
+        assert self.begin(store, clock, ("key", "fp")) == [self.NEW]
+        store.release(["key"], locked_until=first_until)  # the stalled worker gives up
+        assert self.begin(store, clock, ("key", "fp")) == [self.IN_PROGRESS]
+        store.release(["key"], locked_until=clock.now() + LEASE)  # the holder releases
+        assert self.begin(store, clock, ("key", "fp")) == [self.NEW]
+
     def test_begin_answers_per_entry_in_one_call(
         self, store: IdempotencyStore, clock: FakeClock
     ) -> None:

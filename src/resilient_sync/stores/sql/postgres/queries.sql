@@ -392,8 +392,10 @@ ON CONFLICT (key) DO UPDATE SET
     holder = NULL;
 
 -- name: idempotency_release
+-- locked_until: the lock_until the releasing worker took the locks with (NULL: any holder)
 DELETE FROM {schema}.idempotency_keys
-WHERE key = ANY(%(keys)b::text[]) AND state = 'in_progress';
+WHERE key = ANY(%(keys)b::text[]) AND state = 'in_progress'
+  AND (%(locked_until)s::timestamptz IS NULL OR locked_until = %(locked_until)s::timestamptz);
 
 -- name: idempotency_get
 SELECT key, state, fingerprint, result::text, locked_until, expires_at

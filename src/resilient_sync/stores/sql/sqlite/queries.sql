@@ -258,3 +258,8 @@ VALUES (?1, ?2, ?3, ?4);
 
 -- name: idempotency_unlock
 DELETE FROM resilient_sync_idempotency_locks WHERE key = ?1;
+
+-- name: idempotency_release
+-- ?2: the lock_until the releasing worker took the lock with (NULL: any holder)
+DELETE FROM resilient_sync_idempotency_locks
+WHERE key = ?1 AND (?2 IS NULL OR locked_until = ?2);
