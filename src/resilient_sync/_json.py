@@ -142,9 +142,14 @@ def fingerprint(event: Event) -> str:
     return hashlib.sha256(body.encode()).hexdigest()
 
 
+#: Compact JSON for stored values (payload keys keep their order).
+_STORE_ENCODE = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
+_STORE_DECODE = json.JSONDecoder().decode
+
+
 def event_to_json(event: Event) -> str:
-    """Serialise an event for a store."""
-    return canonical_dumps(
+    """Serialise an event for a store (compact; payload keys in their order)."""
+    return _STORE_ENCODE(
         {
             "id": event.id,
             "type": event.type,
@@ -159,16 +164,16 @@ def event_to_json(event: Event) -> str:
 
 def event_from_json(text: str | bytes) -> Event:
     """Inverse of :func:`event_to_json`."""
-    data = json.loads(text)
+    data = _STORE_DECODE(text if isinstance(text, str) else text.decode())
     occurred = data.get("occurred_at")
     return Event(
-        id=data["id"],
-        type=data["type"],
-        payload=data["payload"],
-        ordering_key=data.get("ordering_key"),
-        idempotency_key=data.get("idempotency_key"),
-        occurred_at=datetime.fromisoformat(occurred) if occurred else None,
-        metadata=data.get("metadata") or {},
+        data["id"],
+        data["type"],
+        data["payload"],
+        data.get("ordering_key"),
+        data.get("idempotency_key"),
+        datetime.fromisoformat(occurred) if occurred else None,
+        data.get("metadata") or {},
     )
 
 
@@ -176,7 +181,7 @@ def error_to_json(error: ErrorInfo | None) -> str | None:
     """Serialise an :class:`ErrorInfo` for a store."""
     if error is None:
         return None
-    return canonical_dumps(
+    return _STORE_ENCODE(
         {
             "category": error.category.value,
             "message": error.message,

@@ -66,7 +66,7 @@ import attrs
 from typing_extensions import Self
 
 from .._errors import StoreError
-from .._json import error_from_json
+from .._json import error_from_json, error_to_json, event_from_json, event_to_json
 from .._model import (
     Attempt,
     Completion,
@@ -224,56 +224,6 @@ def _dumps(value: Any) -> str | None:
     return None if value is None else _ENCODE(value)
 
 
-def _event_json(event: Event) -> str:
-    """The JSON of an event (the shape of ``event_to_json``, payload keys in
-    their given order)."""
-    occurred = event.occurred_at
-    return _ENCODE(
-        {
-            "id": event.id,
-            "type": event.type,
-            "payload": event.payload,
-            "ordering_key": event.ordering_key,
-            "idempotency_key": event.idempotency_key,
-            "occurred_at": occurred.isoformat() if occurred is not None else None,
-            "metadata": dict(event.metadata),
-        }
-    )
-
-
-_DECODE = json.JSONDecoder().decode
-
-
-def _event(text: str) -> Event:
-    """Inverse of :func:`_event_json` (also reads ``event_to_json``'s output)."""
-    data = _DECODE(text)
-    occurred = data.get("occurred_at")
-    return Event(
-        data["id"],
-        data["type"],
-        data["payload"],
-        data.get("ordering_key"),
-        data.get("idempotency_key"),
-        datetime.fromisoformat(occurred) if occurred else None,
-        data.get("metadata") or {},
-    )
-
-
-def _error_json(error: ErrorInfo | None) -> str | None:
-    """The JSON of an error (the shape of ``error_to_json``)."""
-    if error is None:
-        return None
-    return _ENCODE(
-        {
-            "category": error.category.value,
-            "message": error.message,
-            "field": error.field,
-            "exception_type": error.exception_type,
-            "retry_after": error.retry_after,
-        }
-    )
-
-
 def _loads(text: str | None) -> Any:
     return None if text is None else json.loads(text)
 
@@ -291,7 +241,7 @@ def _delivery(row: Sequence[Any]) -> Delivery:
     return Delivery(
         seq=row[0],
         id=row[1],
-        event=_event(row[2]),
+        event=event_from_json(row[2]),
         destination=row[3],
         status=_STATUS[row[4]],
         idempotency_key=row[5],
@@ -318,7 +268,7 @@ def _audit_row(record: Attempt) -> tuple[Any, ...]:
         record.number,
         record.outcome.value if record.outcome is not None else None,
         record.reason,
-        _error_json(record.error),
+        error_to_json(record.error),
         _dumps(dict(record.details)) if record.details else None,
     )
 
@@ -756,13 +706,13 @@ def _insert_row(d: Delivery) -> tuple[Any, ...]:
         event.id,
         d.destination,
         event.ordering_key,
-        _event_json(event),
+        event_to_json(event),
         d.status.value,
         d.idempotency_key,
         d.attempts,
         next_at,
         _due_at(d.status, next_at, lease),
-        _error_json(d.last_error),
+        error_to_json(d.last_error),
         _category(d.last_error),
         _dumps(d.result),
         _us(d.created_at),
@@ -839,7 +789,7 @@ def _claimed(
     return Delivery(
         seq=row[0],
         id=row[1],
-        event=_event(row[2]),
+        event=event_from_json(row[2]),
         destination=row[3],
         status=DeliveryStatus.IN_FLIGHT,
         idempotency_key=row[5],
@@ -862,10 +812,10 @@ def _completion_row(c: Completion) -> tuple[Any, ...]:
         c.status.value,
         next_at,
         _due_at(c.status, next_at, None),
-        _error_json(c.error),
+        error_to_json(c.error),
         _category(c.error),
         _dumps(c.result) if c.status is DeliveryStatus.SUCCEEDED else None,
-        _event_json(event) if event is not None else None,
+        event_to_json(event) if event is not None else None,
         event.ordering_key if event is not None else None,
         c.idempotency_key or None,
         0 if c.count_attempt else 1,
@@ -1069,7 +1019,7 @@ class SQLiteQueueStore(_SQLiteStore):
                         next_us,
                         _due_at(to_status, next_us, None),
                         new.attempts,
-                        _event_json(new.event),
+                        event_to_json(new.event),
                         new.event.ordering_key,
                         new.idempotency_key,
                         now_us,
