@@ -36,6 +36,7 @@ from ._model import (
     IdempotencyState,
 )
 from ._policy import RetryDecision, RetryPolicy, decide_retry, is_retryable
+from ._redact import redact
 
 __all__ = [
     "Call",
@@ -531,6 +532,58 @@ def _retry_or_park(
             pause=f"permission denied: {error.message}",
         )
     return done(DeliveryStatus.NEEDS_ACTION, error=error)
+
+
+def internal_failure(
+    delivery: Delivery,
+    record: IdempotencyRecord,
+    exc: Exception,
+    *,
+    policy: RetryPolicy,
+    now: datetime,
+    actor: str,
+) -> FlowResult:
+    """The outcome of a failure outside the destination (a store, a bug) while
+    deciding one delivery: UNEXPECTED under the retry policy, audited as
+    ``"internal_error"``; the idempotency key is released if it was taken."""
+    error = ErrorInfo(
+        category=ErrorCategory.UNEXPECTED,
+        message=redact(
+            f"internal error while processing the delivery: {type(exc).__name__}: {exc}"
+        ),
+        exception_type=f"{type(exc).__module__}.{type(exc).__qualname__}",
+    )
+    decision = decide_retry(
+        policy, attempts=delivery.attempts, created_at=delivery.created_at, now=now
+    )
+    status = DeliveryStatus.RETRY_SCHEDULED
+    if decision.retry_at is None:
+        status = DeliveryStatus.NEEDS_ACTION
+        error = attrs.evolve(error, message=f"{decision.reason}; last error: {error.message}")
+    audit = Attempt(
+        delivery_id=delivery.id,
+        destination=delivery.destination,
+        action="internal_error",
+        actor=actor,
+        started_at=now,
+        finished_at=now,
+        number=delivery.attempts,
+        outcome=status,
+        reason=error.message,
+        error=error,
+    )
+    return FlowResult(
+        completion=Completion(
+            delivery_id=delivery.id,
+            lease_token=delivery.lease_token,
+            status=status,
+            finished_at=now,
+            next_attempt_at=decision.retry_at,
+            error=error,
+            audit=(audit,),
+        ),
+        taken=(record.key,) if record.state is IdempotencyState.NEW else (),
+    )
 
 
 def budget_start(records: Sequence[Attempt]) -> datetime | None:

@@ -32,6 +32,7 @@ from ._core import (
     Outcome,
     budget_start,
     delivery_flow,
+    internal_failure,
     new_delivery,
     released,
     store_key,
@@ -45,15 +46,13 @@ from ._model import (
     DeliveryStatus,
     DispatchEvent,
     ErrorCategory,
-    ErrorInfo,
     Event,
     IdempotencyRecord,
     IdempotencyState,
     RunReport,
 )
-from ._policy import RetryPolicy, decide_retry
+from ._policy import RetryPolicy
 from ._protocols import Clock, Destination, IdempotencyStore, QueueStore, Source
-from ._redact import redact
 
 __all__ = ["AsyncDispatcher", "Dispatcher"]
 
@@ -301,44 +300,13 @@ class _BaseDispatcher:
             extra=_log_fields(delivery),
         )
         self.circuits.cancel_probe(delivery.destination)
-        now = self.clock.now()
-        error = ErrorInfo(
-            category=ErrorCategory.UNEXPECTED,
-            message=redact(
-                f"internal error while processing the delivery: {type(exc).__name__}: {exc}"
-            ),
-            exception_type=f"{type(exc).__module__}.{type(exc).__qualname__}",
-        )
-        decision = decide_retry(
-            self.retry, attempts=delivery.attempts, created_at=delivery.created_at, now=now
-        )
-        status = DeliveryStatus.RETRY_SCHEDULED
-        if decision.retry_at is None:
-            status = DeliveryStatus.NEEDS_ACTION
-            error = attrs.evolve(error, message=f"{decision.reason}; last error: {error.message}")
-        audit = Attempt(
-            delivery_id=delivery.id,
-            destination=delivery.destination,
-            action="internal_error",
+        return internal_failure(
+            delivery,
+            record,
+            exc,
+            policy=self.retry,
+            now=self.clock.now(),
             actor=f"worker:{self.worker_id}",
-            started_at=now,
-            finished_at=now,
-            number=delivery.attempts,
-            outcome=status,
-            reason=error.message,
-            error=error,
-        )
-        return FlowResult(
-            completion=Completion(
-                delivery_id=delivery.id,
-                lease_token=delivery.lease_token,
-                status=status,
-                finished_at=now,
-                next_attempt_at=decision.retry_at,
-                error=error,
-                audit=(audit,),
-            ),
-            taken=(record.key,) if record.state is IdempotencyState.NEW else (),
         )
 
     def _halted_result(self, delivery: Delivery, record: IdempotencyRecord) -> FlowResult:
