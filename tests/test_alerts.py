@@ -201,7 +201,7 @@ def test_error_rate_over_a_window() -> None:
 
 def test_oldest_waiting_delivery() -> None:
     w = World(rules=[OldestWaitingRule(max_age=timedelta(hours=1))])
-    w.operator.pause("pos", reason="maintenance", actor="ada")
+    w.operator.pause("pos", note="maintenance", actor="ada")
     w.submit("c1", "c2")
     assert w.check() == []
     w.clock.advance(timedelta(hours=1, minutes=1))

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import copy
+import logging
 import threading
 from collections.abc import Sequence
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -84,23 +86,31 @@ def test_run_until_idle_max_batches() -> None:
     assert h.dispatcher.run_until_idle(max_batches=2).succeeded == 2
 
 
-def test_a_non_json_result_is_stored_as_its_repr_and_explained() -> None:
+def test_a_non_json_result_is_stored_as_text_at_its_path_explained_and_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # submit() refuses a Decimal; a result cannot be refused (the effect happened),
+    # so the same rule decides what is not JSON, and the change is said out loud
     class Pos:
         name = "pos"
 
         def deliver(self, e: Event, context: DeliveryContext) -> Any:
-            return {"when": object()}
+            return {"id": "C-1", "amount": Decimal("12.50")}
 
     h = harness(Pos())
     h.dispatcher.submit(event("e1"))
-    h.dispatcher.run_until_idle()
+    with caplog.at_level(logging.WARNING, logger="resilient_sync"):
+        h.dispatcher.run_until_idle()
     d = h.delivery("e1")
     assert d.status is DeliveryStatus.SUCCEEDED  # the effect happened: never redo it
-    assert isinstance(d.result, str)
-    assert "object" in d.result
+    assert d.result == {"id": "C-1", "amount": "12.50"}
     reason = h.audit("e1")[-1].reason
     assert reason is not None
-    assert "result.when" in reason
+    assert "result.amount" in reason
+    assert "Decimal" in reason
+    assert any("result.amount" in r.getMessage() for r in caplog.records)
+    with pytest.raises(InvalidEventError, match=r"payload\.amount is a Decimal"):
+        h.dispatcher.submit(Event("e2", "t", {"amount": Decimal("12.50")}))
 
 
 def _run_forever_in_thread(dispatcher: Dispatcher, stop: threading.Event) -> list[RunReport]:

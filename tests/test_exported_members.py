@@ -43,8 +43,10 @@ EXTRAS = {
     "DeliveryNotFoundError",
     "DispatchEvent",
     "ErrorInfo",
+    "Producer",
     "RunReport",
     "StoreError",
+    "Submitted",
     "SystemClock",
     "__version__",
 }

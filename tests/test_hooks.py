@@ -16,6 +16,8 @@ from resilient_sync import (
     DuplicateError,
     ErrorCategory,
     Event,
+    MappingError,
+    RetryableError,
 )
 
 
@@ -57,7 +59,9 @@ def test_resolve_duplicate_links_to_the_existing_record_and_succeeds() -> None:
     actions = [(a.action, a.outcome) for a in h.audit("c1")]
     assert actions[-1] == ("resolve_duplicate", DeliveryStatus.SUCCEEDED)
     linked = h.audit("c1")[-1]
-    assert linked.details["result"] == {"remote_id": "pos-42"}
+    # the result is stored once, on the delivery; the audit names it in the reason
+    assert "pos-42" in (linked.reason or "")
+    assert "result" not in linked.details
     assert linked.reason is not None
     assert "linked" in linked.reason
     # never attempted again
@@ -256,3 +260,70 @@ def test_fix_data_may_correct_the_event_it_was_given_in_place() -> None:
     fix = next(a for a in h.audit("c1") if a.action == "fix_data")
     assert fix.details["before"] == {"payload.phone": "555 0101"}
     assert fix.details["after"] == {"payload.phone": "+15550101"}
+
+
+class LooksFirst:
+    """A POS that never reports duplicates (Stripe-like); finds customers by e-mail."""
+
+    name = "pos"
+
+    def __init__(self, existing: dict[str, str], lookup_error: Exception | None = None) -> None:
+        self.existing = existing
+        self.lookup_error = lookup_error
+        self.created: list[str] = []
+        self.lookups: list[tuple[str, str]] = []
+
+    def find_existing(self, event: Event, context: DeliveryContext) -> Any:
+        self.lookups.append((event.id, context.idempotency_key))
+        if self.lookup_error is not None:
+            raise self.lookup_error
+        found = self.existing.get(event.payload["email"])
+        return {"pos_customer_id": found} if found else None
+
+    def deliver(self, event: Event, context: DeliveryContext) -> Any:
+        self.created.append(event.id)
+        self.existing[event.payload["email"]] = f"C-{event.id}"
+        return {"pos_customer_id": f"C-{event.id}"}
+
+
+def test_find_existing_links_instead_of_creating_a_second_record() -> None:
+    pos = LooksFirst({"ada@example.com": "C-old"})
+    h = harness(pos)
+    h.dispatcher.submit(Event("web-1", "customer.created", {"email": "ada@example.com"}))
+    h.dispatcher.submit(Event("web-2", "customer.created", {"email": "bob@example.com"}))
+    h.drain()
+    assert pos.created == ["web-2"]  # ada was linked, not created twice
+    ada = h.delivery("web-1")
+    assert ada.status is DeliveryStatus.SUCCEEDED
+    assert ada.result == {"pos_customer_id": "C-old"}
+    actions = [(a.action, a.outcome) for a in h.audit("web-1")]
+    assert actions == [("find_existing", DeliveryStatus.SUCCEEDED)]
+    assert "C-old" in (h.audit("web-1")[0].reason or "")
+    assert [a.action for a in h.audit("web-2")] == ["find_existing", "deliver"]
+    # a second event of the same person (another event id, another key) links too
+    h.dispatcher.submit(Event("web-3", "customer.created", {"email": "bob@example.com"}))
+    h.drain()
+    assert pos.created == ["web-2"]
+    assert h.delivery("web-3").result == {"pos_customer_id": "C-web-2"}
+
+
+@pytest.mark.parametrize(
+    ("error", "status"),
+    [
+        (RetryableError("search API down"), DeliveryStatus.RETRY_SCHEDULED),
+        (MappingError("no customer search for this tenant"), DeliveryStatus.NEEDS_ACTION),
+    ],
+)
+def test_a_failing_lookup_is_classified_like_a_failed_attempt(
+    error: Exception, status: DeliveryStatus
+) -> None:
+    pos = LooksFirst({}, lookup_error=error)
+    h = harness(pos)
+    h.dispatcher.submit(Event("web-1", "customer.created", {"email": "ada@example.com"}))
+    h.dispatcher.run_once()
+    d = h.delivery("web-1")
+    assert d.status is status
+    assert pos.created == []  # nothing created without looking first
+    assert d.last_error is not None
+    assert d.last_error.message.startswith("find_existing failed")
+    assert h.audit("web-1")[-1].action == "find_existing"

@@ -154,7 +154,7 @@ def test_resolve_and_discard_are_final_and_audited_with_the_actor() -> None:
     h, pos, _ = populated()
     m1, m2 = h.delivery("map1").id, h.delivery("map2").id
     assert h.operator.resolve([m1], note="created by hand in the POS", actor="carol") == [m1]
-    assert h.operator.discard(m2, reason="test order", actor="dave") == [m2]
+    assert h.operator.discard(m2, note="test order", actor="dave") == [m2]
     h.drain()
     assert h.status("map1") is DeliveryStatus.RESOLVED
     assert h.status("map2") is DeliveryStatus.DISCARDED
@@ -255,7 +255,7 @@ def test_error_trend_counts_failures_per_bucket_and_category() -> None:
 def test_pause_and_resume_a_destination() -> None:
     pos = Scripted("pos")
     h = harness(pos)
-    state = h.operator.pause("pos", reason="POS maintenance", actor="frank")
+    state = h.operator.pause("pos", note="POS maintenance", actor="frank")
     assert state.paused
     assert state.paused_reason == "POS maintenance"
     h.dispatcher.submit(event("e1"))

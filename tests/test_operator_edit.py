@@ -154,7 +154,7 @@ def test_paths_and_edits() -> None:
     assert parse_path("lines[2].sku") == ["lines", 2, "sku"]
     assert parse_path("payload.customer.phone") == ["customer", "phone"]
     payload = {"lines": [{"sku": "A"}, {"sku": "B"}], "n": 1}
-    result = apply_edits(payload, {"lines[1].sku": "C", "note": "new"}, remove=["n"])
+    result = apply_edits(payload, {"lines[1].sku": "C"}, remove=["n"], add={"note": "new"})
     assert result.payload == {"lines": [{"sku": "A"}, {"sku": "C"}], "note": "new"}
     assert payload == {"lines": [{"sku": "A"}, {"sku": "B"}], "n": 1}  # untouched
     assert result.before == {"payload.lines[1].sku": "B", "payload.note": None, "payload.n": 1}

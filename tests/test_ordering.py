@@ -86,7 +86,7 @@ def test_the_key_moves_on_once_the_operator_handles_the_head(action: str) -> Non
     if action == "resolve":
         assert h.operator.resolve(head, note="created by hand", actor="alice") == [head]
     elif action == "discard":
-        assert h.operator.discard(head, reason="test order", actor="alice") == [head]
+        assert h.operator.discard(head, note="test order", actor="alice") == [head]
     else:
         assert h.operator.retry(head, actor="alice") == [head]
     h.drain()

@@ -2,7 +2,7 @@
 
 Durable queues, safe retries with backoff, idempotency, a clear split between
 "retry later" and "a person must act", an operator queue and an audit trail.
-See ``docs/`` and DESIGN.md for the promises.
+See ``docs/`` (start with ``docs/concepts/promises.md``) for the promises.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ from ._model import (
 from ._operator import Operator
 from ._policy import RetryPolicy
 from ._protocols import Destination, IdempotencyStore, QueueStore, Source
+from ._submit import Producer, Submitted
 from ._version import __version__
 
 __all__ = [
@@ -61,6 +62,7 @@ __all__ = [
     "MappingError",
     "Operator",
     "PermissionDeniedError",
+    "Producer",
     "QueueStore",
     "RateLimitedError",
     "RetryPolicy",
@@ -68,6 +70,7 @@ __all__ = [
     "RunReport",
     "Source",
     "StoreError",
+    "Submitted",
     "SyncError",
     "SystemClock",
     "__version__",

@@ -20,13 +20,14 @@ import httpx
 
 from ._errors import SyncError
 from ._model import ErrorCategory, ErrorInfo
-from ._redact import redact
+from ._text import clean, clean_retry_after, one_line, safe_str
 
 __all__ = [
     "Classifier",
     "Rule",
     "category_for_status",
     "classify",
+    "clean_error",
     "parse_retry_after",
 ]
 
@@ -37,7 +38,8 @@ _MAX_MESSAGE = 2_000
 
 
 def category_for_status(status_code: int) -> ErrorCategory | None:
-    """The default category of an HTTP status (DESIGN.md's table); None for success."""
+    """The default category of an HTTP status (the HTTP table of
+    ``docs/concepts/error-taxonomy.md``); None for success."""
     if status_code < 400:
         return None
     if status_code in (408, 423, 425) or 500 <= status_code <= 599:
@@ -84,12 +86,11 @@ def parse_retry_after(value: str | None, now: datetime) -> float | None:
 
 def _message(exc: BaseException) -> str:
     if isinstance(exc, SyncError):
-        text = str(exc)
+        text = safe_str(getattr(exc, "message", None) or safe_str(exc))
     else:
-        detail = str(exc)
+        detail = safe_str(exc)
         text = f"{type(exc).__name__}: {detail}" if detail else type(exc).__name__
-    text = redact(text)
-    return text if len(text) <= _MAX_MESSAGE else text[: _MAX_MESSAGE - 1] + "…"
+    return clean(text, limit=_MAX_MESSAGE)
 
 
 def _type_name(exc: BaseException) -> str:
@@ -99,13 +100,35 @@ def _type_name(exc: BaseException) -> str:
     )
 
 
+def _label(value: object) -> str | None:
+    """A field name from outside (an exception's ``field``): one clean line, or None."""
+    if value is None:
+        return None
+    text = one_line(value)
+    return text or None
+
+
 def _info(exc: BaseException, category: ErrorCategory) -> ErrorInfo:
+    sync = isinstance(exc, SyncError)
     return ErrorInfo(
         category=category,
         message=_message(exc),
-        field=getattr(exc, "field", None) if isinstance(exc, SyncError) else None,
+        field=_label(getattr(exc, "field", None)) if sync else None,
         exception_type=_type_name(exc),
         retry_after=_retry_after(exc),
+        remote_field=_label(getattr(exc, "remote_field", None)) if sync else None,
+    )
+
+
+def clean_error(info: ErrorInfo) -> ErrorInfo:
+    """An :class:`ErrorInfo` through the gate (a user rule may build any)."""
+    return ErrorInfo(
+        category=ErrorCategory(info.category),
+        message=clean(info.message, limit=_MAX_MESSAGE),
+        field=_label(info.field),
+        exception_type=_label(info.exception_type),
+        retry_after=clean_retry_after(info.retry_after),
+        remote_field=_label(info.remote_field),
     )
 
 
@@ -114,7 +137,7 @@ def _retry_after(exc: BaseException) -> float | None:
     ``httpx.HTTPStatusError`` (e.g. from ``response.raise_for_status()``); an
     HTTP date is measured from the response's own ``Date`` header."""
     if isinstance(exc, SyncError):
-        return exc.retry_after
+        return clean_retry_after(getattr(exc, "retry_after", None))
     if isinstance(exc, httpx.HTTPStatusError):
         headers = exc.response.headers
         now: datetime | None = None
@@ -125,7 +148,7 @@ def _retry_after(exc: BaseException) -> float | None:
                 now = None
         if now is None or now.tzinfo is None:
             now = datetime.now(timezone.utc)
-        return parse_retry_after(headers.get("retry-after"), now)
+        return clean_retry_after(parse_retry_after(headers.get("retry-after"), now))
     return None
 
 
@@ -149,15 +172,15 @@ class Classifier:
     Lookup order: rules added with :meth:`add_rule` (newest first), then types
     registered with :meth:`register` (most specific class first), then the
     defaults: this library's errors by their category, ``httpx`` errors
-    (status errors by DESIGN.md's table, timeouts and network errors as
+    (status errors by the HTTP table of the error taxonomy, timeouts and network errors as
     TRANSIENT), ``TimeoutError``/``ConnectionError`` as TRANSIENT, anything
     else UNEXPECTED.
 
     A rule returns a category (the redacted message is then taken from the
     exception, and ``field``/``retry_after`` from a ``SyncError``) or a complete
-    :class:`~resilient_sync.ErrorInfo`, which is used as it is (redact its
-    message yourself). A rule that raises makes the error UNEXPECTED, with
-    both exceptions in the message.
+    :class:`~resilient_sync.ErrorInfo`, which is used as it is (its texts
+    still pass the gate: redacted, escaped, capped). A rule that raises makes
+    the error UNEXPECTED, with both exceptions in the message.
     """
 
     def __init__(
@@ -183,11 +206,12 @@ class Classifier:
         return self
 
     def classify(self, exc: BaseException) -> ErrorInfo:
-        """The classified error, with a redacted message."""
+        """The classified error, its message and field through the text gate
+        (redacted, control characters escaped, capped)."""
         for rule in self._rules:
             verdict = rule(exc)
             if isinstance(verdict, ErrorInfo):
-                return verdict
+                return clean_error(verdict)
             if verdict is not None:
                 return _info(exc, ErrorCategory(verdict))
         for cls in type(exc).__mro__:

@@ -7,7 +7,12 @@ import threading
 import time
 from datetime import datetime, timedelta, timezone
 
-__all__ = ["FakeClock", "SystemClock", "to_seconds"]
+__all__ = ["MAX_SECONDS", "FakeClock", "SystemClock", "duration", "to_seconds"]
+
+
+#: The longest duration accepted anywhere (a century): longer ones would
+#: overflow a date when added to now.
+MAX_SECONDS = 100 * 366 * 86_400.0
 
 
 def to_seconds(value: float | timedelta) -> float:
@@ -16,7 +21,24 @@ def to_seconds(value: float | timedelta) -> float:
         return value.total_seconds()
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"expected seconds (a number) or a timedelta, got {value!r}")
-    return float(value)
+    try:
+        return float(value)
+    except OverflowError:
+        digits = len(str(abs(value))) if value.bit_length() < 10_000 else "thousands of"
+        raise ValueError(
+            f"a duration of {digits}-digit seconds is longer than any date can hold"
+        ) from None
+
+
+def duration(value: float | timedelta, name: str, *, zero: bool = False) -> float:
+    """``value`` in seconds if it is a usable duration: finite, > 0 (>= 0 with
+    ``zero``) and at most a century; else ``ValueError`` naming ``name``."""
+    seconds = to_seconds(value)
+    low_ok = seconds >= 0 if zero else seconds > 0
+    if not (low_ok and seconds <= MAX_SECONDS):  # also refuses NaN
+        bound = ">= 0" if zero else "> 0"
+        raise ValueError(f"{name} must be a duration {bound} and at most 100 years, got {value!r}")
+    return seconds
 
 
 class SystemClock:

@@ -20,9 +20,9 @@ from typing import Any, Literal
 
 import attrs
 
-from ._classify import Classifier
-from ._errors import InvalidEventError
-from ._json import check_event, check_json, fingerprint
+from ._classify import Classifier, clean_error
+from ._errors import InvalidEventError, SyncError
+from ._json import check_event, check_json, compact_dumps, fingerprint
 from ._model import (
     Attempt,
     Completion,
@@ -36,7 +36,7 @@ from ._model import (
     IdempotencyState,
 )
 from ._policy import RetryDecision, RetryPolicy, decide_retry, is_retryable
-from ._redact import redact
+from ._text import MAX_RESULT_BYTES, clean, clean_json, one_line, safe_str
 
 __all__ = [
     "Call",
@@ -52,6 +52,8 @@ __all__ = [
 _KEY_NAMESPACE = uuid.UUID("8d0c52f4-5d0b-4c1e-9d55-2f7f6b3f9a11")
 #: How many corrected events a ``fix_data`` hook may produce in one claim.
 MAX_FIXES = 3
+#: Cap of an audit record's ``details`` value (bytes of JSON, per entry).
+_MAX_DETAILS = 4_096
 #: A ``resolve_duplicate`` hook failing with these is retried (or pauses the
 #: destination) like a failed attempt, instead of parking the delivery.
 _PASSING = frozenset(
@@ -142,12 +144,19 @@ def released(delivery: Delivery, now: datetime) -> Completion:
 
 @attrs.frozen
 class Call:
-    """A call the flow needs made: ``deliver``, ``resolve_duplicate``,
-    ``fix_data`` (on the destination), ``idempotency_begin``, or
+    """A call the flow needs made: ``deliver``, ``find_existing``,
+    ``resolve_duplicate``, ``fix_data`` (on the destination), ``idempotency_begin``, or
     ``budget_start`` (when the operator last gave the delivery a fresh
     retry budget, from its audit trail; None if never)."""
 
-    kind: Literal["deliver", "resolve_duplicate", "fix_data", "idempotency_begin", "budget_start"]
+    kind: Literal[
+        "deliver",
+        "find_existing",
+        "resolve_duplicate",
+        "fix_data",
+        "idempotency_begin",
+        "budget_start",
+    ]
     args: tuple[Any, ...]
 
 
@@ -174,6 +183,8 @@ class FlowEnv:
     lease_until: datetime
     has_resolve_duplicate: bool
     has_fix_data: bool
+    has_find_existing: bool = False
+    max_result_bytes: int = MAX_RESULT_BYTES
 
 
 @attrs.frozen(kw_only=True)
@@ -192,20 +203,61 @@ class FlowResult:
     hold_reason: str | None = None
     #: the audit action of the hold: ``"rate_limited"`` or ``"circuit_open"``
     hold_action: str = "rate_limited"
+    #: something the dispatcher should log as a warning (a result it had to change)
+    warning: str | None = None
 
 
 def _safe_classify(classifier: Classifier, exc: Exception) -> ErrorInfo:
+    """Classify ``exc``; whatever the classifier does or returns, the result is
+    an :class:`ErrorInfo` whose texts passed the gate."""
     try:
-        return classifier.classify(exc)
+        return clean_error(classifier.classify(exc))
     except Exception as rule_error:  # noqa: BLE001 - a user rule failed: report both errors
         return ErrorInfo(
             category=ErrorCategory.UNEXPECTED,
-            message=(
-                f"{type(exc).__name__}: {exc} (and the classifier failed on it: "
-                f"{type(rule_error).__name__}: {rule_error})"
+            message=clean(
+                f"{type(exc).__name__}: {safe_str(exc)} (and the classifier failed on it: "
+                f"{type(rule_error).__name__}: {safe_str(rule_error)})"
             ),
-            exception_type=type(exc).__name__,
+            exception_type=one_line(type(exc).__name__),
         )
+
+
+def _error_details(exc: BaseException | None) -> dict[str, Any]:
+    """The ``details`` a :class:`SyncError` carries, through the gate, for its audit record."""
+    details = getattr(exc, "details", None) if isinstance(exc, SyncError) else None
+    if not details:
+        return {}
+    value, _ = clean_json(details, path="details", limit=_MAX_DETAILS)
+    return {"error_details": value}
+
+
+def _stored_result(value: Any, env: FlowEnv) -> tuple[Any, str | None]:
+    """A destination's result as stored (through the gate), and a reason when it
+    had to change (not JSON, unencodable text, too big)."""
+    if value is None:
+        return None, None
+    result, notes = clean_json(value, path="result", limit=env.max_result_bytes)
+    if not notes:
+        return result, None
+    return result, clean(
+        "delivered, but the result had to be changed to be stored: " + "; ".join(notes)
+    )
+
+
+def audit_details(**values: Any) -> dict[str, Any]:
+    """Audit ``details`` through the gate (payload values of an edit, hook
+    outputs): secrets under secret-looking keys redacted, capped."""
+    out: dict[str, Any] = {}
+    for name, value in values.items():
+        if value is None:
+            continue
+        out[name], _ = clean_json(value, path=name, limit=_MAX_DETAILS)
+    return out
+
+
+def _preview(value: Any) -> str:
+    return clean(compact_dumps(value), limit=80, single_line=True)
 
 
 def handed_copy(event: Event) -> Event:
@@ -259,6 +311,7 @@ def delivery_flow(
     taken: list[str] = []
     fixes = 0
     corrected = False
+    looked = not env.has_find_existing
 
     def note(action: str, started: datetime, **kw: Any) -> None:
         kw.update(action=action, started_at=started, finished_at=env.now())
@@ -272,6 +325,7 @@ def delivery_flow(
         next_attempt_at: datetime | None = None,
         finish: tuple[str, str, Any] | None = None,
         count_attempt: bool = True,
+        warning: str | None = None,
         **extra: Any,
     ) -> FlowResult:
         if audit:
@@ -305,6 +359,7 @@ def delivery_flow(
             ),
             finish=finish,
             taken=tuple(taken),
+            warning=warning,
             **extra,
         )
 
@@ -355,45 +410,84 @@ def delivery_flow(
             attempt=delivery.attempts,
             lease_expires_at=env.lease_until,
         )
+        if not looked:
+            # look before you create: a record the destination already holds
+            # (the same customer by e-mail) is linked to instead of created again
+            looked = True
+            found = yield Call("find_existing", (handed_copy(event), context))
+            if found.ok and found.value is not None:
+                try:  # a link is a decision, not an effect: a value that is not JSON is refused
+                    check_json(found.value, "result")
+                except InvalidEventError as exc:
+                    found = Outcome(error=exc)
+            if found.ok and found.value is not None:
+                linked, warning = _stored_result(found.value, env)
+                note(
+                    "find_existing",
+                    started,
+                    reason=(
+                        "linked to an existing record found before creating one: "
+                        f"{_preview(linked)}" + (f"; {warning}" if warning else "")
+                    ),
+                )
+                return done(
+                    DeliveryStatus.SUCCEEDED,
+                    result=linked,
+                    finish=(store_key(delivery.destination, key), fp, linked),
+                    warning=warning,
+                )
+            if not found.ok:
+                lookup_error = _safe_classify(env.classifier, found.error)  # type: ignore[arg-type]
+                lookup_error = attrs.evolve(
+                    lookup_error, message=f"find_existing failed: {lookup_error.message}"
+                )
+                note("find_existing", started, reason=lookup_error.message, error=lookup_error)
+                return (yield from _retry_or_park(done, env, delivery, lookup_error))
+            note("find_existing", started, reason="no existing record; creating it")
+            started = env.now()
         # a corrected event is also what gets stored: hand the destination a copy
         outcome = yield Call("deliver", (handed_copy(event) if corrected else event, context))
         if outcome.error is None:
-            try:
-                result = check_json(outcome.value, "result")
-                reason = None
-            except InvalidEventError as exc:
-                result = repr(outcome.value)
-                reason = f"delivered; {exc} (its repr was stored instead)"
+            result, reason = _stored_result(outcome.value, env)
             note("deliver", started, reason=reason)
             return done(
                 DeliveryStatus.SUCCEEDED,
                 result=result,
                 finish=(store_key(delivery.destination, key), fp, result),
+                warning=reason,
             )
 
         error = _safe_classify(env.classifier, outcome.error)
-        note("deliver", started, reason=error.message, error=error)
+        note(
+            "deliver",
+            started,
+            reason=error.message,
+            error=error,
+            details=_error_details(outcome.error),
+        )
 
         if error.category is ErrorCategory.DUPLICATE and env.has_resolve_duplicate:
             started = env.now()
             hook = yield Call("resolve_duplicate", (handed_copy(event), outcome.error))
             if hook.ok and hook.value is not None:
-                try:
-                    linked = check_json(hook.value, "result")
+                try:  # a link is a decision, not an effect: a value that is not JSON is refused
+                    check_json(hook.value, "result")
                 except InvalidEventError as exc:
                     hook = Outcome(error=exc)
-                else:
-                    note(
-                        "resolve_duplicate",
-                        started,
-                        reason="linked to the existing record",
-                        details={"result": linked},
-                    )
-                    return done(
-                        DeliveryStatus.SUCCEEDED,
-                        result=linked,
-                        finish=(store_key(delivery.destination, key), fp, linked),
-                    )
+            if hook.ok and hook.value is not None:
+                linked, warning = _stored_result(hook.value, env)
+                note(
+                    "resolve_duplicate",
+                    started,
+                    reason=f"linked to the existing record: {_preview(linked)}"
+                    + (f"; {warning}" if warning else ""),
+                )
+                return done(
+                    DeliveryStatus.SUCCEEDED,
+                    result=linked,
+                    finish=(store_key(delivery.destination, key), fp, linked),
+                    warning=warning,
+                )
             if hook.ok:
                 note("resolve_duplicate", started, reason="no existing record to link to")
                 error = attrs.evolve(error, message=f"potential duplicate: {error.message}")
@@ -445,13 +539,15 @@ def delivery_flow(
                 note(
                     "fix_data",
                     started,
-                    reason=f"corrected {', '.join(changed) or 'the event'}; retrying at once",
-                    details={
-                        "changed": changed,
-                        "before": {p: _at(event.payload, p) for p in changed},
-                        "after": {p: _at(fixed.payload, p) for p in changed},
-                        "idempotency_key": new_key,
-                    },
+                    reason=clean(
+                        f"corrected {', '.join(changed) or 'the event'}; retrying at once"
+                    ),
+                    details=audit_details(
+                        changed=changed,
+                        before={p: _at(event.payload, p) for p in changed},
+                        after={p: _at(fixed.payload, p) for p in changed},
+                        idempotency_key=new_key,
+                    ),
                 )
                 event, key, fp, corrected = fixed, new_key, fingerprint(fixed), True
                 begun_outcome = yield Call(
@@ -536,28 +632,36 @@ def _retry_or_park(
 
 def internal_failure(
     delivery: Delivery,
-    record: IdempotencyRecord,
-    exc: Exception,
+    record: IdempotencyRecord | None,
+    exc: BaseException,
     *,
     policy: RetryPolicy,
     now: datetime,
     actor: str,
+    retry: bool = True,
+    sent: bool | None = None,
 ) -> FlowResult:
     """The outcome of a failure outside the destination (a store, a bug) while
-    deciding one delivery: UNEXPECTED under the retry policy, audited as
-    ``"internal_error"``; the idempotency key is released if it was taken."""
+    deciding one delivery: UNEXPECTED, audited as ``"internal_error"``, retried
+    under the policy (or parked at once with ``retry=False``, when retrying
+    cannot help); the idempotency key is released if it was taken. ``sent``
+    says whether the destination was called (None: unknown), for the rule
+    that decides whether an edit may revise the key."""
     error = ErrorInfo(
         category=ErrorCategory.UNEXPECTED,
-        message=redact(
-            f"internal error while processing the delivery: {type(exc).__name__}: {exc}"
+        message=clean(
+            f"internal error while processing the delivery: {type(exc).__name__}: {safe_str(exc)}"
         ),
-        exception_type=f"{type(exc).__module__}.{type(exc).__qualname__}",
+        exception_type=one_line(f"{type(exc).__module__}.{type(exc).__qualname__}"),
     )
     decision = decide_retry(
         policy, attempts=delivery.attempts, created_at=delivery.created_at, now=now
     )
     status = DeliveryStatus.RETRY_SCHEDULED
-    if decision.retry_at is None:
+    if not retry:
+        status = DeliveryStatus.NEEDS_ACTION
+        error = attrs.evolve(error, message=f"not retried: {error.message}")
+    elif decision.retry_at is None:
         status = DeliveryStatus.NEEDS_ACTION
         error = attrs.evolve(error, message=f"{decision.reason}; last error: {error.message}")
     audit = Attempt(
@@ -571,6 +675,7 @@ def internal_failure(
         outcome=status,
         reason=error.message,
         error=error,
+        details={} if sent is None else {"destination_called": sent},
     )
     return FlowResult(
         completion=Completion(
@@ -578,12 +683,65 @@ def internal_failure(
             lease_token=delivery.lease_token,
             status=status,
             finished_at=now,
-            next_attempt_at=decision.retry_at,
+            next_attempt_at=decision.retry_at if status is DeliveryStatus.RETRY_SCHEDULED else None,
             error=error,
             audit=(audit,),
         ),
-        taken=(record.key,) if record.state is IdempotencyState.NEW else (),
+        taken=(record.key,) if record is not None and record.state is IdempotencyState.NEW else (),
     )
+
+
+#: Errors that mean the destination refused the request (nothing applied),
+#: so a corrected payload may go out under a new idempotency key.
+REJECTED = frozenset(
+    {
+        ErrorCategory.DATA_FORMAT,
+        ErrorCategory.MAPPING,
+        ErrorCategory.DUPLICATE,
+        ErrorCategory.PERMISSION,
+        ErrorCategory.RATE_LIMITED,
+    }
+)
+
+
+def revision_risk(records: Sequence[Attempt]) -> str | None:
+    """Why the idempotency key of a delivery may *not* be revised (its payload
+    edited and sent under a new key), from its audit trail (oldest first);
+    None when it may.
+
+    A revision is safe only if no attempt that may have reached the
+    destination is left unanswered by a rejection: walking the trail, an
+    attempt with an unknown outcome (a transient or unexpected error, a
+    lease that expired mid-attempt, a give-up after crashed attempts, an
+    internal error after the call) makes it unsafe; a later rejection of the
+    same payload (``REJECTED``) or an operator's edit (checked, or forced,
+    when it was made) makes it safe again.
+    """
+    risk: str | None = None
+    for record in records:
+        action = record.action
+        if action == "deliver":
+            error = record.error
+            if error is None:
+                risk = f"attempt {record.number} was delivered"
+            elif error.category in REJECTED:
+                risk = None
+            else:
+                risk = (
+                    f"attempt {record.number} failed with a {error.category.value} error "
+                    f"({clean(error.message, limit=120, single_line=True)})"
+                )
+        elif action in ("lease_expired", "give_up"):
+            risk = (
+                f"attempt {record.number} has no recorded outcome (its worker crashed or "
+                "stalled after claiming it)"
+            )
+        elif action == "internal_error":
+            if record.details.get("destination_called") is not False:
+                risk = f"attempt {record.number} ended in an internal error"
+        elif action == "edit":
+            risk = None
+    return risk
 
 
 def budget_start(records: Sequence[Attempt]) -> datetime | None:

@@ -24,7 +24,7 @@ import attrs
 
 from ._circuit import CircuitBreaker, Circuits
 from ._classify import Classifier
-from ._clock import SystemClock, to_seconds
+from ._clock import SystemClock, duration
 from ._core import (
     Call,
     FlowEnv,
@@ -33,12 +33,11 @@ from ._core import (
     budget_start,
     delivery_flow,
     internal_failure,
-    new_delivery,
     released,
     store_key,
 )
-from ._errors import InvalidEventError, StoreError
-from ._json import check_event, fingerprint
+from ._errors import RetryableError, StoreError
+from ._json import check_name, fingerprint
 from ._model import (
     Attempt,
     Completion,
@@ -53,10 +52,12 @@ from ._model import (
 )
 from ._policy import RetryPolicy
 from ._protocols import Clock, Destination, IdempotencyStore, QueueStore, Source
+from ._submit import Submitted, _Submitter, _SyncSubmitting, _tx
+from ._text import MAX_RESULT_BYTES, get_logger, safe_str
 
 __all__ = ["AsyncDispatcher", "Dispatcher"]
 
-logger = logging.getLogger("resilient_sync")
+logger = get_logger("resilient_sync")
 
 #: Called with each delivery that just entered NEEDS_ACTION (may be ``async``
 #: with the AsyncDispatcher).
@@ -88,12 +89,34 @@ def _log_fields(delivery: Delivery, completion: Completion | None = None) -> dic
     }
 
 
-def _tx(transaction: Any) -> dict[str, Any]:
-    """Pass ``transaction`` on only when given, so stores without it still work."""
-    return {} if transaction is None else {"transaction": transaction}
+class _Batch:
+    """One claimed batch on its way through a dispatcher."""
+
+    __slots__ = ("broken", "claimed", "entries", "fingerprints", "records")
+
+    def __init__(self, claimed: Sequence[Delivery]) -> None:
+        self.claimed = claimed
+        #: ``(store key, fingerprint)`` of each delivery that is not broken
+        self.entries: list[tuple[str, str]] = []
+        #: per delivery ("" for a broken one)
+        self.fingerprints: list[str] = []
+        #: index -> why its stored event cannot be processed
+        self.broken: dict[int, Exception] = {}
+        #: per delivery, what the idempotency store said (None for a broken one)
+        self.records: list[IdempotencyRecord | None] = []
 
 
-class _BaseDispatcher:
+class _FlowCrash:
+    """A flow that raised (a bug): the error, and whether ``deliver`` was called."""
+
+    __slots__ = ("error", "sent")
+
+    def __init__(self, error: Exception, sent: bool) -> None:
+        self.error = error
+        self.sent = sent
+
+
+class _BaseDispatcher(_Submitter):
     """Configuration and the I/O-free steps shared by both dispatchers."""
 
     def __init__(
@@ -114,6 +137,7 @@ class _BaseDispatcher:
         on_needs_action: NeedsActionHook | None = None,
         circuit: CircuitBreaker | None = None,
         on_event: EventHook | None = None,
+        max_result_bytes: int = MAX_RESULT_BYTES,
     ) -> None:
         if isinstance(destinations, Mapping):
             items = list(destinations.items())
@@ -127,14 +151,23 @@ class _BaseDispatcher:
         for name, dest in items:
             if not isinstance(name, str) or not name:
                 raise ValueError(f"destination {dest!r} needs a non-empty str name")
+            check_name(name, "destination name")
             if not callable(getattr(dest, "deliver", None)):
                 raise TypeError(f"destination {name!r} has no deliver(event, context) method")
             if name in self.destinations:
                 raise ValueError(f"two destinations are named {name!r}")
             self.destinations[name] = dest
         if not self.destinations:
-            raise ValueError("a dispatcher needs at least one destination")
-        for label, value in (("batch_size", batch_size), ("concurrency", concurrency)):
+            raise ValueError(
+                "a dispatcher needs at least one destination (to only submit events, "
+                "use Producer(queue, ['name', ...]))"
+            )
+        self._names = tuple(self.destinations)
+        for label, value in (
+            ("batch_size", batch_size),
+            ("concurrency", concurrency),
+            ("max_result_bytes", max_result_bytes),
+        ):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{label} must be an int >= 1, got {value!r}")
         self.queue = queue
@@ -144,11 +177,10 @@ class _BaseDispatcher:
         self.classifier = classifier if classifier is not None else Classifier()
         self.batch_size = batch_size
         self.concurrency = concurrency
-        self.lease = timedelta(seconds=to_seconds(lease))
-        self.idempotency_ttl = timedelta(seconds=to_seconds(idempotency_ttl))
-        self.poll_interval = to_seconds(poll_interval)
-        if self.lease <= timedelta(0) or self.poll_interval <= 0:
-            raise ValueError("lease and poll_interval must be > 0")
+        self.max_result_bytes = max_result_bytes
+        self.lease = timedelta(seconds=duration(lease, "lease"))
+        self.idempotency_ttl = timedelta(seconds=duration(idempotency_ttl, "idempotency_ttl"))
+        self.poll_interval = duration(poll_interval, "poll_interval")
         self.worker_id = worker_id or _worker_id()
         self.on_needs_action = on_needs_action
         self.on_event = on_event
@@ -158,36 +190,12 @@ class _BaseDispatcher:
                 for name, dest in self.destinations.items()
             }
         )
+        self._pool: ThreadPoolExecutor | None = None
+        self._pool_lock = threading.Lock()
+        self._check_destinations()
 
-    # -- submission -------------------------------------------------------
-
-    def _targets(self, to: str | Sequence[str] | None) -> list[str]:
-        if to is None:
-            return list(self.destinations)
-        names = [to] if isinstance(to, str) else list(to)
-        if not names:
-            # an empty to= would drop the event without a word
-            raise ValueError("to= names no destination; pass None for all of them")
-        for name in names:
-            if name not in self.destinations:
-                known = ", ".join(sorted(self.destinations))
-                raise ValueError(f"unknown destination {name!r} (known: {known})")
-        return names
-
-    def _plan(self, events: Iterable[Event], to: str | Sequence[str] | None) -> list[Delivery]:
-        targets = self._targets(to)
-        now = self.clock.now()
-        plan: list[Delivery] = []
-        for index, event in enumerate(events):
-            try:
-                checked = check_event(event)
-            except InvalidEventError as exc:
-                label = getattr(event, "id", None)
-                raise InvalidEventError(
-                    f"event #{index} (id {label!r}): {exc}; nothing was enqueued", field=exc.field
-                ) from exc
-            plan.extend(new_delivery(checked, dest, now) for dest in targets)
-        return plan
+    def _check_destinations(self) -> None:
+        """Refuse destinations this dispatcher cannot drive (overridden)."""
 
     # -- one batch ----------------------------------------------------------
 
@@ -202,6 +210,8 @@ class _BaseDispatcher:
                 lease_until=lease_until,
                 has_resolve_duplicate=callable(getattr(dest, "resolve_duplicate", None)),
                 has_fix_data=callable(getattr(dest, "fix_data", None)),
+                has_find_existing=callable(getattr(dest, "find_existing", None)),
+                max_result_bytes=self.max_result_bytes,
             )
             for name, dest in self.destinations.items()
         }
@@ -218,12 +228,21 @@ class _BaseDispatcher:
             "destinations": list(self.destinations),
         }
 
-    def _idempotency_entries(self, claimed: Sequence[Delivery]) -> list[tuple[str, str]]:
-        """``(store key, fingerprint)`` per claimed delivery; the flow reuses the
-        fingerprint instead of hashing the payload again."""
-        return [
-            (store_key(d.destination, d.idempotency_key), fingerprint(d.event)) for d in claimed
-        ]
+    def _batch(self, claimed: Sequence[Delivery]) -> _Batch:
+        """Fingerprints and idempotency entries of a claimed batch; a delivery
+        whose stored event cannot even be fingerprinted is set aside (parked
+        alone) instead of failing the batch."""
+        batch = _Batch(claimed)
+        for index, delivery in enumerate(claimed):
+            try:
+                fp = fingerprint(delivery.event)
+            except Exception as exc:  # noqa: BLE001 - recorded on that delivery alone
+                batch.broken[index] = exc
+                batch.fingerprints.append("")
+                continue
+            batch.fingerprints.append(fp)
+            batch.entries.append((store_key(delivery.destination, delivery.idempotency_key), fp))
+        return batch
 
     def _halt(self, result: FlowResult, delivery: Delivery, halted: dict[str, str]) -> None:
         """Remember (for the rest of this batch) that a destination stopped."""
@@ -281,18 +300,31 @@ class _BaseDispatcher:
             )
         return updates
 
-    def _check_begun(self, claimed: Sequence[Delivery], records: Sequence[Any]) -> None:
-        if len(records) != len(claimed):
+    def _check_begun(self, batch: _Batch, records: Sequence[Any]) -> None:
+        if len(records) != len(batch.entries):
             raise StoreError(
                 f"{type(self.idempotency).__name__}.begin returned {len(records)} records "
-                f"for {len(claimed)} keys"
+                f"for {len(batch.entries)} keys"
             )
+        found = iter(records)
+        batch.records = [
+            None if index in batch.broken else next(found) for index in range(len(batch.claimed))
+        ]
 
-    def _broken(self, delivery: Delivery, record: IdempotencyRecord, exc: Exception) -> FlowResult:
+    def _broken(
+        self,
+        delivery: Delivery,
+        record: IdempotencyRecord | None,
+        exc: BaseException,
+        *,
+        retry: bool = True,
+        sent: bool | None = None,
+    ) -> FlowResult:
         """A bug or a store failure while deciding one delivery (not an error of
         the destination, which the flow classifies): log it with its traceback,
-        record it on the delivery as UNEXPECTED under the retry policy, and keep
-        the rest of the batch."""
+        record it on the delivery as UNEXPECTED (under the retry policy, or
+        parked at once when retrying cannot help), and keep the rest of the
+        batch."""
         logger.error(
             "internal error while processing delivery %s",
             delivery.id,
@@ -307,7 +339,50 @@ class _BaseDispatcher:
             policy=self.retry,
             now=self.clock.now(),
             actor=f"worker:{self.worker_id}",
+            retry=retry,
+            sent=sent,
         )
+
+    def _before_flow(self, batch: _Batch, index: int, halted: dict[str, str]) -> FlowResult | None:
+        """The outcome of a delivery decided without its destination: an
+        unprocessable stored event, or a destination stopped earlier in the
+        batch (or by its circuit)."""
+        delivery = batch.claimed[index]
+        if index in batch.broken:
+            exc = batch.broken[index]
+            return self._broken(
+                delivery,
+                None,
+                RuntimeError(
+                    f"the stored event cannot be processed ({type(exc).__name__}: "
+                    f"{safe_str(exc)}); it was written past submit()'s checks"
+                ),
+                retry=False,
+                sent=False,
+            )
+        record = batch.records[index]
+        assert record is not None  # noqa: S101 - only broken deliveries have none
+        if delivery.destination in halted or not self._circuit_gate(delivery):
+            return self._halted_result(delivery, record)
+        return None
+
+    def _after_flow(
+        self, delivery: Delivery, record: IdempotencyRecord, outcome: FlowResult | _FlowCrash
+    ) -> FlowResult:
+        if isinstance(outcome, _FlowCrash):
+            return self._broken(delivery, record, outcome.error, sent=outcome.sent)
+        try:
+            return self._circuit_verdict(delivery, outcome)
+        except Exception:
+            logger.exception("circuit breaker bookkeeping failed for %s", delivery.destination)
+            return outcome
+
+    def _unstarted(self, batch: _Batch, index: int) -> FlowResult:
+        """Hand back a delivery of an interrupted batch that was never started."""
+        record = batch.records[index] if index < len(batch.records) else None
+        if record is None:
+            return FlowResult(completion=released(batch.claimed[index], self.clock.now()))
+        return self._halted_result(batch.claimed[index], record)
 
     def _halted_result(self, delivery: Delivery, record: IdempotencyRecord) -> FlowResult:
         """Hand back a delivery whose destination stopped earlier in this batch."""
@@ -383,6 +458,13 @@ class _BaseDispatcher:
                     extra=_log_fields(delivery, completion),
                 )
                 continue
+            if result.warning:
+                logger.warning(
+                    "delivery %s: %s",
+                    completion.delivery_id,
+                    result.warning,
+                    extra=_log_fields(delivery, completion),
+                )
             status = completion.status
             if status is DeliveryStatus.SUCCEEDED:
                 counts["succeeded"] += 1
@@ -468,7 +550,34 @@ class _BaseDispatcher:
         return wait
 
 
-class Dispatcher(_BaseDispatcher):
+async def _own_task(awaitable: Any, destination: str, hook: str) -> Any:
+    """Await a destination's call in a task of its own, so that a
+    ``CancelledError`` it raises itself (a library cancelling its own work)
+    is told apart from this worker being cancelled: the first is the
+    delivery's error (outcome unknown: TRANSIENT, same key), the second
+    propagates."""
+    task = asyncio.ensure_future(awaitable)
+    try:
+        await asyncio.wait({task})
+    except asyncio.CancelledError:
+        task.cancel()
+        raise
+    try:
+        return task.result()
+    except asyncio.CancelledError as exc:
+        logger.warning(
+            "%s() of destination %s raised CancelledError while this worker was not cancelled; "
+            "treated as a transient failure with an unknown outcome",
+            hook,
+            destination,
+        )
+        raise RetryableError(
+            f"{hook}() was cancelled before it finished (asyncio.CancelledError: "
+            f"{safe_str(exc) or 'no message'}); the outcome is unknown"
+        ) from exc
+
+
+class Dispatcher(_BaseDispatcher, _SyncSubmitting):
     """Delivers queued events to destinations, with retries, idempotency and
     the error taxonomy (threads; see :class:`AsyncDispatcher` for asyncio).
 
@@ -495,112 +604,123 @@ class Dispatcher(_BaseDispatcher):
         on_event: called with a :class:`DispatchEvent` for every outcome and
             destination change (metrics: count by ``kind`` and ``category``,
             time with ``duration``). Exceptions are logged, never raised.
+        max_result_bytes: the largest result stored (compact JSON); a bigger
+            one is replaced by ``{"truncated": true, "bytes": N, "preview":
+            "..."}`` and the change is logged and audited. Results are meant
+            to be small (the remote id): pick what you need in the
+            destination (``read_result``).
     """
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._pool: ThreadPoolExecutor | None = None
-        self._pool_lock = threading.Lock()
+    def _check_destinations(self) -> None:
         for name, dest in self.destinations.items():
-            for hook in ("deliver", "resolve_duplicate", "fix_data"):
+            for hook in ("deliver", "find_existing", "resolve_duplicate", "fix_data"):
                 if inspect.iscoroutinefunction(getattr(dest, hook, None)):
                     raise TypeError(
                         f"destination {name!r} has an async {hook}(); use AsyncDispatcher for it"
                     )
 
-    # -- submission -------------------------------------------------------
-
-    def submit(
-        self, event: Event, to: str | Sequence[str] | None = None, *, transaction: Any = None
-    ) -> list[Delivery]:
-        """Enqueue ``event`` for every destination (or those named in ``to``).
-
-        Durable once it returns (for durable stores). Raises
-        :class:`InvalidEventError` naming the offending field, with nothing
-        enqueued. Returns the new deliveries: an event id already submitted to
-        a destination is not enqueued again (an empty list when all were).
-        ``transaction`` joins the caller's own transaction where the store
-        supports it (the outbox pattern; see ``QueueStore.enqueue``).
-        """
-        return self.queue.enqueue(self._plan([event], to), **_tx(transaction))
-
-    def submit_many(
-        self,
-        events: Iterable[Event],
-        to: str | Sequence[str] | None = None,
-        *,
-        transaction: Any = None,
-    ) -> list[Delivery]:
-        """Enqueue many events in one transaction: all of them, or none."""
-        return self.queue.enqueue(self._plan(list(events), to), **_tx(transaction))
-
-    def pull(
-        self, source: Source, *, limit: int = 100, to: str | Sequence[str] | None = None
-    ) -> int:
-        """Read ``source`` from its saved cursor until it has nothing new.
-
-        Each page and the cursor after it are saved in one transaction.
-        Returns the number of deliveries enqueued (events already known are
-        skipped). An invalid event stops the pull with
-        :class:`InvalidEventError`; the cursor stays before its page.
-        """
-        total = 0
-        cursor = self.queue.get_cursor(source.name)
-        while True:
-            events, next_cursor = source.read(cursor, limit)
-            if not events:
-                if next_cursor is not None and next_cursor != cursor:
-                    self.queue.enqueue([], cursor=(source.name, next_cursor))
-                return total
-            plan = self._plan(list(events), to)
-            total += len(self.queue.enqueue(plan, cursor=(source.name, next_cursor)))
-            if next_cursor == cursor:
-                return total
-            cursor = next_cursor
-
     # -- running ------------------------------------------------------------
 
     def run_once(self, limit: int | None = None) -> RunReport:
-        """Claim one batch of due deliveries and attempt each; returns a report."""
+        """Claim one batch of due deliveries and attempt each; returns a report.
+
+        Whatever a destination returns or raises ends as an outcome of that
+        delivery alone. If the batch cannot be finished (the idempotency store
+        fails, or the process is interrupted), what has no outcome is handed
+        back unattempted before the error propagates.
+        """
         args = self._claim_args(limit)
         claimed = self.queue.claim(**args)
         if not claimed:
             return RunReport()
         lease_until: datetime = args["lease_until"]
-        entries = self._idempotency_entries(claimed)
+        batch_started = False
         try:
-            records = self.idempotency.begin(entries, now=args["now"], lock_until=lease_until)
-            self._check_begun(claimed, records)
-        except Exception:
-            # hand the batch back unattempted, so the failure costs no retry budget
-            self.queue.complete([released(d, self.clock.now()) for d in claimed])
-            raise
-        envs = self._envs(lease_until)
-        halted: dict[str, str] = {}
+            batch = self._batch(claimed)
+            records = self.idempotency.begin(batch.entries, now=args["now"], lock_until=lease_until)
+            self._check_begun(batch, records)
+            envs = self._envs(lease_until)
+            halted: dict[str, str] = {}
+            batch_started = True
 
-        def one(index: int) -> FlowResult:
-            delivery, record = claimed[index], records[index]
-            if delivery.destination in halted or not self._circuit_gate(delivery):
-                return self._halted_result(delivery, record)
-            try:
+            def one(index: int) -> FlowResult:
+                decided = self._before_flow(batch, index, halted)
+                if decided is not None:
+                    return decided
+                delivery, record = claimed[index], batch.records[index]
+                assert record is not None  # noqa: S101 - checked by _before_flow
                 flow = delivery_flow(
-                    delivery, record, envs[delivery.destination], entries[index][1]
+                    delivery, record, envs[delivery.destination], batch.fingerprints[index]
                 )
-                result = self._circuit_verdict(delivery, self._drive(delivery, flow, lease_until))
-            except Exception as exc:  # noqa: BLE001 - recorded on the delivery, logged
-                return self._broken(delivery, record, exc)
-            try:
-                self._apply_destination_effects(delivery, result, halted)
-            except Exception:
-                logger.exception("could not pause or hold destination %s", delivery.destination)
-                self._halt(result, delivery, halted)
-            return result
+                result = self._after_flow(
+                    delivery, record, self._drive(delivery, flow, lease_until)
+                )
+                try:
+                    self._apply_destination_effects(delivery, result, halted)
+                except Exception:
+                    logger.exception("could not pause or hold destination %s", delivery.destination)
+                    self._halt(result, delivery, halted)
+                return result
 
-        if self.concurrency > 1 and len(claimed) > 1:
-            results = list(self._executor().map(one, range(len(claimed))))
-        else:
-            results = [one(i) for i in range(len(claimed))]
-        return self._commit(claimed, results)
+            finished: dict[int, FlowResult] = {}
+            if self.concurrency > 1 and len(claimed) > 1:
+                pool = self._executor()
+                futures = [pool.submit(one, i) for i in range(len(claimed))]
+                try:
+                    for index, future in enumerate(futures):
+                        finished[index] = future.result()
+                except BaseException:
+                    # what never started is handed back; what runs is left to its lease
+                    unstarted = [i for i, f in enumerate(futures) if f.cancel()]
+                    for index, future in enumerate(futures):
+                        if index not in finished and future.done() and not future.cancelled():
+                            with contextlib.suppress(BaseException):
+                                finished[index] = future.result()
+                    self._salvage(batch, finished, unstarted)
+                    raise
+            else:
+                try:
+                    for index in range(len(claimed)):
+                        finished[index] = one(index)
+                except BaseException:
+                    # the one that was running when it happened is left to its lease
+                    self._salvage(batch, finished, range(len(finished) + 1, len(claimed)))
+                    raise
+        except BaseException:
+            if not batch_started:
+                self._hand_back(claimed)
+            raise
+        return self._commit(claimed, [finished[i] for i in range(len(claimed))])
+
+    def _hand_back(self, claimed: Sequence[Delivery]) -> None:
+        """Return a batch none of which was attempted (its claims cost no budget)."""
+        now = self.clock.now()
+        try:
+            self.queue.complete([released(d, now) for d in claimed])
+        except Exception:
+            logger.exception(
+                "could not hand back %d claimed deliveries; they are claimed again when "
+                "their leases expire",
+                len(claimed),
+            )
+
+    def _salvage(
+        self, batch: _Batch, finished: dict[int, FlowResult], unstarted: Iterable[int]
+    ) -> None:
+        """After an interruption mid-batch (Ctrl-C, a signal): record the outcomes
+        that are known, hand back the deliveries never started, and leave the
+        ones whose destination may be running to their lease (their reclaim is
+        audited as ``lease_expired``, which is what tells an operator that they
+        may have been applied)."""
+        results = dict(finished)
+        for index in unstarted:
+            if index not in results:
+                results[index] = self._unstarted(batch, index)
+        order = sorted(results)
+        try:
+            self._commit([batch.claimed[i] for i in order], [results[i] for i in order])
+        except Exception:
+            logger.exception("could not record the outcomes of an interrupted batch")
 
     def _executor(self) -> ThreadPoolExecutor:
         """The worker pool, made on first use and kept (``close()`` ends it)."""
@@ -626,20 +746,21 @@ class Dispatcher(_BaseDispatcher):
 
     def _drive(
         self, delivery: Delivery, flow: Generator[Call, Outcome, FlowResult], lease_until: datetime
-    ) -> FlowResult:
+    ) -> FlowResult | _FlowCrash:
+        """Make the calls the flow asks for; its decision, or how it crashed."""
         dest = self.destinations[delivery.destination]
+        sent = False
         try:
             call = next(flow)
-        except StopIteration as stop:  # decided without a call (replay, mismatch, in progress)
-            decided: FlowResult = stop.value
-            return decided
-        while True:
-            outcome = self._call(dest, call, lease_until)
-            try:
+            while True:
+                sent = sent or call.kind == "deliver"
+                outcome = self._call(dest, call, lease_until)
                 call = flow.send(outcome)
-            except StopIteration as stop:
-                result: FlowResult = stop.value
-                return result
+        except StopIteration as stop:
+            result: FlowResult = stop.value
+            return result
+        except Exception as exc:  # noqa: BLE001 - a bug: recorded on the delivery by the caller
+            return _FlowCrash(exc, sent)
 
     def _call(self, dest: Destination, call: Call, lease_until: datetime) -> Outcome:
         try:
@@ -676,9 +797,17 @@ class Dispatcher(_BaseDispatcher):
         finish, release, completions = self._settle(results)
         now = self.clock.now()
         if finish:
-            self.idempotency.finish(finish, now=now, expires_at=now + self.idempotency_ttl)
+            try:
+                self.idempotency.finish(finish, now=now, expires_at=now + self.idempotency_ttl)
+            except Exception:
+                # the outcomes still count: record them (their keys stay locked until
+                # the lease ends, so a retry of the same key waits, then replays or re-sends)
+                logger.exception("could not record %d completed idempotency keys", len(finish))
         if release:
-            self.idempotency.release(release, locked_until=claimed[0].lease_expires_at)
+            try:
+                self.idempotency.release(release, locked_until=claimed[0].lease_expires_at)
+            except Exception:
+                logger.exception("could not release %d idempotency keys", len(release))
         applied = self.queue.complete(completions)
         report, needs_action = self._report(claimed, results, applied)
         self._escalate(needs_action)
@@ -711,8 +840,9 @@ class Dispatcher(_BaseDispatcher):
     def run_forever(self, stop: threading.Event) -> RunReport:
         """Run until ``stop`` is set, waiting for due work when idle.
 
-        A store error (database restarting, disk full) is logged with its
-        traceback and retried after ``poll_interval``; it does not end the loop.
+        A store error (database restarting, disk full) or any other error of
+        a batch is logged with its traceback and the loop carries on after
+        ``poll_interval``; only ``KeyboardInterrupt``/``SystemExit`` end it.
         """
         total = RunReport()
         real_time = isinstance(self.clock, SystemClock)
@@ -723,6 +853,11 @@ class Dispatcher(_BaseDispatcher):
                 wait = 0.0 if not report.idle else self._idle_wait()
             except StoreError:
                 logger.exception("store error; retrying in %.1fs", self.poll_interval)
+                wait = self.poll_interval
+            except Exception:
+                logger.exception(
+                    "unexpected error in the worker loop; carrying on in %.1fs", self.poll_interval
+                )
                 wait = self.poll_interval
             if wait > 0:
                 waiter = getattr(self.queue, "wait_for_work", None)
@@ -748,11 +883,11 @@ class AsyncDispatcher(_BaseDispatcher):
 
     async def submit(
         self, event: Event, to: str | Sequence[str] | None = None, *, transaction: Any = None
-    ) -> list[Delivery]:
+    ) -> Submitted:
         """See :meth:`Dispatcher.submit`."""
         plan = self._plan([event], to)
-        result: list[Delivery] = await self._io(self.queue.enqueue, plan, **_tx(transaction))
-        return result
+        inserted = await self._io(self.queue.enqueue, plan, **_tx(transaction))
+        return self._submitted(plan, inserted)
 
     async def submit_many(
         self,
@@ -760,11 +895,11 @@ class AsyncDispatcher(_BaseDispatcher):
         to: str | Sequence[str] | None = None,
         *,
         transaction: Any = None,
-    ) -> list[Delivery]:
+    ) -> Submitted:
         """See :meth:`Dispatcher.submit_many`."""
         plan = self._plan(list(events), to)
-        result: list[Delivery] = await self._io(self.queue.enqueue, plan, **_tx(transaction))
-        return result
+        inserted = await self._io(self.queue.enqueue, plan, **_tx(transaction))
+        return self._submitted(plan, inserted)
 
     async def pull(
         self, source: Source, *, limit: int = 100, to: str | Sequence[str] | None = None
@@ -783,7 +918,7 @@ class AsyncDispatcher(_BaseDispatcher):
                 return total
             plan = self._plan(list(events), to)
             inserted = await self._io(self.queue.enqueue, plan, cursor=(source.name, next_cursor))
-            total += len(inserted)
+            total += len(self._submitted(plan, inserted))
             if next_cursor == cursor:
                 return total
             cursor = next_cursor
@@ -795,61 +930,104 @@ class AsyncDispatcher(_BaseDispatcher):
         if not claimed:
             return RunReport()
         lease_until: datetime = args["lease_until"]
-        entries = self._idempotency_entries(claimed)
+        batch_started = False
         try:
+            batch = self._batch(claimed)
             records: list[IdempotencyRecord] = await self._io(
-                self.idempotency.begin, entries, now=args["now"], lock_until=lease_until
+                self.idempotency.begin, batch.entries, now=args["now"], lock_until=lease_until
             )
-            self._check_begun(claimed, records)
-        except Exception:
-            # hand the batch back unattempted, so the failure costs no retry budget
-            now = self.clock.now()
-            await self._io(self.queue.complete, [released(d, now) for d in claimed])
-            raise
-        envs = self._envs(lease_until)
-        halted: dict[str, str] = {}
-        gate = asyncio.Semaphore(self.concurrency)
+            self._check_begun(batch, records)
+            envs = self._envs(lease_until)
+            halted: dict[str, str] = {}
+            gate = asyncio.Semaphore(self.concurrency)
+            started: set[int] = set()
+            batch_started = True
 
-        async def one(index: int) -> FlowResult:
-            delivery, record = claimed[index], records[index]
-            async with gate:
-                if delivery.destination in halted or not self._circuit_gate(delivery):
-                    return self._halted_result(delivery, record)
-                try:
+            async def one(index: int) -> FlowResult:
+                async with gate:
+                    started.add(index)
+                    decided = self._before_flow(batch, index, halted)
+                    if decided is not None:
+                        return decided
+                    delivery, record = claimed[index], batch.records[index]
+                    assert record is not None  # noqa: S101 - checked by _before_flow
                     flow = delivery_flow(
-                        delivery, record, envs[delivery.destination], entries[index][1]
+                        delivery, record, envs[delivery.destination], batch.fingerprints[index]
                     )
-                    result = self._circuit_verdict(
-                        delivery, await self._drive(delivery, flow, lease_until)
-                    )
-                except Exception as exc:  # noqa: BLE001 - recorded on the delivery, logged
-                    return self._broken(delivery, record, exc)
-                try:
-                    await self._apply_destination_effects(delivery, result, halted)
-                except Exception:
-                    logger.exception("could not pause or hold destination %s", delivery.destination)
-                    self._halt(result, delivery, halted)
-                return result
+                    driven = await self._drive(delivery, flow, lease_until)
+                    result = self._after_flow(delivery, record, driven)
+                    try:
+                        await self._apply_destination_effects(delivery, result, halted)
+                    except Exception:
+                        logger.exception(
+                            "could not pause or hold destination %s", delivery.destination
+                        )
+                        self._halt(result, delivery, halted)
+                    return result
 
-        results = list(await asyncio.gather(*(one(i) for i in range(len(claimed)))))
+            tasks = [asyncio.ensure_future(one(i)) for i in range(len(claimed))]
+            try:
+                results = list(await asyncio.gather(*tasks))
+            except BaseException:
+                for task in tasks:
+                    task.cancel()
+                finished = {
+                    i: t.result()
+                    for i, t in enumerate(tasks)
+                    if t.done() and not t.cancelled() and t.exception() is None
+                }
+                unstarted = [i for i in range(len(claimed)) if i not in started]
+                await asyncio.shield(self._salvage(batch, finished, unstarted))
+                raise
+        except BaseException:
+            if not batch_started:
+                await self._hand_back(claimed)
+            raise
         return await self._commit(claimed, results)
+
+    async def _salvage(
+        self, batch: _Batch, finished: dict[int, FlowResult], unstarted: Iterable[int]
+    ) -> None:
+        """See :meth:`Dispatcher._salvage`."""
+        results = dict(finished)
+        for index in unstarted:
+            if index not in results:
+                results[index] = self._unstarted(batch, index)
+        order = sorted(results)
+        try:
+            await self._commit([batch.claimed[i] for i in order], [results[i] for i in order])
+        except Exception:
+            logger.exception("could not record the outcomes of an interrupted batch")
+
+    async def _hand_back(self, claimed: Sequence[Delivery]) -> None:
+        """See :meth:`Dispatcher._hand_back` (shielded: it runs while cancelled too)."""
+        now = self.clock.now()
+        try:
+            await asyncio.shield(self._io(self.queue.complete, [released(d, now) for d in claimed]))
+        except BaseException:
+            logger.exception(
+                "could not hand back %d claimed deliveries; they are claimed again when "
+                "their leases expire",
+                len(claimed),
+            )
 
     async def _drive(
         self, delivery: Delivery, flow: Generator[Call, Outcome, FlowResult], lease_until: datetime
-    ) -> FlowResult:
+    ) -> FlowResult | _FlowCrash:
+        """See :meth:`Dispatcher._drive`."""
         dest = self.destinations[delivery.destination]
+        sent = False
         try:
             call = next(flow)
-        except StopIteration as stop:  # decided without a call (replay, mismatch, in progress)
-            decided: FlowResult = stop.value
-            return decided
-        while True:
-            outcome = await self._call(dest, call, lease_until)
-            try:
+            while True:
+                sent = sent or call.kind == "deliver"
+                outcome = await self._call(dest, call, lease_until)
                 call = flow.send(outcome)
-            except StopIteration as stop:
-                result: FlowResult = stop.value
-                return result
+        except StopIteration as stop:
+            result: FlowResult = stop.value
+            return result
+        except Exception as exc:  # noqa: BLE001 - a bug: recorded on the delivery by the caller
+            return _FlowCrash(exc, sent)
 
     async def _call(self, dest: Destination, call: Call, lease_until: datetime) -> Outcome:
         try:
@@ -867,11 +1045,11 @@ class AsyncDispatcher(_BaseDispatcher):
                 return Outcome(value=budget_start(records))
             fn = getattr(dest, call.kind)
             if inspect.iscoroutinefunction(fn):
-                value = await fn(*call.args)
+                value = await _own_task(fn(*call.args), dest.name, call.kind)
             else:
-                value = await asyncio.to_thread(fn, *call.args)
+                value = await _own_task(asyncio.to_thread(fn, *call.args), dest.name, call.kind)
                 if inspect.isawaitable(value):
-                    value = await value
+                    value = await _own_task(value, dest.name, call.kind)
             return Outcome(value=value)
         except Exception as exc:  # noqa: BLE001 - handed to the flow, which classifies and records it
             return Outcome(error=exc)
@@ -884,17 +1062,24 @@ class AsyncDispatcher(_BaseDispatcher):
         self._halt(result, delivery, halted)
 
     async def _commit(self, claimed: list[Delivery], results: list[FlowResult]) -> RunReport:
+        """See :meth:`Dispatcher._commit`."""
         finish, release, completions = self._settle(results)
         now = self.clock.now()
         if finish:
-            await self._io(
-                self.idempotency.finish, finish, now=now, expires_at=now + self.idempotency_ttl
-            )
+            try:
+                await self._io(
+                    self.idempotency.finish, finish, now=now, expires_at=now + self.idempotency_ttl
+                )
+            except Exception:
+                logger.exception("could not record %d completed idempotency keys", len(finish))
         if release:
-            await self._io(
-                self.idempotency.release, release, locked_until=claimed[0].lease_expires_at
-            )
-        applied: list[bool] = await self._io(self.queue.complete, completions)
+            try:
+                await self._io(
+                    self.idempotency.release, release, locked_until=claimed[0].lease_expires_at
+                )
+            except Exception:
+                logger.exception("could not release %d idempotency keys", len(release))
+        applied: list[bool] = await asyncio.shield(self._io(self.queue.complete, completions))
         report, needs_action = self._report(claimed, results, applied)
         await self._escalate(needs_action)
         return report
@@ -936,6 +1121,11 @@ class AsyncDispatcher(_BaseDispatcher):
                 wait = 0.0 if not report.idle else await self._io(self._idle_wait)
             except StoreError:
                 logger.exception("store error; retrying in %.1fs", self.poll_interval)
+                wait = self.poll_interval
+            except Exception:
+                logger.exception(
+                    "unexpected error in the worker loop; carrying on in %.1fs", self.poll_interval
+                )
                 wait = self.poll_interval
             if wait > 0:
                 waiter = getattr(self.queue, "wait_for_work", None)

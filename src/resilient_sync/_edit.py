@@ -8,6 +8,7 @@ fields do: ``phone``, ``customer.phone``, ``lines[2].sku`` (a leading
 from __future__ import annotations
 
 import copy
+import difflib
 import re
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -106,14 +107,30 @@ class EditResult:
         return list(self.after)
 
 
-def apply_edits(payload: Any, changes: Mapping[str, Any], remove: Iterable[str] = ()) -> EditResult:
+def _did_you_mean(parent: Any, last: str | int) -> str:
+    if not isinstance(parent, dict) or not isinstance(last, str):
+        return ""
+    close = difflib.get_close_matches(last, [k for k in parent if isinstance(k, str)], n=1)
+    if not close:
+        lowered = {k.lower(): k for k in parent if isinstance(k, str)}
+        close = [lowered[last.lower()]] if last.lower() in lowered else []
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def apply_edits(
+    payload: Any,
+    changes: Mapping[str, Any],
+    remove: Iterable[str] = (),
+    add: Mapping[str, Any] | None = None,
+) -> EditResult:
     """Return a corrected deep copy of ``payload``; ``payload`` is not modified.
 
-    ``changes`` maps paths to new JSON values: an existing key or list item is
-    replaced, a missing key is added to an existing object (its parent must
-    exist). ``remove`` lists paths to delete. A change that sets the value it
-    already has is ignored. Raises ``ValueError`` naming the path for a path
-    that cannot be applied.
+    ``changes`` maps *existing* paths to new JSON values (a key or list item
+    that is not there is refused, with a "did you mean" for a near miss, so a
+    typo never adds a field silently); ``add`` maps paths that do not exist
+    yet to their values (the parent must exist); ``remove`` lists paths to
+    delete. A change that sets the value it already has is ignored. Raises
+    ``ValueError`` naming the path for a path that cannot be applied.
     """
     result = EditResult(copy.deepcopy(payload))
     for path, value in changes.items():
@@ -122,20 +139,33 @@ def apply_edits(payload: Any, changes: Mapping[str, Any], remove: Iterable[str] 
         last = parts[-1]
         label = _label(parts)
         old = _get(result.payload, parts)
-        if isinstance(last, int):
-            if not isinstance(parent, list) or last >= len(parent):
-                raise ValueError(f"{path!r}: {label} does not exist in the payload")
-            parent[last] = value
-        else:
-            if not isinstance(parent, dict):
-                raise ValueError(f"{path!r}: the parent of {label} is not an object")
-            parent[last] = value
-        if old is not _MISSING and old == value:
-            continue
-        result.before[label] = None if old is _MISSING else old
-        result.after[label] = value
         if old is _MISSING:
-            result.added.append(label)
+            raise ValueError(
+                f"{path!r}: {label} does not exist in the payload"
+                f"{_did_you_mean(parent, last)}; to add a new field, pass it in add= "
+                "(CLI: --add)"
+            )
+        parent[last] = value
+        if old == value:
+            continue
+        result.before[label] = old
+        result.after[label] = value
+    for path, value in (add or {}).items():
+        parts = parse_path(path)
+        parent = _parent(result.payload, parts, path)
+        last = parts[-1]
+        label = _label(parts)
+        if _get(result.payload, parts) is not _MISSING:
+            raise ValueError(
+                f"{path!r}: {label} already exists in the payload; change it with "
+                "changes= (CLI: --set)"
+            )
+        if isinstance(last, int) or not isinstance(parent, dict):
+            raise ValueError(f"{path!r}: the parent of {label} is not an object")
+        parent[last] = value
+        result.before[label] = None
+        result.after[label] = value
+        result.added.append(label)
     for path in remove:
         parts = parse_path(path)
         parent = _parent(result.payload, parts, path)
@@ -143,7 +173,9 @@ def apply_edits(payload: Any, changes: Mapping[str, Any], remove: Iterable[str] 
         label = _label(parts)
         old = _get(result.payload, parts)
         if old is _MISSING:
-            raise ValueError(f"{path!r}: {label} does not exist in the payload")
+            raise ValueError(
+                f"{path!r}: {label} does not exist in the payload{_did_you_mean(parent, last)}"
+            )
         del parent[last]
         result.before[label] = old
         result.after[label] = None

@@ -50,7 +50,11 @@ class SyncError(Exception):
         field: the offending field of the payload, where known
             (dotted path, e.g. ``"phone"`` or ``"lines[2].sku"``).
         retry_after: seconds the destination asked us to wait, where known.
-        details: extra JSON-serialisable context kept in the audit record.
+        details: extra JSON-serialisable context kept in the audit record
+            (sanitised and capped like every outside text).
+        remote_field: the field as the remote API named it (e.g.
+            ``"tax_id_data[0].value"``) when ``field`` is the payload path it
+            maps to (``"vat_number"``).
     """
 
     category: ClassVar[ErrorCategory | None] = None
@@ -62,6 +66,7 @@ class SyncError(Exception):
         field: str | None = None,
         retry_after: float | None = None,
         details: dict[str, Any] | None = None,
+        remote_field: str | None = None,
     ) -> None:
         if message is None:
             message = (type(self).__doc__ or type(self).__name__).strip().splitlines()[0]
@@ -70,6 +75,7 @@ class SyncError(Exception):
         self.field = field
         self.retry_after = retry_after
         self.details = dict(details or {})
+        self.remote_field = remote_field
 
     def __str__(self) -> str:
         return self.message

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
@@ -16,11 +17,14 @@ __all__ = [
     "canonical_dumps",
     "check_event",
     "check_json",
+    "check_name",
+    "compact_dumps",
     "error_from_json",
     "error_to_json",
     "event_from_json",
     "event_to_json",
     "fingerprint",
+    "identifier_problem",
 ]
 
 _MAX_ID = 255
@@ -40,6 +44,31 @@ def check_json(value: Any, path: str) -> Any:
         ) from None
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+#: Integers beyond this size are refused: they cannot be converted to text
+#: (CPython's 4,300-digit limit) and most systems cannot read them anyway.
+_MAX_INT = 10**300
+
+
+def _check_str(value: str, path: str) -> None:
+    if not value.isascii() and _SURROGATE.search(value):
+        at = _SURROGATE.search(value).start()  # type: ignore[union-attr]
+        raise InvalidEventError(
+            f"{path} contains a lone surrogate (U+{ord(value[at]):04X} at position {at}), "
+            "which is not valid text and cannot be stored",
+            field=path,
+        )
+
+
+def _check_int(value: int, path: str) -> None:
+    if not -_MAX_INT < value < _MAX_INT:
+        raise InvalidEventError(
+            f"{path} is an integer of {value.bit_length()} bits; the limit is 300 decimal "
+            "digits (send it as a string)",
+            field=path,
+        )
+
+
 def _check(value: Any, path: str) -> Any:
     kind = type(value)
     if kind is dict:
@@ -47,20 +76,42 @@ def _check(value: Any, path: str) -> Any:
         for key, item in value.items():
             if type(key) is not str:
                 _bad_key(key, path)
+            elif not key.isascii():
+                _check_str(key, f"{path} (a key)")
             item_kind = type(item)
-            if item_kind is str or item_kind is int or item_kind is bool or item is None:
+            if item_kind is str:
+                if not item.isascii():
+                    _check_str(item, f"{path}.{key}")
+                out[key] = item
+            elif item_kind is bool or item is None:
+                out[key] = item
+            elif item_kind is int:
+                if not -_MAX_INT < item < _MAX_INT:
+                    _check_int(item, f"{path}.{key}")
                 out[key] = item
             else:
                 out[key] = _check(item, f"{path}.{key}")
         return out
     if kind is list or kind is tuple:
         return [_check(item, f"{path}[{i}]") for i, item in enumerate(value)]
+    if kind is str:
+        _check_str(value, path)
+        return value
+    if kind is int:
+        _check_int(value, path)
+        return value
     if isinstance(value, _SCALARS):
+        if isinstance(value, str):
+            _check_str(value, path)
+            return str(value)
+        if isinstance(value, int) and not isinstance(value, bool):
+            _check_int(value, path)
+            return int(value)
         return value
     if isinstance(value, float):
         if math.isnan(value) or math.isinf(value):
             raise InvalidEventError(f"{path} is {value!r}, which JSON cannot represent", field=path)
-        return value
+        return float(value)
     if isinstance(value, Mapping):
         return _check(dict(value), path)
     if isinstance(value, (list, tuple)):
@@ -81,21 +132,50 @@ def _bad_key(key: Any, path: str) -> None:
 
 
 def _short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
+    from ._text import clean  # noqa: PLC0415 - _text imports this module lazily too
+
+    return clean(repr(value) if not isinstance(value, str) else value, limit=60, single_line=True)
+
+
+#: Characters refused in ids, keys and names: control characters (C0, DEL, C1:
+#: a NUL or an ESC in an id breaks stores and terminals, a unit separator
+#: could make two names collide in a key), lone surrogates (not encodable),
+#: line separators and bidirectional overrides (they disguise what is shown).
+_BAD_ID_CHAR = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
+def identifier_problem(value: Any) -> str | None:
+    """Why ``value`` cannot be an id, a key or a name (None when it can)."""
+    if not isinstance(value, str):
+        return f"must be a string, got {type(value).__name__}"
+    if not value.strip():
+        return f"must be a non-empty string, got {value!r}"
+    if len(value) > _MAX_ID:
+        return f"is {len(value)} characters long; the limit is {_MAX_ID}"
+    bad = _BAD_ID_CHAR.search(value)
+    if bad is not None:
+        return (
+            f"contains the control or invisible character U+{ord(bad.group()):04X} at "
+            f"position {bad.start()}; ids, keys and names must be printable text"
+        )
+    return None
+
+
+def check_name(value: Any, what: str) -> str:
+    """Return ``value`` if it is a valid id/key/name, else raise ``ValueError``
+    naming ``what`` and the problem."""
+    problem = identifier_problem(value)
+    if problem is not None:
+        raise ValueError(f"{what} {problem}")
+    return str(value)
 
 
 def _check_key(value: Any, name: str, *, optional: bool) -> None:
     if value is None and optional:
         return
-    if not isinstance(value, str) or not value.strip():
-        raise InvalidEventError(
-            f"event.{name} must be a non-empty string, got {value!r}", field=name
-        )
-    if len(value) > _MAX_ID:
-        raise InvalidEventError(
-            f"event.{name} is {len(value)} characters long; the limit is {_MAX_ID}", field=name
-        )
+    problem = identifier_problem(value)
+    if problem is not None:
+        raise InvalidEventError(f"event.{name} {problem}", field=name)
 
 
 def check_event(event: Any) -> Event:
@@ -147,6 +227,11 @@ _STORE_ENCODE = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allo
 _STORE_DECODE = json.JSONDecoder().decode
 
 
+def compact_dumps(value: Any) -> str:
+    """Compact JSON of a checked value (keys in their order)."""
+    return _STORE_ENCODE(value)
+
+
 def event_to_json(event: Event) -> str:
     """Serialise an event for a store (compact; payload keys in their order)."""
     return _STORE_ENCODE(
@@ -188,6 +273,7 @@ def error_to_json(error: ErrorInfo | None) -> str | None:
             "field": error.field,
             "exception_type": error.exception_type,
             "retry_after": error.retry_after,
+            "remote_field": error.remote_field,
         }
     )
 
@@ -203,4 +289,5 @@ def error_from_json(text: str | bytes | None) -> ErrorInfo | None:
         field=data.get("field"),
         exception_type=data.get("exception_type"),
         retry_after=data.get("retry_after"),
+        remote_field=data.get("remote_field"),
     )

@@ -134,9 +134,13 @@ class ErrorInfo:
     Attributes:
         category: the :class:`ErrorCategory`; decides what happens next.
         message: the human-readable reason (secrets redacted).
-        field: the offending field of the payload, where known.
+        field: the offending field of the payload, where known (a path in
+            the event's payload, e.g. ``"vat_number"`` or ``"lines[2].sku"``).
         exception_type: the qualified name of the exception that was raised.
         retry_after: seconds the destination asked us to wait, where known.
+        remote_field: the field as the remote API named it, when that differs
+            from the payload path (``"tax_id_data[0].value"`` for the
+            payload's ``"vat_number"``), where known.
     """
 
     category: ErrorCategory
@@ -144,6 +148,7 @@ class ErrorInfo:
     field: str | None = None
     exception_type: str | None = None
     retry_after: float | None = None
+    remote_field: str | None = None
 
 
 @attrs.frozen(kw_only=True)

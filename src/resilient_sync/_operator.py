@@ -10,10 +10,10 @@ from typing import Any
 import attrs
 
 from ._clock import SystemClock, to_seconds
-from ._core import revised_key
+from ._core import audit_details, revised_key, revision_risk
 from ._edit import apply_edits
 from ._errors import DeliveryNotFoundError, InvalidEventError
-from ._json import check_event, check_json
+from ._json import check_event, check_json, check_name
 from ._model import (
     Attempt,
     Delivery,
@@ -24,6 +24,7 @@ from ._model import (
     QueueStats,
 )
 from ._protocols import Clock, QueueStore
+from ._text import MAX_NOTE, clean, one_line
 
 __all__ = ["Operator", "TrendBucket"]
 
@@ -35,16 +36,6 @@ RESOLVABLE = frozenset(
 )
 DISCARDABLE = RESOLVABLE
 EDITABLE = RETRYABLE_BY_OPERATOR | {DeliveryStatus.PENDING}
-#: Errors that mean the destination refused the request (no effect applied),
-#: so a corrected payload may be sent under a new idempotency key.
-REJECTED = frozenset(
-    {
-        ErrorCategory.DATA_FORMAT,
-        ErrorCategory.MAPPING,
-        ErrorCategory.DUPLICATE,
-        ErrorCategory.PERMISSION,
-    }
-)
 _PAGE = 500
 
 
@@ -174,11 +165,11 @@ class Operator:
             delivery_id=None,
             destination="",
             action=action,
-            actor=actor,
+            actor=one_line(actor),
             started_at=now,
             finished_at=now,
-            reason=reason,
-            details={k: v for k, v in details.items() if v is not None},
+            reason=clean(reason, limit=MAX_NOTE) if reason is not None else None,
+            details=audit_details(**details),
         )
 
     def _existing(self, ids: Sequence[str]) -> None:
@@ -186,7 +177,7 @@ class Operator:
             self.get(delivery_id)
 
     def retry(
-        self, ids: str | Iterable[str], actor: str = "operator", note: str | None = None
+        self, ids: str | Iterable[str], *, actor: str = "operator", note: str | None = None
     ) -> builtins.list[str]:
         """Re-sync now: ``NEEDS_ACTION``, ``RETRY_SCHEDULED`` or ``DISCARDED``
         deliveries become ``PENDING``, due at once (whatever the dispatcher's
@@ -209,13 +200,14 @@ class Operator:
         status: DeliveryStatus | str | Iterable[DeliveryStatus | str] = DeliveryStatus.NEEDS_ACTION,
         destination: str | None = None,
         category: ErrorCategory | str | None = None,
+        *,
         actor: str = "operator",
         note: str | None = None,
         dry_run: bool = False,
     ) -> builtins.list[str]:
         """Retry every delivery matching the filters (default: all that need
-        action). With ``dry_run`` nothing changes; the ids that would move are
-        returned."""
+        action), in batches of 500. With ``dry_run`` nothing changes; the ids
+        that would move are returned."""
         statuses = [s for s in _statuses(status) or [] if s in RETRYABLE_BY_OPERATOR]
         matching = self._matching(statuses, destination, category)
         if dry_run:
@@ -243,9 +235,10 @@ class Operator:
             cursor = page.next_cursor
 
     def resolve(
-        self, ids: str | Iterable[str], note: str | None = None, actor: str = "operator"
+        self, ids: str | Iterable[str], *, actor: str = "operator", note: str | None = None
     ) -> builtins.list[str]:
-        """Mark deliveries handled outside the library (``RESOLVED``, final)."""
+        """Mark deliveries handled outside the library (``RESOLVED``, final),
+        e.g. a potential duplicate linked by hand; ``note`` says how."""
         wanted = _ids(ids)
         self._existing(wanted)
         return self.queue.transition(
@@ -257,7 +250,7 @@ class Operator:
         )
 
     def discard(
-        self, ids: str | Iterable[str], reason: str | None = None, actor: str = "operator"
+        self, ids: str | Iterable[str], *, actor: str = "operator", note: str | None = None
     ) -> builtins.list[str]:
         """Give up on deliveries on purpose (``DISCARDED``); ``retry`` revives them."""
         wanted = _ids(ids)
@@ -266,24 +259,30 @@ class Operator:
             wanted,
             from_status=DISCARDABLE,
             to_status=DeliveryStatus.DISCARDED,
-            audit=self._audit("discard", actor, reason or "discarded by an operator"),
+            audit=self._audit("discard", actor, note or "discarded by an operator"),
             now=self.clock.now(),
         )
 
     def pause(
-        self, destination: str, reason: str | None = None, actor: str = "operator"
+        self, destination: str, *, actor: str = "operator", note: str | None = None
     ) -> DestinationState:
         """Stop delivering to ``destination`` until :meth:`resume`."""
-        reason = reason or f"paused by {actor}"
-        audit = attrs.evolve(self._audit("pause", actor, reason), destination=destination)
+        check_name(destination, "destination")
+        note = note or f"paused by {actor}"
+        audit = attrs.evolve(self._audit("pause", actor, note), destination=destination)
         return self.queue.set_destination(
-            destination, now=self.clock.now(), paused=True, paused_reason=reason, audit=audit
+            destination,
+            now=self.clock.now(),
+            paused=True,
+            paused_reason=audit.reason,
+            audit=audit,
         )
 
     def resume(
-        self, destination: str, actor: str = "operator", note: str | None = None
+        self, destination: str, *, actor: str = "operator", note: str | None = None
     ) -> DestinationState:
         """Deliver to ``destination`` again (after a pause, e.g. a new token)."""
+        check_name(destination, "destination")
         audit = attrs.evolve(
             self._audit("resume", actor, note or f"resumed by {actor}"), destination=destination
         )
@@ -296,6 +295,7 @@ class Operator:
         delivery_id: str,
         changes: Mapping[str, Any] | None = None,
         *,
+        add: Mapping[str, Any] | None = None,
         remove: Iterable[str] = (),
         actor: str = "operator",
         note: str | None = None,
@@ -304,30 +304,36 @@ class Operator:
     ) -> Delivery:
         """Correct a delivery's payload by hand (the phone number the POS rejected).
 
-        ``changes`` maps payload paths (``phone``, ``customer.phone``,
-        ``lines[2].sku``) to new JSON values; ``remove`` lists paths to delete.
-        One ``"edit"`` audit record keeps every old and new value and both
-        idempotency keys. With ``retry`` the delivery is re-synced in the same
-        transaction (``PENDING``, fresh retry budget); without it a
-        ``NEEDS_ACTION`` or ``DISCARDED`` delivery stays where it is until
-        :meth:`retry`, and a waiting one becomes due now.
+        ``changes`` maps *existing* payload paths (``phone``,
+        ``customer.phone``, ``lines[2].sku``) to new JSON values (a path that
+        is not there is refused, with a "did you mean" for a typo); ``add``
+        maps new paths to values; ``remove`` lists paths to delete. One
+        ``"edit"`` audit record keeps every old and new value (secrets
+        redacted) and both idempotency keys. With ``retry`` the delivery is
+        re-synced in the same transaction (``PENDING``, fresh retry budget);
+        without it a ``NEEDS_ACTION`` or ``DISCARDED`` delivery stays where it
+        is until :meth:`retry`, and a waiting one becomes due now.
 
         The idempotency key rule: a changed payload is a different request, so
         it gets the *revised* key (the original key plus a hash of the new
         payload; the rule the ``fix_data`` hook follows). Strict APIs treat a
         changed body under the same key as key reuse, lenient ones would
         replay the first response and drop the correction. A new key is only
-        safe when the destination refused the original request (its last
-        error is ``DATA_FORMAT``, ``MAPPING``, ``DUPLICATE`` or
-        ``PERMISSION``: nothing was applied). After any other error the
-        original may have been applied (a timeout after sending), so the edit
-        is refused unless ``force`` is given (check the destination first).
+        safe when the destination is known to have refused the original: the
+        audit trail must show a rejection (``DATA_FORMAT``, ``MAPPING``,
+        ``DUPLICATE``, ``PERMISSION`` or ``RATE_LIMITED``) *after* the last
+        attempt that may have reached it (a timeout, a 5xx, a worker that
+        crashed or stalled mid-attempt, an internal error after the call).
+        Otherwise the edit is refused, naming that attempt, unless ``force``
+        is given (check the destination first). The check and the write are
+        one step: if the delivery changes in between (a worker claims it,
+        another operator acts), nothing is written and the edit says so.
 
         Editable: ``NEEDS_ACTION``, ``RETRY_SCHEDULED``, ``PENDING``,
         ``DISCARDED``. Raises :class:`DeliveryNotFoundError`, or ``ValueError``
         naming what is wrong (a bad path, a non-JSON value, a state that
-        cannot be edited, an edit that changes nothing). Returns the edited
-        delivery.
+        cannot be edited, an edit that changes nothing, an unsafe edit).
+        Returns the edited delivery.
         """
         delivery = self.get(delivery_id)
         if delivery.status not in EDITABLE:
@@ -336,18 +342,18 @@ class Operator:
                 f"delivery {delivery_id} is {delivery.status.value}; only {allowed} "
                 "deliveries can be edited"
             )
-        error = delivery.last_error
-        if not force and error is not None and error.category not in REJECTED:
+        risk = revision_risk(self.queue.attempts(delivery_id))
+        if risk is not None and not force:
             raise ValueError(
-                f"delivery {delivery_id} last failed with a {error.category.value} error, so "
-                f"{delivery.destination} may have applied the original payload; an edit is sent "
-                "under a new idempotency key and could apply it twice. Check the destination, "
-                "then edit with force (CLI: --force)"
+                f"delivery {delivery_id}: {risk}, so {delivery.destination} may have applied "
+                "the original payload; an edit is sent under a new idempotency key and could "
+                "apply it twice. Check the destination, then edit with force (CLI: --force)"
             )
         values = {
             path: check_json(value, f"payload.{path}") for path, value in (changes or {}).items()
         }
-        edited = apply_edits(delivery.event.payload, values, remove)
+        added = {path: check_json(value, f"payload.{path}") for path, value in (add or {}).items()}
+        edited = apply_edits(delivery.event.payload, values, remove, added)
         if not edited.changed:
             raise ValueError(f"the edit changes nothing in delivery {delivery_id}")
         try:
@@ -367,7 +373,8 @@ class Operator:
             removed=edited.removed or None,
             idempotency_key={"before": delivery.idempotency_key, "after": key},
             retry=retry or None,
-            forced=(force and error is not None and error.category not in REJECTED) or None,
+            forced=(force and risk is not None) or None,
+            risk=risk if force else None,
         )
         if retry or delivery.status in (DeliveryStatus.PENDING, DeliveryStatus.RETRY_SCHEDULED):
             to_status = DeliveryStatus.PENDING
@@ -382,11 +389,13 @@ class Operator:
             reset_attempts=retry,
             event=event,
             idempotency_key=key,
+            if_unchanged=delivery,
         )
         if not moved:
             current = self.get(delivery_id)
             raise ValueError(
                 f"delivery {delivery_id} changed while it was being edited (now "
-                f"{current.status.value}); nothing was changed, try again"
+                f"{current.status.value}, attempt {current.attempts}); nothing was changed, "
+                "look again and retry the edit"
             )
         return self.get(delivery_id)

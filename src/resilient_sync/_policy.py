@@ -8,7 +8,6 @@ sleep in the worker.
 from __future__ import annotations
 
 import itertools
-import math
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
@@ -16,7 +15,7 @@ from typing import Any
 import attrs
 import backoff
 
-from ._clock import to_seconds
+from ._clock import MAX_SECONDS, to_seconds
 from ._model import ErrorCategory
 
 __all__ = ["RetryDecision", "RetryPolicy", "backoff_delay", "decide_retry"]
@@ -25,11 +24,14 @@ Jitter = Callable[[float], float]
 
 
 def _seconds(value: float | timedelta) -> float:
-    return to_seconds(value)
+    try:
+        return to_seconds(value)
+    except ValueError as exc:
+        raise ValueError(f"RetryPolicy: {exc}") from None
 
 
 def _optional_seconds(value: float | timedelta | None) -> float | None:
-    return None if value is None else to_seconds(value)
+    return None if value is None else _seconds(value)
 
 
 _FULL_JITTER: Jitter = backoff.full_jitter
@@ -46,20 +48,25 @@ def _jitter(value: bool | Jitter | None) -> Jitter | None:
 
 
 def _positive(_inst: Any, attribute: attrs.Attribute[Any], value: float) -> None:
-    if not 0 < value < math.inf:  # also refuses NaN and infinity
-        raise ValueError(f"RetryPolicy.{attribute.name} must be a finite number > 0, got {value!r}")
+    if not 0 < value <= 1_000:  # also refuses NaN and infinity
+        raise ValueError(
+            f"RetryPolicy.{attribute.name} must be a number > 0 and at most 1000, got {value!r}"
+        )
 
 
 def _non_negative(_inst: Any, attribute: attrs.Attribute[Any], value: float | None) -> None:
-    if value is not None and not 0 <= value < math.inf:  # also refuses NaN and infinity
+    if value is not None and not 0 <= value <= MAX_SECONDS:  # also refuses NaN and infinity
         raise ValueError(
-            f"RetryPolicy.{attribute.name} must be a finite number >= 0, got {value!r}"
+            f"RetryPolicy.{attribute.name} must be a number of seconds >= 0 and at most 100 "
+            f"years, got {value!r}"
         )
 
 
 def _at_least_one(_inst: Any, attribute: attrs.Attribute[Any], value: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"RetryPolicy.{attribute.name} must be an int >= 1, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 1_000_000:
+        raise ValueError(
+            f"RetryPolicy.{attribute.name} must be an int >= 1 and at most 1,000,000, got {value!r}"
+        )
 
 
 @attrs.frozen

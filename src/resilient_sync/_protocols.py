@@ -48,6 +48,14 @@ class Destination(Protocol):
 
     Optional hooks, looked up by name:
 
+    - ``find_existing(event, context) -> result | None``: called before
+      ``deliver`` on every attempt (look before you create). Return the
+      existing record's result (e.g. the POS customer found by e-mail) to
+      link to it and succeed without creating anything, or ``None`` to go on
+      and ``deliver``. For APIs that never report duplicates (an idempotency
+      key only dedupes *one* event's retries, not two events of the same
+      person). Audited as ``"find_existing"``; an exception it raises is
+      classified like one from ``deliver``.
     - ``resolve_duplicate(event, error) -> result | None``: called on a
       ``DUPLICATE``; return the existing record's result (e.g. its remote id)
       to link to it and succeed, or ``None`` to leave it for a person.
@@ -57,9 +65,10 @@ class Destination(Protocol):
       original key plus a hash of the new payload) and replaces the stored
       one; at most three corrections per claim.
 
-    Hooks receive the exception ``deliver`` raised. With the
-    :class:`~resilient_sync.Dispatcher` all three must be plain functions;
-    with the :class:`~resilient_sync.AsyncDispatcher` each may be either.
+    ``resolve_duplicate`` and ``fix_data`` receive the exception ``deliver``
+    raised. With the :class:`~resilient_sync.Dispatcher` every hook must be
+    a plain function; with the :class:`~resilient_sync.AsyncDispatcher` each
+    may be either.
     """
 
     name: str
@@ -215,6 +224,7 @@ class QueueStore(Protocol):
         reset_attempts: bool = False,
         event: Event | None = None,
         idempotency_key: str | None = None,
+        if_unchanged: Delivery | None = None,
     ) -> builtins.list[str]:
         """Operator action, in one transaction.
 
@@ -223,8 +233,12 @@ class QueueStore(Protocol):
         once, whatever the claimer's clock, which may differ from the
         operator's), with ``attempts`` reset to 0 when asked, ``event`` and
         ``idempotency_key`` replaced when given, and a copy of ``audit`` whose
-        ``delivery_id``, ``destination`` and ``outcome`` are filled in. Returns
-        the ids that moved, in the given order.
+        ``delivery_id``, ``destination`` and ``outcome`` are filled in. With
+        ``if_unchanged`` (the delivery as the caller read it), a delivery
+        moves only if its ``status``, ``attempts``, ``lease_token`` and
+        ``updated_at`` are still those: a check made on what was read (an
+        edit's safety rule) still holds when the write happens. Returns the
+        ids that moved, in the given order.
         """
         ...
 

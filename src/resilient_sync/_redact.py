@@ -1,4 +1,13 @@
-"""Keep secrets out of messages, logs and the audit trail."""
+"""Keep secrets out of messages, logs and the audit trail.
+
+:func:`redact` replaces secret-looking values: credentials after ``Bearer`` /
+``Basic``, values of secret-looking names (``api_key=``, ``"password": ...``,
+``?key=``, ``&sig=``, ``Pwd=``, ``private_key=``), credentials in URLs
+(``scheme://user:password@host``), well-known token shapes (``sk_live_…``,
+``whsec_…``, ``ghp_…``, ``xoxb-…``, ``AKIA…``, JWTs) and any string the
+caller names. It is one step of the text gate in ``_text.py``; call
+:func:`resilient_sync._text.clean` rather than this on outside text.
+"""
 
 from __future__ import annotations
 
@@ -18,32 +27,66 @@ SECRET_HEADERS = frozenset(
         "set-cookie",
         "x-api-key",
         "api-key",
+        "apikey",
         "x-auth-token",
         "x-access-token",
         "x-shopify-access-token",
+        "x-shopify-hmac-sha256",
+        "stripe-signature",
+        "x-hub-signature",
+        "x-hub-signature-256",
+        "webhook-signature",
+        "x-webhook-signature",
     }
 )
 
+# Names whose value is a secret. A name with a prefix ("client_secret",
+# "access_token", "private_key") or one of a few exact short names ("key",
+# "sig", "pwd") that must not be part of a longer word ("idempotency_key",
+# "ordering_key" and "sort_key" stay readable).
+_SUFFIXED = (
+    r"api[_-]?key|apikey|secret|token|password|passwd|passphrase|authorization|"
+    r"access[_-]?key|private[_-]?key|signing[_-]?key|secret[_-]?key|client[_-]?secret|"
+    r"signature|cookie|credentials?|session[_-]?id|x-amz-credential|x-amz-security-token"
+)
+_EXACT = r"key|sig|pwd|pass|auth"
+_NAME = rf"(?:[a-z0-9_\-]{{0,40}}?(?:{_SUFFIXED})|(?<![\w-])(?:{_EXACT}))"
+
 _PATTERNS = [
-    # "Authorization: Bearer abc", "Bearer abc", "Basic abc=="
-    # ("token" only before a credential-like value, so "token revoked" stays readable)
+    # "Authorization: Bearer abc", "Bearer abc", "Basic abc==" ("token" only
+    # before a credential-like value, so "token revoked" stays readable)
     re.compile(
         r"(?i)\b(bearer|basic|token(?=\s+(?:[\w.~+/=\-]*\d|[\w.~+/=\-]{16,})))"
         r"\s+[A-Za-z0-9._~+/=\-]{4,}"
     ),
-    # key=value and "key": "value" pairs for secret-looking keys
-    # (\b and bounded runs: a long run of letters must not make it quadratic)
+    # name=value, name: value, "name": "value", 'name': 'value' (a quoted
+    # name only between matching quotes: "/etc/passwd': open" is no pair)
     re.compile(
-        r"""(?ix)
-        \b(["']?(?:[a-z0-9_\-]{0,40}?(?:api[_-]?key|secret|token|password|passwd|authorization|
-        access[_-]?key|client[_-]?secret|signature|cookie))["']?\s*[:=]\s*
-        (?:(?:bearer|basic)\s+)?)
-        (?:\[REDACTED\]|"[^"]*"|'[^']*'|[^\s,;&}\]]+)
+        rf"""(?ix)
+        ((?:"{_NAME}"|'{_NAME}'|(?<![/\\.])\b{_NAME})\s*[:=]\s*(?:(?:bearer|basic)\s+)?)
+        (?:\[REDACTED\]|"[^"]*"|'[^']*'|[^\s,;&}}\]"'<>]+)
         """
     ),
     # credentials in URLs: scheme://user:password@host
     re.compile(r"(?i)\b([a-z][a-z0-9+.\-]{0,30}://[^/\s:@]+:)[^@\s/]+(@)"),
 ]
+
+#: Token shapes that are secrets wherever they appear, whatever name they have.
+_TOKENS = re.compile(
+    r"""(?x)
+    \b(?:
+        (?:sk|rk)_(?:live|test)_[A-Za-z0-9]{8,}       # Stripe secret / restricted keys
+      | whsec_[A-Za-z0-9+/=]{8,}                       # Stripe / Standard Webhooks secrets
+      | gh[pousr]_[A-Za-z0-9]{20,}                     # GitHub tokens
+      | github_pat_[A-Za-z0-9_]{20,}
+      | xox[abprse]-[A-Za-z0-9-]{10,}                  # Slack tokens
+      | shp(?:at|ss|ca|pa)_[A-Fa-f0-9]{16,}            # Shopify access tokens
+      | AKIA[0-9A-Z]{16}                               # AWS access key ids
+      | AIza[0-9A-Za-z_\-]{30,}                        # Google API keys
+      | eyJ[A-Za-z0-9_\-]{5,}\.eyJ[A-Za-z0-9_\-]{5,}\.[A-Za-z0-9_\-]{10,}  # JWTs
+    )
+    """
+)
 
 
 def redact(text: str, secrets: Iterable[str] = ()) -> str:
@@ -51,6 +94,7 @@ def redact(text: str, secrets: Iterable[str] = ()) -> str:
     for secret in secrets:
         if secret and len(secret) >= 4:
             text = text.replace(secret, REDACTED)
+    text = _TOKENS.sub(REDACTED, text)
     text = _PATTERNS[0].sub(lambda m: f"{m.group(1)} {REDACTED}", text)
     text = _PATTERNS[1].sub(lambda m: f"{m.group(1)}{REDACTED}", text)
     return _PATTERNS[2].sub(lambda m: f"{m.group(1)}{REDACTED}{m.group(2)}", text)

@@ -246,11 +246,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("discard", "give up on deliveries on purpose (retry revives them)", write)
     p.add_argument("ids", nargs="+", metavar="ID", help="delivery ids")
-    p.add_argument("--reason", help="why, for the audit trail")
+    p.add_argument("--note", "--reason", dest="note", help="why, for the audit trail")
 
     p = add("pause", "stop delivering to a destination until it is resumed", write)
     p.add_argument("destination", help="destination name")
-    p.add_argument("--reason", help="why, for the audit trail and status")
+    p.add_argument("--note", "--reason", dest="note", help="why, for the audit trail and status")
     p.add_argument("--force", action="store_true", help="pause a destination not seen yet")
 
     p = add("resume", "deliver to a paused destination again", write)

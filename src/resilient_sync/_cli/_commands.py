@@ -323,7 +323,7 @@ def cmd_resolve(ctx: Ctx) -> int:
 
 def cmd_discard(ctx: Ctx) -> int:
     before = _existing(ctx, ctx.args.ids)
-    moved = ctx.operator.discard(list(before), reason=ctx.args.reason, actor=ctx.actor)
+    moved = ctx.operator.discard(list(before), note=ctx.args.note, actor=ctx.actor)
     return _report_action(ctx, "discard", before, moved, sorted(DISCARDABLE), "Discarded")
 
 
@@ -396,7 +396,7 @@ def cmd_pause(ctx: Ctx) -> int:
             f"unknown destination {name!r} in {ctx.db} (known: {_names(known)}); "
             "pass --force to pause it before anything was sent to it"
         )
-    state = ctx.operator.pause(name, reason=ctx.args.reason, actor=ctx.actor)
+    state = ctx.operator.pause(name, note=ctx.args.note, actor=ctx.actor)
     if ctx.json:
         ctx.dump({"action": "pause", "destination": name, "paused": state.paused})
     else:

@@ -15,7 +15,8 @@ A correct adapter is a few lines of configuration::
 
 The hard parts are right by default: the idempotency key goes with every
 request, a retried body is byte-identical, responses and httpx exceptions are
-classified by DESIGN.md's table (after a vendor override header and your own
+classified by the HTTP table of ``docs/concepts/error-taxonomy.md`` (after a
+vendor override header and your own
 body classifier), ``Retry-After`` is honoured in all its forms, a 429 slows
 the whole destination, a circuit breaker stops hammering an API that is down,
 and secrets never reach a message, a log line or the audit trail. See

@@ -1,8 +1,8 @@
 """Classifying HTTP outcomes: a response or an httpx exception becomes one of
 this library's errors. Pure, no I/O.
 
-A response is decided in this order (DESIGN.md, "The HTTP adapter's default
-classification"):
+A response is decided in this order (``docs/concepts/error-taxonomy.md``,
+"The HTTP adapter's default classification"):
 
 1. a vendor override header (``Stripe-Should-Retry``-style): ``true`` makes
    the failure TRANSIENT, ``false`` makes sure it is not retried;

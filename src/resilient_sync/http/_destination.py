@@ -418,7 +418,8 @@ class HttpDestination(_BaseHttpDestination):
     Each delivery is one request: ``method`` to ``base_url`` + ``path`` with
     the payload as canonical JSON (same bytes on every retry) and the
     idempotency key in the ``Idempotency-Key`` header; the response is
-    classified by DESIGN.md's table (see ``resilient_sync.http``).
+    classified by the HTTP table of ``docs/concepts/error-taxonomy.md`` (see
+    ``resilient_sync.http``).
 
     Args:
         name: the destination's name in the queue.

@@ -2,11 +2,68 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import attrs
 
+from .._errors import InvalidEventError
+from .._json import check_json, event_to_json, identifier_problem
 from .._model import Attempt, Delivery
 
-__all__ = ["check_page_args", "decode_cursor", "encode_cursor", "fill_audit"]
+__all__ = [
+    "check_deliveries",
+    "check_page_args",
+    "checked_event_json",
+    "decode_cursor",
+    "encode_cursor",
+    "fill_audit",
+    "invalid_payload",
+]
+
+
+def check_deliveries(deliveries: Any, *, payloads: bool) -> None:
+    """Refuse, before anything is written, a delivery no store could hold
+    correctly: ids, keys and names that are not printable text (a NUL, an
+    ESC, a unit separator), and with ``payloads`` a payload or metadata that
+    is not JSON. The same rules as ``submit()``, so every store behaves alike
+    when it is called directly. Raises :class:`InvalidEventError`."""
+    for d in deliveries:
+        event = d.event
+        for label, value, optional in (
+            ("delivery id", d.id, False),
+            ("destination", d.destination, False),
+            ("idempotency key", d.idempotency_key, False),
+            ("event.id", event.id, False),
+            ("event.type", event.type, False),
+            ("event.ordering_key", event.ordering_key, True),
+            ("event.idempotency_key", event.idempotency_key, True),
+        ):
+            if optional and value is None:
+                continue
+            problem = identifier_problem(value)
+            if problem is not None:
+                raise InvalidEventError(
+                    f"delivery {d.id!r}: {label} {problem}; nothing was enqueued", field=label
+                )
+        if payloads:
+            check_json(event.payload, "payload")
+            check_json(dict(event.metadata), "metadata")
+
+
+def invalid_payload(d: Delivery, exc: Exception) -> InvalidEventError:
+    """The :class:`InvalidEventError` for a delivery whose event would not
+    serialise (``exc`` from the encoder), naming the offending path."""
+    try:
+        check_json(d.event.payload, "payload")
+        check_json(dict(d.event.metadata), "metadata")
+    except InvalidEventError as found:
+        return InvalidEventError(
+            f"delivery {d.id!r}: {found}; nothing was enqueued", field=found.field
+        )
+    return InvalidEventError(
+        f"delivery {d.id!r}: its event cannot be stored ({type(exc).__name__}: {exc}); "
+        "nothing was enqueued"
+    )
 
 
 def check_page_args(limit: int) -> None:
@@ -38,3 +95,15 @@ def fill_audit(template: Attempt, delivery: Delivery) -> Attempt:
         outcome=delivery.status,
         number=delivery.attempts,
     )
+
+
+def checked_event_json(d: Delivery) -> str:
+    """The stored JSON of a delivery's event, or :class:`InvalidEventError`
+    naming what no store can hold (not JSON, unencodable text)."""
+    try:
+        text = event_to_json(d.event)
+        if not text.isascii():
+            text.encode("utf-8")
+    except (TypeError, ValueError, RecursionError) as exc:  # UnicodeEncodeError is a ValueError
+        raise invalid_payload(d, exc) from exc
+    return text

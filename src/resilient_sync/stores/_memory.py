@@ -28,7 +28,7 @@ from .._model import (
     Page,
     QueueStats,
 )
-from ._common import check_page_args, decode_cursor, encode_cursor, fill_audit
+from ._common import check_deliveries, check_page_args, decode_cursor, encode_cursor, fill_audit
 
 __all__ = ["MemoryIdempotencyStore", "MemoryQueueStore"]
 
@@ -68,6 +68,7 @@ class MemoryQueueStore:
                 f"MemoryQueueStore cannot join a transaction (got {type(transaction).__name__}); "
                 "use PostgresQueueStore for the transactional outbox"
             )
+        check_deliveries(deliveries, payloads=True)
         with self._lock:
             inserted: builtins.list[Delivery] = []
             for delivery in deliveries:
@@ -212,12 +213,20 @@ class MemoryQueueStore:
         reset_attempts: bool = False,
         event: Any = None,
         idempotency_key: str | None = None,
+        if_unchanged: Delivery | None = None,
     ) -> builtins.list[str]:
         with self._lock:
             moved: builtins.list[str] = []
             for delivery_id in dict.fromkeys(ids):
                 d = self._deliveries.get(delivery_id)
                 if d is None or d.status not in from_status:
+                    continue
+                if if_unchanged is not None and (
+                    d.status is not if_unchanged.status
+                    or d.attempts != if_unchanged.attempts
+                    or d.lease_token != if_unchanged.lease_token
+                    or d.updated_at != if_unchanged.updated_at
+                ):
                     continue
                 new = attrs.evolve(
                     d,

@@ -71,7 +71,14 @@ from .._model import (
     QueueStats,
 )
 from .._redact import redact
-from ._common import check_page_args, decode_cursor, encode_cursor, fill_audit
+from ._common import (
+    check_deliveries,
+    check_page_args,
+    checked_event_json,
+    decode_cursor,
+    encode_cursor,
+    fill_audit,
+)
 
 __all__ = ["PostgresIdempotencyStore", "PostgresQueueStore", "open_pair"]
 
@@ -603,6 +610,7 @@ class PostgresQueueStore(_PostgresBase):
         deliveries = list(deliveries)
         if not deliveries and cursor is None:
             return []
+        check_deliveries(deliveries, payloads=False)
 
         if transaction is None:
             return self._run(
@@ -705,7 +713,7 @@ class PostgresQueueStore(_PostgresBase):
             p["event_ids"].append(d.event.id)
             p["destinations"].append(d.destination)
             p["ordering_keys"].append(d.event.ordering_key)
-            p["events"].append(event_to_json(d.event))
+            p["events"].append(checked_event_json(d))
             p["statuses"].append(d.status.value)
             p["idempotency_keys"].append(d.idempotency_key)
             p["attempts"].append(d.attempts)
@@ -824,6 +832,7 @@ class PostgresQueueStore(_PostgresBase):
         reset_attempts: bool = False,
         event: Event | None = None,
         idempotency_key: str | None = None,
+        if_unchanged: Delivery | None = None,
     ) -> builtins.list[str]:
         """See :meth:`resilient_sync.QueueStore.transition`."""
         wanted = list(dict.fromkeys(ids))
@@ -838,6 +847,11 @@ class PostgresQueueStore(_PostgresBase):
             "event": event_to_json(event) if event is not None else None,
             "ordering_key": event.ordering_key if event is not None else None,
             "idempotency_key": idempotency_key,
+            "guarded": if_unchanged is not None,
+            "g_status": if_unchanged.status.value if if_unchanged is not None else None,
+            "g_attempts": if_unchanged.attempts if if_unchanged is not None else None,
+            "g_token": if_unchanged.lease_token if if_unchanged is not None else None,
+            "g_updated_at": if_unchanged.updated_at if if_unchanged is not None else None,
         }
 
         def move(conn: Connection) -> builtins.list[str]:

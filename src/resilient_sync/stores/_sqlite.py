@@ -81,7 +81,14 @@ from .._model import (
     Page,
     QueueStats,
 )
-from ._common import check_page_args, decode_cursor, encode_cursor, fill_audit
+from ._common import (
+    check_deliveries,
+    check_page_args,
+    checked_event_json,
+    decode_cursor,
+    encode_cursor,
+    fill_audit,
+)
 
 __all__ = ["SQLiteIdempotencyStore", "SQLiteQueueStore"]
 
@@ -706,7 +713,7 @@ def _insert_row(d: Delivery) -> tuple[Any, ...]:
         event.id,
         d.destination,
         event.ordering_key,
-        event_to_json(event),
+        checked_event_json(d),
         d.status.value,
         d.idempotency_key,
         d.attempts,
@@ -863,6 +870,7 @@ class SQLiteQueueStore(_SQLiteStore):
         """See :meth:`QueueStore.enqueue`; ``transaction`` may be a
         ``sqlite3.Connection`` on the same file with an open transaction."""
         deliveries = list(deliveries)
+        check_deliveries(deliveries, payloads=False)
         rows = [_insert_row(d) for d in deliveries]
         if transaction is not None:
             return self._enqueue_joined(transaction, deliveries, rows, cursor)
@@ -986,6 +994,7 @@ class SQLiteQueueStore(_SQLiteStore):
         reset_attempts: bool = False,
         event: Event | None = None,
         idempotency_key: str | None = None,
+        if_unchanged: Delivery | None = None,
     ) -> builtins.list[str]:
         """See :meth:`QueueStore.transition`: one transaction."""
         allowed = frozenset(from_status)
@@ -998,6 +1007,13 @@ class SQLiteQueueStore(_SQLiteStore):
                     continue
                 d = _delivery(row)
                 if d.status not in allowed:
+                    continue
+                if if_unchanged is not None and (
+                    d.status is not if_unchanged.status
+                    or d.attempts != if_unchanged.attempts
+                    or d.lease_token != if_unchanged.lease_token
+                    or d.updated_at != if_unchanged.updated_at
+                ):
                     continue
                 next_at = None  # PENDING: due at once, whatever the claimer's clock
                 new = attrs.evolve(

@@ -235,6 +235,9 @@ SET status = %(to_status)s,
     lease_expires_at = NULL,
     updated_at = %(now)s
 WHERE id = ANY(%(ids)b::text[]) AND status = ANY(%(from_status)b::text[])
+  AND (NOT %(guarded)s OR (
+      status = %(g_status)s::text AND attempts = %(g_attempts)s::integer
+      AND lease_token = %(g_token)s::bigint AND updated_at = %(g_updated_at)s::timestamptz))
 RETURNING id, seq, event::text, destination, status, idempotency_key, attempts,
           next_attempt_at, last_error::text, result::text, created_at, updated_at,
           lease_token, lease_owner, lease_expires_at;
