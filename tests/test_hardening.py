@@ -583,3 +583,29 @@ def test_producer_submits_by_name_and_says_what_it_skipped(stores: Pair) -> None
     pos = RecordingDestination("pos")
     Dispatcher(queue, idempotency, [pos], clock=clock).run_until_idle()
     assert [e.id for e in pos.applied] == ["e1"]
+
+
+def test_a_client_side_refusal_that_sent_nothing_spends_no_attempt(stores: Pair) -> None:
+    queue, _ = stores
+    clock = FakeClock()
+
+    class Limited:
+        name = "pos"
+
+        def __init__(self) -> None:
+            self.refusals = 0
+
+        def deliver(self, e: Event, context: DeliveryContext) -> Any:
+            if self.refusals < 5:
+                self.refusals += 1
+                raise RateLimitedError("local limiter: next slot in 2s", retry_after=2, sent=False)
+            return {"ok": True}
+
+    d = dispatcher(stores, Limited(), clock=clock)  # max_attempts=3
+    d.submit(Event("a", "t", {}))
+    for _ in range(6):
+        d.run_once()
+        clock.advance(2)
+    delivery = only(queue)
+    assert delivery.status is DeliveryStatus.SUCCEEDED  # 5 refusals did not exhaust 3 attempts
+    assert delivery.attempts == 1

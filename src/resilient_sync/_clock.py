@@ -23,10 +23,10 @@ def to_seconds(value: float | timedelta) -> float:
         raise TypeError(f"expected seconds (a number) or a timedelta, got {value!r}")
     try:
         return float(value)
-    except OverflowError:
-        digits = len(str(abs(value))) if value.bit_length() < 10_000 else "thousands of"
+    except OverflowError:  # an int too large for a float
         raise ValueError(
-            f"a duration of {digits}-digit seconds is longer than any date can hold"
+            f"a duration of about 10**{int(value).bit_length() * 3 // 10} seconds is longer "
+            "than any date can hold"
         ) from None
 
 

@@ -223,6 +223,11 @@ def _safe_classify(classifier: Classifier, exc: Exception) -> ErrorInfo:
         )
 
 
+def _sent_nothing(exc: BaseException | None) -> bool:
+    """Whether an error says nothing reached the destination (``sent=False``)."""
+    return isinstance(exc, SyncError) and getattr(exc, "sent", None) is False
+
+
 def _error_details(exc: BaseException | None) -> dict[str, Any]:
     """The ``details`` a :class:`SyncError` carries, through the gate, for its audit record."""
     details = getattr(exc, "details", None) if isinstance(exc, SyncError) else None
@@ -458,6 +463,24 @@ def delivery_flow(
             )
 
         error = _safe_classify(env.classifier, outcome.error)
+        if error.category is ErrorCategory.RATE_LIMITED and _sent_nothing(outcome.error):
+            # refused on our side (a client-side rate limit): nothing reached the
+            # destination, so no attempt is spent; wait as long as it says
+            now = env.now()
+            wait = min(
+                error.retry_after if error.retry_after is not None else env.policy.initial_delay,
+                env.policy.max_retry_after,
+            )
+            until = now + timedelta(seconds=wait)
+            note("deliver", started, reason=f"{error.message} (nothing was sent)", error=error)
+            return done(
+                DeliveryStatus.RETRY_SCHEDULED,
+                error=error,
+                next_attempt_at=until,
+                count_attempt=False,
+                hold_until=until,
+                hold_reason=f"rate limited: {error.message}",
+            )
         note(
             "deliver",
             started,

@@ -55,6 +55,10 @@ class SyncError(Exception):
         remote_field: the field as the remote API named it (e.g.
             ``"tax_id_data[0].value"``) when ``field`` is the payload path it
             maps to (``"vat_number"``).
+        sent: False when nothing reached the destination (a client-side
+            refusal, e.g. a rate limiter): a ``RateLimitedError`` with
+            ``sent=False`` is retried after ``retry_after`` without spending
+            the retry budget. None (the default) when unknown.
     """
 
     category: ClassVar[ErrorCategory | None] = None
@@ -67,6 +71,7 @@ class SyncError(Exception):
         retry_after: float | None = None,
         details: dict[str, Any] | None = None,
         remote_field: str | None = None,
+        sent: bool | None = None,
     ) -> None:
         if message is None:
             message = (type(self).__doc__ or type(self).__name__).strip().splitlines()[0]
@@ -76,6 +81,7 @@ class SyncError(Exception):
         self.retry_after = retry_after
         self.details = dict(details or {})
         self.remote_field = remote_field
+        self.sent = sent
 
     def __str__(self) -> str:
         return self.message

@@ -134,7 +134,7 @@ class RateLimiter:
                     f"client-side rate limit{rate} of {destination}: next slot in {wait:.1f}s; "
                     "handed back without sending",
                     retry_after=wait,
-                    details={"sent": False},
+                    sent=False,
                 )
             self._tat = max(self._tat, start) + self._interval()
             return max(0.0, wait)
