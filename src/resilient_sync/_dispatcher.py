@@ -193,6 +193,12 @@ class _BaseDispatcher(_Submitter):
         self._pool: ThreadPoolExecutor | None = None
         self._pool_lock = threading.Lock()
         self._check_destinations()
+        for dest in self.destinations.values():
+            # one clock, given once, reaches every part: a destination that
+            # keeps time (rate limits, Retry-After dates) uses the dispatcher's
+            adopt = getattr(dest, "use_clock", None)
+            if callable(adopt):
+                adopt(self.clock)
 
     def _check_destinations(self) -> None:
         """Refuse destinations this dispatcher cannot drive (overridden)."""
@@ -586,7 +592,9 @@ class Dispatcher(_BaseDispatcher, _SyncSubmitting):
         idempotency: remembers completed idempotency keys.
         destinations: ``Destination`` objects (or a mapping name -> destination).
         retry: the retry policy (budget and delays).
-        clock: ``SystemClock()`` by default; ``FakeClock`` in tests.
+        clock: ``SystemClock()`` by default; ``FakeClock`` in tests. Handed to
+            every destination that has a ``use_clock(clock)`` method (the
+            HTTP destinations), so one clock reaches every part.
         classifier: maps exceptions to categories (extend it for your errors).
         batch_size: deliveries claimed per round trip.
         concurrency: deliveries attempted at once (a thread pool), for slow

@@ -65,6 +65,10 @@ class Destination(Protocol):
       original key plus a hash of the new payload) and replaces the stored
       one; at most three corrections per claim.
 
+    - ``use_clock(clock)``: called once by the dispatcher with its clock, for
+      destinations that keep time (rate limits, ``Retry-After`` dates), so a
+      ``FakeClock`` given to the dispatcher reaches them too.
+
     ``resolve_duplicate`` and ``fix_data`` receive the exception ``deliver``
     raised. With the :class:`~resilient_sync.Dispatcher` every hook must be
     a plain function; with the :class:`~resilient_sync.AsyncDispatcher` each
