@@ -38,6 +38,15 @@ CATALOG = {
         FROM information_schema.sequences WHERE sequence_schema = %(s)s
         ORDER BY sequence_name""",
     "migrations": "SELECT version, name FROM {schema}.schema_migrations ORDER BY version",
+    "triggers": """
+        SELECT event_object_table, trigger_name, action_timing, event_manipulation,
+               action_orientation, action_statement
+        FROM information_schema.triggers WHERE trigger_schema = %(s)s
+        ORDER BY 1, 2, 4""",
+    "functions": """
+        SELECT p.proname, pg_get_function_result(p.oid)
+        FROM pg_proc AS p WHERE p.pronamespace = to_regnamespace(%(s)s)
+        ORDER BY 1""",
 }
 
 
@@ -112,7 +121,7 @@ def test_migrations_run_once_and_workers_opening_together_do_not_race(
     for t in threads:
         t.join(60)
     assert errors == []
-    assert catalog(pg_schema)["migrations"] == [(1, "initial")]
+    assert catalog(pg_schema)["migrations"] == [(1, "initial"), (2, "retention_and_flat_reads")]
 
 
 def test_a_schema_newer_than_the_library_is_refused(pg_dsn: str, pg_schema: str) -> None:

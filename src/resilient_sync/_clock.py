@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
+from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 
-__all__ = ["MAX_SECONDS", "FakeClock", "SystemClock", "duration", "to_seconds"]
+__all__ = [
+    "MAX_SECONDS",
+    "DatabaseClock",
+    "FakeClock",
+    "SystemClock",
+    "duration",
+    "to_seconds",
+]
 
 
 #: The longest duration accepted anywhere (a century): longer ones would
@@ -59,6 +68,76 @@ class SystemClock:
 
     def __repr__(self) -> str:
         return "SystemClock()"
+
+
+def _utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class DatabaseClock(SystemClock):
+    """The system clock set to a database server's clock.
+
+    Workers on several machines judge leases by one clock, the database's,
+    so a worker whose own clock runs ten minutes fast does not take over
+    deliveries whose leases are still running. ``now()`` is the local clock
+    plus the offset to ``source()`` (e.g. ``PostgresQueueStore.database_time``),
+    measured at first use and again every ``refresh`` seconds, halfway through
+    the round trip. If the database cannot be read, the last offset is kept
+    (zero at first) and a warning is logged. ``local`` replaces the local
+    clock (for tests of a machine whose clock is wrong).
+    """
+
+    def __init__(
+        self,
+        source: Callable[[], datetime],
+        *,
+        refresh: float = 60.0,
+        local: Callable[[], datetime] | None = None,
+    ) -> None:
+        self._source = source
+        self._refresh = refresh
+        self._local = local if local is not None else _utcnow
+        self._offset = timedelta(0)
+        self._measured_at = -float("inf")
+        self._lock = threading.Lock()
+
+    @property
+    def offset(self) -> timedelta:
+        """The database's clock minus the local one, as last measured."""
+        return self._offset
+
+    def _measure(self) -> None:
+        before = time.monotonic()
+        local = self._local()
+        try:
+            remote = self._source()
+        except Exception as exc:  # noqa: BLE001 - keep the last offset; the store reports its error
+            logging.getLogger("resilient_sync").warning(
+                "could not read the database clock (%s: %s); keeping the last offset of %ss",
+                type(exc).__name__,
+                exc,
+                self._offset.total_seconds(),
+            )
+            self._measured_at = time.monotonic()
+            return
+        trip = time.monotonic() - before
+        self._offset = remote - (local + timedelta(seconds=trip / 2))
+        self._measured_at = time.monotonic()
+
+    def now(self) -> datetime:
+        """The database's current time (local clock plus the measured offset)."""
+        if time.monotonic() - self._measured_at >= self._refresh:
+            first = self._measured_at == -float("inf")
+            if self._lock.acquire(blocking=first):  # the first reading is waited for
+                try:
+                    if time.monotonic() - self._measured_at >= self._refresh:
+                        self._measure()
+                finally:
+                    self._lock.release()
+        return self._local() + self._offset
+
+    def __repr__(self) -> str:
+        return f"DatabaseClock(offset={self._offset.total_seconds():+.3f}s)"
 
 
 class FakeClock:

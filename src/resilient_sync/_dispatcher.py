@@ -24,7 +24,7 @@ import attrs
 
 from ._circuit import CircuitBreaker, Circuits
 from ._classify import Classifier
-from ._clock import SystemClock, duration
+from ._clock import DatabaseClock, SystemClock, duration
 from ._core import (
     Call,
     FlowEnv,
@@ -87,6 +87,79 @@ def _log_fields(delivery: Delivery, completion: Completion | None = None) -> dic
         "status": status.value,
         "category": error.category.value if error is not None else None,
     }
+
+
+def _default_clock(clock: Clock | None, queue: QueueStore) -> Clock:
+    """The clock given, or the system clock; the database's (``DatabaseClock``)
+    when the store has one (``database_time()``, PostgreSQL), so that workers
+    on several machines judge leases by one clock."""
+    if clock is not None and type(clock) is not SystemClock:
+        return clock
+    source = getattr(queue, "database_time", None)
+    if callable(source):
+        return DatabaseClock(source)
+    return clock if clock is not None else SystemClock()
+
+
+class _Heartbeat:
+    """Keeps the leases of a dispatcher's running deliveries alive.
+
+    While a batch runs, a daemon thread moves the lease end of its deliveries
+    to ``now + lease`` every third of the lease (``extend_leases``, fenced by
+    the lease token), so a delivery that takes longer than its lease is not
+    claimed by another worker meanwhile. Only with a real clock and a store
+    that can extend leases; a ``FakeClock`` test drives leases by hand.
+    """
+
+    def __init__(self, dispatcher: _BaseDispatcher) -> None:
+        self._dispatcher = dispatcher
+        extend = getattr(dispatcher.queue, "extend_leases", None)
+        self._extend = extend if callable(extend) else None
+        self._on = self._extend is not None and isinstance(dispatcher.clock, SystemClock)
+        self._held: dict[str, int] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.interval = max(0.5, dispatcher.lease.total_seconds() / 3)
+
+    def hold(self, deliveries: Sequence[Delivery]) -> None:
+        if not self._on:
+            return
+        with self._lock:
+            for d in deliveries:
+                self._held[d.id] = d.lease_token
+            if self._thread is None and not self._stop.is_set():
+                self._thread = threading.Thread(
+                    target=self._run, name="resilient-sync-heartbeat", daemon=True
+                )
+                self._thread.start()
+
+    def drop(self, deliveries: Sequence[Delivery]) -> None:
+        if not self._on:
+            return
+        with self._lock:
+            for d in deliveries:
+                self._held.pop(d.id, None)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            with self._lock:
+                leases = list(self._held.items())
+            if not leases or self._extend is None:
+                continue
+            until = self._dispatcher.clock.now() + self._dispatcher.lease
+            try:
+                self._extend(leases, until=until)
+            except Exception:
+                logger.exception(
+                    "could not extend the leases of %d running deliveries", len(leases)
+                )
+
+    def close(self) -> None:
+        self._stop.set()
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            thread.join(timeout=5)
 
 
 class _Batch:
@@ -173,7 +246,7 @@ class _BaseDispatcher(_Submitter):
         self.queue = queue
         self.idempotency = idempotency
         self.retry = retry if retry is not None else RetryPolicy()
-        self.clock: Clock = clock if clock is not None else SystemClock()
+        self.clock: Clock = _default_clock(clock, queue)
         self.classifier = classifier if classifier is not None else Classifier()
         self.batch_size = batch_size
         self.concurrency = concurrency
@@ -192,6 +265,7 @@ class _BaseDispatcher(_Submitter):
         )
         self._pool: ThreadPoolExecutor | None = None
         self._pool_lock = threading.Lock()
+        self._heartbeat = _Heartbeat(self)
         self._check_destinations()
         for dest in self.destinations.values():
             # one clock, given once, reaches every part: a destination that
@@ -592,7 +666,9 @@ class Dispatcher(_BaseDispatcher, _SyncSubmitting):
         idempotency: remembers completed idempotency keys.
         destinations: ``Destination`` objects (or a mapping name -> destination).
         retry: the retry policy (budget and delays).
-        clock: ``SystemClock()`` by default; ``FakeClock`` in tests. Handed to
+        clock: ``SystemClock()`` by default (on PostgreSQL, a ``DatabaseClock``:
+            the system clock set to the server's, so that leases are judged
+            by one clock across machines); ``FakeClock`` in tests. Handed to
             every destination that has a ``use_clock(clock)`` method (the
             HTTP destinations), so one clock reaches every part.
         classifier: maps exceptions to categories (extend it for your errors).
@@ -641,6 +717,13 @@ class Dispatcher(_BaseDispatcher, _SyncSubmitting):
         claimed = self.queue.claim(**args)
         if not claimed:
             return RunReport()
+        self._heartbeat.hold(claimed)
+        try:
+            return self._process(claimed, args)
+        finally:
+            self._heartbeat.drop(claimed)
+
+    def _process(self, claimed: list[Delivery], args: dict[str, Any]) -> RunReport:
         lease_until: datetime = args["lease_until"]
         batch_started = False
         try:
@@ -740,11 +823,13 @@ class Dispatcher(_BaseDispatcher, _SyncSubmitting):
             return self._pool
 
     def close(self) -> None:
-        """Stop the worker pool (if any). Stores are the caller's to close."""
+        """Stop the worker pool and the lease heartbeat (if any). Stores are the
+        caller's to close."""
         with self._pool_lock:
             pool, self._pool = self._pool, None
         if pool is not None:
             pool.shutdown(wait=True)
+        self._heartbeat.close()
 
     def __enter__(self) -> Dispatcher:
         return self
@@ -884,7 +969,18 @@ class AsyncDispatcher(_BaseDispatcher):
     Destinations may define ``async def deliver`` (and async hooks); plain
     ones run in a worker thread so they never block the event loop. At most
     ``concurrency`` deliveries run at once. Store calls run in a worker thread.
+    ``async with AsyncDispatcher(...) as dispatcher:`` closes it at the end.
     """
+
+    def close(self) -> None:
+        """Stop the lease heartbeat (if any). Stores are the caller's to close."""
+        self._heartbeat.close()
+
+    async def __aenter__(self) -> AsyncDispatcher:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.close()
 
     async def _io(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
         return await asyncio.to_thread(fn, *args, **kwargs)
@@ -937,6 +1033,13 @@ class AsyncDispatcher(_BaseDispatcher):
         claimed: list[Delivery] = await self._io(self.queue.claim, **args)
         if not claimed:
             return RunReport()
+        self._heartbeat.hold(claimed)
+        try:
+            return await self._process(claimed, args)
+        finally:
+            self._heartbeat.drop(claimed)
+
+    async def _process(self, claimed: list[Delivery], args: dict[str, Any]) -> RunReport:
         lease_until: datetime = args["lease_until"]
         batch_started = False
         try:

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import builtins
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
 import attrs
 
-from ._clock import SystemClock, to_seconds
+from ._clock import DatabaseClock, SystemClock, duration
 from ._core import audit_details, revised_key, revision_risk
 from ._edit import apply_edits
 from ._errors import DeliveryNotFoundError, InvalidEventError
@@ -23,10 +23,10 @@ from ._model import (
     Page,
     QueueStats,
 )
-from ._protocols import Clock, QueueStore
+from ._protocols import Clock, IdempotencyStore, QueueStore
 from ._text import MAX_NOTE, clean, one_line
 
-__all__ = ["Operator", "TrendBucket"]
+__all__ = ["Operator", "PurgeReport", "TrendBucket"]
 
 RETRYABLE_BY_OPERATOR = frozenset(
     {DeliveryStatus.NEEDS_ACTION, DeliveryStatus.RETRY_SCHEDULED, DeliveryStatus.DISCARDED}
@@ -37,6 +37,16 @@ RESOLVABLE = frozenset(
 DISCARDABLE = RESOLVABLE
 EDITABLE = RETRYABLE_BY_OPERATOR | {DeliveryStatus.PENDING}
 _PAGE = 500
+
+
+@attrs.frozen(kw_only=True)
+class PurgeReport:
+    """What :meth:`Operator.purge` removed (or, with ``dry_run``, would remove)."""
+
+    before: datetime
+    deliveries: int = 0
+    idempotency_keys: int = 0
+    dry_run: bool = False
 
 
 @attrs.frozen(kw_only=True)
@@ -80,6 +90,8 @@ class Operator:
 
     def __init__(self, queue: QueueStore, clock: Clock | None = None) -> None:
         self.queue = queue
+        if clock is None and callable(getattr(queue, "database_time", None)):
+            clock = DatabaseClock(queue.database_time)  # type: ignore[attr-defined]
         self.clock: Clock = clock if clock is not None else SystemClock()
 
     # -- reading ---------------------------------------------------------
@@ -128,32 +140,101 @@ class Operator:
         return self.queue.audit(errors_only=True, limit=limit)
 
     def error_trend(
-        self, bucket: float | timedelta = timedelta(hours=1), since: datetime | None = None
+        self,
+        bucket: float | timedelta = timedelta(hours=1),
+        since: datetime | None = None,
+        until: datetime | None = None,
     ) -> builtins.list[TrendBucket]:
         """Failed attempts per time bucket and category, oldest bucket first.
 
-        ``since`` defaults to 24 buckets ago; empty buckets are included so the
-        series is continuous.
+        ``since`` defaults to 24 buckets before ``until`` (default: now);
+        empty buckets are included so the series is continuous. Counted by
+        the store (``QueueStore.error_counts``), never by loading the records.
         """
-        width = timedelta(seconds=to_seconds(bucket))
-        if width <= timedelta(0):
-            raise ValueError(f"bucket must be > 0, got {bucket!r}")
-        now = self.clock.now()
-        start = since if since is not None else now - 24 * width
-        buckets: builtins.list[TrendBucket] = []
-        edge = start
-        while edge <= now:
-            buckets.append(TrendBucket(start=edge, counts={}))
-            edge += width
-        records: builtins.list[Attempt] = self.queue.audit(since=start, errors_only=True)
-        for record in records:
-            if record.error is None:
-                continue
-            index = int((record.finished_at - start) / width)
-            if 0 <= index < len(buckets):
-                counts = buckets[index].counts
-                counts[record.error.category] = counts.get(record.error.category, 0) + 1
+        width = timedelta(seconds=duration(bucket, "bucket"))
+        end = until if until is not None else self.clock.now()
+        start = since if since is not None else end - 24 * width
+        if start >= end:
+            raise ValueError(f"since ({start}) must be before until ({end})")
+        count = int((end - start) / width) + 1
+        if count > 10_000:
+            raise ValueError(
+                f"{count} buckets of {width} from {start} to {end} are too many; "
+                "use a wider bucket or a shorter range"
+            )
+        buckets = [TrendBucket(start=start + i * width, counts={}) for i in range(count)]
+        for index, category, n in self.queue.error_counts(
+            since=start, until=start + count * width, bucket=width
+        ):
+            if 0 <= index < count:
+                buckets[index].counts[category] = n
         return buckets
+
+    def purge(
+        self,
+        older_than: float | timedelta = timedelta(days=30),
+        *,
+        idempotency: IdempotencyStore | None = None,
+        batch: int = 1000,
+        dry_run: bool = False,
+        actor: str = "operator",
+        progress: Callable[[int], None] | None = None,
+    ) -> PurgeReport:
+        """Retention: delete finished deliveries (``SUCCEEDED``, ``RESOLVED``,
+        ``DISCARDED``) last changed more than ``older_than`` ago, with their
+        audit records, and old records of actions on destinations; with
+        ``idempotency``, also the completed keys that expired.
+
+        Works in batches of ``batch``, each its own short transaction, so
+        workers keep running meanwhile; ``progress(deleted_so_far)`` is called
+        after each. With ``dry_run`` nothing changes and the report says how
+        many deliveries would go. Waiting, failed and in-flight deliveries are
+        never purged. One ``"purge"`` audit record says what was removed.
+
+        Mind the horizon: an event id whose delivery was purged is no longer
+        known, so submitting it again enqueues it again (its idempotency key,
+        kept ``idempotency_ttl``, still replays it if not expired).
+        """
+        age = timedelta(seconds=duration(older_than, "older_than"))
+        if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+            raise ValueError(f"batch must be an int >= 1, got {batch!r}")
+        now = self.clock.now()
+        before = now - age
+        if dry_run:
+            return PurgeReport(
+                before=before,
+                deliveries=self.queue.purge(before=before, limit=batch, dry_run=True),
+                dry_run=True,
+            )
+        deleted = keys = 0
+        while True:
+            n = self.queue.purge(before=before, limit=batch)
+            deleted += n
+            if progress is not None:
+                progress(deleted)
+            if n < batch:
+                break
+        if idempotency is not None:
+            while True:
+                n = idempotency.purge(now=now, limit=batch)
+                keys += n
+                if n < batch:
+                    break
+        if deleted or keys:
+            self.queue.add_audit(
+                [
+                    self._audit(
+                        "purge",
+                        actor,
+                        f"purged {deleted} finished deliveries older than {age} and "
+                        f"{keys} expired idempotency keys",
+                        before=before.isoformat(),
+                        deliveries=deleted,
+                        idempotency_keys=keys,
+                    )
+                ]
+            )
+        return PurgeReport(before=before, deliveries=deleted, idempotency_keys=keys)
 
     # -- acting ----------------------------------------------------------
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import builtins
 from collections.abc import Collection, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Protocol, runtime_checkable
 
 from ._model import (
@@ -199,11 +199,18 @@ class QueueStore(Protocol):
         since: datetime | None = None,
         limit: int = 100,
         cursor: str | None = None,
+        until: datetime | None = None,
+        event_type: str | None = None,
+        search: str | None = None,
     ) -> Page:
         """Deliveries in submission order, filtered and paged.
 
-        ``category`` filters on ``last_error``; ``since`` on ``updated_at``.
-        ``cursor`` is an opaque string from a previous page's ``next_cursor``.
+        ``category`` filters on ``last_error``; ``since`` (inclusive) and
+        ``until`` (exclusive) on ``updated_at``; ``event_type`` on the
+        event's type; ``search`` is a text found in the event id or in the
+        event's JSON (case-insensitive for ASCII letters). ``cursor`` is an
+        opaque string from a previous page's ``next_cursor`` (keyset paging:
+        a page costs the same however deep it is).
         """
         ...
 
@@ -265,6 +272,12 @@ class QueueStore(Protocol):
         """
         ...
 
+    def add_audit(self, records: Sequence[Attempt]) -> None:
+        """Append audit records that change no delivery (an operator's purge),
+        in one transaction, as they are (``delivery_id`` None for records
+        about no single delivery)."""
+        ...
+
     def destinations(self) -> dict[str, DestinationState]:
         """The state of every destination that was ever paused or held."""
         ...
@@ -275,6 +288,26 @@ class QueueStore(Protocol):
 
     def stats(self) -> QueueStats:
         """Counts by destination, status and category."""
+        ...
+
+    def error_counts(
+        self, *, since: datetime, until: datetime, bucket: timedelta
+    ) -> builtins.list[tuple[int, ErrorCategory, int]]:
+        """Failed attempts (audit records with an error) whose ``finished_at``
+        is in ``[since, until)``, counted per ``(bucket index, category)``;
+        the bucket index is ``(finished_at - since) // bucket``. Counted by
+        the store (SQL ``GROUP BY``), never by loading the records. Sorted by
+        bucket index, then category."""
+        ...
+
+    def purge(self, *, before: datetime, limit: int = 1000, dry_run: bool = False) -> int:
+        """Retention, one batch: delete up to ``limit`` finished deliveries
+        (``SUCCEEDED``, ``RESOLVED``, ``DISCARDED``) last changed before
+        ``before``, with their audit records, and up to ``limit`` records of
+        destination actions older than ``before``, in one short transaction
+        (call it in a loop until it returns less than ``limit``). Returns the
+        number of deliveries deleted; with ``dry_run``, changes nothing and
+        returns how many deliveries would go in all."""
         ...
 
     def next_due(self) -> datetime | None:
@@ -289,8 +322,17 @@ class QueueStore(Protocol):
     # Optional, looked up with getattr by the dispatcher:
     #   wait_for_work(timeout: float) -> None
     # blocks up to ``timeout`` seconds but returns as soon as new or newly due
-    # work may exist (PostgreSQL: LISTEN/NOTIFY). Without it, an idle
-    # ``run_forever`` sleeps until the next due time or ``poll_interval``.
+    # work may exist (PostgreSQL: LISTEN/NOTIFY, SQLite: a wake-up beside the
+    # file). Without it, an idle ``run_forever`` sleeps until the next due
+    # time or ``poll_interval``.
+    #   extend_leases(leases: Sequence[tuple[str, int]], *, until: datetime) -> list[bool]
+    # moves the lease end of each ``(delivery id, lease token)`` still IN_FLIGHT
+    # under that token to ``until`` (never earlier), in one transaction; the
+    # dispatcher's heartbeat calls it while a long delivery runs. Without it,
+    # choose a lease longer than a batch takes.
+    #   database_time() -> datetime
+    # the database server's clock, when there is one: workers then judge
+    # leases by it (``DatabaseClock``) instead of their own clocks.
 
 
 @runtime_checkable
@@ -334,6 +376,12 @@ class IdempotencyStore(Protocol):
 
     def get(self, key: str, *, now: datetime) -> IdempotencyRecord | None:
         """The record of a key (``NEW`` never appears), or None if absent or expired."""
+        ...
+
+    def purge(self, *, now: datetime, limit: int = 1000) -> int:
+        """Retention, one batch: forget up to ``limit`` completed keys that
+        expired (``expires_at <= now``) and locks whose holder is gone.
+        Returns how many completed keys were deleted."""
         ...
 
     def close(self) -> None:

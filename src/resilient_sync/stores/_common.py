@@ -18,6 +18,8 @@ __all__ = [
     "encode_cursor",
     "fill_audit",
     "invalid_payload",
+    "like_pattern",
+    "matches_search",
 ]
 
 
@@ -107,3 +109,18 @@ def checked_event_json(d: Delivery) -> str:
     except (TypeError, ValueError, RecursionError) as exc:  # UnicodeEncodeError is a ValueError
         raise invalid_payload(d, exc) from exc
     return text
+
+
+def like_pattern(search: str) -> str:
+    """A ``LIKE ... ESCAPE '\\'`` pattern matching ``search`` anywhere."""
+    escaped = search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
+
+
+def matches_search(delivery: Delivery, search: str) -> bool:
+    """The memory store's text search: the event id or the event's JSON
+    contains ``search`` (ASCII letters case-insensitively, as SQL's LIKE)."""
+    needle = search.lower()
+    if needle in delivery.event.id.lower():
+        return True
+    return needle in event_to_json(delivery.event).lower()

@@ -10,10 +10,11 @@ import builtins
 import itertools
 import threading
 from collections.abc import Collection, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import attrs
+from typing_extensions import Self
 
 from .._core import handed_copy
 from .._model import (
@@ -28,7 +29,14 @@ from .._model import (
     Page,
     QueueStats,
 )
-from ._common import check_deliveries, check_page_args, decode_cursor, encode_cursor, fill_audit
+from ._common import (
+    check_deliveries,
+    check_page_args,
+    decode_cursor,
+    encode_cursor,
+    fill_audit,
+    matches_search,
+)
 
 __all__ = ["MemoryIdempotencyStore", "MemoryQueueStore"]
 
@@ -42,6 +50,7 @@ class MemoryQueueStore:
         self._by_event: dict[tuple[str, str], str] = {}
         self._open: dict[str, None] = {}  # ids of non-final deliveries, in seq order
         self._audit: builtins.list[Attempt] = []
+        self._audit_of: dict[str, builtins.list[Attempt]] = {}
         self._cursors: dict[str, str | None] = {}
         self._destinations: dict[str, DestinationState] = {}
         self._seq = itertools.count(1)
@@ -54,7 +63,10 @@ class MemoryQueueStore:
     # -- writing ---------------------------------------------------------
 
     def _append_audit(self, record: Attempt) -> None:
-        self._audit.append(attrs.evolve(record, id=next(self._audit_ids)))
+        stored = attrs.evolve(record, id=next(self._audit_ids))
+        self._audit.append(stored)
+        if stored.delivery_id is not None:
+            self._audit_of.setdefault(stored.delivery_id, []).append(stored)
 
     def enqueue(
         self,
@@ -278,6 +290,32 @@ class MemoryQueueStore:
                 self._append_audit(audit)
             return state
 
+    def extend_leases(
+        self, leases: Sequence[tuple[str, int]], *, until: datetime
+    ) -> builtins.list[bool]:
+        with self._lock:
+            out: builtins.list[bool] = []
+            for delivery_id, token in leases:
+                d = self._deliveries.get(delivery_id)
+                ok = (
+                    d is not None
+                    and d.status is DeliveryStatus.IN_FLIGHT
+                    and d.lease_token == token
+                )
+                if (
+                    ok
+                    and d is not None
+                    and (d.lease_expires_at is None or d.lease_expires_at < until)
+                ):
+                    self._deliveries[delivery_id] = attrs.evolve(d, lease_expires_at=until)
+                out.append(ok)
+            return out
+
+    def add_audit(self, records: Sequence[Attempt]) -> None:
+        with self._lock:
+            for record in records:
+                self._append_audit(record)
+
     # -- reading ---------------------------------------------------------
 
     def destinations(self) -> dict[str, DestinationState]:
@@ -297,6 +335,9 @@ class MemoryQueueStore:
         since: datetime | None = None,
         limit: int = 100,
         cursor: str | None = None,
+        until: datetime | None = None,
+        event_type: str | None = None,
+        search: str | None = None,
     ) -> Page:
         check_page_args(limit)
         after = decode_cursor(cursor)
@@ -316,6 +357,12 @@ class MemoryQueueStore:
                     continue
                 if since is not None and d.updated_at < since:
                     continue
+                if until is not None and d.updated_at >= until:
+                    continue
+                if event_type is not None and d.event.type != event_type:
+                    continue
+                if search and not matches_search(d, search):
+                    continue
                 matches.append(d)
                 if len(matches) > limit:
                     break
@@ -325,7 +372,7 @@ class MemoryQueueStore:
 
     def attempts(self, delivery_id: str) -> builtins.list[Attempt]:
         with self._lock:
-            return [a for a in self._audit if a.delivery_id == delivery_id]
+            return list(self._audit_of.get(delivery_id, ()))
 
     def audit(
         self, *, since: datetime | None = None, errors_only: bool = False, limit: int | None = None
@@ -368,6 +415,43 @@ class MemoryQueueStore:
                 destinations=dict(self._destinations),
             )
 
+    def error_counts(
+        self, *, since: datetime, until: datetime, bucket: timedelta
+    ) -> builtins.list[tuple[int, ErrorCategory, int]]:
+        if bucket <= timedelta(0):
+            raise ValueError(f"bucket must be > 0, got {bucket!r}")
+        counts: dict[tuple[int, ErrorCategory], int] = {}
+        with self._lock:
+            for record in self._audit:
+                if record.error is None or not since <= record.finished_at < until:
+                    continue
+                key = ((record.finished_at - since) // bucket, record.error.category)
+                counts[key] = counts.get(key, 0) + 1
+        return [(index, category, n) for (index, category), n in sorted(counts.items())]
+
+    def purge(self, *, before: datetime, limit: int = 1000, dry_run: bool = False) -> int:
+        check_page_args(limit)
+        with self._lock:
+            old = [
+                d.id
+                for d in self._deliveries.values()
+                if d.status.is_final and d.updated_at < before
+            ]
+            if dry_run:
+                return len(old)
+            gone = set(old[:limit])
+            for delivery_id in gone:
+                d = self._deliveries.pop(delivery_id)
+                self._by_event.pop((d.event.id, d.destination), None)
+                self._audit_of.pop(delivery_id, None)
+            self._audit = [
+                a
+                for a in self._audit
+                if a.delivery_id not in gone
+                and not (a.delivery_id is None and a.finished_at < before)
+            ]
+            return len(gone)
+
     def next_due(self) -> datetime | None:
         with self._lock:
             times = []
@@ -382,6 +466,12 @@ class MemoryQueueStore:
 
     def close(self) -> None:
         """Nothing to release."""
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
 
 class MemoryIdempotencyStore:
@@ -459,6 +549,27 @@ class MemoryIdempotencyStore:
                 ):
                     del self._records[key]
 
+    def purge(self, *, now: datetime, limit: int = 1000) -> int:
+        check_page_args(limit)
+        with self._lock:
+            expired = [
+                key
+                for key, rec in self._records.items()
+                if rec.state is IdempotencyState.COMPLETED
+                and rec.expires_at is not None
+                and rec.expires_at <= now
+            ][:limit]
+            abandoned = [
+                key
+                for key, rec in self._records.items()
+                if rec.state is IdempotencyState.IN_PROGRESS
+                and rec.locked_until is not None
+                and rec.locked_until <= now
+            ]
+            for key in expired + abandoned:
+                del self._records[key]
+            return len(expired)
+
     def get(self, key: str, *, now: datetime) -> IdempotencyRecord | None:
         with self._lock:
             rec = self._records.get(key)
@@ -480,3 +591,9 @@ class MemoryIdempotencyStore:
 
     def close(self) -> None:
         """Nothing to release."""
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()

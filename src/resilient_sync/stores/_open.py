@@ -44,7 +44,9 @@ def sqlite_path(url: str) -> str:
     return path
 
 
-def open_stores(url: str, **options: Any) -> tuple[QueueStore, IdempotencyStore]:
+def open_stores(
+    url: str, *, read_only: bool = False, **options: Any
+) -> tuple[QueueStore, IdempotencyStore]:
     """Open a queue store and an idempotency store from a URL.
 
     - ``memory://``: in-process stores (nothing survives the process);
@@ -53,6 +55,11 @@ def open_stores(url: str, **options: Any) -> tuple[QueueStore, IdempotencyStore]
       to the stores (``synchronous="NORMAL"``, ``busy_timeout=30``);
     - ``postgresql://user@host:5432/db`` (needs the ``postgres`` extra);
       ``options`` are passed to the PostgreSQL stores.
+
+    With ``read_only`` (the operator's read commands) nothing is created,
+    migrated or written: a missing SQLite file, a file or schema without the
+    library's tables, or one at another schema version is a
+    :class:`~resilient_sync.StoreError` that says so.
 
     Raises ``ValueError`` for a URL it cannot use, naming it.
     """
@@ -64,8 +71,10 @@ def open_stores(url: str, **options: Any) -> tuple[QueueStore, IdempotencyStore]
             raise TypeError(f"memory:// takes no options, got {sorted(options)}")
         return MemoryQueueStore(), MemoryIdempotencyStore()
     if scheme == "sqlite":
-        return open_pair(sqlite_path(url), **options)
+        return open_pair(sqlite_path(url), read_only=read_only, **options)
     if scheme in ("postgresql", "postgres"):
+        if read_only:
+            options["read_only"] = True
         return _open_postgres(url, **options)
     raise ValueError(f"unsupported store URL scheme {scheme!r} in {url!r}; {_EXPECTED}")
 

@@ -35,12 +35,13 @@ import re
 import threading
 import uuid
 from collections.abc import Callable, Collection, Iterable, Sequence
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from importlib import resources
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import attrs
+from typing_extensions import Self
 
 try:
     import psycopg
@@ -78,6 +79,7 @@ from ._common import (
     decode_cursor,
     encode_cursor,
     fill_audit,
+    like_pattern,
 )
 
 __all__ = ["PostgresIdempotencyStore", "PostgresQueueStore", "open_pair"]
@@ -87,6 +89,7 @@ logger = logging.getLogger("resilient_sync.stores.postgres")
 T = TypeVar("T")
 Connection = psycopg.Connection[Any]
 
+_SEARCH_PATH = re.compile(r"-c\s*search_path\s*=\s*([^\s]+)")
 _SCHEMA_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 _MIGRATION_FILE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 #: How often a statement is retried on a fresh connection after the server
@@ -324,9 +327,12 @@ class _PostgresBase:
         pool_min_size: int,
         pool_max_size: int,
         pool_timeout: float,
+        read_only: bool = False,
+        connect_timeout: float | None = None,
     ) -> None:
         _quote_schema(schema)
         self.schema = schema
+        self.read_only = bool(read_only)
         self._queries = _load_queries(schema)
         self._closed = False
         if isinstance(conninfo_or_pool, ConnectionPool):
@@ -350,7 +356,7 @@ class _PostgresBase:
                 max_size=pool_max_size,
                 timeout=pool_timeout,
                 name=f"resilient_sync:{schema}",
-                kwargs={"autocommit": True},
+                kwargs=self._connection_kwargs(connect_timeout),
                 open=True,
             )
             self._pool_ref = _PoolRef(self._pool)
@@ -363,13 +369,28 @@ class _PostgresBase:
         self._where = _describe(conninfo)
         self._secret = _password(conninfo)
         try:
-            if migrate:
+            if migrate and not self.read_only:
                 self._migrate()
             else:
                 self._check_version()
         except BaseException:
             self.close()
             raise
+
+    def _connection_kwargs(self, connect_timeout: float | None) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {"autocommit": True}
+        if connect_timeout is not None:
+            kwargs["connect_timeout"] = max(1, round(connect_timeout))
+        if self.read_only:
+            # the server itself refuses any write of this pool's sessions
+            kwargs["options"] = "-c default_transaction_read_only=on"
+        return kwargs
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self._where!r}, schema={self.schema!r})"
@@ -455,7 +476,10 @@ class _PostgresBase:
                 raise self._error(action, exc) from exc
 
     def _why_no_connection(self) -> str:
-        """After a pool timeout: the server's answer to one direct connection attempt."""
+        """After a pool timeout: what the pool saw, and the server's answer to
+        one direct connection attempt."""
+        stats = self._pool.get_stats()
+        failed = stats.get("connections_errors", 0) + stats.get("connections_lost", 0)
         source = self._pool.kwargs
         kwargs = dict((source() if callable(source) else source) or {})
         kwargs.setdefault("connect_timeout", max(1, min(5, int(self._pool.timeout))))
@@ -463,9 +487,21 @@ class _PostgresBase:
             psycopg.Connection.connect(self._conninfo, **kwargs).close()
         except psycopg.Error as exc:
             return f"connecting fails: {str(exc).strip()}"
+        in_use = stats.get("pool_size", 0) - stats.get("pool_available", 0)
+        if failed:
+            return (
+                f"the pool got no connection within {self._pool.timeout:g}s after {failed} "
+                "failed or lost connections (the server was unreachable or restarting; it "
+                "accepts connections again now, and the pool reconnects in the background)"
+            )
+        if in_use >= self._pool.max_size:
+            return (
+                f"the server accepts connections, but all {self._pool.max_size} of the pool "
+                "were in use: raise pool_max_size or lower the dispatcher's concurrency"
+            )
         return (
-            f"the server accepts connections, but all {self._pool.max_size} of the pool "
-            "were in use: raise pool_max_size or lower the dispatcher's concurrency"
+            f"the pool got no connection within {self._pool.timeout:g}s "
+            f"({in_use} of {self._pool.max_size} in use); the server accepts connections now"
         )
 
     def _cursor(self, conn: Connection) -> psycopg.Cursor[TupleRow]:
@@ -514,6 +550,12 @@ class _PostgresBase:
             )
 
         version = self._run("read the schema version", read)
+        if version == 0 and self.read_only:
+            raise StoreError(
+                f"schema {self.schema!r} at {self._where} holds no resilient_sync queue "
+                "(no resilient_sync tables there); check the schema name (?schema=...) "
+                "and the database"
+            )
         if version != newest:
             raise StoreError(
                 f"schema {self.schema!r} at {self._where} is at version {version}, "
@@ -553,6 +595,11 @@ class PostgresQueueStore(_PostgresBase):
             ``LISTEN``, is opened by :meth:`wait_for_work`).
         pool_timeout: seconds to wait for a connection before a
             :class:`~resilient_sync.StoreError`.
+        read_only: open for reading only (the operator's read commands):
+            never migrates or creates anything, refuses a schema without the
+            library's tables by name, and the server refuses any write.
+        connect_timeout: seconds for one connection attempt (libpq's
+            ``connect_timeout``; default: libpq's, i.e. none).
 
     ``enqueue(..., transaction=conn)`` joins the caller's own
     ``psycopg.Connection`` (the transactional outbox): the rows are written in
@@ -570,6 +617,8 @@ class PostgresQueueStore(_PostgresBase):
         pool_min_size: int = 1,
         pool_max_size: int = 4,
         pool_timeout: float = 10.0,
+        read_only: bool = False,
+        connect_timeout: float | None = None,
     ) -> None:
         self._listener: Connection | None = None
         self._listen_lock = threading.Lock()
@@ -581,6 +630,8 @@ class PostgresQueueStore(_PostgresBase):
             pool_min_size=pool_min_size,
             pool_max_size=pool_max_size,
             pool_timeout=pool_timeout,
+            read_only=read_only,
+            connect_timeout=connect_timeout,
         )
         prefix = "resilient_sync_"
         channel = prefix + schema
@@ -613,17 +664,44 @@ class PostgresQueueStore(_PostgresBase):
         check_deliveries(deliveries, payloads=False)
 
         if transaction is None:
-            return self._run(
-                "enqueue deliveries",
-                lambda conn: self._enqueue(conn, deliveries, cursor, own_transaction=True),
-                atomic=False,
-            )
+            tries = 0
+
+            def insert(conn: Connection) -> builtins.list[Delivery]:
+                nonlocal tries
+                tries += 1
+                return self._enqueue(conn, deliveries, cursor, own_transaction=True)
+
+            inserted = self._run("enqueue deliveries", insert, atomic=False)
+            if tries > 1 and len(inserted) < len(deliveries):
+                inserted = self._inserted_before(deliveries, inserted)
+            return inserted
         conn = self._joinable(transaction, "enqueue deliveries")
         alone = conn.autocommit and conn.info.transaction_status == IDLE
         try:
             return self._enqueue(conn, deliveries, cursor, own_transaction=alone)
         except psycopg.Error as exc:
             raise self._error("enqueue deliveries in the caller's transaction", exc) from exc
+
+    def _inserted_before(
+        self, deliveries: Sequence[Delivery], inserted: builtins.list[Delivery]
+    ) -> builtins.list[Delivery]:
+        """After a lost reply and a repeat: the rows our first (committed) run
+        inserted are found by their delivery ids (fresh for every submit), so
+        they count as inserted, not as already known."""
+        have = {d.id for d in inserted}
+        rows = self._fetch(
+            "re-read deliveries after a lost reply",
+            "existing_ids",
+            {"ids": [d.id for d in deliveries if d.id not in have]},
+        )
+        seqs: dict[str, int] = {row[0]: row[1] for row in rows}
+        out: builtins.list[Delivery] = []
+        for d in deliveries:
+            if d.id in have:
+                out.extend(x for x in inserted if x.id == d.id)
+            elif d.id in seqs:
+                out.append(attrs.evolve(d, seq=seqs.pop(d.id)))
+        return out
 
     def _joinable(self, conn: Any, action: str) -> Connection:
         if not isinstance(conn, psycopg.Connection):
@@ -775,12 +853,44 @@ class PostgresQueueStore(_PostgresBase):
             index.append(len(sent))
         params = {**self._complete_params(sent), "channel": self.channel}
 
+        tries = 0
+
         def apply(conn: Connection) -> set[int]:
+            nonlocal tries
+            tries += 1
             rows = self._cursor(conn).execute(self._queries["complete"], params).fetchall()
             return {row[0] for row in rows if row[0] is not None}
 
         applied = self._run("complete deliveries", apply, atomic=False)
+        if tries > 1 and len(applied) < len(sent):
+            # the statement was sent again after a lost connection: its first run
+            # may have committed, and this repeat is then refused by its own
+            # fencing. A delivery that now reads exactly as our outcome wrote it
+            # was applied by us.
+            applied |= self._applied_before(sent, applied)
         return [i is not None and i in applied for i in index]
+
+    def _applied_before(self, sent: Sequence[Completion], applied: set[int]) -> set[int]:
+        missing = {c.delivery_id: ci for ci, c in enumerate(sent, start=1) if ci not in applied}
+        rows = self._fetch(
+            "re-read deliveries after a lost reply", "delivery_states", {"ids": list(missing)}
+        )
+        found: set[int] = set()
+        for delivery_id, status, token, updated_at in rows:
+            ci = missing[delivery_id]
+            c = sent[ci - 1]
+            if (
+                status == c.status.value
+                and token == c.lease_token
+                and _utc(updated_at) == c.finished_at
+            ):
+                found.add(ci)
+        if found:
+            logger.warning(
+                "%d outcomes were committed before the connection was lost; counted as applied",
+                len(found),
+            )
+        return found
 
     @staticmethod
     def _complete_params(sent: Sequence[Completion]) -> dict[str, list[Any]]:
@@ -901,6 +1011,28 @@ class PostgresQueueStore(_PostgresBase):
 
         return self._run(f"update destination {name!r}", update)
 
+    def extend_leases(
+        self, leases: Sequence[tuple[str, int]], *, until: datetime
+    ) -> builtins.list[bool]:
+        """Move the lease end of deliveries still held under their token (the
+        dispatcher's heartbeat), in one statement."""
+        if not leases:
+            return []
+        params = {"ids": [i for i, _ in leases], "tokens": [t for _, t in leases], "until": until}
+        moved = {(row[0], row[1]) for row in self._fetch("extend leases", "extend_leases", params)}
+        return [(i, t) in moved for i, t in leases]
+
+    def add_audit(self, records: Sequence[Attempt]) -> None:
+        """See :meth:`resilient_sync.QueueStore.add_audit`."""
+        if not records:
+            return
+        params = _audit_params(records)
+
+        def write(conn: Connection) -> None:
+            self._cursor(conn).execute(self._queries["insert_audit"], params)
+
+        self._run("add audit records", write, atomic=False)
+
     # -- reading ----------------------------------------------------------------------
 
     def _fetch(self, action: str, query: str, params: dict[str, Any]) -> builtins.list[TupleRow]:
@@ -923,10 +1055,16 @@ class PostgresQueueStore(_PostgresBase):
         since: datetime | None = None,
         limit: int = 100,
         cursor: str | None = None,
+        until: datetime | None = None,
+        event_type: str | None = None,
+        search: str | None = None,
     ) -> Page:
         """See :meth:`resilient_sync.QueueStore.list`."""
         check_page_args(limit)
         params = {
+            "until": until,
+            "event_type": event_type,
+            "search": like_pattern(search) if search else None,
             "after": decode_cursor(cursor),
             "statuses": [DeliveryStatus(s).value for s in status] if status is not None else None,
             "destination": destination,
@@ -962,17 +1100,24 @@ class PostgresQueueStore(_PostgresBase):
         return rows[0][0] if rows else None
 
     def stats(self) -> QueueStats:
-        """See :meth:`resilient_sync.QueueStore.stats`."""
+        """See :meth:`resilient_sync.QueueStore.stats`: the open deliveries
+        through their index, the finished ones from counters kept by triggers
+        (the cost follows the queue's depth, not its history)."""
 
         def read(conn: Connection) -> QueueStats:
             cur = self._cursor(conn)
             q = self._queries
             by_destination: dict[str, dict[DeliveryStatus, int]] = {}
-            for dest, status, n in cur.execute(q["stats_by_status"]).fetchall():
-                by_destination.setdefault(dest, {})[DeliveryStatus(status)] = n
             needs_action: dict[str, dict[ErrorCategory, int]] = {}
-            for dest, category, n in cur.execute(q["stats_needs_action"]).fetchall():
-                needs_action.setdefault(dest, {})[ErrorCategory(category)] = n
+            for dest, status_text, category, n in cur.execute(q["stats_open"]).fetchall():
+                status = DeliveryStatus(status_text)
+                counts = by_destination.setdefault(dest, {})
+                counts[status] = counts.get(status, 0) + n
+                if status is DeliveryStatus.NEEDS_ACTION and category is not None:
+                    cats = needs_action.setdefault(dest, {})
+                    cats[ErrorCategory(category)] = cats.get(ErrorCategory(category), 0) + n
+            for dest, status_text, n in cur.execute(q["stats_finished"]).fetchall():
+                by_destination.setdefault(dest, {})[DeliveryStatus(status_text)] = int(n)
             oldest = cur.execute(q["stats_oldest_waiting"]).fetchone()
             states = {
                 row[0]: _destination_state(row) for row in cur.execute(q["destinations"]).fetchall()
@@ -985,6 +1130,31 @@ class PostgresQueueStore(_PostgresBase):
             )
 
         return self._run("read queue statistics", read)
+
+    def error_counts(
+        self, *, since: datetime, until: datetime, bucket: timedelta
+    ) -> builtins.list[tuple[int, ErrorCategory, int]]:
+        """See :meth:`resilient_sync.QueueStore.error_counts` (``GROUP BY`` in SQL)."""
+        width = bucket.total_seconds()
+        if width <= 0:
+            raise ValueError(f"bucket must be > 0, got {bucket!r}")
+        params = {"since": since, "until": until, "width": width}
+        rows = self._fetch("count errors", "error_counts", params)
+        return [(int(index), ErrorCategory(category), n) for index, category, n in rows]
+
+    def purge(self, *, before: datetime, limit: int = 1000, dry_run: bool = False) -> int:
+        """See :meth:`resilient_sync.QueueStore.purge`: one short transaction."""
+        check_page_args(limit)
+        params = {"before": before, "limit": limit}
+        if dry_run:
+            return int(self._fetch("count purgeable deliveries", "purge_count", params)[0][0])
+        return int(self._fetch("purge finished deliveries", "purge", params)[0][0])
+
+    def database_time(self) -> datetime:
+        """The database server's clock (``clock_timestamp()``): workers on
+        several machines judge leases by this one clock."""
+        value = self._fetch("read the database clock", "database_time", {})[0][0]
+        return value.astimezone(timezone.utc)  # type: ignore[no-any-return]
 
     def next_due(self) -> datetime | None:
         """See :meth:`resilient_sync.QueueStore.next_due`.
@@ -1097,6 +1267,8 @@ class PostgresIdempotencyStore(_PostgresBase):
         pool_min_size: int = 1,
         pool_max_size: int = 4,
         pool_timeout: float = 10.0,
+        read_only: bool = False,
+        connect_timeout: float | None = None,
     ) -> None:
         super().__init__(
             conninfo_or_pool,
@@ -1105,6 +1277,8 @@ class PostgresIdempotencyStore(_PostgresBase):
             pool_min_size=pool_min_size,
             pool_max_size=pool_max_size,
             pool_timeout=pool_timeout,
+            read_only=read_only,
+            connect_timeout=connect_timeout,
         )
 
     def begin(
@@ -1195,6 +1369,21 @@ class PostgresIdempotencyStore(_PostgresBase):
 
         self._run("release idempotency keys", forget, atomic=False)
 
+    def purge(self, *, now: datetime, limit: int = 1000) -> int:
+        """See :meth:`resilient_sync.IdempotencyStore.purge`."""
+        check_page_args(limit)
+        rows = self._fetch_idempotency("purge expired idempotency keys", now, limit)
+        return sum(1 for (state,) in rows if state == "completed")
+
+    def _fetch_idempotency(self, action: str, now: datetime, limit: int) -> builtins.list[Any]:
+        def run(conn: Connection) -> builtins.list[Any]:
+            cur = self._cursor(conn)
+            return cur.execute(
+                self._queries["idempotency_purge"], {"now": now, "limit": limit}
+            ).fetchall()
+
+        return self._run(action, run, atomic=False)
+
     def get(self, key: str, *, now: datetime) -> IdempotencyRecord | None:
         """See :meth:`resilient_sync.IdempotencyStore.get`."""
 
@@ -1236,24 +1425,49 @@ def open_pair(url: str, **options: Any) -> tuple[PostgresQueueStore, PostgresIde
     """Both stores on one pool, for ``open_stores("postgresql://...")``.
 
     A ``schema`` query parameter of the URL (``postgresql://host/db?schema=sync``)
-    selects the schema, as does the ``schema`` option; other options are passed
-    to both stores. The pool closes when both stores are closed.
+    selects the schema, as does the ``schema`` option; a ``search_path`` naming
+    one schema (``?search_path=sync`` or ``?options=-c search_path=sync``)
+    selects it too, and one naming several is refused (the stores live in
+    one schema). Other options are passed to both stores. The pool closes
+    when both stores are closed.
     """
     parts = urlsplit(url)
     query = parse_qsl(parts.query, keep_blank_values=True)
     from_url = [value for key, value in query if key == "schema"]
+    path = [value for key, value in query if key == "search_path"]
+    path += [
+        m.group(1) for key, value in query if key == "options" for m in _SEARCH_PATH.finditer(value)
+    ]
+    if path:
+        names = [n.strip().strip('"') for n in path[-1].split(",") if n.strip()]
+        if len(names) != 1 or (from_url and from_url[-1] != names[0]):
+            raise ValueError(
+                f"search_path={path[-1]!r} in the store URL: the stores live in one schema; "
+                "name it with ?schema=NAME (and keep your application's search_path apart)"
+            )
+        from_url = from_url or names
     if from_url:
         if "schema" in options and options["schema"] != from_url[-1]:
             raise ValueError(
                 f"two schemas given: {from_url[-1]!r} in the URL and {options['schema']!r}"
             )
         options["schema"] = from_url[-1]
-        rest = urlencode([(key, value) for key, value in query if key != "schema"])
+    if from_url or path:
+        rest = urlencode(
+            [
+                (key, _SEARCH_PATH.sub("", value).strip() if key == "options" else value)
+                for key, value in query
+                if key not in ("schema", "search_path")
+            ]
+        )
         url = urlunsplit(parts._replace(query=rest))
     queue = PostgresQueueStore(url, **options)
     try:
         idempotency = PostgresIdempotencyStore(
-            queue.pool, schema=queue.schema, migrate=options.get("migrate", True)
+            queue.pool,
+            schema=queue.schema,
+            migrate=options.get("migrate", True),
+            read_only=options.get("read_only", False),
         )
     except BaseException:
         queue.close()

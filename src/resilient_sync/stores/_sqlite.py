@@ -55,6 +55,7 @@ import os
 import re
 import sqlite3
 import threading
+import urllib.parse
 import weakref
 from collections.abc import Collection, Iterator, Sequence
 from datetime import datetime, timedelta, timezone
@@ -88,6 +89,7 @@ from ._common import (
     decode_cursor,
     encode_cursor,
     fill_audit,
+    like_pattern,
 )
 
 __all__ = ["SQLiteIdempotencyStore", "SQLiteQueueStore"]
@@ -277,6 +279,7 @@ def _audit_row(record: Attempt) -> tuple[Any, ...]:
         record.reason,
         error_to_json(record.error),
         _dumps(dict(record.details)) if record.details else None,
+        record.error.category.value if record.error is not None else None,
     )
 
 
@@ -360,12 +363,23 @@ def _check_timeout(value: float) -> float:
 class _Database:
     """One SQLite file: a lazily (re)opened connection, its lock, error mapping."""
 
-    def __init__(self, path: str | os.PathLike[str], synchronous: str, busy_timeout: float) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        synchronous: str,
+        busy_timeout: float,
+        read_only: bool = False,
+    ) -> None:
         self.path = _check_path(path)
         self.synchronous = _check_synchronous(synchronous)
         self.busy_timeout = _check_timeout(busy_timeout)
+        self.read_only = bool(read_only)
         self.lock = threading.RLock()
         self._conn: sqlite3.Connection | None = None
+        #: (st_dev, st_ino) of the file opened: a write first checks that the
+        #: path still names it (a file deleted or replaced while open would
+        #: take commits into an unlinked inode and lose them)
+        self._identity: tuple[int, int] | None = None
         #: True when a queue store and an idempotency store share this file
         #: (``open_pair``): the queue's durable commits then cover the
         #: idempotency store's ``finish`` too (one WAL, replayed in order).
@@ -396,6 +410,9 @@ class _Database:
                 f"SQLite store {self.where!r}: needs SQLite >= 3.24, "
                 f"this Python has {sqlite3.sqlite_version}"
             )
+        if self.read_only:
+            return self._open_read_only()
+        self._create_owner_only()
         try:
             conn = sqlite3.connect(
                 self.path,
@@ -403,7 +420,10 @@ class _Database:
                 isolation_level=None,
                 check_same_thread=False,
             )
+            self._identity = self._stat()
         except sqlite3.Error as exc:
+            raise self.error("open", exc) from exc
+        except OSError as exc:
             raise self.error("open", exc) from exc
         try:
             (mode,) = conn.execute("PRAGMA journal_mode=WAL").fetchone()
@@ -418,6 +438,82 @@ class _Database:
         except sqlite3.Error as exc:
             conn.close()
             raise self.error("open", exc) from exc
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _create_owner_only(self) -> None:
+        """A new queue file is created readable by its owner only (0600): it
+        holds customers' data. SQLite gives its -wal and -shm files the
+        same permissions."""
+        try:
+            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+        except FileExistsError:
+            return
+        except OSError:
+            return  # sqlite3.connect reports the problem with the right words
+        os.close(fd)
+
+    def _stat(self) -> tuple[int, int]:
+        st = os.stat(self.path)
+        return (st.st_dev, st.st_ino)
+
+    def check_file(self, action: str) -> None:
+        """Refuse to write when the path no longer names the file that was
+        opened (deleted, or replaced by another): the commit would be lost."""
+        if self._identity is None:
+            return
+        try:
+            same = self._stat() == self._identity
+        except OSError:
+            same = False
+        if not same:
+            raise StoreError(
+                f"SQLite store {self.where!r}: {action} refused: the database file was deleted "
+                "or replaced while this process had it open, so nothing written now would "
+                "survive; nothing was written. Restart the process (it reopens the file at "
+                "that path) and check what removed the file"
+            )
+
+    def _open_read_only(self) -> sqlite3.Connection:
+        """Open for reading only: never created, never migrated, never written
+        (``mode=ro``); a file without the library's tables is refused by name."""
+        if not os.path.exists(self.path):
+            raise StoreError(f"SQLite store {self.where!r}: no such file (opened read-only)")
+        uri = "file:" + urllib.parse.quote(os.path.abspath(self.path)) + "?mode=ro"
+        try:
+            conn = sqlite3.connect(
+                uri,
+                uri=True,
+                timeout=self.busy_timeout,
+                isolation_level=None,
+                check_same_thread=False,
+            )
+        except sqlite3.Error as exc:
+            raise self.error("open (read-only)", exc) from exc
+        try:
+            (ours,) = conn.execute(Q.has_our_tables).fetchone()
+            if ours < 2:
+                raise StoreError(
+                    f"SQLite store {self.where!r}: this file holds no resilient_sync queue "
+                    "(no resilient_sync_ tables); point --db at the queue's file"
+                )
+            version = self._version(conn)
+            latest = migrations()[-1].version
+            if version != latest:
+                raise StoreError(
+                    f"SQLite store {self.where!r}: its schema is at version {version}, this "
+                    f"resilient_sync reads version {latest}; "
+                    + (
+                        "open it once read-write (a worker does it) to migrate it"
+                        if version < latest
+                        else "upgrade resilient_sync"
+                    )
+                )
+        except sqlite3.Error as exc:
+            conn.close()
+            raise self.error("open (read-only)", exc) from exc
         except BaseException:
             conn.close()
             raise
@@ -503,7 +599,12 @@ class _Database:
         but never a later durable commit (the WAL is replayed in order).
         """
         with self.lock:
+            if self.read_only:
+                raise StoreError(
+                    f"SQLite store {self.where!r}: {action} refused: the store was opened read-only"
+                )
             conn = self._connection()
+            self.check_file(action)
             relax = not durable and self.synchronous != "NORMAL"
             try:
                 if relax:
@@ -636,8 +737,9 @@ class _SQLiteStore:
         *,
         synchronous: str = "FULL",
         busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
+        read_only: bool = False,
     ) -> None:
-        self._attach(_Database(path, synchronous, busy_timeout))
+        self._attach(_Database(path, synchronous, busy_timeout, read_only))
 
     def _attach(self, database: _Database) -> None:
         database.acquire()
@@ -677,12 +779,23 @@ class _SQLiteStore:
         """The ``PRAGMA synchronous`` level of the commits (idempotency locks aside)."""
         return self._db.synchronous
 
+    @property
+    def read_only(self) -> bool:
+        """Whether the store was opened for reading only (no writes, no migration)."""
+        return self._db.read_only
+
     def close(self) -> None:
         """Close the connection (when no other store shares it); idempotent."""
         if self._closed:
             return
         self._closed = True
         self._db.release()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
     def __repr__(self) -> str:
         state = ", closed" if self._closed else ""
@@ -694,9 +807,10 @@ def open_pair(
     *,
     synchronous: str = "FULL",
     busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
+    read_only: bool = False,
 ) -> tuple[SQLiteQueueStore, SQLiteIdempotencyStore]:
     """Both stores on one file, sharing one connection (what ``open_stores`` returns)."""
-    database = _Database(path, synchronous, busy_timeout)
+    database = _Database(path, synchronous, busy_timeout, read_only)
     database.shared_with_queue = True
     return SQLiteQueueStore._on(database), SQLiteIdempotencyStore._on(database)
 
@@ -1085,6 +1199,30 @@ class SQLiteQueueStore(_SQLiteStore):
                 conn.execute(Q.insert_audit, _audit_row(audit))
         return state
 
+    def extend_leases(
+        self, leases: Sequence[tuple[str, int]], *, until: datetime
+    ) -> builtins.list[bool]:
+        """Move the lease end of deliveries still held under their token (the
+        dispatcher's heartbeat); one transaction without an fsync (a lost
+        extension only lets a lease end sooner: the delivery is tried again
+        under the same key)."""
+        if not leases:
+            return []
+        until_us = _us(until)
+        out: builtins.list[bool] = []
+        with self._writing("extend leases", durable=False) as conn:
+            for delivery_id, token in leases:
+                cur = conn.execute(Q.extend_lease, (until_us, delivery_id, token))
+                out.append(cur.rowcount == 1)
+        return out
+
+    def add_audit(self, records: Sequence[Attempt]) -> None:
+        """See :meth:`QueueStore.add_audit`: one transaction."""
+        if not records:
+            return
+        with self._writing("add audit records") as conn:
+            conn.executemany(Q.insert_audit, [_audit_row(r) for r in records])
+
     # -- reading ---------------------------------------------------------
 
     def destinations(self) -> dict[str, DestinationState]:
@@ -1108,6 +1246,9 @@ class SQLiteQueueStore(_SQLiteStore):
         since: datetime | None = None,
         limit: int = 100,
         cursor: str | None = None,
+        until: datetime | None = None,
+        event_type: str | None = None,
+        search: str | None = None,
     ) -> Page:
         """See :meth:`QueueStore.list`."""
         check_page_args(limit)
@@ -1129,6 +1270,15 @@ class SQLiteQueueStore(_SQLiteStore):
         if since is not None:
             parts.append(Q.list_where_since)
             params["since"] = _us(since)
+        if until is not None:
+            parts.append(Q.list_where_until)
+            params["until"] = _us(until)
+        if event_type is not None:
+            parts.append(Q.list_where_event_type)
+            params["event_type"] = event_type
+        if search:
+            parts.append(Q.list_where_search)
+            params["search"] = like_pattern(search)
         parts.append(Q.list_order)
         with self._reading("list") as conn:
             rows = conn.execute("\n".join(parts), params).fetchall()
@@ -1159,14 +1309,17 @@ class SQLiteQueueStore(_SQLiteStore):
         return row[0] if row is not None else None
 
     def stats(self) -> QueueStats:
-        """See :meth:`QueueStore.stats` (one consistent snapshot)."""
+        """See :meth:`QueueStore.stats` (one consistent snapshot). Reads the open
+        deliveries through their index and the finished ones from counters
+        kept by triggers: the cost follows the queue's depth, not its history."""
         with self._reading("stats", snapshot=True) as conn:
-            rows = conn.execute(Q.stats).fetchall()
+            open_rows = conn.execute(Q.stats_open).fetchall()
+            finished = conn.execute(Q.stats_finished).fetchall()
+            oldest = conn.execute(Q.stats_oldest_waiting).fetchone()
             states = conn.execute(Q.all_destinations).fetchall()
         by_destination: dict[str, dict[DeliveryStatus, int]] = {}
         needs_action: dict[str, dict[ErrorCategory, int]] = {}
-        oldest: int | None = None
-        for destination, status_text, category, count, created in rows:
+        for destination, status_text, category, count in open_rows:
             status = _STATUS[status_text]
             counts = by_destination.setdefault(destination, {})
             counts[status] = counts.get(status, 0) + count
@@ -1174,14 +1327,43 @@ class SQLiteQueueStore(_SQLiteStore):
                 cats = needs_action.setdefault(destination, {})
                 key = ErrorCategory(category)
                 cats[key] = cats.get(key, 0) + count
-            if status in _WAITING and (oldest is None or created < oldest):
-                oldest = created
+        for destination, status_text, count in finished:
+            by_destination.setdefault(destination, {})[_STATUS[status_text]] = count
         return QueueStats(
             by_destination=by_destination,
             needs_action=needs_action,
-            oldest_waiting=_dt(oldest),
+            oldest_waiting=_dt(oldest[0]) if oldest else None,
             destinations={row[0]: _destination_state(row) for row in states},
         )
+
+    def error_counts(
+        self, *, since: datetime, until: datetime, bucket: timedelta
+    ) -> builtins.list[tuple[int, ErrorCategory, int]]:
+        """See :meth:`QueueStore.error_counts` (grouped by SQLite, through an index)."""
+        width = bucket // _US
+        if width <= 0:
+            raise ValueError(f"bucket must be > 0, got {bucket!r}")
+        params = {"since": _us(since), "until": _us(until), "width": width}
+        with self._reading("error_counts") as conn:
+            rows = conn.execute(Q.error_counts, params).fetchall()
+        return [(int(index), ErrorCategory(category), count) for index, category, count in rows]
+
+    def purge(self, *, before: datetime, limit: int = 1000, dry_run: bool = False) -> int:
+        """See :meth:`QueueStore.purge`: one short transaction per call."""
+        check_page_args(limit)
+        params = {"before": _us(before), "limit": limit}
+        if dry_run:
+            with self._reading("purge (dry run)") as conn:
+                (count,) = conn.execute(Q.purge_count, params).fetchone()
+            return int(count)
+        with self._writing("purge") as conn:
+            seqs = [row[0] for row in conn.execute(Q.purge_candidates, params)]
+            if seqs:
+                listed = _ENCODE(seqs)
+                conn.execute(Q.purge_audit_of, (listed,))
+                conn.execute(Q.purge_deliveries, (listed,))
+            conn.execute(Q.purge_destination_audit, params)
+        return len(seqs)
 
     def next_due(self) -> datetime | None:
         """See :meth:`QueueStore.next_due`."""
@@ -1286,6 +1468,15 @@ class SQLiteIdempotencyStore(_SQLiteStore):
         until = _us(locked_until)
         with self._writing("idempotency release", durable=False) as conn:
             conn.executemany(Q.idempotency_release, [(key, until) for key in keys])
+
+    def purge(self, *, now: datetime, limit: int = 1000) -> int:
+        """See :meth:`IdempotencyStore.purge`: expired keys, one batch."""
+        check_page_args(limit)
+        now_us = _us(now)
+        with self._writing("idempotency purge", durable=False) as conn:
+            deleted = conn.execute(Q.idempotency_purge, {"now": now_us, "limit": limit}).rowcount
+            conn.execute(Q.idempotency_purge_locks, (now_us,))
+        return int(deleted)
 
     def get(self, key: str, *, now: datetime) -> IdempotencyRecord | None:
         """See :meth:`IdempotencyStore.get`."""

@@ -40,6 +40,7 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+import attrs
 import pytest
 
 from .._clock import FakeClock
@@ -1121,10 +1122,234 @@ class QueueStoreContract:
         store.complete([self.outcome(last, clock)])
         assert store.next_due() is None
 
+    def test_list_filters_by_event_type_text_and_time_range(
+        self, store: QueueStore, clock: FakeClock
+    ) -> None:
+        """event_type matches the event's type; search finds text in the event id
+        or the event's JSON (ASCII case-insensitive, % and _ taken literally);
+        since/until bound updated_at (inclusive/exclusive)."""
+        first = make_delivery("order-1", payload={"email": "Ada@Example.com"})
+        second = make_delivery("order-2", payload={"email": "bob@example.com", "note": "50%_off"})
+        second = Delivery(
+            **{**_fields(second), "event": Event("order-2", "order.paid", second.event.payload)}
+        )
+        self.enqueue(store, first, second)
+        clock.advance(60)
+        (claimed,) = self.claim(store, clock, limit=1)
+        store.complete([self.outcome(claimed, clock)])  # order-1 updated at T0+60
+
+        def ids(**filters: Any) -> list[str]:
+            return self.ids(store.list(**filters).items)
+
+        assert ids(event_type="order.paid") == ["order-2"]
+        assert ids(event_type="nope") == []
+        assert ids(search="ada@example") == ["order-1"]
+        assert ids(search="ORDER-2") == ["order-2"]
+        assert ids(search="50%_off") == ["order-2"]
+        assert ids(search="5_%") == []
+        assert ids(since=T0 + timedelta(seconds=60)) == ["order-1"]
+        assert ids(until=T0 + timedelta(seconds=60)) == ["order-2"]
+        assert ids(since=T0, until=T0 + timedelta(seconds=61), event_type="customer.created") == [
+            "order-1"
+        ]
+
+    def test_error_counts_group_failed_attempts_by_bucket_and_category(
+        self, store: QueueStore, clock: FakeClock
+    ) -> None:
+        """error_counts counts audit records with an error in [since, until) per
+        bucket index and category; records without an error are not counted."""
+        delivery = make_delivery("e1")
+        self.enqueue(store, delivery)
+        hour = timedelta(hours=1)
+        records = [
+            _record(delivery, T0 + timedelta(minutes=5), error=_error()),
+            _record(delivery, T0 + timedelta(minutes=50), error=_error()),
+            _record(delivery, T0 + timedelta(minutes=55), error=_error(ErrorCategory.MAPPING)),
+            _record(delivery, T0 + timedelta(minutes=70), error=_error()),
+            _record(delivery, T0 + timedelta(minutes=75)),  # a success: not counted
+            _record(delivery, T0 + timedelta(minutes=200), error=_error()),  # past until
+        ]
+        store.add_audit(records)
+        counts = store.error_counts(since=T0, until=T0 + 3 * hour, bucket=hour)
+        assert counts == [  # sorted by bucket, then category
+            (0, ErrorCategory.MAPPING, 1),
+            (0, ErrorCategory.TRANSIENT, 2),
+            (1, ErrorCategory.TRANSIENT, 1),
+        ]
+        assert store.error_counts(since=T0 + 4 * hour, until=T0 + 5 * hour, bucket=hour) == []
+
+    def test_add_audit_appends_records_that_change_nothing_else(self, store: QueueStore) -> None:
+        """add_audit stores records as given: about no delivery, or about one."""
+        delivery = make_delivery("e1")
+        self.enqueue(store, delivery)
+        about_none = Attempt(
+            delivery_id=None,
+            destination="",
+            action="purge",
+            actor="ada",
+            started_at=T0,
+            finished_at=T0,
+            reason="purged 3",
+            details={"deliveries": 3},
+        )
+        store.add_audit([about_none, _record(delivery, T0, action="note", reason="called them")])
+        newest = store.audit(limit=2)
+        assert [r.action for r in newest] == ["note", "purge"]
+        assert newest[1].details == {"deliveries": 3}
+        assert [r.action for r in store.attempts(delivery.id)] == ["note"]
+        assert store.get(delivery.id).status is PENDING  # type: ignore[union-attr]
+
+    def test_purge_deletes_old_finished_deliveries_and_their_audit_in_batches(
+        self, store: QueueStore, clock: FakeClock
+    ) -> None:
+        """purge deletes finished deliveries last changed before ``before`` (at most
+        ``limit`` per call) with their audit records, and old records about
+        destinations; waiting, failed and in-flight ones stay; stats follow;
+        dry_run counts and changes nothing; a purged event id is unknown again."""
+        self.enqueue(store, *(make_delivery(f"done-{i}") for i in range(5)))
+        self.enqueue(store, make_delivery("failed"), make_delivery("busy"))
+        self.enqueue(store, make_delivery("waiting", next_attempt_at=T0 + timedelta(days=9)))
+        claimed = self.claim(store, clock, limit=7)
+        outcomes = []
+        for d in claimed:
+            if d.event.id == "failed":
+                outcomes.append(
+                    self.outcome(
+                        d,
+                        clock,
+                        NEEDS_ACTION,
+                        error=_error(ErrorCategory.MAPPING),
+                        audit=(_record(d, clock.now(), error=_error()),),
+                    )
+                )
+            elif d.event.id.startswith("done"):
+                outcomes.append(self.outcome(d, clock, audit=(_record(d, clock.now()),)))
+        store.complete(outcomes)  # "busy" stays in flight
+        store.set_destination(
+            "pos",
+            now=T0,
+            paused=True,
+            audit=Attempt(
+                delivery_id=None,
+                destination="pos",
+                action="pause",
+                actor="ada",
+                started_at=T0,
+                finished_at=T0,
+            ),
+        )
+        clock.advance(timedelta(days=40))
+        cutoff = clock.now() - timedelta(days=30)
+        assert store.purge(before=cutoff, dry_run=True) == 5
+        assert store.stats().by_destination["pos"][SUCCEEDED] == 5  # dry run changed nothing
+        assert store.purge(before=cutoff, limit=2) == 2
+        assert store.purge(before=cutoff, limit=2) == 2
+        assert store.purge(before=cutoff, limit=2) == 1
+        assert store.purge(before=cutoff, limit=2) == 0
+        left = sorted(d.event.id for d in store.list(limit=100).items)
+        assert left == ["busy", "failed", "waiting"]
+        assert SUCCEEDED not in store.stats().by_destination["pos"]
+        assert store.stats().total == 3
+        assert all(r.delivery_id is not None for r in store.audit())  # the pause record went
+        failed = next(d for d in store.list().items if d.event.id == "failed")
+        assert len(store.attempts(failed.id)) == 1
+        assert len(store.enqueue([make_delivery("done-0")])) == 1  # unknown again
+
+    def test_stats_counts_deliveries_that_leave_and_reenter_a_final_state(
+        self, store: QueueStore, clock: FakeClock
+    ) -> None:
+        """Finished counts follow every move: discard, revive (retry), resolve."""
+        self.enqueue(store, make_delivery("e1"), make_delivery("e2"))
+        self.park(store, clock, store.list().items[0])
+        audit = _record(store.list().items[0], clock.now(), action="discard")
+        first = store.list().items[0].id
+        store.transition(
+            [first], from_status={NEEDS_ACTION}, to_status=DISCARDED, audit=audit, now=clock.now()
+        )
+        assert store.stats().by_destination["pos"] == {DISCARDED: 1, PENDING: 1}
+        store.transition(
+            [first],
+            from_status={DISCARDED},
+            to_status=PENDING,
+            audit=audit,
+            now=clock.now(),
+            reset_attempts=True,
+        )
+        assert store.stats().by_destination["pos"] == {PENDING: 2}
+        store.transition(
+            [first], from_status={PENDING}, to_status=RESOLVED, audit=audit, now=clock.now()
+        )
+        assert store.stats().by_destination["pos"] == {RESOLVED: 1, PENDING: 1}
+
+    def test_transition_if_unchanged_moves_only_what_is_still_as_read(
+        self, store: QueueStore, clock: FakeClock
+    ) -> None:
+        """With if_unchanged, a delivery claimed (or otherwise changed) since it
+        was read does not move."""
+        self.enqueue(store, make_delivery("e1"))
+        read = store.list().items[0]
+        audit = _record(read, clock.now(), action="edit")
+        self.claim(store, clock)
+        moved = store.transition(
+            [read.id],
+            from_status={PENDING, IN_FLIGHT},
+            to_status=PENDING,
+            audit=audit,
+            now=clock.now(),
+            if_unchanged=read,
+        )
+        assert moved == []
+        again = store.get(read.id)
+        assert again is not None
+        assert again.status is IN_FLIGHT
+        moved = store.transition(
+            [read.id],
+            from_status={IN_FLIGHT},
+            to_status=NEEDS_ACTION,
+            audit=audit,
+            now=clock.now(),
+            if_unchanged=again,
+        )
+        assert moved == [read.id]
+
+    def test_extend_leases_moves_only_leases_still_held(
+        self, store: QueueStore, clock: FakeClock
+    ) -> None:
+        """(Optional method.) extend_leases moves the lease end of deliveries
+        still IN_FLIGHT under the given token, never earlier; a stale token or
+        a finished delivery is refused."""
+        extend = getattr(store, "extend_leases", None)
+        if extend is None:
+            pytest.skip("this store has no extend_leases (optional)")
+        self.enqueue(store, make_delivery("e1"), make_delivery("e2"))
+        first, second = self.claim(store, clock, lease=LEASE)
+        store.complete([self.outcome(second, clock)])
+        later = T0 + 5 * LEASE
+        assert extend(
+            [
+                (first.id, first.lease_token),
+                (second.id, second.lease_token),
+                (first.id, first.lease_token + 99),
+            ],
+            until=later,
+        ) == [True, False, False]
+        assert extend([(first.id, first.lease_token)], until=T0) == [True]  # never earlier
+        clock.advance(2 * LEASE)
+        assert self.claim(store, clock) == []  # the lease still runs
+        held = store.get(first.id)
+        assert held is not None
+        assert held.lease_expires_at == later
+        clock.advance(4 * LEASE)
+        assert self.ids(self.claim(store, clock)) == ["e1"]
+
     def test_close_is_idempotent(self, store: QueueStore) -> None:
         """close() may be called twice."""
         store.close()
         store.close()
+
+
+def _fields(delivery: Delivery) -> dict[str, Any]:
+    return {f: getattr(delivery, f) for f in attrs.fields_dict(Delivery)}
 
 
 def attrs_without_id(record: Attempt) -> tuple[Any, ...]:
@@ -1340,6 +1565,22 @@ class IdempotencyStoreContract:
         for t in threads:
             t.join()
         assert sorted(states) == sorted([self.NEW] + [self.IN_PROGRESS] * 3)
+
+    def test_purge_forgets_expired_keys_only(
+        self, store: IdempotencyStore, clock: FakeClock
+    ) -> None:
+        """purge deletes completed keys that expired (a batch at most ``limit``)
+        and abandoned locks; live keys stay."""
+        self.finish(store, clock, ("old-1", "fp", 1), ("old-2", "fp", 2), ttl=timedelta(days=1))
+        self.finish(store, clock, ("young", "fp", 3), ttl=timedelta(days=60))
+        self.begin(store, clock, ("locked", "fp"), lock=timedelta(minutes=5))
+        clock.advance(timedelta(days=2))
+        assert store.purge(now=clock.now(), limit=1) == 1
+        assert store.purge(now=clock.now(), limit=10) == 1
+        assert store.purge(now=clock.now(), limit=10) == 0
+        assert store.get("old-1", now=T0) is None  # gone, even seen from the past
+        assert store.get("young", now=clock.now()) is not None
+        assert self.begin(store, clock, ("locked", "fp")) == [self.NEW]
 
     def test_close_is_idempotent(self, store: IdempotencyStore) -> None:
         """close() may be called twice."""

@@ -290,6 +290,10 @@ WHERE seq > %(after)s
   AND (%(destination)s::text IS NULL OR destination = %(destination)s::text)
   AND (%(category)s::text IS NULL OR error_category = %(category)s::text)
   AND (%(since)s::timestamptz IS NULL OR updated_at >= %(since)s::timestamptz)
+  AND (%(until)s::timestamptz IS NULL OR updated_at < %(until)s::timestamptz)
+  AND (%(event_type)s::text IS NULL OR event->>'type' = %(event_type)s::text)
+  AND (%(search)s::text IS NULL
+       OR event_id ILIKE %(search)s::text OR event::text ILIKE %(search)s::text)
 ORDER BY seq
 LIMIT %(limit)s;
 
@@ -312,17 +316,84 @@ LIMIT %(limit)s;
 -- name: get_cursor
 SELECT value FROM {schema}.cursors WHERE source = %(source)s;
 
--- name: stats_by_status
-SELECT destination, status, count(*) FROM {schema}.deliveries GROUP BY destination, status;
-
--- name: stats_needs_action
-SELECT destination, error_category, count(*)
+-- name: stats_open
+-- the open deliveries, through their partial index (the queue's depth, never
+-- the history)
+SELECT destination, status, error_category, count(*)
 FROM {schema}.deliveries
-WHERE status = 'needs_action' AND error_category IS NOT NULL
-GROUP BY destination, error_category;
+WHERE status IN ('pending', 'in_flight', 'retry_scheduled', 'needs_action')
+GROUP BY destination, status, error_category;
+
+-- name: stats_finished
+-- the finished deliveries, counted by triggers as they finish (shards summed)
+SELECT destination, status, sum(count)::bigint
+FROM {schema}.finished_counts
+GROUP BY destination, status
+HAVING sum(count) > 0;
 
 -- name: stats_oldest_waiting
-SELECT min(created_at) FROM {schema}.deliveries WHERE status IN ('pending', 'retry_scheduled');
+-- the oldest waiting delivery: the lowest seq among the claimable ones
+SELECT created_at FROM {schema}.deliveries
+WHERE status IN ('pending', 'retry_scheduled', 'in_flight') AND status <> 'in_flight'
+ORDER BY seq
+LIMIT 1;
+
+-- name: error_counts
+-- failed attempts per time bucket and category in [since, until)
+SELECT floor(extract(epoch FROM finished_at - %(since)s::timestamptz) / %(width)s)::bigint,
+       error_category, count(*)
+FROM {schema}.audit
+WHERE error IS NOT NULL
+  AND finished_at >= %(since)s::timestamptz AND finished_at < %(until)s::timestamptz
+GROUP BY 1, 2
+ORDER BY 1, 2;
+
+-- name: purge
+-- one batch of retention: finished deliveries last changed before %(before)s
+-- with their audit records, and old records of actions on destinations
+WITH victims AS (
+    SELECT id FROM {schema}.deliveries
+    WHERE status IN ('succeeded', 'resolved', 'discarded') AND updated_at < %(before)s
+    ORDER BY updated_at
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+),
+gone_audit AS (
+    DELETE FROM {schema}.audit WHERE delivery_id IN (SELECT id FROM victims)
+),
+gone_destination_audit AS (
+    DELETE FROM {schema}.audit
+    WHERE id IN (SELECT id FROM {schema}.audit
+                 WHERE delivery_id IS NULL AND finished_at < %(before)s
+                 LIMIT %(limit)s)
+),
+gone AS (
+    DELETE FROM {schema}.deliveries WHERE id IN (SELECT id FROM victims) RETURNING 1
+)
+SELECT count(*) FROM gone;
+
+-- name: purge_count
+SELECT count(*) FROM {schema}.deliveries
+WHERE status IN ('succeeded', 'resolved', 'discarded') AND updated_at < %(before)s;
+
+-- name: idempotency_purge
+DELETE FROM {schema}.idempotency_keys
+WHERE key IN (
+    SELECT key FROM {schema}.idempotency_keys
+    WHERE (state = 'completed' AND expires_at <= %(now)s)
+       OR (state = 'in_progress' AND locked_until <= %(now)s)
+    LIMIT %(limit)s)
+RETURNING state;
+
+-- name: database_time
+SELECT clock_timestamp();
+
+-- name: delivery_states
+-- after a lost reply: what the listed deliveries look like now
+SELECT id, status, lease_token, updated_at FROM {schema}.deliveries WHERE id = ANY(%(ids)b::text[]);
+
+-- name: existing_ids
+SELECT id, seq FROM {schema}.deliveries WHERE id = ANY(%(ids)b::text[]);
 
 -- name: next_due
 -- The earliest time a delivery may become claimable without anyone acting:
@@ -404,3 +475,11 @@ WHERE key = ANY(%(keys)b::text[]) AND state = 'in_progress'
 SELECT key, state, fingerprint, result::text, locked_until, expires_at
 FROM {schema}.idempotency_keys
 WHERE key = %(key)s;
+
+-- name: extend_leases
+-- move the lease end of deliveries still held under their token; never earlier
+UPDATE {schema}.deliveries AS t
+SET lease_expires_at = greatest(t.lease_expires_at, %(until)s)
+FROM unnest(%(ids)b::text[], %(tokens)b::bigint[]) AS u(id, token)
+WHERE t.id = u.id AND t.status = 'in_flight' AND t.lease_token = u.token
+RETURNING t.id, t.lease_token;

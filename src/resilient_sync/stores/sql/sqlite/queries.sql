@@ -66,10 +66,13 @@ WHERE d.due_at IS NOT NULL
                  AND o.ordering_key IS NOT NULL
                  AND o.status IN ('pending', 'in_flight', 'retry_scheduled', 'needs_action'))
            AND NOT EXISTS (  -- another delivery of the key in flight, even if expired
+               -- (the IN list repeats the key index's condition word for word, so
+               -- that SQLite may use the index instead of scanning the table)
                SELECT 1 FROM resilient_sync_deliveries AS f
                WHERE f.destination = d.destination
                  AND f.ordering_key = d.ordering_key
                  AND f.ordering_key IS NOT NULL
+                 AND f.status IN ('pending', 'in_flight', 'retry_scheduled', 'needs_action')
                  AND f.status = 'in_flight')))
 ORDER BY d.seq
 LIMIT :limit;
@@ -117,13 +120,13 @@ WHERE id = ?12 AND status = 'in_flight' AND lease_token = ?13;
 -- name: insert_audit
 -- ?1 delivery id (its seq is looked up for the index), ?2 destination, ?3 action,
 -- ?4 actor, ?5 started_at, ?6 finished_at, ?7 number, ?8 outcome, ?9 reason,
--- ?10 error JSON, ?11 details JSON
+-- ?10 error JSON, ?11 details JSON, ?12 error category
 INSERT INTO resilient_sync_audit (
     delivery_id, delivery_seq, destination, action, actor, started_at, finished_at, number,
-    outcome, reason, error, details
+    outcome, reason, error, details, error_category
 ) VALUES (
     ?1, (SELECT seq FROM resilient_sync_deliveries WHERE id = ?1), ?2, ?3, ?4, ?5, ?6, ?7,
-    ?8, ?9, ?10, ?11
+    ?8, ?9, ?10, ?11, ?12
 );
 
 -- ------------------------------------------------------------- transition
@@ -189,6 +192,17 @@ AND error_category = :category
 -- name: list_where_since
 AND updated_at >= :since
 
+-- name: list_where_until
+AND updated_at < :until
+
+-- name: list_where_event_type
+AND json_extract(event, '$.type') = :event_type
+
+-- name: list_where_search
+-- a text search on the event id and the event's JSON (a scan of the rows the
+-- other filters leave, bounded by the page size); :search is a LIKE pattern
+AND (event_id LIKE :search ESCAPE '\' OR event LIKE :search ESCAPE '\')
+
 -- name: list_order
 ORDER BY seq
 LIMIT :limit;
@@ -219,10 +233,24 @@ WHERE error IS NOT NULL
 ORDER BY id DESC
 LIMIT :limit;
 
--- name: stats
-SELECT destination, status, error_category, COUNT(*), MIN(created_at)
-FROM resilient_sync_deliveries
+-- name: stats_open
+-- the open deliveries, through their partial index (as many rows as the queue
+-- is deep, never the history)
+SELECT destination, status, error_category, COUNT(*)
+FROM resilient_sync_deliveries INDEXED BY resilient_sync_deliveries_open
+WHERE status IN ('pending', 'in_flight', 'retry_scheduled', 'needs_action')
 GROUP BY destination, status, error_category;
+
+-- name: stats_finished
+-- the finished deliveries, counted by triggers as they finish
+SELECT destination, status, count FROM resilient_sync_finished_counts WHERE count > 0;
+
+-- name: stats_oldest_waiting
+-- the oldest waiting delivery: the lowest seq among the claimable ones
+SELECT created_at FROM resilient_sync_deliveries
+WHERE due_at IS NOT NULL AND status IN ('pending', 'retry_scheduled')
+ORDER BY seq
+LIMIT 1;
 
 -- name: next_due
 SELECT MIN(CASE WHEN status = 'in_flight' THEN lease_expires_at ELSE next_attempt_at END)
@@ -263,3 +291,62 @@ DELETE FROM resilient_sync_idempotency_locks WHERE key = ?1;
 -- ?2: the lock_until the releasing worker took the lock with (NULL: any holder)
 DELETE FROM resilient_sync_idempotency_locks
 WHERE key = ?1 AND (?2 IS NULL OR locked_until = ?2);
+
+-- -------------------------------------------------------------- retention
+
+-- name: purge_candidates
+-- finished deliveries last changed before :before, oldest first
+SELECT seq FROM resilient_sync_deliveries INDEXED BY resilient_sync_deliveries_finished
+WHERE status IN ('succeeded', 'resolved', 'discarded') AND updated_at < :before
+ORDER BY updated_at
+LIMIT :limit;
+
+-- name: purge_count
+SELECT COUNT(*) FROM resilient_sync_deliveries INDEXED BY resilient_sync_deliveries_finished
+WHERE status IN ('succeeded', 'resolved', 'discarded') AND updated_at < :before;
+
+-- name: purge_audit_of
+-- the audit records of the listed deliveries (by seq, through their index)
+DELETE FROM resilient_sync_audit
+WHERE delivery_seq IN (SELECT value FROM json_each(?1));
+
+-- name: purge_deliveries
+DELETE FROM resilient_sync_deliveries WHERE seq IN (SELECT value FROM json_each(?1));
+
+-- name: purge_destination_audit
+-- records of actions on destinations (pause, hold ...) older than :before
+DELETE FROM resilient_sync_audit
+WHERE id IN (
+    SELECT id FROM resilient_sync_audit INDEXED BY resilient_sync_audit_destinations_by_time
+    WHERE delivery_seq IS NULL AND finished_at < :before
+    LIMIT :limit);
+
+-- name: purge_destination_audit_count
+SELECT COUNT(*) FROM resilient_sync_audit INDEXED BY resilient_sync_audit_destinations_by_time
+WHERE delivery_seq IS NULL AND finished_at < :before;
+
+-- name: error_counts
+-- failed attempts per time bucket and category since :since (until :until)
+SELECT (finished_at - :since) / :width, error_category, COUNT(*)
+FROM resilient_sync_audit INDEXED BY resilient_sync_audit_errors_by_time
+WHERE error IS NOT NULL AND finished_at >= :since AND finished_at < :until
+GROUP BY 1, 2
+ORDER BY 1, 2;
+
+-- name: idempotency_purge
+-- completed keys that expired (a batch of them)
+DELETE FROM resilient_sync_idempotency
+WHERE key IN (
+    SELECT key FROM resilient_sync_idempotency
+    WHERE expires_at IS NOT NULL AND expires_at <= :now
+    LIMIT :limit);
+
+-- name: has_our_tables
+SELECT COUNT(*) FROM sqlite_master
+WHERE type = 'table' AND name IN ('resilient_sync_migrations', 'resilient_sync_deliveries');
+
+-- name: extend_lease
+-- ?1 new lease end, ?2 id, ?3 lease token; never shortens a lease
+UPDATE resilient_sync_deliveries
+SET lease_expires_at = max(lease_expires_at, ?1), due_at = max(due_at, ?1)
+WHERE id = ?2 AND status = 'in_flight' AND lease_token = ?3;

@@ -1,0 +1,385 @@
+"""Regression tests for the hardening issue, store side: retention and trends
+(item 6), lost replies on PostgreSQL (item 8), files the CLI must only read
+(item 9), and the smaller store findings (item 10)."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import stat
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from resilient_sync import (
+    DeliveryStatus,
+    Dispatcher,
+    Event,
+    IdempotencyStore,
+    MappingError,
+    Operator,
+    QueueStore,
+    StoreError,
+)
+from resilient_sync.stores import MemoryIdempotencyStore, MemoryQueueStore, open_stores
+from resilient_sync.testing import FakeClock, RecordingDestination
+
+Pair = tuple[QueueStore, IdempotencyStore]
+
+
+@pytest.fixture(params=["memory", "sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def stores(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Pair]:
+    if request.param == "memory":
+        pair: Pair = (MemoryQueueStore(), MemoryIdempotencyStore())
+    elif request.param == "sqlite":
+        pair = open_stores(f"sqlite:///{tmp_path / 'stores.db'}")
+    else:
+        from pg_support import drop_schema, new_schema_name, require_postgres
+
+        dsn, schema = require_postgres(), new_schema_name("rs_hards")
+        request.addfinalizer(lambda: drop_schema(schema))  # noqa: PT021 - also if opening fails
+        pair = open_stores(f"{dsn}{'&' if '?' in dsn else '?'}schema={schema}")
+    yield pair
+    pair[0].close()
+    pair[1].close()
+
+
+class Sometimes:
+    name = "pos"
+
+    def deliver(self, event: Event, context: Any) -> Any:
+        if event.payload.get("sku") == "bad":
+            raise MappingError("unknown SKU")
+        return {"id": event.id}
+
+
+# -- 6. retention, trends counted by the store ----------------------------------------
+
+
+def test_purge_removes_old_finished_deliveries_keys_and_audit_in_batches(stores: Pair) -> None:
+    queue, idempotency = stores
+    clock = FakeClock()
+    dispatcher = Dispatcher(queue, idempotency, [Sometimes()], clock=clock, idempotency_ttl=86400)
+    dispatcher.submit_many([Event(f"old-{i}", "t", {}) for i in range(25)])
+    dispatcher.submit(Event("bad", "t", {"sku": "bad"}))
+    dispatcher.run_until_idle()
+    clock.advance(timedelta(days=31))
+    dispatcher.submit(Event("new", "t", {}))
+    dispatcher.run_until_idle()
+    op = Operator(queue, clock=clock)
+    dry = op.purge(timedelta(days=30), dry_run=True)
+    assert (dry.deliveries, dry.dry_run) == (25, True)
+    assert queue.stats().total == 27
+    progress: list[int] = []
+    report = op.purge(
+        timedelta(days=30), idempotency=idempotency, batch=10, actor="ada", progress=progress.append
+    )
+    assert report.deliveries == 25
+    assert report.idempotency_keys == 25  # expired after a day
+    assert progress == [10, 20, 25]
+    left = sorted(d.event.id for d in queue.list().items)
+    assert left == ["bad", "new"]  # needs-action and recent ones stay
+    assert queue.stats().by_destination["pos"] == {
+        DeliveryStatus.SUCCEEDED: 1,
+        DeliveryStatus.NEEDS_ACTION: 1,
+    }
+    record = queue.audit(limit=1)[0]
+    assert (record.action, record.actor) == ("purge", "ada")
+    assert record.details["deliveries"] == 25
+    assert op.purge(timedelta(days=30)).deliveries == 0
+
+
+def test_error_trend_is_counted_by_the_store_not_loaded(stores: Pair) -> None:
+    queue, idempotency = stores
+    clock = FakeClock()
+    dispatcher = Dispatcher(queue, idempotency, [Sometimes()], clock=clock)
+    for hour in range(3):
+        dispatcher.submit_many(
+            [Event(f"h{hour}-{i}", "t", {"sku": "bad"}) for i in range(hour + 1)]
+        )
+        dispatcher.run_until_idle()
+        clock.advance(timedelta(hours=1))
+
+    class NoLoading:
+        """The queue, but loading audit records is forbidden."""
+
+        def __getattr__(self, name: str) -> Any:
+            if name in ("audit", "attempts"):
+                raise AssertionError(f"error_trend loaded records through {name}()")
+            return getattr(queue, name)
+
+    op = Operator(NoLoading(), clock=clock)  # type: ignore[arg-type]
+    trend = op.error_trend(bucket=timedelta(hours=1), since=clock.now() - timedelta(hours=3))
+    assert [b.total for b in trend] == [1, 2, 3, 0]
+    assert all(set(b.counts) <= {MappingError.category} for b in trend)
+
+
+# -- 8. lost replies on PostgreSQL -------------------------------------------------------
+
+
+class LosesTheReply:
+    """Wraps a psycopg cursor: the first time the named query runs, it commits
+    and then the connection breaks before the reply is read."""
+
+    def __init__(self, cursor: Any, query: str, armed: list[bool]) -> None:
+        self._cursor = cursor
+        self._query = query
+        self._armed = armed
+
+    def execute(self, query: Any, params: Any = None, **kwargs: Any) -> Any:
+        result = self._cursor.execute(query, params, **kwargs)
+        if self._armed and self._armed[0] and query == self._query:
+            import psycopg
+
+            self._armed[0] = False
+            self._cursor.connection.close()
+            raise psycopg.OperationalError("server closed the connection unexpectedly")
+        return result
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._cursor, name)
+
+
+@pytest.mark.postgres
+def test_a_committed_complete_whose_reply_is_lost_counts_as_applied() -> None:
+    from pg_support import drop_schema, new_schema_name, require_postgres
+    from resilient_sync.stores._postgres import PostgresIdempotencyStore, PostgresQueueStore
+
+    dsn, schema = require_postgres(), new_schema_name("rs_lost")
+    armed = [False]
+
+    class Flaky(PostgresQueueStore):
+        def _cursor(self, conn: Any) -> Any:
+            return LosesTheReply(super()._cursor(conn), self._queries["complete"], armed)
+
+    queue = Flaky(dsn, schema=schema)
+    idempotency = PostgresIdempotencyStore(dsn, schema=schema)
+    try:
+        escalated: list[str] = []
+        dispatcher = Dispatcher(
+            queue,
+            idempotency,
+            [Sometimes()],
+            clock=FakeClock(),
+            on_needs_action=lambda d: escalated.append(d.event.id),
+        )
+        dispatcher.submit_many([Event("ok", "t", {}), Event("bad", "t", {"sku": "bad"})])
+        armed[0] = True
+        report = dispatcher.run_once()
+        assert armed == [False]  # the fault happened
+        assert (report.succeeded, report.needs_action, report.lost_lease) == (1, 1, 0)
+        assert escalated == ["bad"]
+    finally:
+        queue.close()
+        idempotency.close()
+        drop_schema(schema)
+
+
+@pytest.mark.postgres
+def test_a_committed_enqueue_whose_reply_is_lost_is_reported_as_inserted() -> None:
+    from pg_support import drop_schema, new_schema_name, require_postgres
+    from resilient_sync import Producer
+    from resilient_sync.stores._postgres import PostgresQueueStore
+
+    dsn, schema = require_postgres(), new_schema_name("rs_lost")
+    armed = [False]
+
+    class Flaky(PostgresQueueStore):
+        def _cursor(self, conn: Any) -> Any:
+            return LosesTheReply(super()._cursor(conn), self._queries["enqueue"], armed)
+
+    queue = Flaky(dsn, schema=schema)
+    try:
+        armed[0] = True
+        result = Producer(queue, ["pos"]).submit(Event("e1", "t", {}))
+        assert armed == [False]
+        assert (len(result), result.skipped) == (1, 0)
+        assert queue.stats().total == 1
+    finally:
+        queue.close()
+        drop_schema(schema)
+
+
+# -- 9. files the CLI only reads ------------------------------------------------------
+
+
+def test_a_read_only_open_never_creates_migrates_or_writes(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.db"
+    empty.touch()
+    with pytest.raises(StoreError, match="no resilient_sync queue"):
+        open_stores(f"sqlite:///{empty}", read_only=True)
+    assert empty.stat().st_size == 0
+    assert not Path(f"{empty}-wal").exists()
+
+    other = tmp_path / "app.db"
+    with sqlite3.connect(other) as conn:
+        conn.execute("CREATE TABLE customers (id INTEGER PRIMARY KEY)")
+    before = other.read_bytes()
+    with pytest.raises(StoreError, match="no resilient_sync queue"):
+        open_stores(f"sqlite:///{other}", read_only=True)
+    assert other.read_bytes() == before
+
+    with pytest.raises(StoreError, match="no such file"):
+        open_stores(f"sqlite:///{tmp_path / 'missing.db'}", read_only=True)
+    assert not (tmp_path / "missing.db").exists()
+
+
+def test_a_read_only_open_reads_a_read_only_file(tmp_path: Path) -> None:
+    db = tmp_path / "sync.db"
+    queue, idem = open_stores(f"sqlite:///{db}")
+    Dispatcher(queue, idem, [RecordingDestination("pos")]).submit(Event("e1", "t", {}))
+    queue.close()
+    idem.close()
+    for path in tmp_path.iterdir():
+        path.chmod(0o444)
+    try:
+        reader, idem = open_stores(f"sqlite:///{db}", read_only=True)
+        assert reader.stats().total == 1
+        with pytest.raises(StoreError, match="read-only"):
+            Dispatcher(reader, idem, [RecordingDestination("pos")]).submit(Event("e2", "t", {}))
+        reader.close()
+        idem.close()
+    finally:
+        for path in tmp_path.iterdir():
+            path.chmod(0o644)
+
+
+def test_new_queue_files_are_owner_only(tmp_path: Path) -> None:
+    old = os.umask(0o022)
+    try:
+        queue, idem = open_stores(f"sqlite:///{tmp_path / 'sync.db'}")
+        Dispatcher(queue, idem, [RecordingDestination("pos")]).submit(Event("e1", "t", {}))
+        queue.close()
+        idem.close()
+    finally:
+        os.umask(old)
+    for path in tmp_path.iterdir():
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path.name
+
+
+@pytest.mark.postgres
+def test_a_read_only_open_never_creates_a_postgres_schema() -> None:
+    from pg_support import admin_connection, new_schema_name, require_postgres
+
+    dsn, schema = require_postgres(), new_schema_name("rs_typo")
+    with pytest.raises(StoreError, match="no resilient_sync queue"):
+        open_stores(f"{dsn}{'&' if '?' in dsn else '?'}schema={schema}", read_only=True)
+    with admin_connection() as conn:
+        row = conn.execute("SELECT to_regnamespace(%s)", [schema]).fetchone()
+    assert row == (None,)
+
+
+# -- 10. smaller findings ---------------------------------------------------------------
+
+
+def test_a_submit_after_the_sqlite_file_was_deleted_is_refused(tmp_path: Path) -> None:
+    db = tmp_path / "sync.db"
+    queue, idem = open_stores(f"sqlite:///{db}")
+    dispatcher = Dispatcher(queue, idem, [RecordingDestination("pos")])
+    dispatcher.submit(Event("e1", "t", {}))
+    for path in tmp_path.iterdir():
+        path.unlink()
+    with pytest.raises(StoreError, match="deleted or replaced"):
+        dispatcher.submit(Event("e2", "t", {}))
+    queue.close()
+    idem.close()
+
+
+@pytest.mark.postgres
+def test_a_search_path_in_the_url_selects_the_schema_or_is_refused() -> None:
+    from pg_support import drop_schema, new_schema_name, require_postgres
+
+    dsn, schema = require_postgres(), new_schema_name("rs_path")
+    sep = "&" if "?" in dsn else "?"
+    try:
+        queue, idem = open_stores(f"{dsn}{sep}options=-c%20search_path%3D{schema}")
+        assert queue.schema == schema  # type: ignore[attr-defined]
+        queue.close()
+        idem.close()
+        with pytest.raises(ValueError, match=r"\?schema="):
+            open_stores(f"{dsn}{sep}search_path={schema},public")
+    finally:
+        drop_schema(schema)
+
+
+def test_the_heartbeat_keeps_a_long_delivery_leased(tmp_path: Path) -> None:
+    """A delivery that runs longer than its lease is not taken over meanwhile."""
+    import threading
+    import time
+
+    db = f"sqlite:///{tmp_path / 'sync.db'}"
+    started = threading.Event()
+    calls: list[str] = []
+
+    class Slow:
+        name = "pos"
+
+        def deliver(self, event: Event, context: Any) -> Any:
+            calls.append(event.id)
+            started.set()
+            time.sleep(2.5)  # five times the lease
+            return None
+
+    q1, i1 = open_stores(db)
+    q2, i2 = open_stores(db)
+    slow = Dispatcher(q1, i1, [Slow()], lease=0.5)
+    other = Dispatcher(q2, i2, [Slow()], lease=0.5)
+    slow.submit(Event("e1", "t", {}))
+    worker = threading.Thread(target=slow.run_once)
+    worker.start()
+    assert started.wait(5)
+    deadline = time.monotonic() + 2.0
+    while time.monotonic() < deadline:
+        assert other.run_once().claimed == 0  # never taken over
+        time.sleep(0.1)
+    worker.join(10)
+    assert calls == ["e1"]
+    assert q1.list().items[0].status is DeliveryStatus.SUCCEEDED
+    for thing in (slow, other, q1, i1, q2, i2):
+        thing.close()
+
+
+@pytest.mark.postgres
+def test_leases_are_judged_by_the_database_clock_not_a_fast_worker_clock() -> None:
+    from datetime import datetime, timezone
+
+    from pg_support import drop_schema, new_schema_name, require_postgres
+    from resilient_sync import SystemClock
+    from resilient_sync._clock import DatabaseClock
+
+    dsn, schema = require_postgres(), new_schema_name("rs_clock")
+    url = f"{dsn}{'&' if '?' in dsn else '?'}schema={schema}"
+
+    def ten_minutes_fast() -> datetime:
+        return datetime.now(timezone.utc) + timedelta(minutes=10)
+
+    class FastClock(SystemClock):
+        def now(self) -> datetime:
+            return ten_minutes_fast()
+
+    queue, idem = open_stores(url)
+    try:
+        honest = Dispatcher(queue, idem, [RecordingDestination("pos")], lease=300)
+        assert isinstance(honest.clock, DatabaseClock)  # the default on PostgreSQL
+        honest.submit_many([Event(f"e{i}", "t", {}) for i in range(20)])
+        now = honest.clock.now()
+        until = now + timedelta(seconds=300)
+        leased = queue.claim(now=now, limit=20, lease_until=until, worker="A")
+        assert len(leased) == 20
+        corrected = Dispatcher(
+            queue,
+            idem,
+            [RecordingDestination("pos")],
+            clock=DatabaseClock(queue.database_time, local=ten_minutes_fast),  # type: ignore[attr-defined]
+        )
+        assert corrected.run_once().claimed == 0  # the leases still run, by the server's clock
+        # what the finding saw: judged by the fast worker's own clock, all 20 are taken over
+        uncorrected = Dispatcher(queue, idem, [RecordingDestination("pos")], clock=FastClock())
+        assert uncorrected.run_once().claimed == 20
+    finally:
+        queue.close()
+        idem.close()
+        drop_schema(schema)
