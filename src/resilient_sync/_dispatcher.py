@@ -70,6 +70,9 @@ def _worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
 
 
+#: The longest an idle worker waits before it looks at its stop event again.
+_STOP_CHECK = 0.5
+
 #: The ``extra`` fields of every per-delivery log record (a stable set, for
 #: structured handlers): None where not applicable.
 LOG_FIELDS = ("delivery_id", "event_id", "destination", "attempt", "status", "category")
@@ -266,6 +269,8 @@ class _BaseDispatcher(_Submitter):
         self._pool: ThreadPoolExecutor | None = None
         self._pool_lock = threading.Lock()
         self._heartbeat = _Heartbeat(self)
+        #: set by run_forever: once it is set, a running batch starts nothing more
+        self._stop: threading.Event | asyncio.Event | None = None
         self._check_destinations()
         for dest in self.destinations.values():
             # one clock, given once, reaches every part: a destination that
@@ -456,6 +461,9 @@ class _BaseDispatcher(_Submitter):
         except Exception:
             logger.exception("circuit breaker bookkeeping failed for %s", delivery.destination)
             return outcome
+
+    def _stopping(self) -> bool:
+        return self._stop is not None and self._stop.is_set()
 
     def _unstarted(self, batch: _Batch, index: int) -> FlowResult:
         """Hand back a delivery of an interrupted batch that was never started."""
@@ -735,6 +743,8 @@ class Dispatcher(_BaseDispatcher, _SyncSubmitting):
             batch_started = True
 
             def one(index: int) -> FlowResult:
+                if self._stopping():  # a graceful stop: start nothing more
+                    return self._unstarted(batch, index)
                 decided = self._before_flow(batch, index, halted)
                 if decided is not None:
                     return decided
@@ -939,28 +949,38 @@ class Dispatcher(_BaseDispatcher, _SyncSubmitting):
         """
         total = RunReport()
         real_time = isinstance(self.clock, SystemClock)
-        while not stop.is_set():
-            try:
-                report = self.run_once()
-                total += report
-                wait = 0.0 if not report.idle else self._idle_wait()
-            except StoreError:
-                logger.exception("store error; retrying in %.1fs", self.poll_interval)
-                wait = self.poll_interval
-            except Exception:
-                logger.exception(
-                    "unexpected error in the worker loop; carrying on in %.1fs", self.poll_interval
-                )
-                wait = self.poll_interval
-            if wait > 0:
-                waiter = getattr(self.queue, "wait_for_work", None)
-                if not real_time:
-                    self.clock.sleep(wait)
-                elif waiter is not None:
-                    waiter(wait)
-                else:
-                    stop.wait(wait)
+        self._stop = stop
+        try:
+            while not stop.is_set():
+                total += self._one_round(stop, real_time)
+        finally:
+            self._stop = None
         return total
+
+    def _one_round(self, stop: threading.Event, real_time: bool) -> RunReport:
+        """One batch of ``run_forever``, then the wait for more work."""
+        report = RunReport()
+        try:
+            report = self.run_once()
+            wait = 0.0 if not report.idle else self._idle_wait()
+        except StoreError:
+            logger.exception("store error; retrying in %.1fs", self.poll_interval)
+            wait = self.poll_interval
+        except Exception:
+            logger.exception(
+                "unexpected error in the worker loop; carrying on in %.1fs", self.poll_interval
+            )
+            wait = self.poll_interval
+        if wait > 0 and not stop.is_set():
+            waiter = getattr(self.queue, "wait_for_work", None)
+            if not real_time:
+                self.clock.sleep(wait)
+            elif waiter is not None:
+                # in slices, so that a stop request is seen within half a second
+                waiter(min(wait, _STOP_CHECK))
+            else:
+                stop.wait(wait)
+        return report
 
 
 class AsyncDispatcher(_BaseDispatcher):
@@ -1056,6 +1076,8 @@ class AsyncDispatcher(_BaseDispatcher):
 
             async def one(index: int) -> FlowResult:
                 async with gate:
+                    if self._stopping():  # a graceful stop: start nothing more
+                        return self._unstarted(batch, index)
                     started.add(index)
                     decided = self._before_flow(batch, index, halted)
                     if decided is not None:
@@ -1225,28 +1247,37 @@ class AsyncDispatcher(_BaseDispatcher):
         """See :meth:`Dispatcher.run_forever`."""
         total = RunReport()
         real_time = isinstance(self.clock, SystemClock)
-        while not stop.is_set():
-            try:
-                report = await self.run_once()
-                total += report
-                wait = 0.0 if not report.idle else await self._io(self._idle_wait)
-            except StoreError:
-                logger.exception("store error; retrying in %.1fs", self.poll_interval)
-                wait = self.poll_interval
-            except Exception:
-                logger.exception(
-                    "unexpected error in the worker loop; carrying on in %.1fs", self.poll_interval
-                )
-                wait = self.poll_interval
-            if wait > 0:
-                waiter = getattr(self.queue, "wait_for_work", None)
-                if not real_time:
-                    await self.clock.asleep(wait)
-                elif waiter is not None:
-                    await self._io(waiter, wait)
-                else:
-                    with contextlib.suppress(asyncio.TimeoutError):
-                        await asyncio.wait_for(stop.wait(), timeout=wait)
-            else:
-                await asyncio.sleep(0)
+        self._stop = stop
+        try:
+            while not stop.is_set():
+                total += await self._one_round(stop, real_time)
+        finally:
+            self._stop = None
         return total
+
+    async def _one_round(self, stop: asyncio.Event, real_time: bool) -> RunReport:
+        """See :meth:`Dispatcher._one_round`."""
+        report = RunReport()
+        try:
+            report = await self.run_once()
+            wait = 0.0 if not report.idle else await self._io(self._idle_wait)
+        except StoreError:
+            logger.exception("store error; retrying in %.1fs", self.poll_interval)
+            wait = self.poll_interval
+        except Exception:
+            logger.exception(
+                "unexpected error in the worker loop; carrying on in %.1fs", self.poll_interval
+            )
+            wait = self.poll_interval
+        if wait > 0 and not stop.is_set():
+            waiter = getattr(self.queue, "wait_for_work", None)
+            if not real_time:
+                await self.clock.asleep(wait)
+            elif waiter is not None:
+                await self._io(waiter, min(wait, _STOP_CHECK))
+            else:
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=wait)
+        else:
+            await asyncio.sleep(0)
+        return report

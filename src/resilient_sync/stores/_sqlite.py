@@ -49,12 +49,16 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import errno
 import json
 import logging
 import os
 import re
+import secrets
+import select
 import sqlite3
 import threading
+import time
 import urllib.parse
 import weakref
 from collections.abc import Collection, Iterator, Sequence
@@ -380,6 +384,7 @@ class _Database:
         #: path still names it (a file deleted or replaced while open would
         #: take commits into an unlinked inode and lose them)
         self._identity: tuple[int, int] | None = None
+        self.wakeup = _Wakeup(self)
         #: True when a queue store and an idempotency store share this file
         #: (``open_pair``): the queue's durable commits then cover the
         #: idempotency store's ``finish`` too (one WAL, replayed in order).
@@ -579,6 +584,7 @@ class _Database:
             if self._users > 0 or self._closed:
                 return
             self._closed = True
+            self.wakeup.close()
             conn, self._conn = self._conn, None
             if conn is not None:
                 try:
@@ -724,6 +730,115 @@ def translate_error(
     else:
         hint = "SQLite error"
     return StoreError(f"SQLite store {where!r}: {action} failed: {hint} ({text})")
+
+
+class _Wakeup:
+    """Wakes idle workers of one SQLite file, across processes, within
+    milliseconds of new work (what LISTEN/NOTIFY does for PostgreSQL).
+
+    Each waiting store keeps a FIFO in the directory ``<file>.wake/`` (owner
+    only). A commit that makes work claimable (an enqueue, a hand-back, an
+    operator's re-sync, a resumed destination) writes one byte into every
+    FIFO there: a reader blocked in ``select`` returns at once. A FIFO whose
+    reader is gone refuses the write (``ENXIO``) and is removed. Where FIFOs
+    do not exist (Windows), a waiter polls ``PRAGMA data_version`` instead.
+    """
+
+    def __init__(self, database: _Database) -> None:
+        self._database = database
+        self.directory = database.path + ".wake"
+        self._fifo: str | None = None
+        self._fds: tuple[int, int] | None = None
+        self._pid = 0
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def supported() -> bool:
+        return hasattr(os, "mkfifo") and hasattr(os, "O_NONBLOCK")
+
+    def notify(self) -> None:
+        """Wake every waiting worker of this file (cheap when none waits)."""
+        if not self.supported():
+            return
+        try:
+            names = os.listdir(self.directory)
+        except OSError:
+            return  # nobody has ever waited on this file
+        for name in names:
+            path = os.path.join(self.directory, name)
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
+            except OSError as exc:
+                if exc.errno in (errno.ENXIO, errno.ENOENT):  # its reader is gone
+                    with contextlib.suppress(OSError):
+                        os.unlink(path)
+                continue
+            try:
+                os.write(fd, b"!")
+            except OSError:  # full (it will wake anyway) or closing: nothing to do
+                pass
+            finally:
+                os.close(fd)
+
+    def _listen(self) -> bool:
+        """Make this process's FIFO (once per process); True if it is new."""
+        if self._fds is not None and self._pid == os.getpid():
+            return False
+        self._fds = None
+        os.makedirs(self.directory, mode=0o700, exist_ok=True)
+        path = os.path.join(self.directory, f"{os.getpid()}-{secrets.token_hex(4)}")
+        os.mkfifo(path, 0o600)
+        reader = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        # our own writer end stays open, so the reader never sees end-of-file
+        keeper = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
+        self._fifo, self._fds, self._pid = path, (reader, keeper), os.getpid()
+        return True
+
+    def wait(self, timeout: float) -> None:
+        """Block up to ``timeout`` seconds or until a notify; returns at once the
+        first time (a notification may have been missed before listening)."""
+        with self._lock:
+            try:
+                if self._listen():
+                    return
+            except OSError as exc:
+                logger.warning(
+                    "SQLite store %s: cannot listen for new work (%s); polling instead",
+                    self._database.where,
+                    exc,
+                )
+                self._poll(timeout)
+                return
+            assert self._fds is not None  # noqa: S101 - made by _listen
+            reader = self._fds[0]
+        ready, _, _ = select.select([reader], [], [], timeout)
+        if ready:
+            with contextlib.suppress(OSError):
+                while os.read(reader, 4096):
+                    pass
+
+    def _poll(self, timeout: float) -> None:
+        """Wait for another connection's commit by ``PRAGMA data_version``."""
+        deadline = time.monotonic() + timeout
+        with self._database.read("wait for work") as conn:
+            (start,) = conn.execute("PRAGMA data_version").fetchone()
+        while time.monotonic() < deadline:
+            time.sleep(min(0.02, max(0.0, deadline - time.monotonic())))
+            with self._database.read("wait for work") as conn:
+                (now,) = conn.execute("PRAGMA data_version").fetchone()
+            if now != start:
+                return
+
+    def close(self) -> None:
+        with self._lock:
+            fds, self._fds = self._fds, None
+            if fds is not None and self._pid == os.getpid():
+                for fd in fds:
+                    with contextlib.suppress(OSError):
+                        os.close(fd)
+                if self._fifo is not None:
+                    with contextlib.suppress(OSError):
+                        os.unlink(self._fifo)
 
 
 class _SQLiteStore:
@@ -987,9 +1102,29 @@ class SQLiteQueueStore(_SQLiteStore):
         check_deliveries(deliveries, payloads=False)
         rows = [_insert_row(d) for d in deliveries]
         if transaction is not None:
+            # the caller commits: idle workers find it at their next poll or
+            # wake-up (call wake_workers() after your commit to be quicker)
             return self._enqueue_joined(transaction, deliveries, rows, cursor)
         with self._writing("enqueue") as conn:
-            return _enqueue(conn, deliveries, rows, cursor)
+            inserted = _enqueue(conn, deliveries, rows, cursor)
+        if inserted:
+            self._db.wakeup.notify()
+        return inserted
+
+    def wait_for_work(self, timeout: float) -> None:
+        """Block up to ``timeout`` seconds, returning within milliseconds when
+        another process (or thread) enqueues, hands back or re-syncs work on
+        this file (a FIFO per waiting store beside the file; ``PRAGMA
+        data_version`` polling where FIFOs do not exist). Returns at once the
+        first time it is called."""
+        if timeout < 0:
+            raise ValueError(f"timeout must be >= 0, got {timeout!r}")
+        self._check_open()
+        self._db.wakeup.wait(timeout)
+
+    def wake_workers(self) -> None:
+        """Wake idle workers of this file now (after committing a joined enqueue)."""
+        self._db.wakeup.notify()
 
     def _enqueue_joined(
         self,
@@ -1095,6 +1230,9 @@ class SQLiteQueueStore(_SQLiteStore):
                 conn.executemany(Q.complete_delivery, updates)
             if records:
                 conn.executemany(Q.insert_audit, records)
+        handed_back = zip(completions, applied, strict=True)
+        if any(ok and c.status is DeliveryStatus.PENDING for c, ok in handed_back):
+            self._db.wakeup.notify()  # handed back: another worker may take it
         return applied
 
     def transition(
@@ -1158,6 +1296,8 @@ class SQLiteQueueStore(_SQLiteStore):
                 )
                 conn.execute(Q.insert_audit, _audit_row(fill_audit(audit, new)))
                 moved.append(delivery_id)
+        if moved and to_status is DeliveryStatus.PENDING:
+            self._db.wakeup.notify()
         return moved
 
     def set_destination(
@@ -1197,6 +1337,8 @@ class SQLiteQueueStore(_SQLiteStore):
             )
             if audit is not None:
                 conn.execute(Q.insert_audit, _audit_row(audit))
+        if paused is False:
+            self._db.wakeup.notify()
         return state
 
     def extend_leases(
