@@ -14,6 +14,8 @@ from ._errors import InvalidEventError
 from ._model import ErrorCategory, ErrorInfo, Event
 
 __all__ = [
+    "BAD_ID_CHAR",
+    "MAX_ID",
     "canonical_dumps",
     "check_event",
     "check_json",
@@ -27,7 +29,7 @@ __all__ = [
     "identifier_problem",
 ]
 
-_MAX_ID = 255
+MAX_ID = 255
 
 
 _SCALARS = (str, int, bool, type(None))
@@ -141,7 +143,7 @@ def _short(value: Any) -> str:
 #: a NUL or an ESC in an id breaks stores and terminals, a unit separator
 #: could make two names collide in a key), lone surrogates (not encodable),
 #: line separators and bidirectional overrides (they disguise what is shown).
-_BAD_ID_CHAR = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+BAD_ID_CHAR = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 
 
 def identifier_problem(value: Any) -> str | None:
@@ -150,9 +152,9 @@ def identifier_problem(value: Any) -> str | None:
         return f"must be a string, got {type(value).__name__}"
     if not value.strip():
         return f"must be a non-empty string, got {value!r}"
-    if len(value) > _MAX_ID:
-        return f"is {len(value)} characters long; the limit is {_MAX_ID}"
-    bad = _BAD_ID_CHAR.search(value)
+    if len(value) > MAX_ID:
+        return f"is {len(value)} characters long; the limit is {MAX_ID}"
+    bad = BAD_ID_CHAR.search(value)
     if bad is not None:
         return (
             f"contains the control or invisible character U+{ord(bad.group()):04X} at "

@@ -6,17 +6,20 @@ process: use ``SQLiteQueueStore`` for a durable queue.
 
 from __future__ import annotations
 
+import bisect
 import builtins
+import heapq
 import itertools
+import json
 import threading
 from collections.abc import Collection, Sequence
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import attrs
 from typing_extensions import Self
 
-from .._core import handed_copy
+from .._json import event_from_json
 from .._model import (
     Attempt,
     Completion,
@@ -24,6 +27,7 @@ from .._model import (
     DeliveryStatus,
     DestinationState,
     ErrorCategory,
+    Event,
     IdempotencyRecord,
     IdempotencyState,
     Page,
@@ -32,23 +36,135 @@ from .._model import (
 from ._common import (
     check_deliveries,
     check_page_args,
+    checked_event_json,
     decode_cursor,
     encode_cursor,
     fill_audit,
-    matches_search,
 )
 
 __all__ = ["MemoryIdempotencyStore", "MemoryQueueStore"]
 
 
+_MIN_TIME = datetime.min.replace(tzinfo=timezone.utc)
+_OPEN = frozenset(
+    {
+        DeliveryStatus.PENDING,
+        DeliveryStatus.IN_FLIGHT,
+        DeliveryStatus.RETRY_SCHEDULED,
+        DeliveryStatus.NEEDS_ACTION,
+    }
+)
+_WAITING = (DeliveryStatus.PENDING, DeliveryStatus.RETRY_SCHEDULED)
+_ENCODE = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
+_DECODE = json.JSONDecoder().decode
+
+
+class _Row:
+    """One delivery as the memory store keeps it (mutable, internal).
+
+    The event and the result are kept as JSON text, as a durable store keeps
+    them: every read hands out fresh objects, so nobody can change the queue
+    by changing what they were given. ``version`` changes with every change
+    of the row; entries of the scheduling heaps that carry an older version
+    are stale and skipped.
+    """
+
+    __slots__ = (
+        "attempts",
+        "created_at",
+        "destination",
+        "event_id",
+        "event_json",
+        "event_type",
+        "id",
+        "idempotency_key",
+        "last_error",
+        "lease_expires_at",
+        "lease_owner",
+        "lease_token",
+        "next_attempt_at",
+        "ordering_key",
+        "result_json",
+        "seq",
+        "status",
+        "updated_at",
+        "version",
+    )
+
+    def __init__(self, d: Delivery, seq: int, event_json: str) -> None:
+        self.id = d.id
+        self.seq = seq
+        self.event_json = event_json
+        self.event_id = d.event.id
+        self.event_type = d.event.type
+        self.ordering_key = d.event.ordering_key
+        self.destination = d.destination
+        self.status = d.status
+        self.idempotency_key = d.idempotency_key
+        self.attempts = d.attempts
+        self.next_attempt_at = d.next_attempt_at
+        self.last_error = d.last_error
+        self.result_json = None if d.result is None else _ENCODE(d.result)
+        self.created_at = d.created_at
+        self.updated_at = d.updated_at
+        self.lease_token = d.lease_token
+        self.lease_owner = d.lease_owner
+        self.lease_expires_at = d.lease_expires_at
+        self.version = 0
+
+    def view(self, event: Event | None = None) -> Delivery:
+        return Delivery(
+            id=self.id,
+            event=event if event is not None else event_from_json(self.event_json),
+            destination=self.destination,
+            status=self.status,
+            idempotency_key=self.idempotency_key,
+            attempts=self.attempts,
+            next_attempt_at=self.next_attempt_at,
+            last_error=self.last_error,
+            result=None if self.result_json is None else _DECODE(self.result_json),
+            created_at=self.created_at,
+            updated_at=self.updated_at,
+            seq=self.seq,
+            lease_token=self.lease_token,
+            lease_owner=self.lease_owner,
+            lease_expires_at=self.lease_expires_at,
+        )
+
+    def set_event(self, event: Event, event_json: str) -> None:
+        self.event_json = event_json
+        self.event_type = event.type
+        self.ordering_key = event.ordering_key
+
+
 class MemoryQueueStore:
-    """A :class:`~resilient_sync.QueueStore` in a dict, guarded by a lock."""
+    """A :class:`~resilient_sync.QueueStore` in memory, guarded by a lock.
+
+    Flat costs: a claim looks only at deliveries that are due (a heap by due
+    time feeds one heap per destination, by submission order), a delivery
+    with an ordering key is scheduled only while it heads its key, and the
+    counts of ``stats()`` are kept as deliveries move; none of it grows with
+    the number of finished deliveries.
+    """
 
     def __init__(self) -> None:
         self._lock = threading.RLock()
-        self._deliveries: dict[str, Delivery] = {}
+        self._rows: dict[str, _Row] = {}
         self._by_event: dict[tuple[str, str], str] = {}
-        self._open: dict[str, None] = {}  # ids of non-final deliveries, in seq order
+        #: ids in submission order (purged ones are skipped, then compacted)
+        self._order: builtins.list[str] = []
+        self._order_seqs: builtins.list[int] = []
+        self._purged = 0
+        #: (due time, seq, id, version) of schedulable deliveries
+        self._timed: builtins.list[tuple[datetime, int, str, int]] = []
+        #: per destination: (seq, id, version, due) of deliveries already due
+        self._ready: dict[str, builtins.list[tuple[int, str, int, datetime]]] = {}
+        #: per (destination, ordering key): its open deliveries in submission order
+        self._keys: dict[tuple[str, str], builtins.list[_Row]] = {}
+        #: (seq, id, version) of waiting deliveries, for the oldest waiting one
+        self._waiting: builtins.list[tuple[int, str, int]] = []
+        self._counts: dict[str, dict[DeliveryStatus, int]] = {}
+        self._needs: dict[str, dict[ErrorCategory, int]] = {}
         self._audit: builtins.list[Attempt] = []
         self._audit_of: dict[str, builtins.list[Attempt]] = {}
         self._cursors: dict[str, str | None] = {}
@@ -58,15 +174,112 @@ class MemoryQueueStore:
         self._audit_ids = itertools.count(1)
 
     def __repr__(self) -> str:
-        return f"MemoryQueueStore({len(self._deliveries)} deliveries)"
+        return f"MemoryQueueStore({len(self._rows)} deliveries)"
 
-    # -- writing ---------------------------------------------------------
+    # -- bookkeeping -------------------------------------------------------
 
     def _append_audit(self, record: Attempt) -> None:
-        stored = attrs.evolve(record, id=next(self._audit_ids))
+        stored = Attempt(
+            delivery_id=record.delivery_id,
+            destination=record.destination,
+            action=record.action,
+            actor=record.actor,
+            started_at=record.started_at,
+            finished_at=record.finished_at,
+            number=record.number,
+            outcome=record.outcome,
+            reason=record.reason,
+            error=record.error,
+            details=record.details,
+            id=next(self._audit_ids),
+        )
         self._audit.append(stored)
         if stored.delivery_id is not None:
             self._audit_of.setdefault(stored.delivery_id, []).append(stored)
+
+    def _count(self, row: _Row, sign: int) -> None:
+        counts = self._counts.setdefault(row.destination, {})
+        counts[row.status] = counts.get(row.status, 0) + sign
+        if row.status is DeliveryStatus.NEEDS_ACTION and row.last_error is not None:
+            cats = self._needs.setdefault(row.destination, {})
+            category = row.last_error.category
+            cats[category] = cats.get(category, 0) + sign
+
+    def _eligible(self, row: _Row) -> bool:
+        """Whether ``row`` may be claimed once due (ordering keys aside from time)."""
+        status = row.status
+        if status is DeliveryStatus.IN_FLIGHT:
+            return True  # reclaimed when its lease expires
+        if status is not DeliveryStatus.PENDING and status is not DeliveryStatus.RETRY_SCHEDULED:
+            return False
+        if row.ordering_key is None:
+            return True
+        rows = self._keys.get((row.destination, row.ordering_key))
+        if not rows or rows[0] is not row:
+            return False  # an older delivery of the key is not finished
+        # a key with a delivery in flight hands out nothing else
+        return not any(r.status is DeliveryStatus.IN_FLIGHT for r in rows)
+
+    def _schedule(self, row: _Row) -> None:
+        """Invalidate what is scheduled for ``row`` and schedule it anew if it can
+        be claimed: at its due time (lease end while in flight)."""
+        row.version += 1
+        if row.status in _WAITING:
+            heapq.heappush(self._waiting, (row.seq, row.id, row.version))
+        if not self._eligible(row):
+            return
+        if row.status is DeliveryStatus.IN_FLIGHT:
+            due = row.lease_expires_at or _MIN_TIME
+        else:
+            due = row.next_attempt_at or _MIN_TIME
+        heapq.heappush(self._timed, (due, row.seq, row.id, row.version))
+
+    def _rekey(self, row: _Row) -> None:
+        """After ``row`` changed: reschedule the open deliveries of its key."""
+        if row.ordering_key is None:
+            self._schedule(row)
+            return
+        key = (row.destination, row.ordering_key)
+        rows = self._keys.get(key)
+        if rows is None:
+            self._schedule(row)
+            return
+        for other in rows:
+            self._schedule(other)
+        if row not in rows:
+            self._schedule(row)
+
+    def _leave_key(self, row: _Row) -> None:
+        if row.ordering_key is None:
+            return
+        key = (row.destination, row.ordering_key)
+        rows = self._keys.get(key)
+        if rows is not None and row in rows:
+            rows.remove(row)
+            if not rows:
+                del self._keys[key]
+
+    def _join_key(self, row: _Row) -> None:
+        if row.ordering_key is None:
+            return
+        rows = self._keys.setdefault((row.destination, row.ordering_key), [])
+        if row in rows:
+            return
+        index = bisect.bisect_left([r.seq for r in rows], row.seq)
+        rows.insert(index, row)
+
+    def _move(self, row: _Row, status: DeliveryStatus) -> None:
+        """Change a row's status, keeping the counts and its key's membership."""
+        self._count(row, -1)
+        was_open = row.status in _OPEN
+        row.status = status
+        self._count(row, 1)
+        if was_open and status not in _OPEN:
+            self._leave_key(row)
+        elif not was_open and status in _OPEN:
+            self._join_key(row)
+
+    # -- writing ---------------------------------------------------------
 
     def enqueue(
         self,
@@ -80,19 +293,25 @@ class MemoryQueueStore:
                 f"MemoryQueueStore cannot join a transaction (got {type(transaction).__name__}); "
                 "use PostgresQueueStore for the transactional outbox"
             )
-        check_deliveries(deliveries, payloads=True)
+        deliveries = list(deliveries)
+        check_deliveries(deliveries, payloads=False)
+        texts = [checked_event_json(d) for d in deliveries]  # the same checks as SQL stores
         with self._lock:
             inserted: builtins.list[Delivery] = []
-            for delivery in deliveries:
+            for delivery, text in zip(deliveries, texts, strict=True):
                 ident = (delivery.event.id, delivery.destination)
-                if ident in self._by_event or delivery.id in self._deliveries:
+                if ident in self._by_event or delivery.id in self._rows:
                     continue
-                stored = attrs.evolve(delivery, seq=next(self._seq))
-                self._deliveries[stored.id] = stored
-                self._by_event[ident] = stored.id
-                if not stored.status.is_final:
-                    self._open[stored.id] = None
-                inserted.append(stored)
+                row = _Row(delivery, next(self._seq), text)
+                self._rows[row.id] = row
+                self._by_event[ident] = row.id
+                self._order.append(row.id)
+                self._order_seqs.append(row.seq)
+                self._count(row, 1)
+                if row.status in _OPEN:
+                    self._join_key(row)
+                self._schedule(row)
+                inserted.append(row.view(delivery.event))
             if cursor is not None:
                 self._cursors[cursor[0]] = cursor[1]
             return inserted
@@ -102,6 +321,27 @@ class MemoryQueueStore:
         return state is not None and (
             state.paused or (state.hold_until is not None and state.hold_until > now)
         )
+
+    def _promote(self, now: datetime) -> None:
+        """Move what became due by ``now`` from the time heap to the ready heaps."""
+        timed = self._timed
+        while timed and timed[0][0] <= now:
+            due, seq, row_id, version = heapq.heappop(timed)
+            row = self._rows.get(row_id)
+            if row is None or row.version != version:
+                continue
+            heapq.heappush(self._ready.setdefault(row.destination, []), (seq, row_id, version, due))
+
+    def _top(self, destination: str) -> tuple[int, str, int, datetime] | None:
+        """The oldest valid ready entry of a destination (stale ones dropped)."""
+        heap = self._ready.get(destination)
+        while heap:
+            entry = heap[0]
+            row = self._rows.get(entry[1])
+            if row is not None and row.version == entry[2]:
+                return entry
+            heapq.heappop(heap)
+        return None
 
     def claim(
         self,
@@ -113,102 +353,93 @@ class MemoryQueueStore:
         destinations: Collection[str] | None = None,
     ) -> builtins.list[Delivery]:
         with self._lock:
-            wanted = set(destinations) if destinations is not None else None
-            heads: set[tuple[str, str]] = set()
-            # a key with a delivery in flight (even an expired one) hands out
-            # nothing else: the in-flight one is reclaimed first
-            in_flight = {
-                (d.destination, d.ordering_key)
-                for d in (self._deliveries[i] for i in self._open)
-                if d.status is DeliveryStatus.IN_FLIGHT and d.ordering_key is not None
-            }
+            self._promote(now)
+            names = (
+                list(self._ready)
+                if destinations is None
+                else [n for n in destinations if n in self._ready]
+            )
+            names = [n for n in names if not self._blocked(n, now)]
             claimed: builtins.list[Delivery] = []
-            for delivery_id in list(self._open):
-                if len(claimed) >= limit:
+            while len(claimed) < limit:
+                best: tuple[int, str, int, datetime] | None = None
+                for name in names:
+                    top = self._top(name)
+                    if top is not None and (best is None or top[0] < best[0]):
+                        best = top
+                if best is None:
                     break
-                d = self._deliveries[delivery_id]
-                if d.ordering_key is not None:
-                    ident = (d.destination, d.ordering_key)
-                    behind = ident in heads  # an older delivery of this key is not final
-                    heads.add(ident)
-                    if d.status is not DeliveryStatus.IN_FLIGHT and (behind or ident in in_flight):
-                        continue
-                if wanted is not None and d.destination not in wanted:
+                row = self._rows[best[1]]
+                heapq.heappop(self._ready[row.destination])
+                if best[3] > now:  # due later for this caller's clock: back to waiting
+                    heapq.heappush(self._timed, (best[3], best[0], best[1], best[2]))
                     continue
-                if self._blocked(d.destination, now):
-                    continue
-                expired = d.status is DeliveryStatus.IN_FLIGHT and (
-                    d.lease_expires_at is not None and d.lease_expires_at <= now
-                )
-                due = d.status in (DeliveryStatus.PENDING, DeliveryStatus.RETRY_SCHEDULED) and (
-                    d.next_attempt_at is None or d.next_attempt_at <= now
-                )
-                if not (due or expired):
-                    continue
-                if expired:
+                if row.status is DeliveryStatus.IN_FLIGHT:
                     self._append_audit(
                         Attempt(
-                            delivery_id=d.id,
-                            destination=d.destination,
+                            delivery_id=row.id,
+                            destination=row.destination,
                             action="lease_expired",
                             actor=f"worker:{worker}",
                             started_at=now,
                             finished_at=now,
-                            number=d.attempts,
+                            number=row.attempts,
                             outcome=DeliveryStatus.IN_FLIGHT,
                             reason=(
-                                f"the lease of {d.lease_owner} expired at "
-                                f"{d.lease_expires_at}; attempt {d.attempts} had no recorded "
+                                f"the lease of {row.lease_owner} expired at "
+                                f"{row.lease_expires_at}; attempt {row.attempts} had no recorded "
                                 "outcome (worker crashed or stalled)"
                             ),
                         )
                     )
-                new = attrs.evolve(
-                    d,
-                    status=DeliveryStatus.IN_FLIGHT,
-                    attempts=d.attempts + 1,
-                    lease_token=next(self._tokens),
-                    lease_owner=worker,
-                    lease_expires_at=lease_until,
-                    updated_at=now,
-                )
-                self._deliveries[d.id] = new
-                # hand out a copy, as a durable store hands out fresh rows: a
-                # destination changing the payload in place cannot change the queue
-                claimed.append(attrs.evolve(new, event=handed_copy(new.event)))
+                else:
+                    self._move(row, DeliveryStatus.IN_FLIGHT)
+                row.attempts += 1
+                row.lease_token = next(self._tokens)
+                row.lease_owner = worker
+                row.lease_expires_at = lease_until
+                row.updated_at = now
+                self._rekey(row)
+                claimed.append(row.view())
             return claimed
 
     def complete(self, completions: Sequence[Completion]) -> builtins.list[bool]:
+        events = [
+            (c.event, checked_event_json(_as_delivery(c.event))) if c.event is not None else None
+            for c in completions
+        ]
         with self._lock:
             applied: builtins.list[bool] = []
-            for c in completions:
-                d = self._deliveries.get(c.delivery_id)
+            for c, replacement in zip(completions, events, strict=True):
+                row = self._rows.get(c.delivery_id)
                 if (
-                    d is None
-                    or d.status is not DeliveryStatus.IN_FLIGHT
-                    or d.lease_token != c.lease_token
+                    row is None
+                    or row.status is not DeliveryStatus.IN_FLIGHT
+                    or row.lease_token != c.lease_token
                 ):
                     applied.append(False)
                     continue
-                error = c.error
-                if error is None and c.status is not DeliveryStatus.SUCCEEDED:
-                    error = d.last_error
-                new = attrs.evolve(
-                    d,
-                    status=c.status,
-                    next_attempt_at=c.next_attempt_at,
-                    last_error=error,
-                    result=c.result if c.status is DeliveryStatus.SUCCEEDED else d.result,
-                    event=c.event or d.event,
-                    idempotency_key=c.idempotency_key or d.idempotency_key,
-                    attempts=d.attempts if c.count_attempt else d.attempts - 1,
-                    lease_owner=None,
-                    lease_expires_at=None,
-                    updated_at=c.finished_at,
-                )
-                self._deliveries[d.id] = new
-                if new.status.is_final:
-                    self._open.pop(d.id, None)
+                self._count(row, -1)  # the error may change with the status
+                if c.error is not None or c.status is DeliveryStatus.SUCCEEDED:
+                    row.last_error = c.error
+                if c.status is DeliveryStatus.SUCCEEDED:
+                    row.result_json = None if c.result is None else _ENCODE(c.result)
+                self._count(row, 1)
+                self._move(row, c.status)
+                row.next_attempt_at = c.next_attempt_at
+                if replacement is not None:
+                    self._leave_key(row)
+                    row.set_event(*replacement)
+                    if row.status in _OPEN:
+                        self._join_key(row)
+                if c.idempotency_key:
+                    row.idempotency_key = c.idempotency_key
+                if not c.count_attempt:
+                    row.attempts -= 1
+                row.lease_owner = None
+                row.lease_expires_at = None
+                row.updated_at = c.finished_at
+                self._rekey(row)
                 for record in c.audit:
                     self._append_audit(record)
                 applied.append(True)
@@ -223,44 +454,41 @@ class MemoryQueueStore:
         audit: Attempt,
         now: datetime,
         reset_attempts: bool = False,
-        event: Any = None,
+        event: Event | None = None,
         idempotency_key: str | None = None,
         if_unchanged: Delivery | None = None,
     ) -> builtins.list[str]:
+        replacement = (event, checked_event_json(_as_delivery(event))) if event else None
         with self._lock:
             moved: builtins.list[str] = []
             for delivery_id in dict.fromkeys(ids):
-                d = self._deliveries.get(delivery_id)
-                if d is None or d.status not in from_status:
+                row = self._rows.get(delivery_id)
+                if row is None or row.status not in from_status:
                     continue
                 if if_unchanged is not None and (
-                    d.status is not if_unchanged.status
-                    or d.attempts != if_unchanged.attempts
-                    or d.lease_token != if_unchanged.lease_token
-                    or d.updated_at != if_unchanged.updated_at
+                    row.status is not if_unchanged.status
+                    or row.attempts != if_unchanged.attempts
+                    or row.lease_token != if_unchanged.lease_token
+                    or row.updated_at != if_unchanged.updated_at
                 ):
                     continue
-                new = attrs.evolve(
-                    d,
-                    status=to_status,
-                    next_attempt_at=None,
-                    attempts=0 if reset_attempts else d.attempts,
-                    event=event or d.event,
-                    idempotency_key=idempotency_key or d.idempotency_key,
-                    lease_owner=None,
-                    lease_expires_at=None,
-                    updated_at=now,
-                )
-                self._deliveries[d.id] = new
-                if new.status.is_final:
-                    self._open.pop(d.id, None)
-                elif d.id not in self._open:
-                    self._open[d.id] = None
-                    self._open = dict.fromkeys(
-                        sorted(self._open, key=lambda i: self._deliveries[i].seq)
-                    )
-                self._append_audit(fill_audit(audit, new))
-                moved.append(d.id)
+                self._move(row, to_status)
+                row.next_attempt_at = None  # PENDING: due at once, whatever the clock
+                if reset_attempts:
+                    row.attempts = 0
+                if replacement is not None:
+                    self._leave_key(row)
+                    row.set_event(*replacement)
+                    if row.status in _OPEN:
+                        self._join_key(row)
+                if idempotency_key:
+                    row.idempotency_key = idempotency_key
+                row.lease_owner = None
+                row.lease_expires_at = None
+                row.updated_at = now
+                self._rekey(row)
+                self._append_audit(fill_audit(audit, row.view()))
+                moved.append(delivery_id)
             return moved
 
     def set_destination(
@@ -296,19 +524,18 @@ class MemoryQueueStore:
         with self._lock:
             out: builtins.list[bool] = []
             for delivery_id, token in leases:
-                d = self._deliveries.get(delivery_id)
-                ok = (
-                    d is not None
-                    and d.status is DeliveryStatus.IN_FLIGHT
-                    and d.lease_token == token
-                )
+                row = self._rows.get(delivery_id)
                 if (
-                    ok
-                    and d is not None
-                    and (d.lease_expires_at is None or d.lease_expires_at < until)
+                    row is None
+                    or row.status is not DeliveryStatus.IN_FLIGHT
+                    or row.lease_token != token
                 ):
-                    self._deliveries[delivery_id] = attrs.evolve(d, lease_expires_at=until)
-                out.append(ok)
+                    out.append(False)
+                    continue
+                if row.lease_expires_at is None or row.lease_expires_at < until:
+                    row.lease_expires_at = until
+                    self._schedule(row)
+                out.append(True)
             return out
 
     def add_audit(self, records: Sequence[Attempt]) -> None:
@@ -324,7 +551,8 @@ class MemoryQueueStore:
 
     def get(self, delivery_id: str) -> Delivery | None:
         with self._lock:
-            return self._deliveries.get(delivery_id)
+            row = self._rows.get(delivery_id)
+            return row.view() if row is not None else None
 
     def list(
         self,
@@ -342,33 +570,39 @@ class MemoryQueueStore:
         check_page_args(limit)
         after = decode_cursor(cursor)
         statuses = set(status) if status is not None else None
+        needle = search.lower() if search else None
         with self._lock:
-            matches: builtins.list[Delivery] = []
-            for d in sorted(self._deliveries.values(), key=lambda x: x.seq):
-                if d.seq <= after:
+            matches: builtins.list[_Row] = []
+            start = bisect.bisect_right(self._order_seqs, after)
+            for row_id in itertools.islice(self._order, start, None):
+                row = self._rows.get(row_id)
+                if row is None:
+                    continue  # purged
+                if statuses is not None and row.status not in statuses:
                     continue
-                if statuses is not None and d.status not in statuses:
-                    continue
-                if destination is not None and d.destination != destination:
+                if destination is not None and row.destination != destination:
                     continue
                 if category is not None and (
-                    d.last_error is None or d.last_error.category != category
+                    row.last_error is None or row.last_error.category != category
                 ):
                     continue
-                if since is not None and d.updated_at < since:
+                if since is not None and row.updated_at < since:
                     continue
-                if until is not None and d.updated_at >= until:
+                if until is not None and row.updated_at >= until:
                     continue
-                if event_type is not None and d.event.type != event_type:
+                if event_type is not None and row.event_type != event_type:
                     continue
-                if search and not matches_search(d, search):
+                if needle is not None and not (
+                    needle in row.event_id.lower() or needle in row.event_json.lower()
+                ):
                     continue
-                matches.append(d)
+                matches.append(row)
                 if len(matches) > limit:
                     break
+            items = [row.view() for row in matches[:limit]]
         if len(matches) > limit:
-            return Page(items=matches[:limit], next_cursor=encode_cursor(matches[limit - 1].seq))
-        return Page(items=matches, next_cursor=None)
+            return Page(items=items, next_cursor=encode_cursor(items[-1].seq))
+        return Page(items=items, next_cursor=None)
 
     def attempts(self, delivery_id: str) -> builtins.list[Attempt]:
         with self._lock:
@@ -395,22 +629,26 @@ class MemoryQueueStore:
 
     def stats(self) -> QueueStats:
         with self._lock:
-            by_destination: dict[str, dict[DeliveryStatus, int]] = {}
-            needs_action: dict[str, dict[ErrorCategory, int]] = {}
+            by_destination = {
+                dest: {status: n for status, n in counts.items() if n}
+                for dest, counts in self._counts.items()
+            }
+            needs_action = {
+                dest: {category: n for category, n in cats.items() if n}
+                for dest, cats in self._needs.items()
+            }
             oldest: datetime | None = None
-            for d in self._deliveries.values():
-                counts = by_destination.setdefault(d.destination, {})
-                counts[d.status] = counts.get(d.status, 0) + 1
-                if d.status is DeliveryStatus.NEEDS_ACTION and d.last_error is not None:
-                    cats = needs_action.setdefault(d.destination, {})
-                    cats[d.last_error.category] = cats.get(d.last_error.category, 0) + 1
-                if d.status in (DeliveryStatus.PENDING, DeliveryStatus.RETRY_SCHEDULED) and (
-                    oldest is None or d.created_at < oldest
-                ):
-                    oldest = d.created_at
+            waiting = self._waiting
+            while waiting:
+                _seq, row_id, version = waiting[0]
+                row = self._rows.get(row_id)
+                if row is not None and row.version == version and row.status in _WAITING:
+                    oldest = row.created_at
+                    break
+                heapq.heappop(waiting)
             return QueueStats(
-                by_destination=by_destination,
-                needs_action=needs_action,
+                by_destination={d: c for d, c in by_destination.items() if c},
+                needs_action={d: c for d, c in needs_action.items() if c},
                 oldest_waiting=oldest,
                 destinations=dict(self._destinations),
             )
@@ -433,35 +671,48 @@ class MemoryQueueStore:
         check_page_args(limit)
         with self._lock:
             old = [
-                d.id
-                for d in self._deliveries.values()
-                if d.status.is_final and d.updated_at < before
+                row
+                for row in self._rows.values()
+                if row.status not in _OPEN and row.updated_at < before
             ]
             if dry_run:
                 return len(old)
-            gone = set(old[:limit])
-            for delivery_id in gone:
-                d = self._deliveries.pop(delivery_id)
-                self._by_event.pop((d.event.id, d.destination), None)
-                self._audit_of.pop(delivery_id, None)
+            gone = {row.id for row in old[:limit]}
+            for row in old[:limit]:
+                del self._rows[row.id]
+                self._count(row, -1)
+                self._by_event.pop((row.event_id, row.destination), None)
+                self._audit_of.pop(row.id, None)
             self._audit = [
                 a
                 for a in self._audit
                 if a.delivery_id not in gone
                 and not (a.delivery_id is None and a.finished_at < before)
             ]
+            self._purged += len(gone)
+            if self._purged > len(self._order) // 2:
+                keep = [i for i in self._order if i in self._rows]
+                self._order = keep
+                self._order_seqs = [self._rows[i].seq for i in keep]
+                self._purged = 0
             return len(gone)
 
     def next_due(self) -> datetime | None:
         with self._lock:
-            times = []
-            for delivery_id in self._open:
-                d = self._deliveries[delivery_id]
-                if d.status is DeliveryStatus.IN_FLIGHT:
-                    if d.lease_expires_at is not None:
-                        times.append(d.lease_expires_at)
-                elif d.status is not DeliveryStatus.NEEDS_ACTION and d.next_attempt_at is not None:
-                    times.append(d.next_attempt_at)
+            times: builtins.list[datetime] = []
+            for destination in self._ready:
+                top = self._top(destination)
+                if top is not None and top[3] is not _MIN_TIME:
+                    times.append(top[3])
+            timed = self._timed
+            while timed:
+                due, _, row_id, version = timed[0]
+                row = self._rows.get(row_id)
+                if row is not None and row.version == version:
+                    if due is not _MIN_TIME:
+                        times.append(due)
+                    break
+                heapq.heappop(timed)
             return min(times) if times else None
 
     def close(self) -> None:
@@ -472,6 +723,19 @@ class MemoryQueueStore:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+def _as_delivery(event: Event) -> Delivery:
+    """A throwaway delivery around ``event``, for :func:`checked_event_json`."""
+    return Delivery(
+        id="(replacement)",
+        event=event,
+        destination="",
+        status=DeliveryStatus.PENDING,
+        idempotency_key="",
+        created_at=_MIN_TIME,
+        updated_at=_MIN_TIME,
+    )
 
 
 class MemoryIdempotencyStore:
