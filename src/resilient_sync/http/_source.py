@@ -444,6 +444,25 @@ class _State:
         self.high, self.high_ids = self.since, set(self.seen)
 
 
+def _split_query(path: str, params: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+    """``path`` without its query string, and the query's parameters merged
+    under ``params``: httpx replaces a URL's query when ``params`` are given
+    (and the API client always adds its own), so a next-page link such as
+    ``...?page_info=abc&limit=50`` must travel as parameters."""
+    if "?" not in path:
+        return path, dict(params)
+    parts = urlsplit(path)
+    merged: dict[str, Any] = {}
+    for key, value in parse_qsl(parts.query, keep_blank_values=True):
+        if key in merged:
+            previous = merged[key]
+            merged[key] = [*previous, value] if isinstance(previous, list) else [previous, value]
+        else:
+            merged[key] = value
+    merged.update(params)
+    return urlunsplit(parts._replace(query="")), merged
+
+
 def _default_since(moment: datetime) -> str:
     return format_timestamp(moment)
 
@@ -628,6 +647,7 @@ class HttpPollingSource:
             ) from None
 
     def _get(self, path: str, params: Mapping[str, Any]) -> httpx.Response:
+        path, params = _split_query(path, params)
         attempt = 0
         while True:
             try:
