@@ -60,14 +60,15 @@ class WebhookVerifier(Protocol):
 
     Header names are lower case (``"x-shopify-topic"``). Both methods are
     called for every request, possibly from several threads at once, so
-    they must not keep per-request state.
-
-    Attributes:
-        to: the destination names the events go to (None: every
-            destination the producer knows).
+    they must not keep per-request state. ``to`` (a plain attribute is
+    fine) names the destinations the events go to (None: every destination
+    the submitter knows).
     """
 
-    to: str | Sequence[str] | None
+    @property
+    def to(self) -> str | Sequence[str] | None:
+        """The destination names the events go to (None: all)."""
+        ...
 
     def verify(self, headers: Mapping[str, str], body: bytes, *, now: datetime) -> None:
         """Raise :class:`WebhookVerificationError` unless the request is authentic
@@ -145,7 +146,7 @@ class _SignedWebhook:
         to_event: ToEvent | None = None,
     ) -> None:
         self._secrets = _keys(secrets, self._decode_secret)
-        self.to = None if to is None else list(destination_names(to))
+        self.to: list[str] | None = None if to is None else list(destination_names(to))
         if records is not None and not isinstance(records, RecordEvents):
             raise TypeError(f"records must be a RecordEvents, got {type(records).__name__}")
         if to_event is not None and not callable(to_event):
