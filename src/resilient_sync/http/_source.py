@@ -232,7 +232,9 @@ class RecordEvents:
             ) from None
 
     def event_id(self, record: Any) -> str:
-        """``resource:id@updated_at``: the same for every path a change arrives by."""
+        """``resource:id@updated_at``: the same for every path a change arrives
+        by. Override it in a subclass to add a version the API bumps on every
+        change, if two changes of one record can share an ``updated_at``."""
         stamp = format_timestamp(self.updated_at(record))
         return f"{self.resource}:{self.record_id(record)}@{stamp}"
 
@@ -259,12 +261,13 @@ class RecordEvents:
         return self.type
 
     def to_event(self, record: Any, *, metadata: Mapping[str, Any] | None = None) -> Event:
-        """The event of this change: payload = the record, occurred_at = its
-        ``updated_at``, metadata = ``resource``, ``record_id`` and ``metadata``."""
+        """The event of this change: id = :meth:`event_id`, payload = the
+        record, occurred_at = its ``updated_at``, metadata = ``resource``,
+        ``record_id`` and ``metadata``."""
         record_id = self.record_id(record)
         updated = self.updated_at(record)
         return Event(
-            f"{self.resource}:{record_id}@{format_timestamp(updated)}",
+            self.event_id(record),
             self.event_type(record),
             record,
             ordering_key=f"{self.resource}:{record_id}" if self.ordered else None,
