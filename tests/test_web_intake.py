@@ -40,6 +40,7 @@ from test_web_verifiers import (
     Vendor,
     encode,
     matrix_case,
+    sign_github,
     sign_shopify,
     sign_stripe,
 )
@@ -470,4 +471,32 @@ def test_to_event_returning_a_bad_event_is_400(producer: Producer, queue: Memory
     response = client.post("/s", body, sign_stripe(body, STRIPE.new))
     assert response.status_code == 400
     assert "event.id must be a non-empty string" in response.json()["error"]
+    assert deliveries(queue) == []
+
+
+def test_json_nested_too_deeply_is_400(client: Asgi, queue: MemoryQueueStore) -> None:
+    for depth in (2_000, 200_000):
+        body = ("[" * depth + "]" * depth).encode()
+        response = client.post("/webhooks/github", body, sign_github(body, NEW_SECRET))
+        assert response.status_code == 400
+        assert "nested too deeply" in response.json()["error"]
+    assert deliveries(queue) == []
+
+
+class BuggyVerifier(HeaderTokenVerifier):
+    def verify(self, headers: Mapping[str, str], body: bytes, *, now: Any) -> None:
+        raise AttributeError("a bug in a verifier")
+
+
+def test_bugs_in_verifiers_and_mappings_are_500_and_logged(
+    producer: Producer, queue: MemoryQueueStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    broken_mapping = StripeWebhook([STRIPE.new], to_event=lambda h, b: {"not": "an event"})  # type: ignore[arg-type,return-value]
+    client = Asgi(create_intake(producer, {"/v": BuggyVerifier("x"), "/m": broken_mapping}))
+    body = encode(STRIPE.body)
+    with caplog.at_level(logging.ERROR, logger="resilient_sync.web"):
+        assert client.post("/v", body, {}).status_code == 500
+        assert client.post("/m", body, sign_stripe(body, STRIPE.new)).status_code == 500
+    assert "a bug in a verifier" in caplog.text
+    assert "to_event must return an Event" in caplog.text
     assert deliveries(queue) == []

@@ -485,7 +485,9 @@ class HttpPollingSource:
     ... )
 
     ``Producer.pull(orders)`` (or ``Dispatcher.pull``) then reads from the
-    saved cursor until nothing is new; run it on a schedule. Each change
+    saved cursor until nothing is new; run it on a schedule. ``read`` is
+    blocking (``httpx.Client``): from asyncio code, pull with a ``Producer``
+    in a worker thread. Each change
     becomes ``records.to_event(record)``, so a change that also arrived by
     webhook (with the same :class:`RecordEvents`) is skipped by the queue.
 

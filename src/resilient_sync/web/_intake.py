@@ -134,10 +134,12 @@ class _Intake:
         self.submitter = submitter
         self.verifier = verifier
         self.max_body = max_body
-        found = getattr(submitter, "clock", None)
-        self.clock: Clock = (
-            clock or (found if callable(getattr(found, "now", None)) else None) or SystemClock()
-        )
+        self.clock: Clock
+        if clock is None:  # one clock, given once: the submitter's
+            found: Any = getattr(submitter, "clock", None)
+            self.clock = found if callable(getattr(found, "now", None)) else SystemClock()
+        else:
+            self.clock = clock
         self.retry_after = retry_after
         self._async = inspect.iscoroutinefunction(submitter.submit)
 
@@ -165,18 +167,31 @@ class _Intake:
             self.verifier.verify(headers, raw, now=now)
         except WebhookVerificationError as exc:
             return self._refuse(path, 401, clean(exc, single_line=True), {"error": "unauthorized"})
+        except Exception as exc:  # noqa: BLE001 - a bug in the verifier: 500, logged
+            return self._failed(path, "the verifier failed", exc)
         try:
             body = json.loads(raw)
         except ValueError:
             return self._refuse(
                 path, 400, "the body is not JSON", {"error": "the body is not JSON"}
             )
+        except RecursionError:
+            problem = "the body is JSON nested too deeply"
+            return self._refuse(path, 400, problem, {"error": problem})
         try:
             event = self.verifier.to_event(headers, body)
         except (InvalidEventError, KeyError, IndexError, ValueError) as exc:
             problem = _problem(exc)
             return self._refuse(path, 400, problem, {"error": problem})
+        except Exception as exc:  # noqa: BLE001 - a bug in the mapping: 500, logged
+            return self._failed(path, "mapping the webhook to an event failed", exc)
         return await self._submit(path, event)
+
+    def _failed(self, path: str, what: str, exc: Exception) -> Response:
+        """A bug, not the sender's fault: 500 (the sender retries), logged
+        with the traceback."""
+        logger.error("webhook %s: %s; answered 500", one_line(path), what, exc_info=exc)
+        return _reply(500, {"error": "internal error"})
 
     async def _submit(self, path: str, event: Event) -> Response:
         to = self.verifier.to
@@ -200,9 +215,8 @@ class _Intake:
         except InvalidEventError as exc:
             problem = _problem(exc)
             return self._refuse(path, 400, problem, {"error": problem})
-        except Exception:
-            logger.exception("webhook %s: submit failed; answered 500", one_line(path))
-            return _reply(500, {"error": "internal error"})
+        except Exception as exc:  # noqa: BLE001 - anything but a store outage: 500, logged
+            return self._failed(path, "submit failed", exc)
         duplicate, inserted = _outcome(result)
         event_id = one_line(event.id)
         if duplicate:
