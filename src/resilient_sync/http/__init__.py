@@ -36,6 +36,11 @@ from ._classify import (
 from ._destination import AsyncHttpDestination, HttpDestination, HttpOptions
 from ._ratelimit import RateLimit, RateLimiter
 from ._request import HttpRequest
+from ._source import HttpPollingSource as HttpPollingSource
+from ._source import LinkPagination as LinkPagination
+from ._source import Pagination as Pagination
+from ._source import RecordEvents as RecordEvents
+from ._source import TokenPagination as TokenPagination
 
 __all__ = [
     "SHOULD_RETRY_HEADERS",
