@@ -979,6 +979,24 @@ def _with_seq(d: Delivery, seq: int) -> Delivery:
     )
 
 
+class _Counts:
+    """Changes to the finished-delivery counters, written once per transaction."""
+
+    __slots__ = ("delta",)
+
+    def __init__(self) -> None:
+        self.delta: dict[tuple[str, str], int] = {}
+
+    def add(self, destination: str, status: DeliveryStatus, n: int) -> None:
+        key = (destination, status.value)
+        self.delta[key] = self.delta.get(key, 0) + n
+
+    def write(self, conn: sqlite3.Connection) -> None:
+        changes = [(d, s, n) for (d, s), n in self.delta.items() if n]
+        if changes:
+            conn.executemany(Q.count_finished, changes)
+
+
 def _enqueue(
     conn: sqlite3.Connection,
     deliveries: Sequence[Delivery],
@@ -990,10 +1008,14 @@ def _enqueue(
         (before,) = conn.execute(Q.max_seq).fetchone()
         conn.executemany(Q.insert_delivery, rows)
         seqs = dict(conn.execute(Q.inserted_since, (before,)).fetchall())
+        finished = _Counts()
         for d in deliveries:
             seq = seqs.pop(d.id, None)
             if seq is not None:
                 inserted.append(_with_seq(d, seq))
+                if d.status in _FINAL:  # enqueued already finished (an import)
+                    finished.add(d.destination, d.status, 1)
+        finished.write(conn)
     if cursor is not None:
         conn.execute(Q.save_cursor, (cursor[0], cursor[1]))
     return inserted
@@ -1216,20 +1238,25 @@ class SQLiteQueueStore(_SQLiteStore):
         ids = json.dumps([c.delivery_id for c in completions])
         applied: builtins.list[bool] = []
         with self._writing("complete") as conn:
-            live = dict(conn.execute(Q.in_flight_tokens, (ids,)).fetchall())
+            live = {row[0]: (row[1], row[2]) for row in conn.execute(Q.in_flight_tokens, (ids,))}
             updates: builtins.list[tuple[Any, ...]] = []
             records: builtins.list[tuple[Any, ...]] = []
+            finished = _Counts()
             for c, row, audit in zip(completions, rows, audits, strict=True):
-                ok = live.get(c.delivery_id) == c.lease_token
+                held = live.get(c.delivery_id)
+                ok = held is not None and held[0] == c.lease_token
                 if ok:
                     del live[c.delivery_id]  # the first outcome wins; a repeat is refused
                     updates.append(row)
                     records.extend(audit)
+                    if c.status in _FINAL:
+                        finished.add(held[1], c.status, 1)  # type: ignore[index]
                 applied.append(ok)
             if updates:
                 conn.executemany(Q.complete_delivery, updates)
             if records:
                 conn.executemany(Q.insert_audit, records)
+            finished.write(conn)
         handed_back = zip(completions, applied, strict=True)
         if any(ok and c.status is DeliveryStatus.PENDING for c, ok in handed_back):
             self._db.wakeup.notify()  # handed back: another worker may take it
@@ -1252,6 +1279,7 @@ class SQLiteQueueStore(_SQLiteStore):
         allowed = frozenset(from_status)
         moved: builtins.list[str] = []
         now_us = _us(now)
+        finished = _Counts()
         with self._writing("transition") as conn:
             for delivery_id in dict.fromkeys(ids):
                 row = conn.execute(Q.get_delivery, (delivery_id,)).fetchone()
@@ -1296,6 +1324,11 @@ class SQLiteQueueStore(_SQLiteStore):
                 )
                 conn.execute(Q.insert_audit, _audit_row(fill_audit(audit, new)))
                 moved.append(delivery_id)
+                if d.status in _FINAL:
+                    finished.add(d.destination, d.status, -1)
+                if to_status in _FINAL:
+                    finished.add(d.destination, to_status, 1)
+            finished.write(conn)
         if moved and to_status is DeliveryStatus.PENDING:
             self._db.wakeup.notify()
         return moved
@@ -1491,21 +1524,38 @@ class SQLiteQueueStore(_SQLiteStore):
         return [(int(index), ErrorCategory(category), count) for index, category, count in rows]
 
     def purge(self, *, before: datetime, limit: int = 1000, dry_run: bool = False) -> int:
-        """See :meth:`QueueStore.purge`: one short transaction per call."""
+        """See :meth:`QueueStore.purge`. The candidates are found by reading in
+        submission order (oldest first, stopping at the first delivery created
+        after the cutoff) outside any write lock; the write transaction then
+        re-checks and deletes them: workers wait for a few milliseconds at most."""
         check_page_args(limit)
-        params = {"before": _us(before), "limit": limit}
+        cutoff = _us(before)
+        picked: builtins.list[int] = []
+        with self._reading("purge (finding old deliveries)") as conn:
+            rows = conn.execute(Q.purge_scan, (0,))
+            for seq, status, updated_at, created_at, _destination in rows:
+                if created_at >= cutoff:
+                    break  # created after the cutoff: so is everything after it
+                if _STATUS[status] in _FINAL and updated_at < cutoff:
+                    picked.append(seq)
+                    if not dry_run and len(picked) >= limit:
+                        break
+            rows.close()
         if dry_run:
-            with self._reading("purge (dry run)") as conn:
-                (count,) = conn.execute(Q.purge_count, params).fetchone()
-            return int(count)
+            return len(picked)
+        params = {"before": cutoff, "limit": limit}
+        finished = _Counts()
         with self._writing("purge") as conn:
-            seqs = [row[0] for row in conn.execute(Q.purge_candidates, params)]
-            if seqs:
-                listed = _ENCODE(seqs)
+            gone = conn.execute(Q.purge_recheck, (_ENCODE(picked), cutoff)).fetchall()
+            if gone:
+                listed = _ENCODE([row[0] for row in gone])
                 conn.execute(Q.purge_audit_of, (listed,))
                 conn.execute(Q.purge_deliveries, (listed,))
+                for _seq, status, destination in gone:
+                    finished.add(destination, _STATUS[status], -1)
+                finished.write(conn)
             conn.execute(Q.purge_destination_audit, params)
-        return len(seqs)
+        return len(gone)
 
     def next_due(self) -> datetime | None:
         """See :meth:`QueueStore.next_due`."""

@@ -33,32 +33,45 @@ FROM unnest(%(locks)b::bigint[]) WITH ORDINALITY AS k(lock, ord)
 ORDER BY k.ord;
 
 -- name: enqueue
-INSERT INTO {schema}.deliveries (
-    id, seq, event_id, destination, ordering_key, event, status, idempotency_key,
-    attempts, next_attempt_at, last_error, error_category, result, created_at,
-    updated_at, lease_token, lease_owner, lease_expires_at)
-SELECT i.id, nextval('{schema}.delivery_seq'), i.event_id, i.destination, i.ordering_key,
-       i.event::json, i.status, i.idempotency_key, i.attempts, i.next_attempt_at,
-       i.last_error::json, i.error_category, i.result::json, i.created_at, i.updated_at,
-       i.lease_token, i.lease_owner, i.lease_expires_at
-FROM (
-    SELECT *
-    FROM unnest(
-        %(ids)b::text[], %(event_ids)b::text[], %(destinations)b::text[],
-        %(ordering_keys)b::text[], %(events)b::text[], %(statuses)b::text[],
-        %(idempotency_keys)b::text[], %(attempts)b::integer[],
-        %(next_attempt_at)b::timestamptz[], %(last_errors)b::text[],
-        %(error_categories)b::text[], %(results)b::text[], %(created_at)b::timestamptz[],
-        %(updated_at)b::timestamptz[], %(lease_tokens)b::bigint[], %(lease_owners)b::text[],
-        %(lease_expires_at)b::timestamptz[]
-    ) WITH ORDINALITY AS u(
-        id, event_id, destination, ordering_key, event, status, idempotency_key, attempts,
-        next_attempt_at, last_error, error_category, result, created_at, updated_at,
-        lease_token, lease_owner, lease_expires_at, ord)
-    ORDER BY u.ord
-) AS i
-ON CONFLICT DO NOTHING
-RETURNING id, seq;
+-- Insert new deliveries (a repeated id or (event id, destination) is skipped)
+-- and count those that arrive already finished (an import).
+WITH inserted AS (
+    INSERT INTO {schema}.deliveries (
+        id, seq, event_id, destination, ordering_key, event, status, idempotency_key,
+        attempts, next_attempt_at, last_error, error_category, result, created_at,
+        updated_at, lease_token, lease_owner, lease_expires_at)
+    SELECT i.id, nextval('{schema}.delivery_seq'), i.event_id, i.destination, i.ordering_key,
+           i.event::json, i.status, i.idempotency_key, i.attempts, i.next_attempt_at,
+           i.last_error::json, i.error_category, i.result::json, i.created_at, i.updated_at,
+           i.lease_token, i.lease_owner, i.lease_expires_at
+    FROM (
+        SELECT *
+        FROM unnest(
+            %(ids)b::text[], %(event_ids)b::text[], %(destinations)b::text[],
+            %(ordering_keys)b::text[], %(events)b::text[], %(statuses)b::text[],
+            %(idempotency_keys)b::text[], %(attempts)b::integer[],
+            %(next_attempt_at)b::timestamptz[], %(last_errors)b::text[],
+            %(error_categories)b::text[], %(results)b::text[], %(created_at)b::timestamptz[],
+            %(updated_at)b::timestamptz[], %(lease_tokens)b::bigint[], %(lease_owners)b::text[],
+            %(lease_expires_at)b::timestamptz[]
+        ) WITH ORDINALITY AS u(
+            id, event_id, destination, ordering_key, event, status, idempotency_key, attempts,
+            next_attempt_at, last_error, error_category, result, created_at, updated_at,
+            lease_token, lease_owner, lease_expires_at, ord)
+        ORDER BY u.ord
+    ) AS i
+    ON CONFLICT DO NOTHING
+    RETURNING id, seq, destination, status
+),
+counted AS (
+    INSERT INTO {schema}.finished_counts AS f (destination, status, shard, count)
+    SELECT destination, status, (pg_backend_pid() %% 16)::smallint, count(*)
+    FROM inserted
+    WHERE status IN ('succeeded', 'resolved', 'discarded')
+    GROUP BY destination, status
+    ON CONFLICT (destination, status, shard) DO UPDATE SET count = f.count + EXCLUDED.count
+)
+SELECT id, seq FROM inserted;
 
 -- name: save_cursor
 INSERT INTO {schema}.cursors (source, value) VALUES (%(source)s, %(value)s)
@@ -177,7 +190,15 @@ applied AS (
         updated_at = c.finished_at
     FROM c
     WHERE t.id = c.id AND t.status = 'in_flight' AND t.lease_token = c.token
-    RETURNING c.ci, c.status
+    RETURNING c.ci, c.status, t.destination
+),
+counted AS (
+    INSERT INTO {schema}.finished_counts AS f (destination, status, shard, count)
+    SELECT destination, status, (pg_backend_pid() %% 16)::smallint, count(*)
+    FROM applied
+    WHERE status IN ('succeeded', 'resolved', 'discarded')
+    GROUP BY destination, status
+    ON CONFLICT (destination, status, shard) DO UPDATE SET count = f.count + EXCLUDED.count
 ),
 audited AS (
     INSERT INTO {schema}.audit (
@@ -223,24 +244,52 @@ FROM unnest(
 ORDER BY a.ord;
 
 -- name: transition
-UPDATE {schema}.deliveries
-SET status = %(to_status)s,
-    next_attempt_at = NULL,
-    attempts = CASE WHEN %(reset_attempts)s THEN 0 ELSE attempts END,
-    event = coalesce(%(event)s::json, event),
-    ordering_key = CASE WHEN %(event)s::text IS NULL THEN ordering_key
-                        ELSE %(ordering_key)s::text END,
-    idempotency_key = coalesce(%(idempotency_key)s, idempotency_key),
-    lease_owner = NULL,
-    lease_expires_at = NULL,
-    updated_at = %(now)s
-WHERE id = ANY(%(ids)b::text[]) AND status = ANY(%(from_status)b::text[])
-  AND (NOT %(guarded)s OR (
-      status = %(g_status)s::text AND attempts = %(g_attempts)s::integer
-      AND lease_token = %(g_token)s::bigint AND updated_at = %(g_updated_at)s::timestamptz))
-RETURNING id, seq, event::text, destination, status, idempotency_key, attempts,
-          next_attempt_at, last_error::text, result::text, created_at, updated_at,
-          lease_token, lease_owner, lease_expires_at;
+-- Move the listed deliveries that are in one of the from statuses (and, when
+-- guarded, still as the caller read them), keeping the finished counters.
+WITH old AS (
+    SELECT id, status AS old_status
+    FROM {schema}.deliveries
+    WHERE id = ANY(%(ids)b::text[]) AND status = ANY(%(from_status)b::text[])
+      AND (NOT %(guarded)s OR (
+          status = %(g_status)s::text AND attempts = %(g_attempts)s::integer
+          AND lease_token = %(g_token)s::bigint AND updated_at = %(g_updated_at)s::timestamptz))
+    FOR UPDATE
+),
+moved AS (
+    UPDATE {schema}.deliveries AS t
+    SET status = %(to_status)s,
+        next_attempt_at = NULL,
+        attempts = CASE WHEN %(reset_attempts)s THEN 0 ELSE t.attempts END,
+        event = coalesce(%(event)s::json, t.event),
+        ordering_key = CASE WHEN %(event)s::text IS NULL THEN t.ordering_key
+                            ELSE %(ordering_key)s::text END,
+        idempotency_key = coalesce(%(idempotency_key)s, t.idempotency_key),
+        lease_owner = NULL,
+        lease_expires_at = NULL,
+        updated_at = %(now)s
+    FROM old
+    WHERE t.id = old.id
+    RETURNING t.id, t.seq, t.event::text AS event, t.destination, t.status,
+              t.idempotency_key, t.attempts, t.next_attempt_at, t.last_error::text AS last_error,
+              t.result::text AS result, t.created_at, t.updated_at, t.lease_token,
+              t.lease_owner, t.lease_expires_at, old.old_status
+),
+counted AS (
+    INSERT INTO {schema}.finished_counts AS f (destination, status, shard, count)
+    SELECT x.destination, x.status, (pg_backend_pid() %% 16)::smallint, sum(x.delta)
+    FROM (
+        SELECT destination, old_status AS status, -1 AS delta FROM moved
+        WHERE old_status IN ('succeeded', 'resolved', 'discarded')
+        UNION ALL
+        SELECT destination, status, 1 FROM moved
+        WHERE status IN ('succeeded', 'resolved', 'discarded')
+    ) AS x
+    GROUP BY x.destination, x.status
+    ON CONFLICT (destination, status, shard) DO UPDATE SET count = f.count + EXCLUDED.count
+)
+SELECT id, seq, event, destination, status, idempotency_key, attempts, next_attempt_at,
+       last_error, result, created_at, updated_at, lease_token, lease_owner, lease_expires_at
+FROM moved;
 
 -- name: set_destination
 INSERT INTO {schema}.destinations AS s (
@@ -317,8 +366,8 @@ LIMIT %(limit)s;
 SELECT value FROM {schema}.cursors WHERE source = %(source)s;
 
 -- name: stats_open
--- the open deliveries, through their partial index (the queue's depth, never
--- the history)
+-- the open deliveries, through the (status, seq) index (the queue's depth,
+-- never the history)
 SELECT destination, status, error_category, count(*)
 FROM {schema}.deliveries
 WHERE status IN ('pending', 'in_flight', 'retry_scheduled', 'needs_action')
@@ -368,7 +417,15 @@ gone_destination_audit AS (
                  LIMIT %(limit)s)
 ),
 gone AS (
-    DELETE FROM {schema}.deliveries WHERE id IN (SELECT id FROM victims) RETURNING 1
+    DELETE FROM {schema}.deliveries WHERE id IN (SELECT id FROM victims)
+    RETURNING destination, status
+),
+counted AS (
+    INSERT INTO {schema}.finished_counts AS f (destination, status, shard, count)
+    SELECT destination, status, (pg_backend_pid() %% 16)::smallint, -count(*)
+    FROM gone
+    GROUP BY destination, status
+    ON CONFLICT (destination, status, shard) DO UPDATE SET count = f.count + EXCLUDED.count
 )
 SELECT count(*) FROM gone;
 

@@ -93,8 +93,8 @@ WHERE seq = ?5;
 -- --------------------------------------------------------------- complete
 
 -- name: in_flight_tokens
--- the current lease token of each listed delivery that is still IN_FLIGHT
-SELECT id, lease_token FROM resilient_sync_deliveries
+-- the current lease token (and destination) of each listed delivery still IN_FLIGHT
+SELECT id, lease_token, destination FROM resilient_sync_deliveries
 WHERE id IN (SELECT value FROM json_each(?1)) AND status = 'in_flight';
 
 -- name: complete_delivery
@@ -234,23 +234,35 @@ ORDER BY id DESC
 LIMIT :limit;
 
 -- name: stats_open
--- the open deliveries, through their partial index (as many rows as the queue
--- is deep, never the history)
+-- the open deliveries through their partial indexes: the claimable ones
+-- (due_at set) and the operator queue; as many rows as the queue is deep,
+-- never the history
+SELECT destination, status, NULL, COUNT(*)
+FROM resilient_sync_deliveries INDEXED BY resilient_sync_deliveries_due
+WHERE due_at IS NOT NULL
+GROUP BY destination, status
+UNION ALL
 SELECT destination, status, error_category, COUNT(*)
-FROM resilient_sync_deliveries INDEXED BY resilient_sync_deliveries_open
-WHERE status IN ('pending', 'in_flight', 'retry_scheduled', 'needs_action')
-GROUP BY destination, status, error_category;
+FROM resilient_sync_deliveries INDEXED BY resilient_sync_deliveries_needs_action
+WHERE status = 'needs_action'
+GROUP BY destination, error_category;
 
 -- name: stats_finished
--- the finished deliveries, counted by triggers as they finish
+-- the finished deliveries, counted by the store as they finish
 SELECT destination, status, count FROM resilient_sync_finished_counts WHERE count > 0;
 
 -- name: stats_oldest_waiting
 -- the oldest waiting delivery: the lowest seq among the claimable ones
-SELECT created_at FROM resilient_sync_deliveries
+SELECT created_at FROM resilient_sync_deliveries INDEXED BY resilient_sync_deliveries_due
 WHERE due_at IS NOT NULL AND status IN ('pending', 'retry_scheduled')
 ORDER BY seq
 LIMIT 1;
+
+-- name: count_finished
+-- ?1 destination, ?2 status, ?3 how many more (or fewer) finished deliveries
+INSERT INTO resilient_sync_finished_counts (destination, status, count)
+VALUES (?1, ?2, ?3)
+ON CONFLICT (destination, status) DO UPDATE SET count = count + excluded.count;
 
 -- name: next_due
 SELECT MIN(CASE WHEN status = 'in_flight' THEN lease_expires_at ELSE next_attempt_at END)
@@ -294,16 +306,21 @@ WHERE key = ?1 AND (?2 IS NULL OR locked_until = ?2);
 
 -- -------------------------------------------------------------- retention
 
--- name: purge_candidates
--- finished deliveries last changed before :before, oldest first
-SELECT seq FROM resilient_sync_deliveries INDEXED BY resilient_sync_deliveries_finished
-WHERE status IN ('succeeded', 'resolved', 'discarded') AND updated_at < :before
-ORDER BY updated_at
-LIMIT :limit;
+-- name: purge_scan
+-- deliveries in submission order from a seq on (the oldest first), for the
+-- purge to pick finished ones changed before its cutoff; it stops reading at
+-- the first delivery created after the cutoff
+SELECT seq, status, updated_at, created_at, destination
+FROM resilient_sync_deliveries
+WHERE seq > ?1
+ORDER BY seq;
 
--- name: purge_count
-SELECT COUNT(*) FROM resilient_sync_deliveries INDEXED BY resilient_sync_deliveries_finished
-WHERE status IN ('succeeded', 'resolved', 'discarded') AND updated_at < :before;
+-- name: purge_recheck
+-- the listed deliveries that are still finished and old enough (in the write
+-- transaction: an operator may have revived one since the scan)
+SELECT seq, status, destination FROM resilient_sync_deliveries
+WHERE seq IN (SELECT value FROM json_each(?1))
+  AND status IN ('succeeded', 'resolved', 'discarded') AND updated_at < ?2;
 
 -- name: purge_audit_of
 -- the audit records of the listed deliveries (by seq, through their index)
