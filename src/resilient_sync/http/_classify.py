@@ -171,12 +171,14 @@ SECRET_NAME = re.compile(
 
 class Verdict(NamedTuple):
     """A vendor preset's decision about a response (see ``_presets.py``):
-    the category, a note for the message, and a retry delay when the
-    response carries no ``Retry-After``."""
+    the category, a note for the message, a retry delay when the response
+    carries no ``Retry-After``, and whether it says the idempotency key is
+    still in flight (then the delay is the destination's ``in_flight_delay``)."""
 
     category: ErrorCategory
     note: str = ""
     retry_after: float | None = None
+    in_flight: bool = False
 
 
 _Row = Verdict
@@ -646,7 +648,7 @@ class HttpClassifier:
                 return _Row(
                     ErrorCategory.TRANSIENT,
                     "idempotency key still in flight; retrying shortly",
-                    self.in_flight_delay,
+                    in_flight=True,
                 )
             if _KEY_REUSE.search(lowered):
                 return _Row(
@@ -730,7 +732,7 @@ class HttpClassifier:
         if category in _RETRIED:
             retry_after = self.retry_after(response, now)
             if retry_after is None:
-                retry_after = row.retry_after
+                retry_after = self.in_flight_delay if row.in_flight else row.retry_after
             if retry_after is None and category is ErrorCategory.RATE_LIMITED:
                 retry_after = self.retry_after_default
         if isinstance(verdict, SyncError):
@@ -769,7 +771,7 @@ class HttpClassifier:
         retry, label = override
         if retry and row.category not in _RETRIED:
             note = "; ".join(n for n in (row.note, label) if n)
-            return _Row(ErrorCategory.TRANSIENT, note, row.retry_after)
+            return row._replace(category=ErrorCategory.TRANSIENT, note=note)
         if not retry and row.category in _RETRIED:
             note = (
                 f"{label}: the destination says a retry will not succeed; the outcome is "
