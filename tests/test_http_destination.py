@@ -892,7 +892,8 @@ def test_httpx_log_lines_of_signed_urls_are_redacted(caplog: pytest.LogCaptureFi
     assert lines
     assert lines[0].startswith("HTTP Request: GET https://bucket.s3.amazonaws.com/exports/")
     text = "\n".join(lines)
-    for secret in (signature, "c2lnbmF0dXJlLXZhbHVl", "AIzaSyA-plain-api-key-value", "AKIAIOSFODNN7"):
+    hidden = (signature, "c2lnbmF0dXJlLXZhbHVl", "AIzaSyA-plain-api-key-value", "AKIAIOSFODNN7")
+    for secret in hidden:
         assert secret not in text
     assert "X-Amz-Signature=[REDACTED]" in text
     assert "sig=[REDACTED]" in text
