@@ -316,7 +316,7 @@ def test_pagination_hints_of_each_preset() -> None:
     assert stripe.next_params(more) == {"starting_after": "cus_9"}
     assert stripe.next_params(last) is None
     link = (
-        '<https://shop.myshopify.com/admin/api/2024-01/customers.json?limit=50&page_info=p2>; '
+        "<https://shop.myshopify.com/admin/api/2024-01/customers.json?limit=50&page_info=p2>; "
         'rel="next", <https://shop.myshopify.com/admin/api/2024-01/customers.json?page_info=p0>; '
         'rel="previous"'
     )
