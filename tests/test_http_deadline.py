@@ -106,14 +106,50 @@ def test_a_lease_about_to_end_sends_nothing() -> None:
         assert drip.requests == 0
 
 
-def test_your_own_client_is_bounded_from_outside(drip: DripServer) -> None:
+class Custom(httpx.BaseTransport):
+    """A transport of your own (here it hands the request to httpx's): the
+    destination cannot reach inside it."""
+
+    def __init__(self) -> None:
+        self.inner = httpx.HTTPTransport()
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        return self.inner.handle_request(request)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+class AsyncCustom(httpx.AsyncBaseTransport):
+    def __init__(self) -> None:
+        self.inner = httpx.AsyncHTTPTransport()
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        return await self.inner.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+def test_your_own_client_gets_the_deadline_backend_too(drip: DripServer) -> None:
     with httpx.Client(timeout=TIMEOUT) as mine:
         pos = HttpDestination("pos", drip.url, "/customers", client=mine, clock=FakeClock(START))
         error, took = timed_failure(lambda: pos.deliver(EVENT, context()))
         pos.close()
     assert took < TIMEOUT + SLACK
     assert isinstance(error, RetryableError)
+    assert "total deadline" in str(error)
+
+
+def test_a_custom_transport_is_bounded_from_outside(drip: DripServer) -> None:
+    with httpx.Client(timeout=TIMEOUT, transport=Custom()) as mine:
+        pos = HttpDestination("pos", drip.url, "/customers", client=mine, clock=FakeClock(START))
+        error, took = timed_failure(lambda: pos.deliver(EVENT, context()))
+        pos.close()
+    assert took < TIMEOUT + SLACK
+    assert isinstance(error, RetryableError)
     assert "the caller stopped waiting" in str(error)
+    assert "outcome unknown" in str(error)
 
 
 def test_a_dispatcher_lease_bounds_the_delivery_end_to_end() -> None:
@@ -141,10 +177,14 @@ def test_a_dispatcher_lease_bounds_the_delivery_end_to_end() -> None:
     assert after.idempotency_key == delivery.idempotency_key  # same key next time
 
 
-@pytest.mark.parametrize("own_client", [False, True])
-def test_async_twin_is_bounded_too(drip: DripServer, own_client: bool) -> None:
+@pytest.mark.parametrize("client_kind", ["created", "yours", "custom transport"])
+def test_async_twin_is_bounded_too(drip: DripServer, client_kind: str) -> None:
     async def run() -> tuple[SyncError, float]:
-        client = httpx.AsyncClient(timeout=TIMEOUT) if own_client else None
+        client = None
+        if client_kind == "yours":
+            client = httpx.AsyncClient(timeout=TIMEOUT)
+        elif client_kind == "custom transport":
+            client = httpx.AsyncClient(timeout=TIMEOUT, transport=AsyncCustom())
         pos = AsyncHttpDestination(
             "pos", drip.url, "/customers", client=client, timeout=TIMEOUT, clock=FakeClock(START)
         )
@@ -176,3 +216,30 @@ def test_the_webhook_notifier_is_bounded_by_its_timeout(drip: DripServer) -> Non
     assert took < TIMEOUT + SLACK
     assert "XXXXXXXXXXXXXXXX" not in str(info.value)
     assert "Timeout" in str(info.value)
+
+
+def test_the_backend_is_inert_outside_a_destinations_request() -> None:
+    import httpcore
+
+    from resilient_sync.http._deadline import _DEADLINE, _Stream
+
+    seen: list[float | None] = []
+
+    class Inner(httpcore.NetworkStream):
+        def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+            seen.append(timeout)
+            return b"x"
+
+    stream = _Stream(Inner())
+    stream.read(10, 7.0)  # no deadline set: the timeout passes unchanged
+    token = _DEADLINE.set(time.monotonic() + 1.0)
+    try:
+        stream.read(10, 7.0)  # shortened to the time left
+        _DEADLINE.set(time.monotonic() - 0.1)
+        with pytest.raises(httpcore.ReadTimeout, match="total deadline"):
+            stream.read(10, 7.0)
+    finally:
+        _DEADLINE.reset(token)
+    assert seen[0] == 7.0
+    assert seen[1] is not None
+    assert seen[1] <= 1.0

@@ -705,6 +705,8 @@ class HttpClassifier:
         The response body must have been read.
         """
         status = response.status_code
+        if self.body is None and 200 <= status < 300:
+            return None  # the common path: no body to decode
         body = json_body(response)
         verdict = self.body(response, body) if self.body is not None else None
         if verdict is not None and not isinstance(verdict, (ErrorCategory, SyncError)):

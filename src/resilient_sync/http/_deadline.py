@@ -6,20 +6,22 @@ a second keeps every read short and the request alive for ever. The
 destinations need a bound on the whole request: the smaller of the timeout's
 total and what is left of the delivery's lease.
 
-Two ways, by who made the client:
+Two ways, by the client's transport:
 
-- **A client the library creates** gets a deadline-aware network backend
-  under httpcore (:func:`install`): each connect, read and write is given
-  ``min(its own timeout, the time left)``, and once no time is left the next
-  operation fails with the operation's timeout at once. The request really
-  stops, its connection is dropped, and the caller sees an httpx timeout
-  (connect: the request never left; read/write: outcome unknown).
-- **A client (or transport) of yours** is not changed. The caller is bounded
-  instead: a sync request runs in a helper thread and the caller stops
-  waiting at the deadline; an async one is cancelled at the deadline (which
-  does stop it). What the sync fallback cannot stop is the request itself:
-  it keeps its connection and its thread until your client's own timeouts
-  end it (its response, if one comes, is closed and dropped).
+- **httpx's standard transport** (the client the library creates, and yours
+  unless you gave it a custom transport) gets a deadline-aware network
+  backend under httpcore (:func:`install`): each connect, read and write is
+  given ``min(its own timeout, the time left)``, and once no time is left the
+  next operation fails with the operation's timeout at once. The request
+  really stops, its connection is dropped, and the caller sees an httpx
+  timeout (connect: the request never left; read/write: outcome unknown).
+- **A custom transport** (``httpx.MockTransport`` included) cannot be
+  reached. The caller is bounded instead: a sync request runs in a helper
+  thread and the caller stops waiting at the deadline; an async one is
+  cancelled at the deadline (which does stop it). What the sync fallback
+  cannot stop is the request itself: it keeps its connection and its thread
+  until the transport ends it (its response, if one comes, is closed and
+  dropped).
 
 The backend reads the deadline from a context variable that the destination
 sets around one ``send``; outside of it (your other uses of a wrapped
@@ -221,11 +223,14 @@ def _wrap(transport: object) -> bool:
 
 
 def install(client: httpx.Client | httpx.AsyncClient) -> bool:
-    """Give the transports of a client *the library created* the deadline
-    backend (its proxy mounts too). True when its main transport has it, so
-    deadlines are enforced inside the request; False when the transport is
-    not httpx's standard one (then the senders fall back to bounding the
-    caller)."""
+    """Give the standard transports of a client the deadline backend (its
+    proxy mounts too). True when its main transport has it, so deadlines are
+    enforced inside the request; False when the transport is not httpx's
+    standard one (then the senders fall back to bounding the caller).
+
+    The backend changes nothing outside a sender's own ``send`` (no deadline
+    is set there), so a client shared with other code behaves as before.
+    """
     for mounted in getattr(client, "_mounts", {}).values():
         if mounted is not None:
             _wrap(mounted)

@@ -337,9 +337,10 @@ class _BaseHttpDestination:
         self._secrets |= more
         self.classifier.secrets = frozenset(self.classifier.secrets | more)
         _guard_httpx_log(self._secrets)
-        # only a client the destination made is changed (its own transport, or
-        # the one given with transport=); yours is bounded from outside
-        return owned and install(client)
+        # the deadline backend goes under httpx's standard transports, yours
+        # too (it changes nothing outside this destination's own requests); a
+        # custom transport is bounded from outside instead
+        return install(client)
 
     # -- hooks (override in a subclass, or pass them to the constructor) --------
 
@@ -551,11 +552,13 @@ class HttpDestination(_BaseHttpDestination):
             callable ``event -> path``.
         method: the HTTP method.
         client: your own ``httpx.Client`` (auth, proxies, timeouts, limits);
-            it is yours to close, and it is not changed: the total deadline
-            bounds the caller from outside (a helper thread), not the
-            request itself. Without it the destination creates one (with
-            ``transport``, ``auth`` and ``timeout``), gives it the deadline
-            network backend, and closes it in :meth:`close`.
+            it is yours to close. Without it the destination creates one
+            (with ``transport``, ``auth`` and ``timeout``) and closes it in
+            :meth:`close`. Either way, httpx's standard transports get the
+            deadline network backend (inert outside this destination's
+            requests); a custom transport is bounded from outside (a helper
+            thread stops waiting at the deadline, the request itself runs
+            until the transport ends it).
         transport: for the client the destination creates (e.g.
             ``httpx.MockTransport(handler)`` in tests).
         auth: for the client the destination creates.
@@ -715,7 +718,7 @@ class AsyncHttpDestination(_BaseHttpDestination):
     ``httpx.AsyncBaseTransport``); ``deliver`` and :meth:`request` are
     coroutines, so it needs the :class:`~resilient_sync.AsyncDispatcher` (the
     sync ``Dispatcher`` refuses it). Hooks may be plain or ``async def``. On
-    your own client the total deadline cancels the request.
+    a custom transport the total deadline cancels the request.
     """
 
     client: httpx.AsyncClient
