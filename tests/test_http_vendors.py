@@ -35,6 +35,7 @@ from resilient_sync.http import (
     Pagination,
     Preset,
     RateLimit,
+    Verdict,
     encode_form,
 )
 from resilient_sync.stores import MemoryIdempotencyStore, MemoryQueueStore
@@ -497,3 +498,17 @@ def test_a_refusal_that_sent_nothing_does_not_spend_the_retry_budget() -> None:
     assert {d.status for d in deliveries} == {DeliveryStatus.SUCCEEDED}
     assert [d.attempts for d in deliveries] == [1, 1, 1, 1]
     assert len(api.requests) == 4
+
+
+def test_a_preset_of_your_own_with_body_rules() -> None:
+    def pos_rules(response: httpx.Response, body: Any) -> Verdict | None:
+        if isinstance(body, dict) and body.get("code") == "UNKNOWN_SKU":
+            return Verdict(ErrorCategory.MAPPING, "the POS has no such SKU")
+        return None
+
+    pos = Preset(name="pos", classify=pos_rules, error_field=lambda body: body.get("sku_field"))
+    body = {"code": "UNKNOWN_SKU", "sku_field": "lines[0].sku"}
+    error = failure(dest_for(answer(400, body, {"X-Should-Retry": "true"}), preset=pos))
+    assert type(error) is MappingError  # the rule is final: the header does not change it
+    assert error.field == "lines[0].sku"
+    assert "the POS has no such SKU" in str(error)

@@ -130,8 +130,9 @@ class Preset:
 
     Attributes:
         name: ``"stripe"``, ``"shopify"``, ``"square"`` or your own.
-        classify: body rules ``(response, body) -> Verdict | None``,
-            consulted after your ``classify_body``; a verdict is final.
+        classify: body rules ``(response, body) -> Verdict | None``
+            (:class:`~resilient_sync.http.Verdict`), consulted after your
+            ``classify_body``; a verdict is final.
         error_field: where error bodies name the field (``body -> name``).
         idempotency_header, idempotency_key_field: where the key goes.
         honours_idempotency_key: whether the API dedupes by the key at all
