@@ -485,3 +485,65 @@ def test_the_alerts_namespace_is_sorted_and_documented() -> None:
     assert names == sorted(names)
     for name in names:
         assert getattr(alerts, name).__doc__, name
+
+
+# --- chat injection, the clock -----------------------------------------------------------
+
+
+def test_slack_text_cannot_ping_everyone_or_hide_links() -> None:
+    requests, transport = recorder()
+    hook = WebhookNotifier(
+        f"https://hooks.slack.com/services/{SECRET_PATH}", style="slack", transport=transport
+    )
+    remote = (
+        "card declined <!channel> <!here> <@U024BE7LH> see <http://evil.example|your bank> "
+        "& reset\x1b[2J\x07 now"
+    )
+    hook.notify(sample_alert(details=f"- customer.created c1: {remote}"))
+    hook.close()
+    text = json.loads(requests[0].content)["text"]
+    for live in ("<!channel>", "<!here>", "<@U024BE7LH>", "<http://"):
+        assert live not in text
+    assert "&lt;!channel&gt;" in text
+    assert "&lt;http://evil.example|your bank&gt;" in text
+    assert "&amp; reset" in text
+    assert "\x1b" not in text
+    assert "\x07" not in text
+    assert "\\x1b[2J\\x07" in text  # shown, not acted on
+    assert "\n" in text  # lines are kept
+
+
+@pytest.mark.parametrize("style", ["teams", "json"])
+def test_other_webhook_styles_carry_no_control_characters(style: Any) -> None:
+    requests, transport = recorder()
+    hook = WebhookNotifier(
+        f"https://hooks.example.com/services/{SECRET_PATH}", style=style, transport=transport
+    )
+    hook.notify(sample_alert(details="bad\x1b[31m red\x00"))
+    hook.close()
+    text = requests[0].content.decode()
+    assert "\\u001b" not in text
+    assert "\\u0000" not in text
+    assert "\\\\x1b[31m" in text
+
+
+def test_the_alerter_takes_the_dispatchers_or_operators_clock() -> None:
+    w = World({"c1": [bad_phone()]}, rules=[OldestWaitingRule(max_age=60)])
+    by_dispatcher = Alerter(w.dispatcher, [])
+    by_operator = Alerter(w.operator, [])
+    assert by_dispatcher.queue is w.queue
+    assert by_dispatcher.clock is w.clock
+    assert by_operator.clock is w.clock
+    mine = FakeClock()
+    assert Alerter(w.dispatcher, [], clock=mine).clock is mine
+    plain = Alerter(w.queue, [])
+    plain.use_clock(w.clock)
+    assert plain.clock is w.clock
+    fixed = Alerter(w.queue, [], clock=mine)
+    fixed.use_clock(w.clock)
+    assert fixed.clock is mine
+    # the rules see the fake time: a delivery waiting 2 fake minutes is "old"
+    w.dispatcher.submit_many([Event("late", "t", {})])
+    w.clock.advance(120)
+    found = Alerter(w.dispatcher, [], rules=[OldestWaitingRule(max_age=60)]).check()
+    assert [a.rule for a in found] == ["oldest_waiting"]

@@ -402,6 +402,88 @@ def test_permission_and_mapping_statuses(status: int, exc_type: type[SyncError])
     assert type(error) is exc_type
 
 
+STRIPE_CARD_ERROR = {
+    "error": {
+        "type": "card_error",
+        "code": "incorrect_cvc",
+        "param": "cvc",
+        "message": "Your card's security code is incorrect.",
+    }
+}
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "exc_type", "field"),
+    [
+        (402, STRIPE_CARD_ERROR, DataFormatError, "cvc"),
+        (  # a decline names no parameter, and is still this request's failure
+            402,
+            {"error": {"type": "card_error", "code": "card_declined", "decline_code": "generic"}},
+            DataFormatError,
+            None,
+        ),
+        (  # localstripe's shape of a decline
+            402,
+            {"error": {"type": "invalid_request_error", "code": "card_declined"}},
+            DataFormatError,
+            None,
+        ),
+        (  # Square
+            402,
+            {"errors": [{"category": "PAYMENT_METHOD_ERROR", "code": "CARD_DECLINED"}]},
+            DataFormatError,
+            None,
+        ),
+        (
+            403,
+            {"error": {"type": "invalid_request_error", "param": "tax_id_data[0][value]"}},
+            DataFormatError,
+            "tax_id_data[0].value",
+        ),
+        (  # a missing reference
+            402,
+            {"error": {"code": "resource_missing", "param": "customer", "message": "No such"}},
+            MappingError,
+            "customer",
+        ),
+    ],
+)
+def test_402_403_naming_a_per_request_error_concern_that_delivery_only(
+    status: int, body: Any, exc_type: type[SyncError], field: str | None
+) -> None:
+    error = failure(answer(status, body))
+    assert type(error) is exc_type
+    assert error.field == field
+    assert "not paused" in str(error)
+
+
+@pytest.mark.parametrize(
+    ("status", "body"),
+    [
+        (401, {"error": {"type": "invalid_request_error", "message": "Invalid API Key"}}),
+        (401, STRIPE_CARD_ERROR),  # a 401 is about the credentials, whatever the body says
+        (402, {"errors": "Unavailable Shop"}),  # Shopify: the shop's plan is unpaid
+        (  # Stripe: a restricted key without the permission
+            403,
+            {
+                "error": {
+                    "type": "invalid_request_error",
+                    "message": "The provided key does not have the required permissions",
+                }
+            },
+        ),
+        (403, {"errors": [{"category": "AUTHENTICATION_ERROR", "code": "INSUFFICIENT_SCOPES"}]}),
+        (402, None),
+        (403, b"<html>Forbidden</html>"),
+    ],
+)
+def test_401_and_402_403_naming_no_per_request_error_are_permission(
+    status: int, body: Any
+) -> None:
+    error = failure(answer(status, body))
+    assert type(error) is PermissionDeniedError
+
+
 @pytest.mark.parametrize("status", [301, 302, 405, 418, 451])
 def test_redirects_and_other_4xx_are_unexpected(status: int) -> None:
     error = failure(answer(status, {"errors": "odd"}, {"Location": "https://elsewhere.example"}))
@@ -447,10 +529,20 @@ def test_should_retry_true_makes_a_4xx_transient() -> None:
     assert "Stripe-Should-Retry: true" in str(error)
 
 
-def test_should_retry_false_stops_retries_of_a_5xx() -> None:
-    error = failure(answer(500, {"error": {"message": "cached"}}, {"Stripe-Should-Retry": "false"}))
-    assert isinstance(error, DataFormatError)
-    assert "retry will not succeed" in str(error)
+@pytest.mark.parametrize("status", [500, 502, 503, 504, 408])
+def test_should_retry_false_on_a_retryable_failure_is_unexpected_never_data_format(
+    status: int,
+) -> None:
+    # Stripe replays a cached 500 under the same key and says "do not retry": the
+    # outcome is unknown. DATA_FORMAT would invite fix_data/edit under a revised
+    # key, which could create a second record.
+    headers = {"Stripe-Should-Retry": "false"}
+    error = failure(answer(status, {"error": {"type": "api_error", "message": "cached"}}, headers))
+    assert type(error) is SyncError
+    assert category(error) is U
+    assert not isinstance(error, DataFormatError)
+    assert "outcome is unknown" in str(error)
+    assert error.field is None
 
 
 def test_should_retry_false_keeps_a_category_that_is_not_retried() -> None:
@@ -458,10 +550,33 @@ def test_should_retry_false_keeps_a_category_that_is_not_retried() -> None:
     assert isinstance(error, DuplicateError)
 
 
-def test_should_retry_header_comes_before_the_body_classifier() -> None:
+def test_an_explicit_body_classifier_decision_wins_over_the_override_header() -> None:
     error = failure(
         answer(400, {"x": 1}, {"Stripe-Should-Retry": "true"}),
         classify_body=lambda response, body: ErrorCategory.MAPPING,
+    )
+    assert type(error) is MappingError
+    error = failure(
+        answer(500, {"x": 1}, {"Stripe-Should-Retry": "false"}),
+        classify_body=lambda response, body: ErrorCategory.TRANSIENT,
+    )
+    assert type(error) is RetryableError
+    mine = PermissionDeniedError("the key was rolled")
+    error = failure(
+        answer(500, {}, {"Stripe-Should-Retry": "true"}), classify_body=lambda r, b: mine
+    )
+    assert error is mine
+
+
+def test_the_override_header_applies_when_the_body_classifier_has_no_opinion() -> None:
+    error = failure(
+        answer(500, {"x": 1}, {"Stripe-Should-Retry": "false"}),
+        classify_body=lambda response, body: None,
+    )
+    assert type(error) is SyncError
+    error = failure(
+        answer(409, {"error": "lock timeout"}, {"Stripe-Should-Retry": "true"}),
+        classify_body=lambda response, body: None,
     )
     assert type(error) is RetryableError
 

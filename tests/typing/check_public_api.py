@@ -216,7 +216,14 @@ if __name__ == "__main__":
 import httpx  # noqa: E402
 
 from resilient_sync.alerts import Alerter, LogNotifier, default_rules  # noqa: E402
-from resilient_sync.http import AsyncHttpDestination, HttpDestination, RateLimit  # noqa: E402
+from resilient_sync.http import (  # noqa: E402
+    PRESETS,
+    AsyncHttpDestination,
+    HttpDestination,
+    HttpRequest,
+    Preset,
+    RateLimit,
+)
 from resilient_sync.stores import SQLiteIdempotencyStore, SQLiteQueueStore, open_stores  # noqa: E402
 
 
@@ -230,6 +237,27 @@ def build_http() -> tuple[HttpDestination, AsyncHttpDestination]:
         rate_limit=RateLimit(rate=5.0, burst=10),
     )
     crm = AsyncHttpDestination("crm", base_url="https://crm.example", path="/contacts")
+
+    def find(event: Event, context: DeliveryContext) -> dict[str, str] | None:
+        found = stripe.request("GET", "/customers", params={"email": "a@x"}, context=context)
+        data = found.json()["data"]
+        return {"id": str(data[0]["id"])} if data else None
+
+    stripe = HttpDestination(
+        "stripe",
+        "https://api.stripe.com/v1",
+        "/customers",
+        preset="stripe",
+        field_map={"tax_id_data[0].value": "vat_number"},
+        find_existing=find,
+        build_request=lambda event: HttpRequest(form={"email": event.payload["email"]}),
+    )
+    mine: Preset = Preset(name="pos", idempotency_header="X-Key", encoding="form")
+    pagination = PRESETS["stripe"].pagination
+    assert pagination is not None
+    params: dict[str, str] | None = pagination.next_params(httpx.Response(200))
+    assert params is None
+    HttpDestination("pos", preset=mine, field_map=lambda name: None).use_clock(FakeClock())
     return pos, crm
 
 
@@ -237,6 +265,7 @@ def operate_url(url: str) -> int:
     queue, idempotency = open_stores(url)
     alerter = Alerter(queue, [LogNotifier()], default_rules())
     alerter.check()
+    Alerter(Operator(queue), [LogNotifier()]).use_clock(SystemClock())
     store: SQLiteQueueStore = SQLiteQueueStore("sync.db")
     other: SQLiteIdempotencyStore = SQLiteIdempotencyStore("sync.db")
     store.close()

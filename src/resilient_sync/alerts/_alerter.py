@@ -6,6 +6,7 @@ import logging
 import threading
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
+from typing import Protocol, runtime_checkable
 
 import attrs
 
@@ -19,6 +20,17 @@ from ._rules import AlertRule, QueueView, default_rules
 __all__ = ["Alerter"]
 
 logger = logging.getLogger("resilient_sync.alerts")
+
+
+@runtime_checkable
+class _HasQueue(Protocol):
+    """A dispatcher or an operator: it has a queue store and a clock."""
+
+    @property
+    def queue(self) -> QueueStore: ...
+
+    @property
+    def clock(self) -> Clock: ...
 
 
 @attrs.frozen(kw_only=True)
@@ -50,10 +62,14 @@ class Alerter:
     alerter per process).
 
     Args:
-        queue: the queue store to read.
+        queue: the queue store to read, or the ``Dispatcher``,
+            ``AsyncDispatcher`` or ``Operator`` whose queue store (and clock)
+            to use.
         notifiers: where alerts go.
         rules: the rules (default: :func:`default_rules`).
-        clock: time source (``FakeClock`` in tests).
+        clock: time source; default: the clock of the dispatcher or
+            operator given as ``queue`` (so a ``FakeClock`` given once
+            reaches the rules too), else the system clock.
         min_interval: the least time between two messages about one key.
         repeat_after: remind about a condition that still holds this often.
         send_resolved: tell when a condition cleared.
@@ -62,7 +78,7 @@ class Alerter:
 
     def __init__(
         self,
-        queue: QueueStore,
+        queue: QueueStore | _HasQueue,
         notifiers: Iterable[Notifier],
         rules: Iterable[AlertRule] | None = None,
         clock: Clock | None = None,
@@ -72,19 +88,32 @@ class Alerter:
         send_resolved: bool = True,
         db: str | None = None,
     ) -> None:
-        self.queue = queue
+        owner_clock: Clock | None = None
+        if isinstance(queue, _HasQueue):  # a dispatcher or an operator: its store and clock
+            owner_clock = queue.clock
+            queue = queue.queue
+        self.queue: QueueStore = queue
         self.notifiers = list(notifiers)
         for notifier in self.notifiers:
             if not callable(getattr(notifier, "notify", None)):
                 raise TypeError(f"{notifier!r} has no notify(alert) method")
         self.rules = list(rules) if rules is not None else default_rules()
-        self.clock: Clock = clock if clock is not None else SystemClock()
+        self._clock_given = clock is not None
+        if clock is None:
+            clock = owner_clock if owner_clock is not None else SystemClock()
+        self.clock: Clock = clock
         self.min_interval = timedelta(seconds=to_seconds(min_interval))
         self.repeat_after = timedelta(seconds=to_seconds(repeat_after))
         self.send_resolved = send_resolved
         self.db = redact(db) if db is not None else None
         self._state: dict[str, _Sent] = {}
         self._lock = threading.Lock()
+
+    def use_clock(self, clock: Clock) -> None:
+        """Adopt a dispatcher's or operator's clock, unless one was given to
+        the constructor (as the HTTP destinations do)."""
+        if not self._clock_given:
+            self.clock = clock
 
     @property
     def active(self) -> list[Alert]:

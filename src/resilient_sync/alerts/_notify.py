@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Literal, Protocol, runtime_checkable
 from urllib.parse import urlsplit
@@ -11,6 +12,8 @@ import httpx
 
 from .._errors import SyncError
 from .._redact import SECRET_HEADERS, redact
+from .._text import clean, for_slack
+from ..http._deadline import SyncSender, install
 from ._alert import Alert
 
 __all__ = [
@@ -93,10 +96,18 @@ class CallbackNotifier:
 
 Style = Literal["slack", "teams", "json"]
 _COLOURS = {"critical": "D70000", "warning": "FFA500", "info": "2F80ED"}
+#: Longest text put into one field of a webhook body (characters).
+_MAX_BODY_TEXT = 8_000
 
 
 class WebhookNotifier:
     """POSTs alerts as JSON to a chat webhook (Slack, Teams, Mattermost ...).
+
+    Alert texts carry outside text (error messages from APIs, event ids), so
+    every body passes the text gate (secrets redacted, control characters
+    shown as escapes), and the Slack style also escapes ``&``, ``<`` and
+    ``>``: a ``<!channel>``, ``<!here>`` or ``<http://x|link>`` inside an
+    error message is shown, never acted on.
 
     Args:
         url: the incoming-webhook URL. It is a secret (its path is the
@@ -106,8 +117,11 @@ class WebhookNotifier:
         headers: extra request headers (e.g. an ``Authorization`` header).
         secrets: strings to redact from every message (tokens, passwords),
             on top of the built-in patterns.
-        timeout: seconds for the whole request.
-        transport: an ``httpx`` transport (``httpx.MockTransport`` in tests).
+        timeout: seconds for the whole request, enforced in total (a server
+            that drips its answer cannot stretch it).
+        transport: an ``httpx`` transport (``httpx.MockTransport`` in tests;
+            a custom one is bounded from outside, see
+            ``docs/howto/http-destination.md``).
     """
 
     def __init__(
@@ -132,19 +146,23 @@ class WebhookNotifier:
         secret_values = [v for k, v in self.headers.items() if k.lower() in SECRET_HEADERS]
         path_secrets = [p for p in (parts.path or "").split("/") if len(p) >= 8]
         self.secrets = [*secrets, *secret_values, *path_secrets, url]
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
+            raise ValueError(f"timeout must be a number of seconds > 0, got {timeout!r}")
+        self.timeout = float(timeout)
         self._client = httpx.Client(timeout=timeout, transport=transport)
+        self._sender = SyncSender(self._client, native=install(self._client), name="webhook")
 
     def body(self, alert: Alert) -> dict[str, Any]:
-        """The JSON body sent for ``alert`` (secrets redacted)."""
+        """The JSON body sent for ``alert`` (secrets redacted, control
+        characters escaped; Slack's ``& < >`` escaped in the Slack style)."""
         if self.style == "json":
             data = alert.to_json()
             for key in ("title", "details", "action"):
                 data[key] = self._clean(data[key])
             data["commands"] = [self._clean(c) for c in data["commands"]]
             return data
-        text = self._clean(alert.text())
         if self.style == "slack":
-            return {"text": text}
+            return {"text": for_slack(self._clean(alert.text()))}
         mark = "RESOLVED" if alert.resolved else alert.severity.upper()
         return {
             "@type": "MessageCard",
@@ -156,14 +174,18 @@ class WebhookNotifier:
         }
 
     def _clean(self, text: str) -> str:
-        return redact(text, self.secrets)
+        return clean(text, limit=_MAX_BODY_TEXT, secrets=self.secrets)
 
     def notify(self, alert: Alert) -> None:
+        request = self._client.build_request(
+            "POST", self.url, json=self.body(alert), headers=self.headers
+        )
         try:
-            response = self._client.post(self.url, json=self.body(alert), headers=self.headers)
+            response = self._sender.send(request, time.monotonic() + self.timeout)
         except httpx.HTTPError as exc:
             raise NotificationError(
-                f"webhook to {self.host} failed: {type(exc).__name__}: {self._clean(str(exc))}"
+                f"webhook to {self.host} failed: {type(exc).__name__}: "
+                f"{redact(str(exc), self.secrets)}"
             ) from None  # the chained httpx error would show the secret URL
         if response.status_code >= 300:
             raise NotificationError(
@@ -173,6 +195,7 @@ class WebhookNotifier:
 
     def close(self) -> None:
         """Close the HTTP client."""
+        self._sender.close()
         self._client.close()
 
     def __repr__(self) -> str:

@@ -13,8 +13,13 @@ A correct adapter is a few lines of configuration::
         rate_limit=RateLimit(5.0, burst=10),
     )
 
+Vendor presets set the rest in one argument
+(``HttpDestination(..., preset="stripe")``, also ``"shopify"`` and
+``"square"``).
+
 The hard parts are right by default: the idempotency key goes with every
-request, a retried body is byte-identical, responses and httpx exceptions are
+request, a retried body is byte-identical, a request never outlives its
+timeout's total nor the delivery's lease, responses and httpx exceptions are
 classified by the HTTP table of ``docs/concepts/error-taxonomy.md`` (after a
 vendor override header and your own
 body classifier), ``Retry-After`` is honoured in all its forms, a 429 slows
@@ -29,29 +34,43 @@ from ._classify import (
     SHOULD_RETRY_HEADERS,
     BodyClassifier,
     HttpClassifier,
+    Verdict,
     field_from_body,
     graphql_classifier,
     response_of,
 )
 from ._destination import AsyncHttpDestination, HttpDestination, HttpOptions
+from ._presets import PRESETS, Preset, PresetPagination
 from ._ratelimit import RateLimit, RateLimiter
-from ._request import HttpRequest
-from ._source import HttpPollingSource as HttpPollingSource
-from ._source import LinkPagination as LinkPagination
-from ._source import Pagination as Pagination
-from ._source import RecordEvents as RecordEvents
-from ._source import TokenPagination as TokenPagination
+from ._request import HttpRequest, encode_form
+from ._source import (
+    HttpPollingSource,
+    LinkPagination,
+    Pagination,
+    RecordEvents,
+    TokenPagination,
+)
 
 __all__ = [
+    "PRESETS",
     "SHOULD_RETRY_HEADERS",
     "AsyncHttpDestination",
     "BodyClassifier",
     "HttpClassifier",
     "HttpDestination",
     "HttpOptions",
+    "HttpPollingSource",
     "HttpRequest",
+    "LinkPagination",
+    "Pagination",
+    "Preset",
+    "PresetPagination",
     "RateLimit",
     "RateLimiter",
+    "RecordEvents",
+    "TokenPagination",
+    "Verdict",
+    "encode_form",
     "field_from_body",
     "graphql_classifier",
     "response_of",

@@ -4,10 +4,14 @@ this library's errors. Pure, no I/O.
 A response is decided in this order (``docs/concepts/error-taxonomy.md``,
 "The HTTP adapter's default classification"):
 
-1. a vendor override header (``Stripe-Should-Retry``-style): ``true`` makes
-   the failure TRANSIENT, ``false`` makes sure it is not retried;
-2. the adapter's body classifier (duplicate? which field? errors inside a
-   2xx, as GraphQL APIs send them);
+1. the adapter's body classifier (duplicate? which field? errors inside a
+   2xx, as GraphQL APIs send them), then a vendor preset's body rules: an
+   explicit decision there is final;
+2. otherwise a vendor override header (``Stripe-Should-Retry``-style) on the
+   table's row: ``true`` makes a failure TRANSIENT, ``false`` makes a failure
+   that would be retried UNEXPECTED (the outcome is unknown: never
+   DATA_FORMAT, which would invite a correction under a revised key and a
+   second record);
 3. the table::
 
      connect error/timeout, pool timeout     TRANSIENT (request never left: safe)
@@ -18,7 +22,9 @@ A response is decided in this order (``docs/concepts/error-taxonomy.md``,
      400 413 422                             DATA_FORMAT with the field from the body;
                                              "already taken/exists": DUPLICATE;
                                              idempotency-key reuse: UNEXPECTED
-     401 402 403                             PERMISSION (the destination is paused)
+     401; 402/403 naming no per-request error PERMISSION (the destination is paused)
+     402/403 naming a per-request error      DATA_FORMAT with the field (MAPPING for a
+                                             missing reference): that delivery only
      404 410                                 MAPPING
      3xx, other 4xx, undecodable 2xx         UNEXPECTED
 
@@ -54,10 +60,15 @@ __all__ = [
     "EXCEPTION_TABLE",
     "SHOULD_RETRY_HEADERS",
     "BodyClassifier",
+    "ErrorField",
+    "FieldMap",
     "HttpClassifier",
+    "VendorRules",
+    "Verdict",
     "describe_request",
     "field_from_body",
     "graphql_classifier",
+    "per_request_error",
     "request_secrets",
     "response_of",
 ]
@@ -158,10 +169,24 @@ SECRET_NAME = re.compile(
 )
 
 
-class _Row(NamedTuple):
+class Verdict(NamedTuple):
+    """A vendor preset's decision about a response (see ``_presets.py``):
+    the category, a note for the message, a retry delay when the response
+    carries no ``Retry-After``, and whether it says the idempotency key is
+    still in flight (then the delay is the destination's ``in_flight_delay``)."""
+
     category: ErrorCategory
     note: str = ""
     retry_after: float | None = None
+    in_flight: bool = False
+
+
+_Row = Verdict
+
+#: A vendor preset's body rules: ``(response, body) -> Verdict | None``.
+VendorRules = Callable[[httpx.Response, Any], Verdict | None]
+#: Where an error body names the offending field: ``body -> name | None``.
+ErrorField = Callable[[Any], str | None]
 
 
 # --- small pure helpers -------------------------------------------------------
@@ -248,6 +273,7 @@ def make_error(
     field: str | None = None,
     retry_after: float | None = None,
     details: dict[str, Any] | None = None,
+    remote_field: str | None = None,
 ) -> SyncError:
     """The exception class of ``category`` (``SyncError`` for UNEXPECTED)."""
     return _ERROR_TYPES[category](
@@ -255,6 +281,7 @@ def make_error(
         field=field,
         retry_after=retry_after if category in _RETRIED else None,
         details=details,
+        remote_field=remote_field,
     )
 
 
@@ -382,6 +409,76 @@ def field_from_body(body: Any) -> str | None:
     return _from_item(body)
 
 
+# --- 402/403: one request's failure, or the account's? ----------------------------------
+
+#: Error types/categories that name a failure of one request, not of the account
+#: (Stripe's ``card_error``, Square's ``PAYMENT_METHOD_ERROR``).
+PER_REQUEST_TYPES = frozenset({"card_error", "payment_method_error"})
+# card-decline codes (Stripe's error codes, Square's PAYMENT_METHOD_ERROR codes)
+_CARD_CODE = re.compile(
+    r"card|cvc|cvv|expir|declin|incorrect_(?:number|zip|address)|insufficient_funds"
+    r"|processing_error|postal_code|authentication_required"
+)
+# "the record this request refers to does not exist" (Stripe's resource_missing)
+_MISSING_REFERENCE = re.compile(r"resource_missing|not[_ ]found|no[_ ]such")
+
+
+def _error_items(body: Any) -> list[dict[str, Any]]:
+    """The error objects of a body: Stripe's ``error``, a list of ``errors``."""
+    if not isinstance(body, dict):
+        return []
+    items: list[dict[str, Any]] = []
+    error = body.get("error")
+    if isinstance(error, dict):
+        items.append(error)
+    errors = body.get("errors")
+    if isinstance(errors, list):
+        items.extend(item for item in errors if isinstance(item, dict))
+    return items
+
+
+def per_request_error(body: Any) -> ErrorCategory | None:
+    """What a 402/403 body means when it names a failure of *this* request: a
+    declined card, an invalid parameter (DATA_FORMAT), a missing reference
+    (MAPPING); None when it names none (the account's failure: PERMISSION).
+
+    A per-request error has a field (``param``, ``field``), a per-request
+    type (Stripe ``card_error``, Square ``PAYMENT_METHOD_ERROR``) or a
+    card-decline code (``card_declined``, ``expired_card`` ...).
+    """
+    for item in _error_items(body):
+        code = str(item.get("code") or "").lower()
+        kind = str(item.get("type") or item.get("category") or "").lower()
+        named = _from_item(item) is not None
+        if _MISSING_REFERENCE.search(code) and named:
+            return ErrorCategory.MAPPING
+        if named or kind in PER_REQUEST_TYPES or (code and _CARD_CODE.search(code)):
+            return ErrorCategory.DATA_FORMAT
+    return None
+
+
+# --- mapping the API's field names to payload paths -----------------------------------
+
+#: ``field_map``: the API's field name -> the payload path it came from, or a
+#: callable doing the same (None: unmapped).
+FieldMap = Mapping[str, str] | Callable[[str], str | None]
+
+
+def _field_mapper(field_map: FieldMap | None) -> Callable[[str], str | None] | None:
+    if field_map is None:
+        return None
+    if callable(field_map):
+        return field_map
+    if not isinstance(field_map, Mapping):
+        raise TypeError(f"field_map must be a mapping or a callable, got {field_map!r}")
+    table: dict[str, str] = {}
+    for remote, local in field_map.items():
+        if not isinstance(remote, str) or not isinstance(local, str) or not remote or not local:
+            raise TypeError(f"field_map maps API names to payload paths (str), got {remote!r}")
+        table[_normalize_field(remote)] = local
+    return table.get
+
+
 # --- GraphQL ------------------------------------------------------------------------
 
 _GRAPHQL_CODES: Mapping[str, ErrorCategory] = {
@@ -448,14 +545,25 @@ class HttpClassifier:
     its options; use it directly in an adapter of your own.
 
     Args:
-        body: the adapter's body classifier (see :data:`BodyClassifier`).
-        should_retry_headers: vendor override headers, first found wins.
+        body: the adapter's body classifier (see :data:`BodyClassifier`); a
+            decision it makes is final (no override header changes it).
+        should_retry_headers: vendor override headers, first found wins;
+            they adjust the table's row only.
         status_categories: per-status overrides of the table (e.g.
             ``{423: ErrorCategory.DATA_FORMAT}``), below the body classifier.
         max_retry_after: cap of a ``Retry-After`` (seconds).
         in_flight_delay: the retry delay when a 409 says the idempotency key
             is still in flight.
         secrets: strings never shown in messages (tokens, API keys).
+        vendor: a preset's body rules, consulted after ``body`` (their
+            decision is final too).
+        error_field: where the API's error bodies name the field (default
+            :func:`field_from_body`).
+        field_map: the API's field names -> payload paths (a mapping or a
+            callable); errors get ``field=`` the payload path and
+            ``remote_field=`` the API's name.
+        retry_after_default: the wait after a 429 without ``Retry-After``
+            (None: the retry policy's backoff decides).
     """
 
     def __init__(
@@ -467,10 +575,17 @@ class HttpClassifier:
         max_retry_after: float = 3600.0,
         in_flight_delay: float = 1.0,
         secrets: Iterable[str] = (),
+        vendor: VendorRules | None = None,
+        error_field: ErrorField | None = None,
+        field_map: FieldMap | None = None,
+        retry_after_default: float | None = None,
     ) -> None:
         if isinstance(should_retry_headers, str):
             should_retry_headers = (should_retry_headers,)
         self.body = body
+        self.vendor = vendor
+        self.error_field: ErrorField = error_field if error_field is not None else field_from_body
+        self.map_field = _field_mapper(field_map)
         self.should_retry_headers = tuple(should_retry_headers)
         self.status_categories = {
             int(code): ErrorCategory(category)
@@ -478,8 +593,11 @@ class HttpClassifier:
         }
         if max_retry_after < 0 or in_flight_delay < 0:
             raise ValueError("max_retry_after and in_flight_delay must be >= 0")
+        if retry_after_default is not None and retry_after_default < 0:
+            raise ValueError("retry_after_default must be >= 0")
         self.max_retry_after = float(max_retry_after)
         self.in_flight_delay = float(in_flight_delay)
+        self.retry_after_default = retry_after_default
         self.secrets = frozenset(s for s in secrets if s and len(s) >= 4)
 
     # -- pieces ---------------------------------------------------------------
@@ -519,7 +637,7 @@ class HttpClassifier:
                 return False, f"{name}: {value.strip()}"
         return None
 
-    def _table(self, status: int, text: str) -> _Row:
+    def _table(self, status: int, text: str, body: Any) -> _Row:
         if status in self.status_categories:
             return _Row(self.status_categories[status])
         if 300 <= status < 400:
@@ -530,7 +648,7 @@ class HttpClassifier:
                 return _Row(
                     ErrorCategory.TRANSIENT,
                     "idempotency key still in flight; retrying shortly",
-                    self.in_flight_delay,
+                    in_flight=True,
                 )
             if _KEY_REUSE.search(lowered):
                 return _Row(
@@ -543,6 +661,14 @@ class HttpClassifier:
             if _DUPLICATE.search(lowered):
                 return _Row(ErrorCategory.DUPLICATE, "the record already exists")
             return _Row(ErrorCategory.DATA_FORMAT)
+        if status in (402, 403):
+            per_request = per_request_error(body)
+            if per_request is not None:
+                return _Row(
+                    per_request,
+                    "an error of this request only; the destination is not paused",
+                )
+            return _Row(ErrorCategory.PERMISSION)
         return _Row(category_for_status(status) or ErrorCategory.UNEXPECTED)
 
     def _secrets(self, request: httpx.Request | None, extra: Iterable[str]) -> set[str]:
@@ -579,7 +705,10 @@ class HttpClassifier:
         The response body must have been read.
         """
         status = response.status_code
-        verdict = self.body(response, json_body(response)) if self.body is not None else None
+        if self.body is None and 200 <= status < 300:
+            return None  # the common path: no body to decode
+        body = json_body(response)
+        verdict = self.body(response, body) if self.body is not None else None
         if verdict is not None and not isinstance(verdict, (ErrorCategory, SyncError)):
             raise TypeError(
                 "classify_body must return an ErrorCategory, a SyncError or None, "
@@ -589,44 +718,83 @@ class HttpClassifier:
             return None
         hidden = self._secrets(_response_request(response), secrets)
         text = _text(response, hidden)
-        override = self.should_retry(response)
 
+        # an explicit decision (yours, then the preset's) is final; the vendor
+        # override header only adjusts the table's row
         if isinstance(verdict, SyncError):
             row = _Row(verdict.category or ErrorCategory.UNEXPECTED)
         elif isinstance(verdict, ErrorCategory):
             row = _Row(verdict)
         else:
-            row = self._table(status, text)
+            vendor = self.vendor(response, body) if self.vendor is not None else None
+            row = vendor if vendor is not None else self._override(response, status, text, body)
         category, notes = row.category, [row.note]
-        if override is not None:
-            retry, label = override
-            if retry and category not in _RETRIED:
-                category = ErrorCategory.TRANSIENT
-                notes.append(label)
-            elif not retry and category in (*_RETRIED, ErrorCategory.UNEXPECTED):
-                category = ErrorCategory.DATA_FORMAT
-                notes.append(f"{label}: the destination says a retry will not succeed")
 
         retry_after = None
         if category in _RETRIED:
             retry_after = self.retry_after(response, now)
             if retry_after is None:
-                retry_after = row.retry_after
+                retry_after = self.in_flight_delay if row.in_flight else row.retry_after
+            if retry_after is None and category is ErrorCategory.RATE_LIMITED:
+                retry_after = self.retry_after_default
         if isinstance(verdict, SyncError):
             if category is (verdict.category or ErrorCategory.UNEXPECTED):
                 if verdict.retry_after is None and category in _RETRIED:
                     verdict.retry_after = retry_after
                 return verdict
-            field = verdict.field
+            field, remote = verdict.field, verdict.remote_field
             message = redact(f"{verdict}; {'; '.join(n for n in notes if n)}", hidden)
         else:
-            field = field_from_body(json_body(response)) if category in _WITH_FIELD else None
+            field = remote = None
+            if category in _WITH_FIELD:
+                field, remote = self._field(body)
+                if remote is not None and field != remote:
+                    notes.append(f"payload field {field!r}, the API's {remote!r}")
             message = self._message(response, notes, text, hidden)
         details: dict[str, Any] = {"status": status, "body": _excerpt(text)}
         request_id = _request_id(response)
         if request_id:
             details["request_id"] = request_id
-        return make_error(category, message, field=field, retry_after=retry_after, details=details)
+        return make_error(
+            category,
+            message,
+            field=field,
+            retry_after=retry_after,
+            details=details,
+            remote_field=remote,
+        )
+
+    def _override(self, response: httpx.Response, status: int, text: str, body: Any) -> _Row:
+        """The table's row, adjusted by a vendor override header."""
+        row = self._table(status, text, body)
+        override = self.should_retry(response)
+        if override is None:
+            return row
+        retry, label = override
+        if retry and row.category not in _RETRIED:
+            note = "; ".join(n for n in (row.note, label) if n)
+            return row._replace(category=ErrorCategory.TRANSIENT, note=note)
+        if not retry and row.category in _RETRIED:
+            note = (
+                f"{label}: the destination says a retry will not succeed; the outcome is "
+                "unknown, so it is not corrected and re-sent under a new key"
+            )
+            return _Row(ErrorCategory.UNEXPECTED, note)
+        return row
+
+    def _field(self, body: Any) -> tuple[str | None, str | None]:
+        """(payload path, the API's name) of the field an error body blames."""
+        try:
+            remote = self.error_field(body)
+        except (AttributeError, LookupError, TypeError, ValueError):
+            remote = None
+        if remote is None and self.error_field is not field_from_body:
+            remote = field_from_body(body)
+        if not remote:
+            return None, None
+        remote = _normalize_field(str(remote)) or str(remote)
+        local = self.map_field(remote) if self.map_field is not None else None
+        return (local if isinstance(local, str) and local else remote), remote
 
     def transport_error(
         self, exc: Exception, *, now: datetime, secrets: Iterable[str] = ()

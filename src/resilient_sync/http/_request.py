@@ -3,8 +3,9 @@ the idempotency key. Pure, no I/O.
 
 A retried request must be byte-identical to the first one (same key, same
 body), or an API that remembers keys would see a different request under the
-same key. So bodies are serialised canonically (sorted keys, no spaces), and
-nothing in a request may depend on the attempt number.
+same key. So bodies are serialised canonically (JSON: sorted keys, no
+spaces; forms: sorted keys, Stripe's bracket nesting), and nothing in a
+request may depend on the attempt number.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import re
 import string
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 import attrs
 
@@ -21,7 +22,7 @@ from .._errors import DataFormatError, SyncError
 from .._json import canonical_dumps
 from .._model import Event
 
-__all__ = ["HttpRequest", "PathTemplate", "encode_body", "join_url"]
+__all__ = ["HttpRequest", "PathTemplate", "encode_body", "encode_form", "join_url"]
 
 #: Methods whose default request carries no body.
 BODYLESS_METHODS = frozenset({"GET", "HEAD", "DELETE", "OPTIONS"})
@@ -51,15 +52,18 @@ class HttpRequest:
     """What a ``build_request(event)`` hook returns: the parts of one request.
 
     Every part left as ``None`` takes the destination's default: its
-    ``method``, its rendered ``path``, and no body. Give ``json`` (serialised
-    canonically, so a retry sends the same bytes) or ``content`` (bytes sent
-    as they are), not both. The idempotency key is added by the destination.
+    ``method``, its rendered ``path``, and no body. Give one body: ``json``
+    (serialised canonically, so a retry sends the same bytes), ``form``
+    (``application/x-www-form-urlencoded`` with Stripe's bracket nesting, see
+    :func:`encode_form`) or ``content`` (bytes sent as they are). The
+    idempotency key is added by the destination.
 
     Args:
         method: e.g. ``"PUT"``; the destination's method when None.
         path: relative to the destination's ``base_url`` (or an absolute
             URL); the destination's path (template) when None.
         json: the JSON body.
+        form: the form body: a mapping, nested mappings and lists allowed.
         content: a raw body (set ``Content-Type`` in ``headers``).
         params: query-string parameters.
         headers: extra headers for this request.
@@ -68,15 +72,50 @@ class HttpRequest:
     method: str | None = attrs.field(default=None, converter=_method)
     path: str | None = None
     json: Any = None
+    form: Mapping[str, Any] | None = None
     content: bytes | None = None
     params: Mapping[str, Any] | None = attrs.field(default=None, converter=_params)
     headers: Mapping[str, str] = attrs.field(factory=dict, converter=_headers)
 
     def __attrs_post_init__(self) -> None:
-        if self.json is not None and self.content is not None:
-            raise ValueError("HttpRequest takes json or content, not both")
+        given = [n for n in ("json", "form", "content") if getattr(self, n) is not None]
+        if len(given) > 1:
+            raise ValueError(f"HttpRequest takes one body: json, form or content, not {given}")
         if self.content is not None and not isinstance(self.content, bytes):
             raise TypeError(f"HttpRequest.content must be bytes, got {type(self.content).__name__}")
+        if self.form is not None and not isinstance(self.form, Mapping):
+            raise TypeError(f"HttpRequest.form must be a mapping, got {type(self.form).__name__}")
+
+
+def _form_pairs(value: Any, key: str, out: list[tuple[str, str]]) -> None:
+    if value is None:
+        return  # omitted, as Stripe's libraries do
+    if isinstance(value, Mapping):
+        for name in sorted(value, key=str):
+            _form_pairs(value[name], f"{key}[{name}]" if key else str(name), out)
+    elif isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            _form_pairs(item, f"{key}[{index}]", out)
+    elif isinstance(value, bool):
+        out.append((key, "true" if value else "false"))
+    elif isinstance(value, (str, int, float)):
+        out.append((key, value if isinstance(value, str) else repr(value)))
+    else:
+        raise TypeError(f"{key!r} is a {type(value).__name__}, which a form cannot carry")
+
+
+def encode_form(data: Mapping[str, Any]) -> bytes:
+    """A form body as Stripe encodes one: ``a[b]=1``, ``l[0][x]=2``, booleans
+    as ``true``/``false``, None omitted, keys sorted (so the same data always
+    gives the same bytes).
+
+    >>> encode_form({"email": "ada@example.com", "metadata": {"vip": True},
+    ...              "tax_id_data": [{"type": "eu_vat", "value": "DE123"}], "phone": None})
+    b'email=ada%40example.com&metadata%5Bvip%5D=true&tax_id_data%5B0%5D%5Btype%5D=eu_vat&tax_id_data%5B0%5D%5Bvalue%5D=DE123'
+    """
+    pairs: list[tuple[str, str]] = []
+    _form_pairs(data, "", pairs)
+    return urlencode(pairs).encode("ascii")
 
 
 def _field_of(name: str) -> str:
@@ -218,25 +257,35 @@ def encode_body(
 ) -> tuple[bytes | None, str | None]:
     """The body bytes and their Content-Type (``None`` when there is no body).
 
-    JSON is serialised canonically (sorted keys, no whitespace), so the same
-    request always gives the same bytes. With ``key_field`` the idempotency
-    key is put into the JSON object at that dotted path (Square's style).
+    JSON is serialised canonically (sorted keys, no whitespace) and forms
+    with :func:`encode_form`, so the same request always gives the same
+    bytes. With ``key_field`` the idempotency key is put into the JSON object
+    (or the form) at that dotted path (Square's style).
     """
-    value = request.json
+    value: Any = request.json
+    form = request.form
     if key_field is not None:
         if request.content is not None:
             raise SyncError(
-                f"idempotency_key_field {key_field!r} needs a JSON body; "
+                f"idempotency_key_field {key_field!r} needs a JSON or form body; "
                 "build_request returned raw content"
             )
-        if value is None:
-            value = {}
-        if not isinstance(value, dict):
-            raise SyncError(
-                f"idempotency_key_field {key_field!r} needs a JSON object body, "
-                f"got {type(value).__name__}"
-            )
-        value = _set_path(value, key_field, key)
+        if form is not None:
+            form = _set_path(dict(form), key_field, key)
+        else:
+            if value is None:
+                value = {}
+            if not isinstance(value, dict):
+                raise SyncError(
+                    f"idempotency_key_field {key_field!r} needs a JSON object body, "
+                    f"got {type(value).__name__}"
+                )
+            value = _set_path(value, key_field, key)
+    if form is not None:
+        try:
+            return encode_form(form), "application/x-www-form-urlencoded"
+        except (TypeError, ValueError) as exc:
+            raise SyncError(f"the form body cannot be encoded: {exc}") from exc
     if value is not None:
         try:
             text = canonical_dumps(value)
