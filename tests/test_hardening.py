@@ -193,6 +193,40 @@ def test_revision_risk_reads_the_whole_trail() -> None:
     assert revision_risk([rec("internal_error", destination_called=False)]) is None
     assert revision_risk([rec("internal_error")]) is not None
     assert revision_risk([rec("deliver", ErrorCategory.UNEXPECTED), rec("edit")]) is None
+    # refusals that do not judge the payload prove nothing about an earlier attempt
+    for category in (ErrorCategory.PERMISSION, ErrorCategory.RATE_LIMITED, ErrorCategory.DUPLICATE):
+        assert revision_risk([rec("deliver", category)]) is None  # nothing unknown before
+        unknown_then_refused = [rec("deliver", ErrorCategory.TRANSIENT), rec("deliver", category)]
+        assert revision_risk(unknown_then_refused) is not None, category
+
+
+def test_a_401_after_an_unknown_outcome_does_not_make_the_edit_safe(stores: Pair) -> None:
+    """The chaos run's finding: applied, timed out; the retry got a 401; the edit
+    was accepted and the POS applied the event a second time under a new key."""
+    queue, _ = stores
+    applied: list[str] = []
+
+    class Pos:
+        name = "pos"
+
+        def deliver(self, e: Event, context: DeliveryContext) -> Any:
+            if context.attempt == 1:
+                applied.append(context.idempotency_key)
+                raise RetryableError("read timeout after sending")
+            from resilient_sync import PermissionDeniedError
+
+            raise PermissionDeniedError("token revoked")
+
+    clock = FakeClock()
+    d = dispatcher(stores, Pos(), clock=clock)
+    d.submit(Event("c1", "customer.created", {"phone": "0151"}))
+    d.run_once()
+    clock.advance(10)
+    d.run_once()
+    delivery = only(queue)
+    assert delivery.last_error.category is ErrorCategory.PERMISSION
+    with pytest.raises(ValueError, match="transient"):
+        Operator(queue, clock=clock).edit(delivery.id, {"phone": "+49151"}, actor="ada")
 
 
 class ClaimsBetween(MemoryQueueStore):

@@ -903,3 +903,17 @@ def test_httpx_log_lines_of_signed_urls_are_redacted(caplog: pytest.LogCaptureFi
     assert "X-Amz-Signature=[REDACTED]" in text
     assert "sig=[REDACTED]" in text
     dest.close()
+
+
+def test_request_keeps_the_query_of_a_next_page_link_beside_its_own_params() -> None:
+    seen: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(str(request.url))
+        return httpx.Response(200, json={})
+
+    with HttpDestination(
+        "pos", BASE, params={"api_key": "k-1234"}, transport=httpx.MockTransport(handler)
+    ) as dest:
+        dest.request("GET", "/customers?page=2&limit=50", params={"fields": "id"})
+    assert seen == [f"{BASE}/customers?page=2&limit=50&api_key=k-1234&fields=id"]

@@ -714,9 +714,8 @@ def internal_failure(
     )
 
 
-#: Errors that mean the destination refused the request (nothing applied),
-#: so a corrected payload may go out under a new idempotency key.
-REJECTED = frozenset(
+#: Errors that mean the destination refused *this* request (nothing applied).
+NOT_APPLIED = frozenset(
     {
         ErrorCategory.DATA_FORMAT,
         ErrorCategory.MAPPING,
@@ -725,6 +724,12 @@ REJECTED = frozenset(
         ErrorCategory.RATE_LIMITED,
     }
 )
+#: Refusals that judge the payload itself, so they also prove that an earlier
+#: attempt of the same payload with an unknown outcome was not applied. A 401,
+#: a 429 or a 409 do not: an API refuses a revoked token or a burst before it
+#: looks at the idempotency key, and "already exists" may be our own first
+#: attempt, applied.
+REJECTED = frozenset({ErrorCategory.DATA_FORMAT, ErrorCategory.MAPPING})
 
 
 def revision_risk(records: Sequence[Attempt]) -> str | None:
@@ -733,12 +738,14 @@ def revision_risk(records: Sequence[Attempt]) -> str | None:
     None when it may.
 
     A revision is safe only if no attempt that may have reached the
-    destination is left unanswered by a rejection: walking the trail, an
-    attempt with an unknown outcome (a transient or unexpected error, a
-    lease that expired mid-attempt, a give-up after crashed attempts, an
-    internal error after the call) makes it unsafe; a later rejection of the
-    same payload (``REJECTED``) or an operator's edit (checked, or forced,
-    when it was made) makes it safe again.
+    destination is left unanswered by a rejection of the same payload:
+    walking the trail, an attempt with an unknown outcome (a transient or
+    unexpected error, a lease that expired mid-attempt, a give-up after
+    crashed attempts, an internal error after the call) makes it unsafe; a
+    later DATA_FORMAT or MAPPING rejection (``REJECTED``: the payload itself
+    was refused) or an operator's edit (checked, or forced, when it was made)
+    makes it safe again. Refusals that do not judge the payload (PERMISSION,
+    RATE_LIMITED, DUPLICATE) change nothing either way.
     """
     risk: str | None = None
     for record in records:
@@ -749,7 +756,7 @@ def revision_risk(records: Sequence[Attempt]) -> str | None:
                 risk = f"attempt {record.number} was delivered"
             elif error.category in REJECTED:
                 risk = None
-            else:
+            elif error.category not in NOT_APPLIED:
                 risk = (
                     f"attempt {record.number} failed with a {error.category.value} error "
                     f"({clean(error.message, limit=120, single_line=True)})"

@@ -400,11 +400,14 @@ class Operator:
         payload; the rule the ``fix_data`` hook follows). Strict APIs treat a
         changed body under the same key as key reuse, lenient ones would
         replay the first response and drop the correction. A new key is only
-        safe when the destination is known to have refused the original: the
-        audit trail must show a rejection (``DATA_FORMAT``, ``MAPPING``,
-        ``DUPLICATE``, ``PERMISSION`` or ``RATE_LIMITED``) *after* the last
-        attempt that may have reached it (a timeout, a 5xx, a worker that
-        crashed or stalled mid-attempt, an internal error after the call).
+        safe when the destination is known not to have applied the original:
+        every attempt that may have reached it (a timeout, a 5xx, a worker
+        that crashed or stalled mid-attempt, an internal error after the
+        call) must be followed in the audit trail by a rejection of the same
+        payload (``DATA_FORMAT`` or ``MAPPING``). A ``PERMISSION``,
+        ``RATE_LIMITED`` or ``DUPLICATE`` refusal proves nothing about an
+        earlier attempt (a revoked token is refused before the key is
+        looked at; "already exists" may be that earlier attempt, applied).
         Otherwise the edit is refused, naming that attempt, unless ``force``
         is given (check the destination first). The check and the write are
         one step: if the delivery changes in between (a worker claims it,

@@ -419,8 +419,8 @@ class _BaseHttpDestination:
             "headers": headers,
         }
         params = {**self.params, **(spec.params or {})}
-        if params:
-            kwargs["params"] = params
+        if params:  # merged into the URL's own query (httpx would replace it)
+            kwargs["url"] = httpx.URL(kwargs["url"]).copy_merge_params(params)
         if self._request_timeout is not None:
             kwargs["timeout"] = self._request_timeout
         return kwargs
@@ -448,8 +448,8 @@ class _BaseHttpDestination:
             "headers": merged,
         }
         all_params = {**self.params, **(params or {})}
-        if all_params:
-            kwargs["params"] = all_params
+        if all_params:  # merged into the URL's own query (httpx would replace it)
+            kwargs["url"] = httpx.URL(kwargs["url"]).copy_merge_params(all_params)
         if self._request_timeout is not None:
             kwargs["timeout"] = self._request_timeout
         return kwargs
