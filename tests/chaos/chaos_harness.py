@@ -645,7 +645,9 @@ def _check_audit(
     matched_twice: list[str] = []
     unmatched_alive: list[str] = []
     excused = only_internal = 0
-    windows = [(s - run.config.lease, e + run.config.lease) for s, e, _ in run.pg_restarts]
+    # a call's outcome is committed within a lease after it: a restart in that
+    # time may have failed its commit (the pool reconnects once it is over)
+    windows = [(s - run.config.lease, e + 1.0) for s, e, _ in run.pg_restarts]
     for c in calls:
         epoch = sum(1 for t in resets.get(c.delivery_id, []) if t < c.at)
         candidates = recorded.get((c.delivery_id, epoch, c.attempt), [])

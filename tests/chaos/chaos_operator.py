@@ -23,7 +23,7 @@ import traceback
 from collections import Counter
 from pathlib import Path
 
-from chaos_worker import open_retrying
+from chaos_worker import exit_with_parent, open_retrying
 
 from resilient_sync import DeliveryNotFoundError, DeliveryStatus, Operator, StoreError
 
@@ -117,6 +117,7 @@ def main(config_path: str, out_path: str) -> int:
     rng = random.Random(int(config["seed"]) * 7 + 3)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    exit_with_parent(stop)
     tally = Tally(Path(out_path))
     queue, _idempotency = open_retrying(config["store"])
     op = Operator(queue)

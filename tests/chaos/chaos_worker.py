@@ -18,6 +18,7 @@ import datetime as dt
 import decimal
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -180,6 +181,21 @@ class OddDestination:
         return {"id": ident}
 
 
+def exit_with_parent(stop: threading.Event) -> None:
+    """Stop (and soon exit) when the harness that started us is gone, so that
+    a killed test run leaves no workers behind."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while not stop.wait(0.5):
+            if os.getppid() != parent:
+                stop.set()
+                time.sleep(10)
+                os._exit(3)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
 def open_retrying(url: str) -> tuple[Any, Any]:
     """``open_stores``, retried for a minute on ``StoreError`` (a restarted
     worker may start while PostgreSQL restarts, as under a supervisor)."""
@@ -203,6 +219,7 @@ def main(config_path: str, worker: str) -> int:
     logging.getLogger("resilient_sync").setLevel(logging.DEBUG)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    exit_with_parent(stop)
     queue, idempotency = open_retrying(config["store"])
     pos = ChaosHttp(config, worker)
     crm = OddDestination(config, worker)
