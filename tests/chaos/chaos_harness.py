@@ -171,6 +171,15 @@ class _Stub:
         raise RuntimeError("the harness only submits")
 
 
+def _died_at(proc: _Proc) -> float:
+    """When a process that ended by itself died: its last log write (its
+    traceback), not when the harness noticed."""
+    try:
+        return min(time.time(), proc.log.stat().st_mtime)
+    except OSError:
+        return time.time()
+
+
 def pg_restart_command(cluster: str, dsn: str) -> list[str]:
     """``pg_ctlcluster`` restart of ``VERSION/NAME``, refused unless that
     cluster is the one behind ``dsn`` and is not ``main`` (never restart a
@@ -332,7 +341,7 @@ class _Run:
             code = proc.popen.poll()
             if code is None:
                 continue
-            self.deaths[proc.tag] = time.time()
+            self.deaths[proc.tag] = _died_at(proc)
             tail = proc.log.read_text(errors="replace")[-3000:]
             self.unexpected[proc.tag] = f"exit code {code}; stderr tail:\n{tail}"
             self.start_worker(name)
@@ -386,6 +395,7 @@ class _Run:
                 self.stopped_badly[proc.tag] = "did not stop within 30 s of SIGTERM"
                 continue
             if code != 0:
+                self.deaths[proc.tag] = _died_at(proc)
                 tail = proc.log.read_text(errors="replace")[-3000:]
                 self.unexpected[proc.tag] = f"exit code {code} after SIGTERM; stderr tail:\n{tail}"
 
@@ -990,7 +1000,8 @@ def _death_signature(why: str) -> str:
     if not exceptions:
         return head
     where = f" at {frames[-1][0]}:{frames[-1][1]} ({frames[-1][2]})" if frames else ""
-    return f"{head}: {exceptions[-1][:160]}{where}"
+    exception = re.sub(r"position \d+", "position N", exceptions[-1][:160])
+    return f"{head}: {exception}{where}"
 
 
 def _operator_summary(tally: dict[str, Any], run: _Run) -> str:
