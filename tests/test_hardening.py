@@ -643,3 +643,36 @@ def test_a_client_side_refusal_that_sent_nothing_spends_no_attempt(stores: Pair)
     delivery = only(queue)
     assert delivery.status is DeliveryStatus.SUCCEEDED  # 5 refusals did not exhaust 3 attempts
     assert delivery.attempts == 1
+
+
+def test_a_destinations_own_secrets_echoed_in_a_result_are_never_stored(stores: Pair) -> None:
+    """The chaos run's finding: an API echoed our token and API key in a 2xx body."""
+    import httpx
+
+    from resilient_sync.http import HttpDestination
+
+    queue, idempotency = stores
+    token, api_key = "pt_Zq81fJ2kd0Lm4Ahxx", "k-7b1e59f0c2d4"
+
+    def echo(request: httpx.Request) -> httpx.Response:
+        seen = f"{request.headers['authorization'].split()[-1]} {request.url.params['key']}"
+        return httpx.Response(201, json={"id": "C-1", "debug": {"received": seen}})
+
+    pos = HttpDestination(
+        "pos",
+        "https://pos.example.com",
+        "/customers",
+        headers={"Authorization": f"Bearer {token}"},
+        params={"key": api_key},
+        transport=httpx.MockTransport(echo),
+    )
+    assert {token, api_key} <= pos.secrets
+    d = Dispatcher(queue, idempotency, [pos], clock=FakeClock())
+    d.submit(Event("a", "t", {}))
+    d.run_once()
+    delivery = only(queue)
+    assert delivery.status is DeliveryStatus.SUCCEEDED
+    stored = f"{delivery.result} {queue.attempts(delivery.id)}"
+    assert token not in stored
+    assert api_key not in stored
+    assert delivery.result["id"] == "C-1"

@@ -120,11 +120,12 @@ def _info(exc: BaseException, category: ErrorCategory) -> ErrorInfo:
     )
 
 
-def clean_error(info: ErrorInfo) -> ErrorInfo:
-    """An :class:`ErrorInfo` through the gate (a user rule may build any)."""
+def clean_error(info: ErrorInfo, *, secrets: Iterable[str] = ()) -> ErrorInfo:
+    """An :class:`ErrorInfo` through the gate (a user rule may build any);
+    ``secrets`` are redacted from its message too."""
     return ErrorInfo(
         category=ErrorCategory(info.category),
-        message=clean(info.message, limit=_MAX_MESSAGE),
+        message=clean(info.message, limit=_MAX_MESSAGE, secrets=secrets),
         field=_label(info.field),
         exception_type=_label(info.exception_type),
         retry_after=clean_retry_after(info.retry_after),

@@ -185,6 +185,8 @@ class FlowEnv:
     has_fix_data: bool
     has_find_existing: bool = False
     max_result_bytes: int = MAX_RESULT_BYTES
+    #: the destination's own secret values (its token, API key): never stored
+    secrets: tuple[str, ...] = ()
 
 
 @attrs.frozen(kw_only=True)
@@ -207,17 +209,21 @@ class FlowResult:
     warning: str | None = None
 
 
-def _safe_classify(classifier: Classifier, exc: Exception) -> ErrorInfo:
+def _safe_classify(
+    classifier: Classifier, exc: Exception, secrets: tuple[str, ...] = ()
+) -> ErrorInfo:
     """Classify ``exc``; whatever the classifier does or returns, the result is
-    an :class:`ErrorInfo` whose texts passed the gate."""
+    an :class:`ErrorInfo` whose texts passed the gate (and ``secrets``, the
+    destination's own, are redacted)."""
     try:
-        return clean_error(classifier.classify(exc))
+        return clean_error(classifier.classify(exc), secrets=secrets)
     except Exception as rule_error:  # noqa: BLE001 - a user rule failed: report both errors
         return ErrorInfo(
             category=ErrorCategory.UNEXPECTED,
             message=clean(
                 f"{type(exc).__name__}: {safe_str(exc)} (and the classifier failed on it: "
-                f"{type(rule_error).__name__}: {safe_str(rule_error)})"
+                f"{type(rule_error).__name__}: {safe_str(rule_error)})",
+                secrets=secrets,
             ),
             exception_type=one_line(type(exc).__name__),
         )
@@ -228,12 +234,12 @@ def _sent_nothing(exc: BaseException | None) -> bool:
     return isinstance(exc, SyncError) and getattr(exc, "sent", None) is False
 
 
-def _error_details(exc: BaseException | None) -> dict[str, Any]:
+def _error_details(exc: BaseException | None, secrets: tuple[str, ...] = ()) -> dict[str, Any]:
     """The ``details`` a :class:`SyncError` carries, through the gate, for its audit record."""
     details = getattr(exc, "details", None) if isinstance(exc, SyncError) else None
     if not details:
         return {}
-    value, _ = clean_json(details, path="details", limit=_MAX_DETAILS)
+    value, _ = clean_json(details, path="details", limit=_MAX_DETAILS, secrets=secrets)
     return {"error_details": value}
 
 
@@ -242,7 +248,9 @@ def _stored_result(value: Any, env: FlowEnv) -> tuple[Any, str | None]:
     had to change (not JSON, unencodable text, too big)."""
     if value is None:
         return None, None
-    result, notes = clean_json(value, path="result", limit=env.max_result_bytes)
+    result, notes = clean_json(
+        value, path="result", limit=env.max_result_bytes, secrets=env.secrets
+    )
     if not notes:
         return result, None
     return result, clean(
@@ -442,7 +450,7 @@ def delivery_flow(
                     warning=warning,
                 )
             if not found.ok:
-                lookup_error = _safe_classify(env.classifier, found.error)  # type: ignore[arg-type]
+                lookup_error = _safe_classify(env.classifier, found.error, env.secrets)  # type: ignore[arg-type]
                 lookup_error = attrs.evolve(
                     lookup_error, message=f"find_existing failed: {lookup_error.message}"
                 )
@@ -462,7 +470,7 @@ def delivery_flow(
                 warning=reason,
             )
 
-        error = _safe_classify(env.classifier, outcome.error)
+        error = _safe_classify(env.classifier, outcome.error, env.secrets)
         if error.category is ErrorCategory.RATE_LIMITED and _sent_nothing(outcome.error):
             # refused on our side (a client-side rate limit): nothing reached the
             # destination, so no attempt is spent; wait as long as it says
@@ -472,7 +480,13 @@ def delivery_flow(
                 env.policy.max_retry_after,
             )
             until = now + timedelta(seconds=wait)
-            note("deliver", started, reason=f"{error.message} (nothing was sent)", error=error)
+            note(
+                "deliver",
+                started,
+                reason=f"{error.message} (nothing was sent)",
+                error=error,
+                details={"sent": False},
+            )
             return done(
                 DeliveryStatus.RETRY_SCHEDULED,
                 error=error,
@@ -486,7 +500,7 @@ def delivery_flow(
             started,
             reason=error.message,
             error=error,
-            details=_error_details(outcome.error),
+            details=_error_details(outcome.error, env.secrets),
         )
 
         if error.category is ErrorCategory.DUPLICATE and env.has_resolve_duplicate:
@@ -515,7 +529,7 @@ def delivery_flow(
                 note("resolve_duplicate", started, reason="no existing record to link to")
                 error = attrs.evolve(error, message=f"potential duplicate: {error.message}")
             else:
-                hook_error = _safe_classify(env.classifier, hook.error)  # type: ignore[arg-type]
+                hook_error = _safe_classify(env.classifier, hook.error, env.secrets)  # type: ignore[arg-type]
                 note("resolve_duplicate", started, reason=hook_error.message, error=hook_error)
                 if hook_error.category in _PASSING:
                     # the lookup failed for a passing reason (a 503, a 429, a revoked token):
@@ -577,14 +591,14 @@ def delivery_flow(
                     "idempotency_begin", (store_key(delivery.destination, key), fp)
                 )
                 if not begun_outcome.ok:
-                    store_error = _safe_classify(env.classifier, begun_outcome.error)  # type: ignore[arg-type]
+                    store_error = _safe_classify(env.classifier, begun_outcome.error, env.secrets)  # type: ignore[arg-type]
                     return (yield from _retry_or_park(done, env, delivery, store_error))
                 record = begun_outcome.value
                 continue
             if hook.ok:
                 note("fix_data", started, reason="no correction offered")
             else:
-                hook_error = _safe_classify(env.classifier, hook.error)  # type: ignore[arg-type]
+                hook_error = _safe_classify(env.classifier, hook.error, env.secrets)  # type: ignore[arg-type]
                 note("fix_data", started, reason=hook_error.message, error=hook_error)
 
         return (yield from _retry_or_park(done, env, delivery, error))

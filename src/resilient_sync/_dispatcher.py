@@ -92,6 +92,16 @@ def _log_fields(delivery: Delivery, completion: Completion | None = None) -> dic
     }
 
 
+def _secrets_of(destination: Destination) -> tuple[str, ...]:
+    """The strings a destination declares secret (``secrets``: its token, API
+    key ...), longest first; never stored, logged or shown."""
+    declared = getattr(destination, "secrets", None)
+    if not declared or isinstance(declared, str):
+        return (declared,) if isinstance(declared, str) and len(declared) >= 4 else ()
+    values = {s for s in declared if isinstance(s, str) and len(s) >= 4}
+    return tuple(sorted(values, key=len, reverse=True))
+
+
 def _default_clock(clock: Clock | None, queue: QueueStore) -> Clock:
     """The clock given, or the system clock; the database's (``DatabaseClock``)
     when the store has one (``database_time()``, PostgreSQL), so that workers
@@ -297,6 +307,7 @@ class _BaseDispatcher(_Submitter):
                 has_fix_data=callable(getattr(dest, "fix_data", None)),
                 has_find_existing=callable(getattr(dest, "find_existing", None)),
                 max_result_bytes=self.max_result_bytes,
+                secrets=_secrets_of(dest),
             )
             for name, dest in self.destinations.items()
         }

@@ -65,6 +65,10 @@ class Destination(Protocol):
       original key plus a hash of the new payload) and replaces the stored
       one; at most three corrections per claim.
 
+    - ``secrets``: an attribute, the strings this destination must never let
+      reach storage, logs or screens (its token, its API key): they are
+      redacted from every result, error message and detail recorded for it
+      (``HttpDestination`` declares its header, parameter and URL credentials).
     - ``use_clock(clock)``: called once by the dispatcher with its clock, for
       destinations that keep time (rate limits, ``Retry-After`` dates), so a
       ``FakeClock`` given to the dispatcher reaches them too.

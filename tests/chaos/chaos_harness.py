@@ -643,8 +643,8 @@ def _check_audit(
         epochs, resets[d.id] = _epochs(trail)
         last: dict[int, int] = {}
         for record, epoch in zip(trail, epochs, strict=True):
-            if record.action not in _CALL_RECORDS:
-                continue
+            if record.action not in _CALL_RECORDS or record.details.get("sent") is False:
+                continue  # a client-side refusal (rate limit): nothing reached the server
             recorded[(d.id, epoch, record.number)].append(record)
             if record.action == "deliver" and record.number <= last.get(epoch, 0):
                 inconsistent.append(

@@ -323,6 +323,13 @@ class _BaseHttpDestination:
         if not self._clock_given:
             self.clock = clock
 
+    @property
+    def secrets(self) -> frozenset[str]:
+        """The credential values this destination knows (its secret headers and
+        parameters, the URL's password, ``secrets=``): the dispatcher redacts
+        them from every result and message it records for this destination."""
+        return frozenset(self._secrets)
+
     def _adopt_client(self, client: httpx.Client | httpx.AsyncClient, owned: bool) -> bool:
         """Take the client on; True when the deadline backend is installed in it."""
         self._owns_client = owned
