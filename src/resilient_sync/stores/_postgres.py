@@ -1061,18 +1061,34 @@ class PostgresQueueStore(_PostgresBase):
     ) -> Page:
         """See :meth:`resilient_sync.QueueStore.list`."""
         check_page_args(limit)
-        params = {
-            "until": until,
-            "event_type": event_type,
-            "search": like_pattern(search) if search else None,
-            "after": decode_cursor(cursor),
-            "statuses": [DeliveryStatus(s).value for s in status] if status is not None else None,
-            "destination": destination,
-            "category": ErrorCategory(category).value if category is not None else None,
-            "since": since,
-            "limit": limit + 1,
-        }
-        items = [_delivery(row) for row in self._fetch("list deliveries", "list", params)]
+        q = self._queries
+        params: dict[str, Any] = {"after": decode_cursor(cursor), "limit": limit + 1}
+        parts = [q["list"]]
+        if status is not None:
+            statuses = sorted({DeliveryStatus(s).value for s in status})
+            if statuses == [DeliveryStatus.NEEDS_ACTION.value]:
+                parts.append(q["list_where_needs_action"])
+            else:
+                parts.append(q["list_where_status"])
+                params["statuses"] = statuses
+        for name, value in (
+            ("destination", destination),
+            ("category", ErrorCategory(category).value if category is not None else None),
+            ("since", since),
+            ("until", until),
+            ("event_type", event_type),
+            ("search", like_pattern(search) if search else None),
+        ):
+            if value is not None:
+                parts.append(q[f"list_where_{name}"])
+                params[name] = value
+        parts.append(q["list_order"])
+        sql = "\n".join(parts)
+
+        def read(conn: Connection) -> builtins.list[TupleRow]:
+            return self._cursor(conn).execute(sql, params).fetchall()
+
+        items = [_delivery(row) for row in self._run("list deliveries", read, atomic=False)]
         if len(items) > limit:
             return Page(items=items[:limit], next_cursor=encode_cursor(items[limit - 1].seq))
         return Page(items=items, next_cursor=None)

@@ -3,6 +3,18 @@
 -- statements keep the counts, in the same statement that finishes, revives or
 -- purges deliveries; the existing (status, seq) index serves stats and purge.)
 
+-- Every index of the deliveries is paid for by every claim and completion:
+-- keep those the hot path and the operator queue need, drop the ones that
+-- served only rare reads (those scan in submission order instead).
+DROP INDEX {schema}.deliveries_due;
+DROP INDEX {schema}.deliveries_leases;
+DROP INDEX {schema}.deliveries_by_status;
+DROP INDEX {schema}.deliveries_by_destination;
+DROP INDEX {schema}.audit_by_time;
+-- the operator queue: list(status=NEEDS_ACTION) and stats without the history
+CREATE INDEX deliveries_needs_action ON {schema}.deliveries (seq)
+    WHERE status = 'needs_action';
+
 -- error_trend(): failed attempts in a time window, by category
 CREATE INDEX audit_errors_by_time ON {schema}.audit (finished_at, error_category)
     WHERE error IS NOT NULL;

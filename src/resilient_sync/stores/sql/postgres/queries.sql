@@ -328,21 +328,40 @@ FROM {schema}.deliveries
 WHERE id = %(id)s;
 
 -- name: list
--- The filters are switched on and off by parameters, so the statement stays
--- one prepared statement.
+-- list(): this base, then the list_where_* fragments of the filters given,
+-- then list_order (the store joins them; each is a constant)
 SELECT id, seq, event::text, destination, status, idempotency_key, attempts,
        next_attempt_at, last_error::text, result::text, created_at, updated_at,
        lease_token, lease_owner, lease_expires_at
 FROM {schema}.deliveries
 WHERE seq > %(after)s
-  AND (%(statuses)b::text[] IS NULL OR status = ANY(%(statuses)b::text[]))
-  AND (%(destination)s::text IS NULL OR destination = %(destination)s::text)
-  AND (%(category)s::text IS NULL OR error_category = %(category)s::text)
-  AND (%(since)s::timestamptz IS NULL OR updated_at >= %(since)s::timestamptz)
-  AND (%(until)s::timestamptz IS NULL OR updated_at < %(until)s::timestamptz)
-  AND (%(event_type)s::text IS NULL OR event->>'type' = %(event_type)s::text)
-  AND (%(search)s::text IS NULL
-       OR event_id ILIKE %(search)s::text OR event::text ILIKE %(search)s::text)
+
+-- name: list_where_needs_action
+-- status=[NEEDS_ACTION] alone: written out, so the operator queue's partial index applies
+AND status = 'needs_action'
+
+-- name: list_where_status
+AND status = ANY(%(statuses)b::text[])
+
+-- name: list_where_destination
+AND destination = %(destination)s::text
+
+-- name: list_where_category
+AND error_category = %(category)s::text
+
+-- name: list_where_since
+AND updated_at >= %(since)s::timestamptz
+
+-- name: list_where_until
+AND updated_at < %(until)s::timestamptz
+
+-- name: list_where_event_type
+AND event->>'type' = %(event_type)s::text
+
+-- name: list_where_search
+AND (event_id ILIKE %(search)s::text OR event::text ILIKE %(search)s::text)
+
+-- name: list_order
 ORDER BY seq
 LIMIT %(limit)s;
 
@@ -366,11 +385,16 @@ LIMIT %(limit)s;
 SELECT value FROM {schema}.cursors WHERE source = %(source)s;
 
 -- name: stats_open
--- the open deliveries, through the (status, seq) index (the queue's depth,
--- never the history)
+-- the open deliveries through their partial indexes: the claimable ones and
+-- the operator queue (the queue's depth, never the history)
+SELECT destination, status, NULL::text, count(*)
+FROM {schema}.deliveries
+WHERE status IN ('pending', 'retry_scheduled', 'in_flight')
+GROUP BY destination, status
+UNION ALL
 SELECT destination, status, error_category, count(*)
 FROM {schema}.deliveries
-WHERE status IN ('pending', 'in_flight', 'retry_scheduled', 'needs_action')
+WHERE status = 'needs_action'
 GROUP BY destination, status, error_category;
 
 -- name: stats_finished
@@ -401,9 +425,10 @@ ORDER BY 1, 2;
 -- one batch of retention: finished deliveries last changed before %(before)s
 -- with their audit records, and old records of actions on destinations
 WITH victims AS (
+    -- in submission order: the oldest first, so the scan rarely goes far
     SELECT id FROM {schema}.deliveries
     WHERE status IN ('succeeded', 'resolved', 'discarded') AND updated_at < %(before)s
-    ORDER BY updated_at
+    ORDER BY seq
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
 ),

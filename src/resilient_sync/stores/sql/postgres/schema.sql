@@ -51,12 +51,6 @@ CREATE INDEX deliveries_open_by_key ON {schema}.deliveries (destination, orderin
 -- held by one worker is never handed to another, whatever the race.
 CREATE UNIQUE INDEX deliveries_one_in_flight_per_key ON {schema}.deliveries (destination, ordering_key)
     WHERE ordering_key IS NOT NULL AND status = 'in_flight';
-CREATE INDEX deliveries_due ON {schema}.deliveries (next_attempt_at)
-    WHERE status IN ('pending', 'retry_scheduled');
-CREATE INDEX deliveries_leases ON {schema}.deliveries (lease_expires_at)
-    WHERE status = 'in_flight';
-CREATE INDEX deliveries_by_status ON {schema}.deliveries (status, seq);
-CREATE INDEX deliveries_by_destination ON {schema}.deliveries (destination, seq);
 
 CREATE TABLE {schema}.audit (
     id             bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
@@ -75,7 +69,6 @@ CREATE TABLE {schema}.audit (
 );
 
 CREATE INDEX audit_by_delivery ON {schema}.audit (delivery_id, id);
-CREATE INDEX audit_by_time ON {schema}.audit (finished_at);
 CREATE INDEX audit_errors ON {schema}.audit (id) WHERE error IS NOT NULL;
 
 CREATE TABLE {schema}.destinations (
@@ -105,6 +98,10 @@ CREATE TABLE {schema}.idempotency_keys (
 );
 
 -- 0002: retention, trends counted in the database, flat reads
+
+-- the operator queue: list(status=NEEDS_ACTION) and stats without the history
+CREATE INDEX deliveries_needs_action ON {schema}.deliveries (seq)
+    WHERE status = 'needs_action';
 
 -- error_trend(): failed attempts in a time window, by category
 CREATE INDEX audit_errors_by_time ON {schema}.audit (finished_at, error_category)
