@@ -578,3 +578,65 @@ def test_the_async_dispatcher_runs_on_the_sync_store_including_run_forever(
 
     asyncio.run(main())
     assert seen == ["a1", "a2", "a3"]
+
+
+def test_hot_queries_never_scan_the_history(pg_dsn: str, pg_schema: str) -> None:
+    """With 50,000 finished deliveries and a few open ones, the claim, the
+    operator queue, stats, the oldest waiting one, the error trend and next_due
+    read through indexes: no sequential scan of the deliveries or the audit."""
+    from datetime import datetime, timezone
+
+    import psycopg
+
+    from resilient_sync.stores._postgres import PostgresQueueStore
+
+    queue = PostgresQueueStore(pg_dsn, schema=pg_schema)
+    q = queue._queries
+    now = datetime.now(timezone.utc)
+    try:
+        with psycopg.connect(pg_dsn, autocommit=True) as conn:
+            conn.execute(
+                f'''INSERT INTO "{pg_schema}".deliveries (id, seq, event_id, destination, event,
+                status, idempotency_key, created_at, updated_at)
+                SELECT md5(g::text), g, 'e' || g, 'pos', '{{"id":"x","type":"t","payload":{{}}}}',
+                CASE WHEN g % 500 = 0 THEN 'needs_action' WHEN g > 49900 THEN 'pending'
+                     ELSE 'succeeded' END,
+                'k' || g, now(), now() FROM generate_series(1, 50000) AS g'''
+            )
+            conn.execute(
+                f'''INSERT INTO "{pg_schema}".audit (delivery_id, destination, action, actor,
+                started_at, finished_at) SELECT md5(g::text), 'pos', 'deliver', 'w', now(), now()
+                FROM generate_series(1, 50000) AS g'''
+            )
+            conn.execute(f'ANALYZE "{pg_schema}".deliveries')
+            conn.execute(f'ANALYZE "{pg_schema}".audit')
+            checks = {
+                "claim": (
+                    q["claim"],
+                    {
+                        "now": now,
+                        "limit": 100,
+                        "lease_until": now,
+                        "worker": "w",
+                        "all_destinations": True,
+                        "destinations": [],
+                    },
+                ),
+                "operator queue": (
+                    "\n".join([q["list"], q["list_where_needs_action"], q["list_order"]]),
+                    {"after": 0, "limit": 51},
+                ),
+                "stats_open": (q["stats_open"], {}),
+                "stats_oldest_waiting": (q["stats_oldest_waiting"], {}),
+                "error_counts": (q["error_counts"], {"since": now, "until": now, "width": 3600}),
+                "next_due": (q["next_due"], {}),
+            }
+            for name, (sql, params) in checks.items():
+                plan = "\n".join(
+                    row[0] for row in conn.execute("EXPLAIN " + sql, params).fetchall()
+                )
+                assert "Seq Scan on deliveries" not in plan, (name, plan)
+                assert "Seq Scan on audit" not in plan, (name, plan)
+            conn.rollback()
+    finally:
+        queue.close()

@@ -176,6 +176,21 @@ def test_hot_queries_use_their_indexes(queue: SQLiteQueueStore) -> None:
     assert "resilient_sync_deliveries_needs_action" in operator_queue
     assert "resilient_sync_audit_errors" in plan(Q.audit_errors, {"since": None, "limit": 10})
     assert "resilient_sync_audit_delivery" in plan(Q.attempts, ("d1",))
+    # no read of the operator's or the worker's scans the history of finished deliveries
+    for name, params in (
+        ("stats_open", {}),
+        ("stats_oldest_waiting", {}),
+        ("stats_finished", {}),
+        ("error_counts", {"since": 0, "until": 1, "width": 1}),
+        ("next_due", {}),
+        ("in_flight_tokens", ("[]",)),
+    ):
+        text = plan(getattr(Q, name), params)
+        assert "SCAN resilient_sync_deliveries\n" not in text + "\n", (name, text)
+        assert not any(
+            line.strip() in ("SCAN resilient_sync_deliveries", "SCAN resilient_sync_audit")
+            for line in text.splitlines()
+        ), (name, text)
 
 
 # -- the file ------------------------------------------------------------------
