@@ -326,6 +326,14 @@ class MemoryQueueStore:
         with self._lock:
             return self._deliveries.get(delivery_id)
 
+    def ids_with_prefix(self, prefix: str, *, limit: int = 10) -> builtins.list[str]:
+        """The ids that start with ``prefix``, sorted, at most ``limit``."""
+        if not prefix:
+            return []
+        with self._lock:
+            found = [i for i in self._deliveries if i.startswith(prefix)]
+        return sorted(found)[:limit]
+
     def list(
         self,
         *,

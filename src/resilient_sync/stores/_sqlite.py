@@ -1237,6 +1237,16 @@ class SQLiteQueueStore(_SQLiteStore):
             row = conn.execute(Q.get_delivery, (delivery_id,)).fetchone()
         return _delivery(row) if row is not None else None
 
+    def ids_with_prefix(self, prefix: str, *, limit: int = 10) -> builtins.list[str]:
+        """The ids that start with ``prefix``, sorted, at most ``limit`` (an
+        index range scan; the CLI takes unique id prefixes with it)."""
+        if not prefix:
+            return []
+        high = prefix[:-1] + chr(min(ord(prefix[-1]) + 1, 0x10FFFF))
+        with self._reading("find ids") as conn:
+            rows = conn.execute(Q.ids_with_prefix, (prefix, high, limit)).fetchall()
+        return [row[0] for row in rows]
+
     def list(
         self,
         *,

@@ -278,6 +278,13 @@ SELECT id, seq, event::text, destination, status, idempotency_key, attempts,
 FROM {schema}.deliveries
 WHERE id = %(id)s;
 
+-- name: ids_with_prefix
+-- ids_with_prefix(): a range scan of the primary key; the left() test keeps
+-- the answer exact whatever the collation
+SELECT id FROM {schema}.deliveries
+WHERE id >= %(low)s AND id < %(high)s AND left(id, %(length)s) = %(prefix)s
+ORDER BY id LIMIT %(limit)s;
+
 -- name: list
 -- The filters are switched on and off by parameters, so the statement stays
 -- one prepared statement.
