@@ -268,12 +268,18 @@ def _stopped(report: RunReport, seconds: float, worker_id: str) -> None:
 
 
 def _close(dispatcher: Dispatcher | AsyncDispatcher) -> None:
-    """Close the dispatcher, then its stores (each failure logged, none fatal)."""
-    for what, close in (
-        ("the dispatcher", dispatcher.close),
+    """Close the dispatcher, its destinations (those with a ``close()``, such
+    as the HTTP ones) and its stores; each failure is logged, none is fatal."""
+    closers: list[tuple[str, Callable[[], object]]] = [("the dispatcher", dispatcher.close)]
+    for name, destination in dispatcher.destinations.items():
+        close_destination = getattr(destination, "close", None)
+        if callable(close_destination):
+            closers.append((f"destination {name!r}", close_destination))
+    closers += [
         ("the queue store", dispatcher.queue.close),
         ("the idempotency store", dispatcher.idempotency.close),
-    ):
+    ]
+    for what, close in closers:
         try:
             close()
         except Exception:  # noqa: PERF203 - three calls
