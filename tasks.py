@@ -54,7 +54,7 @@ def main(argv: list[str]) -> None:
     elif command == "test":
         run([str(PY), "-m", "pytest", *rest])
     elif command == "lint":
-        run([str(PY), "-m", "ruff", "check", "src", "tests", "bench", "docs", "tasks.py"])
+        run([str(PY), "-m", "ruff", "check", "src", "tests", "bench", "docs", "examples", "tasks.py"])
         run([str(PY), "-m", "ruff", "format", "--check", "src"])
         run([str(PY), "-m", "mypy", "--strict"])
         run([str(PY), "-m", "mypy", "--strict", "tests/typing"])
