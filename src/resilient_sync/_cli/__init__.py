@@ -98,8 +98,9 @@ def _open(url: str, *, read_only: bool, **options: Any) -> tuple[QueueStore, Ide
         raise usage(redact(str(exc))) from exc
     except ImportError as exc:
         raise CliError(
-            f"cannot open {redact(url)}: {exc} (PostgreSQL needs: "
-            "pip install 'resilient-sync[postgres]')"
+            f"cannot open {redact(url)}: {exc} (PostgreSQL needs the package's postgres "
+            "extra: pip install -e '.[postgres]' in a checkout, or install psycopg[binary] "
+            "and psycopg-pool)"
         ) from exc
 
 

@@ -556,6 +556,22 @@ def _pretty(value: Any, indent: str) -> list[str]:
     return [indent + line for line in text.splitlines()]
 
 
+def _labelled(label: str, text: str, max_width: int | None) -> list[str]:
+    """``Label       text``, the text wrapped under itself to fit ``max_width``."""
+    pad = " " * 12
+    first = label.ljust(11) + " "
+    if max_width is None or len(first) + len(text) <= max_width or max_width < 40:
+        return [first + text]
+    return textwrap.wrap(
+        text,
+        width=max_width,
+        initial_indent=first,
+        subsequent_indent=pad,
+        break_on_hyphens=False,
+        break_long_words=False,
+    )
+
+
 def render_delivery(
     delivery: Delivery,
     records: Sequence[Attempt],
@@ -588,10 +604,12 @@ def render_delivery(
             f"Next try    {fmt_time(d.next_attempt_at)} ({fmt_ago(d.next_attempt_at, now)})"
         )
     for number, reason in enumerate(waiting):
-        lines.append(("Waiting     " if number == 0 else "            ") + _one_line(reason))
+        lines += _labelled("Waiting" if number == 0 else "", _one_line(reason), max_width)
     error = d.last_error
     if error is not None:
-        lines.append(f"Last error  {error.category.value}: {_one_line(error.message)}")
+        lines += _labelled(
+            "Last error", f"{error.category.value}: {_one_line(error.message)}", max_width
+        )
         if error.field:
             lines.append(f"Field       {_cell(error.field)}")
         if error.remote_field and error.remote_field != error.field:
