@@ -211,8 +211,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help(err)
         return EXIT_USAGE
-    if args.command != "worker":  # the worker configures logging itself (--log-level)
-        _configure_logging(args.verbose)
+    if args.command == "worker":  # a service: it logs as it is told (--log-level)
+        return _guarded(args, out, err)
+    _configure_logging(args.verbose)
     with _quiet_pool(args.verbose):
         return _guarded(args, out, err)
 
