@@ -54,7 +54,8 @@ def main(argv: list[str]) -> None:
     elif command == "test":
         run([str(PY), "-m", "pytest", *rest])
     elif command == "lint":
-        run([str(PY), "-m", "ruff", "check", "src", "tests", "bench", "docs", "tasks.py"])
+        linted = ["src", "tests", "bench", "docs", "examples", "tasks.py"]
+        run([str(PY), "-m", "ruff", "check", *linted])
         run([str(PY), "-m", "ruff", "format", "--check", "src"])
         run([str(PY), "-m", "mypy", "--strict"])
         run([str(PY), "-m", "mypy", "--strict", "tests/typing"])

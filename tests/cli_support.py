@@ -1,5 +1,10 @@
 """A small but varied queue for the CLI tests, on any store URL, and a runner
-of the real ``resilient-sync`` command in a subprocess."""
+of the real ``resilient-sync`` command in a subprocess.
+
+Every command runs at ``COLUMNS=80`` (an 80-column terminal, also when the
+output is piped), and the tests that list deliveries check that EVENT and
+REASON are there (:func:`assert_event_and_reason`).
+"""
 
 from __future__ import annotations
 
@@ -33,6 +38,8 @@ POS_FAILURES = {
     "c5": DuplicateError("email has already been taken", field="email"),
 }
 BULK = 30
+#: The terminal width every CLI test runs at.
+COLUMNS = "80"
 
 
 def payload(n: str) -> dict[str, Any]:
@@ -95,7 +102,9 @@ def cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None) 
         for k, v in os.environ.items()
         if k not in ("RESILIENT_SYNC_DB", "RESILIENT_SYNC_ACTOR")
     }
-    environ.update({"RESILIENT_SYNC_ACTOR": "tester", "PYTHONIOENCODING": "utf-8"})
+    environ.update(
+        {"RESILIENT_SYNC_ACTOR": "tester", "PYTHONIOENCODING": "utf-8", "COLUMNS": COLUMNS}
+    )
     environ.update(env or {})
     return subprocess.run(
         [sys.executable, "-m", "resilient_sync", *args],
@@ -113,3 +122,23 @@ def cli_json(*args: str, **kwargs: Any) -> Any:
     done = cli(*args, "--json", **kwargs)
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)
+
+
+def flat(text: str) -> str:
+    """``text`` with every run of whitespace as one space (wrapped lines joined)."""
+    return " ".join(text.split())
+
+
+def assert_event_and_reason(out: str, pairs: dict[str, str]) -> None:
+    """A delivery table shows the EVENT and REASON headers, and for each
+    ``event id -> reason`` the event and the whole reason (perhaps wrapped);
+    no line is wider than the terminal."""
+    header = out[: out.index("\n", out.index("ID")) + 80]
+    assert "EVENT" in header, out
+    assert "REASON" in header, out
+    text = flat(out)
+    for event_id, reason in pairs.items():
+        assert f" {event_id}" in text, (event_id, out)
+        assert flat(reason) in text, (reason, out)
+    too_wide = [line for line in out.splitlines() if len(line) > int(COLUMNS)]
+    assert not too_wide, too_wide

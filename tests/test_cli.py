@@ -15,7 +15,15 @@ from typing import Any
 
 import pytest
 
-from cli_support import BULK, Built, build_queue, cli, cli_json
+from cli_support import (
+    BULK,
+    COLUMNS,
+    Built,
+    assert_event_and_reason,
+    build_queue,
+    cli,
+    cli_json,
+)
 from pg_support import drop_schema, new_schema_name, require_postgres
 from resilient_sync import (
     DeliveryStatus,
@@ -47,6 +55,12 @@ def db(template: tuple[Path, Built], tmp_path: Path) -> tuple[str, Built]:
         if Path(f"{source}{suffix}").exists():
             shutil.copy(f"{source}{suffix}", tmp_path / f"sync.db{suffix}")
     return f"sqlite:///{tmp_path / 'sync.db'}", built
+
+
+@pytest.fixture(autouse=True)
+def _terminal_80(monkeypatch: pytest.MonkeyPatch) -> None:
+    """In-process runs see an 80-column terminal too."""
+    monkeypatch.setenv("COLUMNS", COLUMNS)
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -125,9 +139,13 @@ def test_show_explains_what_to_do(db: tuple[str, Built]) -> None:
     assert done.returncode == 0
     assert "Field       phone" in done.stdout
     assert "What to do:" in done.stdout
-    assert (
-        f"resilient-sync --db {url} edit {built.id('c2')} --set phone=VALUE --retry" in done.stdout
-    )
+    # the command carries the id's shortest unique prefix, which works as it is
+    line = next(line for line in done.stdout.splitlines() if " edit " in line)
+    short = line.split(" edit ", 1)[1].split()[0]
+    assert built.id("c2").startswith(short)
+    assert len(short) < len(built.id("c2"))
+    assert line.strip() == f"resilient-sync --db {url} edit {short} --set phone=VALUE --retry"
+    assert cli_json("--db", url, "show", short)["delivery"]["id"] == built.id("c2")
 
 
 def test_edit_then_retry_is_audited_with_old_and_new_values(db: tuple[str, Built]) -> None:
@@ -293,14 +311,35 @@ def test_list_filters_search_and_pages(
     assert json.loads(out)["items"] == []
 
 
-def test_list_text_table(capsys: pytest.CaptureFixture[str], db: tuple[str, Built]) -> None:
+def test_list_text_table(
+    capsys: pytest.CaptureFixture[str], db: tuple[str, Built], monkeypatch: pytest.MonkeyPatch
+) -> None:
     url, built = db
     code, out, _ = run(capsys, "--db", url, "list", "-s", "needs_action")
     assert code == 0
     header, *rows = out.strip().splitlines()
-    assert header.split()[:4] == ["ID", "DESTINATION", "STATUS", "CATEGORY"]
+    assert header.split()[:4] == ["ID", "DEST", "STATUS", "CATEGORY"]  # 80 columns: two lines
+    firsts = [row for row in rows if not row.startswith(" ")]
+    assert len(firsts) == 5
+    assert any(built.id("c3").startswith(row.split()[0]) for row in firsts)
+    assert_event_and_reason(
+        out,
+        {
+            "c2": "[phone] phone is invalid",
+            "c3": "[lines[0].sku] unknown SKU 'TEE-XXL'",
+            "c4": "POS down (HTTP 503)",
+            "c5": "[email] potential duplicate: email has already been taken",
+            "c6": "token revoked",
+        },
+    )
+    monkeypatch.setenv("COLUMNS", "200")  # a wide terminal: one line per delivery
+    code, out, _ = run(capsys, "--db", url, "list", "-s", "needs_action")
+    header, *rows = out.strip().splitlines()
+    assert header.split() == [
+        "ID", "DESTINATION", "STATUS", "CATEGORY", "TRIES", "UPDATED", "EVENT", "REASON"
+    ]  # fmt: skip
     assert len(rows) == 5
-    assert any(built.id("c3") in row and "[lines[0].sku]" in row for row in rows)
+    assert any(built.id("c3").startswith(r.split()[0]) and "[lines[0].sku]" in r for r in rows)
 
 
 @pytest.mark.parametrize(
@@ -453,6 +492,13 @@ def test_the_cli_on_postgresql(pg_url: str) -> None:
     assert "no delivery with id 'nope'" in missing.stderr
     assert cli_json("--db", pg_url, "retry-all", "--dry-run")["matched"] == 4
     assert ErrorCategory.PERMISSION.value in cli("--db", pg_url, "status").stdout
+    listing = cli("--db", pg_url, "list", "--status", "needs_action")
+    assert listing.returncode == 0, listing.stderr
+    assert_event_and_reason(
+        listing.stdout, {"c3": "[lines[0].sku] unknown SKU 'TEE-XXL'", "c6": "token revoked"}
+    )
+    short = built.id("c3")[:14]  # unique prefixes on PostgreSQL too
+    assert cli_json("--db", pg_url, "show", short)["delivery"]["id"] == built.id("c3")
 
 
 def test_retry_all_shows_progress_on_large_batches(
@@ -475,3 +521,64 @@ def test_retry_all_shows_progress_on_large_batches(
     assert code == 0
     assert "Re-synced 501 of 501 matching deliveries" in out
     assert err.splitlines() == ["retry-all: 500/501 re-synced", "retry-all: 501/501 re-synced"]
+
+
+# -- edit: adding needs --add, misses are warned about (item 13) ----------------------
+
+
+def test_edit_a_typo_is_refused_and_a_new_field_needs_add(db: tuple[str, Built]) -> None:
+    url, built = db
+    c2 = built.id("c2")
+    typo = cli("--db", url, "edit", c2, "--set", "Phone=+31201234567")
+    assert typo.returncode == 1
+    message = typo.stderr.strip()
+    assert len(message.splitlines()) == 1
+    assert "payload.Phone does not exist in the payload" in message
+    assert "did you mean 'phone'" in message
+    assert "--add" in message
+    assert "Phone" not in cli_json("--db", url, "show", c2)["delivery"]["event"]["payload"]
+    added = cli("--db", url, "edit", c2, "--add", "company=ACME", "--set", "phone=+31201234567")
+    assert added.returncode == 0, added.stderr
+    assert 'payload.company: (new) -> "ACME"' in added.stdout
+    assert 'payload.phone: "12 34" -> "+31201234567"' in added.stdout
+    payload = cli_json("--db", url, "show", c2)["delivery"]["event"]["payload"]
+    assert payload["company"] == "ACME"
+    exists = cli("--db", url, "edit", c2, "--add", "phone=1")
+    assert exists.returncode == 1
+    assert "already exists" in exists.stderr
+    assert "--set" in exists.stderr
+    missing = cli("--db", url, "edit", c2, "--unset", "nosuchkey")
+    assert missing.returncode == 1
+    assert "payload.nosuchkey does not exist" in missing.stderr
+    bad = cli("--db", url, "edit", c2, "--add", "x")
+    assert bad.returncode == 2
+    assert "invalid --add 'x'" in bad.stderr
+
+
+def test_an_edit_that_misses_the_rejected_field_warns(db: tuple[str, Built]) -> None:
+    url, built = db
+    c2 = built.id("c2")  # the POS rejected its phone (data_format)
+    other = cli("--db", url, "edit", c2, "--set", "email=c2@shop.example")
+    assert other.returncode == 0, other.stderr
+    (warning,) = other.stderr.strip().splitlines()
+    assert warning.startswith("warning: pos rejected the field 'phone'")
+    assert "this edit does not change it" in warning
+    fixed = cli("--db", url, "edit", c2, "--set", "phone=+31201234567")
+    assert fixed.returncode == 0
+    assert fixed.stderr == ""
+    mapping = cli("--db", url, "edit", built.id("c3"), "--set", "email=c3@shop.example")
+    assert mapping.returncode == 0
+    assert mapping.stderr == ""  # only data_format names the field to fix
+
+
+def test_an_unsafe_edit_is_refused_with_the_reason_and_the_force_hint(
+    db: tuple[str, Built],
+) -> None:
+    url, built = db
+    done = cli("--db", url, "edit", built.id("c4"), "--set", "phone=+31200000000")
+    assert done.returncode == 1
+    (line,) = done.stderr.strip().splitlines()
+    assert "may have applied the original payload" in line
+    assert "--force" in line
+    unchanged = cli_json("--db", url, "show", built.id("c4"))["delivery"]
+    assert unchanged["event"]["payload"]["phone"] == "+31201234567"

@@ -189,7 +189,9 @@ class Operator:
         workers keep running meanwhile; ``progress(deleted_so_far)`` is called
         after each. With ``dry_run`` nothing changes and the report says how
         many deliveries would go. Waiting, failed and in-flight deliveries are
-        never purged. One ``"purge"`` audit record says what was removed.
+        never purged. One ``"purge"`` audit record says what was removed (also
+        when the purge is interrupted: an exception from ``progress`` or the
+        store ends it after the batches done so far, which stay done).
 
         Mind the horizon: an event id whose delivery was purged is no longer
         known, so submitting it again enqueues it again (its idempotency key,
@@ -207,33 +209,40 @@ class Operator:
                 dry_run=True,
             )
         deleted = keys = 0
-        while True:
-            n = self.queue.purge(before=before, limit=batch)
-            deleted += n
-            if progress is not None:
-                progress(deleted)
-            if n < batch:
-                break
-        if idempotency is not None:
+        finished = False
+        try:
             while True:
-                n = idempotency.purge(now=now, limit=batch)
-                keys += n
+                n = self.queue.purge(before=before, limit=batch)
+                deleted += n
+                if progress is not None:
+                    progress(deleted)
                 if n < batch:
                     break
-        if deleted or keys:
-            self.queue.add_audit(
-                [
-                    self._audit(
-                        "purge",
-                        actor,
-                        f"purged {deleted} finished deliveries older than {age} and "
-                        f"{keys} expired idempotency keys",
-                        before=before.isoformat(),
-                        deliveries=deleted,
-                        idempotency_keys=keys,
-                    )
-                ]
-            )
+            if idempotency is not None:
+                while True:
+                    n = idempotency.purge(now=now, limit=batch)
+                    keys += n
+                    if n < batch:
+                        break
+            finished = True
+        finally:
+            # an interrupted purge (Ctrl-C, a store error) still says what it removed
+            if deleted or keys:
+                self.queue.add_audit(
+                    [
+                        self._audit(
+                            "purge",
+                            actor,
+                            f"purged {deleted} finished deliveries older than {age} and "
+                            f"{keys} expired idempotency keys"
+                            + ("" if finished else " (interrupted)"),
+                            before=before.isoformat(),
+                            deliveries=deleted,
+                            idempotency_keys=keys,
+                            interrupted=None if finished else True,
+                        )
+                    ]
+                )
         return PurgeReport(before=before, deliveries=deleted, idempotency_keys=keys)
 
     # -- acting ----------------------------------------------------------

@@ -13,6 +13,7 @@ from .._model import DeliveryStatus, ErrorCategory
 __all__ = [
     "EXIT_ATTENTION",
     "EXIT_FAILURE",
+    "EXIT_INTERRUPTED",
     "EXIT_OK",
     "EXIT_USAGE",
     "CliError",
@@ -34,14 +35,19 @@ EXIT_USAGE = 2
 #: ``status --check``: something needs a person (a delivery needs action or a
 #: destination is paused).
 EXIT_ATTENTION = 3
+#: Interrupted (Ctrl-C); what was done is said on stderr, and running the
+#: command again finishes the rest.
+EXIT_INTERRUPTED = 130
 
 EXIT_CODES_HELP = """\
 exit codes:
-  0  ok
-  1  failed: unknown id or destination, store missing or unreachable,
-     or an action left some of the named deliveries unchanged
-  2  usage error: bad option, value or store URL
-  3  status --check: deliveries need action or a destination is paused
+  0    ok
+  1    failed: unknown or ambiguous id, unknown destination, store missing,
+       unreadable or unreachable, an action refused or that left some of
+       the named deliveries unchanged
+  2    usage error: bad option, value or store URL
+  3    status --check: deliveries need action or a destination is paused
+  130  interrupted (Ctrl-C): stderr says how much was done
 """
 
 
@@ -115,10 +121,10 @@ def parse_category(text: str) -> ErrorCategory:
         raise usage(f"unknown category {text.strip()!r}; known: {known}") from None
 
 
-def parse_assignment(text: str) -> tuple[str, Any]:
+def parse_assignment(text: str, option: str = "--set") -> tuple[str, Any]:
     """``path=text`` (the value is a string) or ``path:=json`` (a JSON value)."""
     if "=" not in text:
-        raise usage(f"invalid --set {text!r}; write path=text or path:=json (e.g. qty:=3)")
+        raise usage(f"invalid {option} {text!r}; write path=text or path:=json (e.g. qty:=3)")
     cut = text.index("=")
     if cut > 0 and text[cut - 1] == ":":
         path, raw = text[: cut - 1], text[cut + 1 :]
@@ -126,13 +132,26 @@ def parse_assignment(text: str) -> tuple[str, Any]:
             value: Any = json.loads(raw)
         except ValueError:
             raise usage(
-                f"invalid --set {text!r}: {raw!r} is not JSON (use path=text for a string)"
+                f"invalid {option} {text!r}: {raw!r} is not JSON (use path=text for a string)"
             ) from None
     else:
         path, value = text[:cut], text[cut + 1 :]
     if not path.strip():
-        raise usage(f"invalid --set {text!r}: the path before '=' is empty")
+        raise usage(f"invalid {option} {text!r}: the path before '=' is empty")
     return path.strip(), value
+
+
+_ID_HELP = "delivery id, or a unique prefix of it (like git's short ids)"
+_IDS_HELP = "delivery ids, or unique prefixes of them"
+
+WORKER_EXIT_HELP = """\
+exit codes:
+  0    stopped cleanly after SIGTERM/SIGINT
+  1    cannot import or start the dispatcher, or the shutdown timeout passed
+       (deliveries still running are left to their leases)
+  2    usage error: bad option or TARGET
+  130  a second SIGINT (143: a second SIGTERM): stopped at once
+"""
 
 
 def _common(*, write: bool) -> argparse.ArgumentParser:
@@ -225,14 +244,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", "-n", type=int, default=50, help="page size (default 50)")
     p.add_argument("--cursor", help="the next-page cursor printed by the previous page")
 
-    p = add("show", "one delivery: its event, last error, what to do, every attempt", read)
-    p.add_argument("id", help="delivery id")
+    p = add("show", "one delivery: its event, last error, what it waits for, every attempt", read)
+    p.add_argument("id", help=_ID_HELP)
 
     p = add("attempts", "the audit trail of one delivery", read)
-    p.add_argument("id", help="delivery id")
+    p.add_argument("id", help=_ID_HELP)
 
     p = add("retry", "re-sync deliveries now (fresh retry budget, same idempotency key)", write)
-    p.add_argument("ids", nargs="+", metavar="ID", help="delivery ids")
+    p.add_argument("ids", nargs="+", metavar="ID", help=_IDS_HELP)
     p.add_argument("--note", help="why, for the audit trail")
 
     p = add("retry-all", "re-sync every delivery matching the filters", write)
@@ -241,11 +260,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--note", help="why, for the audit trail")
 
     p = add("resolve", "mark deliveries as handled outside the library (final)", write)
-    p.add_argument("ids", nargs="+", metavar="ID", help="delivery ids")
+    p.add_argument("ids", nargs="+", metavar="ID", help=_IDS_HELP)
     p.add_argument("--note", help="how it was handled, for the audit trail")
 
     p = add("discard", "give up on deliveries on purpose (retry revives them)", write)
-    p.add_argument("ids", nargs="+", metavar="ID", help="delivery ids")
+    p.add_argument("ids", nargs="+", metavar="ID", help=_IDS_HELP)
     p.add_argument("--note", "--reason", dest="note", help="why, for the audit trail")
 
     p = add("pause", "stop delivering to a destination until it is resumed", write)
@@ -262,14 +281,23 @@ def build_parser() -> argparse.ArgumentParser:
         "correct a delivery's payload by hand (old and new values are audited)",
         write,
     )
-    p.add_argument("id", help="delivery id")
+    p.add_argument("id", help=_ID_HELP)
     p.add_argument(
         "--set",
         dest="assignments",
         action="append",
         default=[],
         metavar="PATH=TEXT|PATH:=JSON",
-        help="set a payload value: phone=+31201234567 (a string) or qty:=3 (JSON); repeatable",
+        help="change an existing payload value: phone=+31201234567 (a string) or qty:=3 "
+        "(JSON); repeatable",
+    )
+    p.add_argument(
+        "--add",
+        dest="additions",
+        action="append",
+        default=[],
+        metavar="PATH=TEXT|PATH:=JSON",
+        help="add a payload value that is not there yet (same syntax); repeatable",
     )
     p.add_argument(
         "--unset", action="append", default=[], metavar="PATH", help="remove a payload value"
@@ -291,6 +319,84 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", "-n", type=int, default=20, help="how many (default 20)")
 
     p = add(
+        "purge",
+        "retention: delete finished deliveries (succeeded, resolved, discarded) and their "
+        "audit records after a while, and expired idempotency keys",
+        write,
+    )
+    p.add_argument(
+        "--older-than",
+        default="30d",
+        metavar="AGE",
+        help="finished (last changed) more than AGE ago (default 30d)",
+    )
+    p.add_argument("--dry-run", action="store_true", help="only say how many would be deleted")
+    p.add_argument(
+        "--batch",
+        type=int,
+        default=1000,
+        metavar="N",
+        help="deliveries per transaction (default 1000; workers run on meanwhile)",
+    )
+
+    p = sub.add_parser(
+        "worker",
+        help="run a dispatcher until SIGTERM/SIGINT (module:attribute names it)",
+        description=(
+            "Run your Dispatcher (or AsyncDispatcher) until SIGTERM or SIGINT. TARGET is "
+            "module:attribute, like uvicorn's: the attribute is a dispatcher, or a function "
+            "that returns one (a factory). On the first signal the worker stops claiming, "
+            "lets the deliveries it started finish (handing back the rest), closes the "
+            "dispatcher and its stores and exits 0; a second signal exits at once."
+        ),
+        epilog=WORKER_EXIT_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("target", metavar="MODULE:ATTRIBUTE", help="e.g. myapp.sync:dispatcher")
+    _app_dir(p)
+    p.add_argument(
+        "--shutdown-timeout",
+        default="30s",
+        metavar="SECONDS",
+        help="longest wait for started deliveries after the first signal (default 30s)",
+    )
+    p.add_argument(
+        "--log-level",
+        default="info",
+        choices=["debug", "info", "warning", "error"],
+        help="log level (default info)",
+    )
+    p.add_argument(
+        "--log-format",
+        default="text",
+        choices=["text", "json"],
+        help="text lines, or one JSON object per line (default text)",
+    )
+
+    p = add(
+        "pull",
+        "read a Source from its saved cursor and enqueue what is new (once, or --every)",
+        write,
+    )
+    p.add_argument(
+        "target", metavar="MODULE:ATTRIBUTE", help="a Source, or a function returning one"
+    )
+    p.add_argument(
+        "--to",
+        action="append",
+        required=True,
+        metavar="NAME",
+        help="a destination the events go to (repeatable)",
+    )
+    p.add_argument(
+        "--every", metavar="INTERVAL", help="pull again every INTERVAL (5m) until SIGTERM/SIGINT"
+    )
+    p.add_argument(
+        "--limit", type=int, default=100, help="events per page read from the source (default 100)"
+    )
+    _app_dir(p)
+
+    p = add(
         "demo",
         "run the demo: a misbehaving POS on 127.0.0.1 and a few hundred shop events",
         read,
@@ -301,3 +407,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=7, help="random seed (default 7)")
     p.add_argument("--no-fix", action="store_true", help="do not apply the example fix at the end")
     return parser
+
+
+def _app_dir(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--app-dir",
+        default=".",
+        metavar="DIR",
+        help="where MODULE is imported from (default: the current directory)",
+    )

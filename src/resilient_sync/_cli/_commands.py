@@ -1,28 +1,39 @@
-"""The ``resilient-sync`` commands, each a function of a :class:`Ctx`.
+"""The ``resilient-sync`` commands that work on a queue, each a function of a :class:`Ctx`.
 
 Commands raise :class:`CliError` for anything the user must be told; they
 never print tracebacks. Everything goes through :class:`~resilient_sync.Operator`.
+Every text that came from outside (ids, names, payloads, reasons, notes)
+is escaped for the terminal on its way out (``_text.for_terminal``, and
+:func:`~._render.terminal_json` for ``--json``), rows written before the
+gate existed included.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import os
+import shutil
+import signal
 import sys
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
+from types import FrameType
 from typing import Any, TextIO
 
 import attrs
 
-from .._errors import DeliveryNotFoundError
+from .._edit import parse_path
 from .._model import Delivery, DeliveryStatus, ErrorCategory, Page
 from .._operator import DISCARDABLE, RESOLVABLE, RETRYABLE_BY_OPERATOR, Operator
+from .._protocols import IdempotencyStore
+from .._text import for_terminal
 from ..stores._common import encode_cursor
 from . import _render as render
 from ._args import (
     EXIT_ATTENTION,
     EXIT_FAILURE,
+    EXIT_INTERRUPTED,
     EXIT_OK,
     CliError,
     parse_assignment,
@@ -32,10 +43,27 @@ from ._args import (
     parse_statuses,
     usage,
 )
+from ._ids import ShortIds, resolve
 
-__all__ = ["COMMANDS", "Ctx"]
+__all__ = ["COMMANDS", "READ_COMMANDS", "Ctx", "terminal_width"]
 
 _CHUNK = 500
+
+
+def _isatty(stream: TextIO) -> bool:
+    isatty = getattr(stream, "isatty", None)
+    return bool(isatty and isatty())
+
+
+def terminal_width(stream: TextIO) -> int | None:
+    """The width to fit: ``$COLUMNS`` when set (also when piped), else the
+    terminal's; None (no limit) when the output is not a terminal."""
+    env = os.environ.get("COLUMNS", "").strip()
+    if env.isdigit() and int(env) > 0:
+        return int(env)
+    if not _isatty(stream):
+        return None
+    return shutil.get_terminal_size((120, 24)).columns
 
 
 @attrs.define
@@ -43,6 +71,7 @@ class Ctx:
     """What a command works with."""
 
     operator: Operator
+    idempotency: IdempotencyStore
     args: argparse.Namespace
     db: str
     actor: str
@@ -59,12 +88,7 @@ class Ctx:
 
     @property
     def width(self) -> int | None:
-        """Clip wide tables to the terminal; never when output is piped."""
-        if not _isatty(self.out):
-            return None
-        import shutil  # noqa: PLC0415 - only for terminals
-
-        return shutil.get_terminal_size((120, 24)).columns
+        return terminal_width(self.out)
 
     @property
     def unicode(self) -> bool:
@@ -76,22 +100,25 @@ class Ctx:
         return True
 
     def lines(self, lines: Sequence[str]) -> None:
-        text = "\n".join(lines)
+        # the renderers escape outside text already; this is the last gate
+        text = "\n".join(for_terminal(line) for line in lines)
         if not self.unicode:
             text = text.encode("ascii", "replace").decode("ascii")
         print(text, file=self.out)
 
     def dump(self, value: Any) -> None:
-        json.dump(value, self.out, indent=2, ensure_ascii=False, sort_keys=False)
-        self.out.write("\n")
+        self.out.write(render.terminal_json(value) + "\n")
 
     def note(self, message: str) -> None:
-        print(message, file=self.err)
+        print(for_terminal(message), file=self.err)
 
+    def resolve(self, text: str) -> Delivery:
+        """The delivery named by an id or a unique prefix of one."""
+        return resolve(self.operator.queue, text, where=self.db)
 
-def _isatty(stream: TextIO) -> bool:
-    isatty = getattr(stream, "isatty", None)
-    return bool(isatty and isatty())
+    def short(self, ids: Sequence[str]) -> ShortIds:
+        """Shortest unique prefixes for these ids (for tables)."""
+        return ShortIds(self.operator.queue, ids)
 
 
 # -- reading ---------------------------------------------------------------
@@ -105,7 +132,7 @@ def cmd_status(ctx: Ctx) -> int:
     if ctx.json:
         ctx.dump(render.stats_json(stats, now))
     else:
-        ctx.lines(render.render_status(stats, now, db=ctx.db))
+        ctx.lines(render.render_status(stats, now, db=ctx.db, max_width=ctx.width))
     if ctx.args.check and (needing or paused):
         return EXIT_ATTENTION
     return EXIT_OK
@@ -200,22 +227,109 @@ def cmd_list(ctx: Ctx) -> int:
             }
         )
         return EXIT_OK
-    lines = render.render_deliveries(page.items, ctx.now, max_width=ctx.width)
+    short = ctx.short([d.id for d in page.items])
+    lines = render.render_deliveries(page.items, ctx.now, max_width=ctx.width, short=short)
     if page.next_cursor is not None:
         lines += ["", f"More: add --cursor {page.next_cursor} for the next page."]
     ctx.lines(lines)
     return EXIT_OK
 
 
-def _get(ctx: Ctx, delivery_id: str) -> Delivery:
-    try:
-        return ctx.operator.get(delivery_id)
-    except DeliveryNotFoundError as exc:
-        raise CliError(f"{exc} in {ctx.db}") from exc
+_WAITING = (DeliveryStatus.PENDING, DeliveryStatus.RETRY_SCHEDULED)
+_UNFINISHED = [
+    DeliveryStatus.PENDING,
+    DeliveryStatus.IN_FLIGHT,
+    DeliveryStatus.RETRY_SCHEDULED,
+    DeliveryStatus.NEEDS_ACTION,
+]
+
+
+def _blocker(ctx: Ctx, delivery: Delivery) -> Delivery | None:
+    """The oldest unfinished delivery ahead of ``delivery`` with the same
+    destination and ordering key (which it must wait for), if any."""
+    key = delivery.event.ordering_key
+    if key is None:
+        return None
+    cursor: str | None = None
+    while True:
+        page = ctx.operator.queue.list(
+            status=_UNFINISHED,
+            destination=delivery.destination,
+            search=key,
+            limit=200,
+            cursor=cursor,
+        )
+        for other in page.items:
+            if other.id == delivery.id or other.seq >= delivery.seq:
+                return None
+            if other.event.ordering_key == key:
+                return other
+        if page.next_cursor is None:
+            return None
+        cursor = page.next_cursor
+
+
+def _waiting(ctx: Ctx, delivery: Delivery, short: Callable[[str], str]) -> list[str]:
+    """Why a delivery that is not final has not gone yet, in plain words."""
+    now = ctx.now
+    name = delivery.destination
+    if delivery.status is DeliveryStatus.IN_FLIGHT:
+        until = delivery.lease_expires_at
+        return [
+            f"being attempted by {delivery.lease_owner or 'a worker'}"
+            + (
+                f" (lease until {render.fmt_time(until)}, {render.fmt_ago(until, now)})"
+                if until
+                else ""
+            )
+        ]
+    if delivery.status not in _WAITING:
+        return []
+    reasons = []
+    state = ctx.operator.destinations().get(name)
+    if state is not None and state.paused:
+        reasons.append(
+            f"destination paused: {state.paused_reason or 'no reason given'} "
+            f"(when fixed: resilient-sync resume {name})"
+        )
+    if state is not None and state.hold_until is not None and state.hold_until > now:
+        until = state.hold_until
+        reasons.append(
+            f"held until {render.fmt_time(until)} ({render.fmt_ago(until, now)}): "
+            f"{state.hold_reason or 'held back'}"
+        )
+    blocker = _blocker(ctx, delivery)
+    if blocker is not None:
+        if blocker.status is DeliveryStatus.NEEDS_ACTION:
+            which = "which needs action"
+        elif blocker.status is DeliveryStatus.IN_FLIGHT:
+            which = "which is being attempted"
+        elif blocker.next_attempt_at is not None and blocker.next_attempt_at > now:
+            which = (
+                f"which is {blocker.status.value}, due at "
+                f"{render.fmt_time(blocker.next_attempt_at)}"
+            )
+        else:
+            which = f"which is {blocker.status.value}"
+        reasons.append(
+            f"blocked behind {short(blocker.id)}, {which} (same ordering key "
+            f"{delivery.event.ordering_key!r}; see: resilient-sync show {short(blocker.id)})"
+        )
+    due = delivery.next_attempt_at
+    if due is not None and due > now:
+        reasons.append(
+            f"due at {render.fmt_time(due)} ({render.fmt_ago(due, now)}), the next retry"
+        )
+    if not reasons:
+        reasons.append(
+            "nothing: it is due now, and the next worker run takes it (if it stays here, "
+            "check that a worker serving this destination is running)"
+        )
+    return reasons
 
 
 def cmd_show(ctx: Ctx) -> int:
-    delivery = _get(ctx, ctx.args.id)
+    delivery = ctx.resolve(ctx.args.id)
     records = ctx.operator.attempts(delivery.id)
     if ctx.json:
         ctx.dump(
@@ -224,14 +338,25 @@ def cmd_show(ctx: Ctx) -> int:
                 "attempts": [render.attempt_json(r) for r in records],
             }
         )
-    else:
-        db = ctx.db if ctx.args.db else None  # repeat an explicit --db in the commands
-        ctx.lines(render.render_delivery(delivery, records, ctx.now, db=db, max_width=ctx.width))
+        return EXIT_OK
+    short = ctx.short([delivery.id])
+    db = ctx.db if ctx.args.db else None  # repeat an explicit --db in the commands
+    ctx.lines(
+        render.render_delivery(
+            delivery,
+            records,
+            ctx.now,
+            db=db,
+            max_width=ctx.width,
+            waiting=_waiting(ctx, delivery, short),
+            short=short,
+        )
+    )
     return EXIT_OK
 
 
 def cmd_attempts(ctx: Ctx) -> int:
-    delivery = _get(ctx, ctx.args.id)
+    delivery = ctx.resolve(ctx.args.id)
     records = ctx.operator.attempts(delivery.id)
     if ctx.json:
         ctx.dump(
@@ -250,11 +375,20 @@ def cmd_trend(ctx: Ctx) -> int:
             f"--since {ctx.args.since} with --bucket {ctx.args.bucket} makes more than "
             "10000 buckets; use a wider --bucket"
         )
+    if since is not None and since >= ctx.now:
+        raise usage(f"--since {ctx.args.since} is not in the past")
     buckets = ctx.operator.error_trend(bucket=width, since=since)
     if ctx.json:
         ctx.dump(render.trend_json(buckets, width))
     else:
-        ctx.lines(render.render_trend(buckets, width, unicode=ctx.unicode and not ctx.args.ascii))
+        ctx.lines(
+            render.render_trend(
+                buckets,
+                width,
+                unicode=ctx.unicode and not ctx.args.ascii,
+                max_width=ctx.width,
+            )
+        )
     return EXIT_OK
 
 
@@ -264,7 +398,8 @@ def cmd_recent(ctx: Ctx) -> int:
     if ctx.json:
         ctx.dump({"errors": [render.attempt_json(r) for r in records]})
     else:
-        ctx.lines(render.render_recent(records, ctx.now, max_width=ctx.width))
+        short = ctx.short([r.delivery_id for r in records if r.delivery_id])
+        ctx.lines(render.render_recent(records, ctx.now, max_width=ctx.width, short=short))
     return EXIT_OK
 
 
@@ -274,8 +409,9 @@ def cmd_recent(ctx: Ctx) -> int:
 def _existing(ctx: Ctx, ids: Sequence[str]) -> dict[str, Delivery]:
     """Every id must exist before anything changes (all-or-nothing)."""
     found = {}
-    for delivery_id in dict.fromkeys(ids):
-        found[delivery_id] = _get(ctx, delivery_id)
+    for text in dict.fromkeys(ids):
+        delivery = ctx.resolve(text)
+        found[delivery.id] = delivery
     return found
 
 
@@ -327,15 +463,59 @@ def cmd_discard(ctx: Ctx) -> int:
     return _report_action(ctx, "discard", before, moved, sorted(DISCARDABLE), "Discarded")
 
 
-def _progress(ctx: Ctx, done: int, total: int) -> None:
+def _progress(ctx: Ctx, label: str, done: int, total: int | None, what: str) -> None:
+    """``label: 500/2000 what`` on stderr (one rewritten line on a terminal)."""
+    count = f"{done}/{total}" if total is not None else f"{done}"
     if _isatty(ctx.err):
-        filled = int(30 * done / total) if total else 30
-        bar = "#" * filled + "-" * (30 - filled)
-        end = "\n" if done >= total else ""
-        ctx.err.write(f"\rretry-all [{bar}] {done}/{total}{end}")
+        if total:
+            filled = int(30 * done / total)
+            text = f"\r{label} [{'#' * filled}{'-' * (30 - filled)}] {count} {what}"
+        else:
+            text = f"\r{label}: {count} {what}"
+        end = "\n" if total is not None and done >= total else ""
+        ctx.err.write(text + end)
         ctx.err.flush()
     else:
-        ctx.note(f"retry-all: {done}/{total} re-synced")
+        ctx.note(f"{label}: {count} {what}")
+
+
+def _interrupted(ctx: Ctx, message: str) -> int:
+    if _isatty(ctx.err):
+        ctx.err.write("\n")
+    ctx.note(f"resilient-sync: interrupted: {message}")
+    return EXIT_INTERRUPTED
+
+
+class _Stop(Exception):
+    """Raised from a progress callback after a Ctrl-C (between two batches)."""
+
+
+class _CtrlC:
+    """The first Ctrl-C (SIGINT) asks a batched command to stop after the
+    batch it is in, so that what it reports done is exactly what was done;
+    a second one interrupts at once."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._saved: Any = None
+
+    def __enter__(self) -> _CtrlC:
+        if threading.current_thread() is threading.main_thread():
+            self._saved = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._saved is not None:
+            signal.signal(signal.SIGINT, self._saved)
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def check(self) -> None:
+        if self.requested:
+            raise _Stop
 
 
 def cmd_retry_all(ctx: Ctx) -> int:
@@ -362,11 +542,22 @@ def cmd_retry_all(ctx: Ctx) -> int:
         return EXIT_OK
     moved: list[str] = []
     show_progress = len(ids) > _CHUNK
-    for start in range(0, len(ids), _CHUNK):
-        chunk = ids[start : start + _CHUNK]
-        moved.extend(ctx.operator.retry(chunk, actor=ctx.actor, note=ctx.args.note))
-        if show_progress:
-            _progress(ctx, min(start + _CHUNK, len(ids)), len(ids))
+    with _CtrlC() as ctrl_c:
+        try:
+            for start in range(0, len(ids), _CHUNK):
+                ctrl_c.check()
+                chunk = ids[start : start + _CHUNK]
+                moved.extend(ctx.operator.retry(chunk, actor=ctx.actor, note=ctx.args.note))
+                if show_progress:
+                    done = min(start + _CHUNK, len(ids))
+                    _progress(ctx, "retry-all", done, len(ids), "re-synced")
+        except (_Stop, KeyboardInterrupt):
+            return _interrupted(
+                ctx,
+                f"re-synced {len(moved)} of {len(ids)} matching deliveries ({scope}); each "
+                f"batch of {_CHUNK} is one transaction, so none is half-done. Run the same "
+                "command again to re-sync the rest (those re-synced no longer match).",
+            )
     if ctx.json:
         ctx.dump({"action": "retry-all", "dry_run": False, "matched": len(ids), "changed": moved})
     else:
@@ -434,19 +625,35 @@ def cmd_resume(ctx: Ctx) -> int:
     return EXIT_OK
 
 
+def _touches(paths: Sequence[str], field: str) -> bool:
+    """Does an edit of ``paths`` change ``field`` (or something inside or around it)?"""
+    try:
+        target = parse_path(field)
+    except ValueError:
+        return True  # a field we cannot read: no warning
+    for path in paths:
+        try:
+            parts = parse_path(path)
+        except ValueError:
+            continue
+        n = min(len(parts), len(target))
+        if parts[:n] == target[:n]:
+            return True
+    return False
+
+
 def cmd_edit(ctx: Ctx) -> int:
     args = ctx.args
-    if not args.assignments and not args.unset:
-        raise usage("edit needs at least one --set PATH=VALUE or --unset PATH")
-    changes: dict[str, Any] = {}
-    for text in args.assignments:
-        path, value = parse_assignment(text)
-        changes[path] = value
-    _get(ctx, args.id)
+    if not args.assignments and not args.additions and not args.unset:
+        raise usage("edit needs at least one --set PATH=VALUE, --add PATH=VALUE or --unset PATH")
+    changes = dict(parse_assignment(text) for text in args.assignments)
+    additions = dict(parse_assignment(text, "--add") for text in args.additions)
+    current = ctx.resolve(args.id)
     try:
         delivery = ctx.operator.edit(
-            args.id,
+            current.id,
             changes,
+            add=additions,
             remove=args.unset,
             actor=ctx.actor,
             note=args.note,
@@ -457,6 +664,19 @@ def cmd_edit(ctx: Ctx) -> int:
         raise CliError(str(exc)) from exc
     record = ctx.operator.attempts(delivery.id)[-1]
     details = dict(record.details)
+    error = current.last_error
+    edited = [*changes, *additions, *args.unset]
+    if (
+        error is not None
+        and error.category is ErrorCategory.DATA_FORMAT
+        and error.field
+        and not _touches(edited, error.field)
+    ):
+        ctx.note(
+            f"warning: {current.destination} rejected the field {error.field!r} "
+            f"({' '.join(error.message.split())[:120]}), and this edit does not change it; "
+            "it will likely be rejected again"
+        )
     if ctx.json:
         ctx.dump(
             {
@@ -471,11 +691,12 @@ def cmd_edit(ctx: Ctx) -> int:
         return EXIT_OK
     lines = [f"Edited {delivery.id} ({delivery.event.type} {delivery.event.id}):"]
     before = details.get("before", {})
+    added = set(details.get("added") or ())
+    removed = set(details.get("removed") or ())
     for path, value in details.get("after", {}).items():
-        lines.append(
-            f"  {path}: {json.dumps(before.get(path), ensure_ascii=False)} -> "
-            f"{json.dumps(value, ensure_ascii=False)}"
-        )
+        old = "(new)" if path in added else render.terminal_json(before.get(path), indent=None)
+        new = "(removed)" if path in removed else render.terminal_json(value, indent=None)
+        lines.append(f"  {path}: {old} -> {new}")
     keys = details.get("idempotency_key") or {}
     lines.append(f"  idempotency key: {keys.get('before')} -> {keys.get('after')}")
     if args.retry:
@@ -487,6 +708,75 @@ def cmd_edit(ctx: Ctx) -> int:
     ctx.lines(lines)
     return EXIT_OK
 
+
+def cmd_purge(ctx: Ctx) -> int:
+    args = ctx.args
+    age = parse_duration(args.older_than, "--older-than")
+    if args.batch < 1:
+        raise usage(f"--batch must be 1 or more, got {args.batch}")
+    deleted = [0]
+    ctrl_c = _CtrlC()
+
+    def progress(done: int) -> None:
+        deleted[0] = done
+        _progress(ctx, "purge", done, None, "finished deliveries deleted")
+        ctrl_c.check()
+
+    try:
+        with ctrl_c:
+            report = ctx.operator.purge(
+                age,
+                idempotency=ctx.idempotency,
+                batch=args.batch,
+                dry_run=args.dry_run,
+                actor=ctx.actor,
+                progress=None if args.dry_run else progress,
+            )
+    except (_Stop, KeyboardInterrupt):
+        return _interrupted(
+            ctx,
+            f"deleted {deleted[0]} finished deliveries older than {args.older_than} so far; "
+            f"each batch of {args.batch} is one transaction, so none is half-done. Run the "
+            "same command again to delete the rest.",
+        )
+    if _isatty(ctx.err) and not args.dry_run:
+        ctx.err.write("\n")
+    before = render.fmt_time(report.before)
+    if ctx.json:
+        ctx.dump(
+            {
+                "action": "purge",
+                "dry_run": report.dry_run,
+                "before": report.before.isoformat(),
+                "deliveries": report.deliveries,
+                "idempotency_keys": None if report.dry_run else report.idempotency_keys,
+            }
+        )
+    elif report.dry_run:
+        ctx.lines(
+            [
+                (
+                    f"Would delete {report.deliveries} finished deliveries (succeeded, "
+                    f"resolved, discarded) last changed before {before} (older than "
+                    f"{args.older_than}), with their audit records; nothing was changed."
+                )
+            ]
+        )
+    else:
+        ctx.lines(
+            [
+                (
+                    f"Deleted {report.deliveries} finished deliveries last changed before "
+                    f"{before} (older than {args.older_than}) with their audit records, and "
+                    f"{report.idempotency_keys} expired idempotency keys."
+                )
+            ]
+        )
+    return EXIT_OK
+
+
+#: Commands that only read: they open the store read-only.
+READ_COMMANDS = frozenset({"status", "list", "show", "attempts", "trend", "recent"})
 
 COMMANDS: dict[str, Callable[[Ctx], int]] = {
     "status": cmd_status,
@@ -502,4 +792,5 @@ COMMANDS: dict[str, Callable[[Ctx], int]] = {
     "pause": cmd_pause,
     "resume": cmd_resume,
     "edit": cmd_edit,
+    "purge": cmd_purge,
 }

@@ -4,43 +4,69 @@ It starts the simulated POS on 127.0.0.1, submits a few hundred customers and
 orders through a real :class:`~resilient_sync.Dispatcher` on the embedded
 SQLite store (a demo database it recreates on every run), shows progress,
 then what needs a person and the commands that fix it, and applies one fix.
+
+The demo is a *user* of the library: it imports only the public API
+(``resilient_sync``, ``resilient_sync.stores``, ``resilient_sync.http``).
+The command line is built on top of it: ``resilient-sync demo`` calls
+:func:`run_demo` and hands it ``show``, which runs a ``resilient-sync``
+command against the demo's queue, so that what the demo shows is what that
+command prints.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import logging
 import queue as queue_module
+import re
 import shlex
 import shutil
 import time
-from collections.abc import Iterator
-from datetime import datetime, timedelta, timezone
+from collections.abc import Callable, Iterator, Sequence
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TextIO
 
 import attrs
 
-from .._cli import _render as render
-from .._cli._args import EXIT_FAILURE, EXIT_OK, CliError, usage
-from .._dispatcher import Dispatcher
-from .._model import DeliveryStatus, DispatchEvent, ErrorCategory
-from .._operator import Operator
-from .._policy import RetryPolicy
-from .._protocols import QueueStore
-from .._redact import redact
-from ..stores import open_stores
+from resilient_sync import (
+    DeliveryStatus,
+    Dispatcher,
+    DispatchEvent,
+    ErrorCategory,
+    Operator,
+    QueueStore,
+    RetryPolicy,
+)
+from resilient_sync.stores import open_stores
+
 from ._destination import PosDestination, TokenHolder
 from ._pos import Misbehaviour, SimulatedPos
 from ._shop import CATALOGUE, Shop, make_shop
 
-__all__ = ["DEMO_DB", "DemoResult", "KeyValueFormatter", "run_demo"]
+__all__ = [
+    "DEMO_FILE",
+    "DemoError",
+    "DemoResult",
+    "DemoSettings",
+    "KeyValueFormatter",
+    "prepare",
+    "run_demo",
+]
 
-DEMO_DB = "sqlite:///resilient-sync-demo.db"
+#: The demo's database file (relative to the working directory) by default.
+DEMO_FILE = "resilient-sync-demo.db"
 #: A source cursor that marks a database the demo created (and may recreate).
 DEMO_MARK = "resilient-sync-demo"
 _TIME_LIMIT = 50.0
+
+#: Runs one ``resilient-sync`` command (its arguments after ``--db URL``)
+#: against the demo's queue, printing what it prints.
+Show = Callable[[Sequence[str]], None]
+
+
+class DemoError(Exception):
+    """The demo cannot run (e.g. its database file belongs to something else)."""
 
 
 class KeyValueFormatter(logging.Formatter):
@@ -70,31 +96,45 @@ class DemoResult:
     seconds: float
     fixed: bool
 
+    @property
+    def broken_promise(self) -> bool:
+        """True when an effect was applied twice or a delivery is unaccounted for."""
+        return bool(self.duplicate_effects) or (
+            self.succeeded + self.needs_action + self.waiting != self.total
+        )
 
-@attrs.define
-class _Settings:
+
+@attrs.frozen(kw_only=True)
+class DemoSettings:
+    """How big a demo, and whether it applies the example fix at the end.
+
+    :meth:`create` picks the sizes (smaller with ``quick``) and checks them.
+    """
+
     customers: int
     orders: int
-    seed: int
-    quick: bool
-    fix: bool
+    seed: int = 7
+    quick: bool = False
+    fix: bool = True
 
     @classmethod
-    def from_args(cls, args: argparse.Namespace) -> _Settings:
-        quick = bool(getattr(args, "quick", False))
-        customers = getattr(args, "customers", None) or (40 if quick else 240)
-        orders = getattr(args, "orders", None) or (24 if quick else 160)
+    def create(
+        cls,
+        *,
+        quick: bool = False,
+        customers: int | None = None,
+        orders: int | None = None,
+        seed: int = 7,
+        fix: bool = True,
+    ) -> DemoSettings:
+        """Settings with the default sizes; ``ValueError`` for sizes out of range."""
+        customers = customers or (40 if quick else 240)
+        orders = orders or (24 if quick else 160)
         if customers < 8 or orders < 6:
-            raise usage("the demo needs --customers 8 or more and --orders 6 or more")
+            raise ValueError("the demo needs --customers 8 or more and --orders 6 or more")
         if customers > 5000 or orders > 5000:
-            raise usage("the demo is meant to take seconds: use at most 5000 customers/orders")
-        return cls(
-            customers=customers,
-            orders=orders,
-            seed=getattr(args, "seed", 7),
-            quick=quick,
-            fix=not getattr(args, "no_fix", False),
-        )
+            raise ValueError("the demo is meant to take seconds: use at most 5000 customers/orders")
+        return cls(customers=customers, orders=orders, seed=seed, quick=quick, fix=fix)
 
     @property
     def timeout(self) -> float:
@@ -114,19 +154,23 @@ class _Settings:
         )
 
 
-def _prepare(url: str) -> Path:
-    """Remove the previous demo database (only one the demo created)."""
-    from .._cli import sqlite_file  # noqa: PLC0415 - avoids an import cycle
+def _url(path: Path) -> str:
+    """``sqlite:///relative.db`` or ``sqlite:////absolute.db`` for ``path``."""
+    return f"sqlite:///{path}"
 
-    path = sqlite_file(url)
-    if path is None:
-        raise usage(f"the demo runs on SQLite: give --db sqlite:///path.db, not {redact(url)}")
+
+def prepare(path: Path) -> None:
+    """Remove the previous demo database at ``path`` (only one the demo
+    created: a file without the demo's mark is refused with
+    :class:`DemoError`, and is opened read-only to find out)."""
+    if path.is_dir():
+        raise DemoError(f"{str(path)!r} is a directory; give the demo a file name")
     if path.exists():
         try:
-            queue, idempotency = open_stores(url)
+            queue, idempotency = open_stores(_url(path), read_only=True)
         except Exception as exc:  # noqa: BLE001 - any failure means "not ours": refuse below
             marked = False
-            reason = f" ({type(exc).__name__})"
+            reason = f" ({' '.join(str(exc).split())})"
         else:
             try:
                 marked = queue.get_cursor(DEMO_MARK) is not None
@@ -135,15 +179,13 @@ def _prepare(url: str) -> Path:
                 queue.close()
                 idempotency.close()
         if not marked:
-            raise CliError(
+            raise DemoError(
                 f"{str(path)!r} exists and was not created by the demo{reason}; the demo "
-                "recreates its database, so give it another --db (e.g. "
-                f"{DEMO_DB})"
+                f"recreates its database, so give it another file (e.g. sqlite:///{DEMO_FILE})"
             )
         for suffix in ("", "-wal", "-shm", "-journal"):
             Path(f"{path}{suffix}").unlink(missing_ok=True)
     path.parent.mkdir(parents=True, exist_ok=True)
-    return path
 
 
 @contextlib.contextmanager
@@ -166,6 +208,9 @@ def _demo_log(path: Path) -> Iterator[Path]:
         lib.propagate = saved[1]
 
 
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
 class _Screen:
     """Progress on one rewritten line on a terminal, a line a second otherwise."""
 
@@ -186,6 +231,7 @@ class _Screen:
         return time.monotonic() - self.t0
 
     def line(self, text: str = "") -> None:
+        text = _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
         if not self.unicode:
             text = text.encode("ascii", "replace").decode("ascii")
         if self.tty and self._status:
@@ -239,36 +285,36 @@ def _progress_text(
     )
 
 
-def run_demo(args: argparse.Namespace, *, out: TextIO, err: TextIO) -> int:
-    """The ``demo`` command; returns the exit code."""
-    settings = _Settings.from_args(args)
-    url = getattr(args, "db", None) or DEMO_DB
-    path = _prepare(url)
+def run_demo(
+    settings: DemoSettings,
+    path: Path,
+    *,
+    out: TextIO,
+    show: Show,
+    command: str = "resilient-sync",
+) -> DemoResult:
+    """Run the demo on the SQLite file ``path`` (recreated: see :func:`prepare`).
+
+    ``command`` is how the reader runs the command line (printed in front of
+    every command shown); ``show(args)`` runs one of them against the demo's
+    queue. Returns what happened; a result whose ``broken_promise`` is true
+    means a bug worth reporting.
+    """
+    prepare(path)
     with _demo_log(path) as log_path:
-        result = _run(settings, url, path, log_path, out)
-    if (
-        result.duplicate_effects
-        or result.succeeded + result.needs_action + result.waiting != result.total
-    ):
-        print(
-            f"resilient-sync: error: the demo broke a promise ({result.duplicate_effects} "
-            "duplicate effects, or deliveries unaccounted for); please report it",
-            file=err,
-        )
-        return EXIT_FAILURE
-    return EXIT_OK
+        return _run(settings, path, log_path, out, show, command)
 
 
 def _now() -> datetime:
     return datetime.now(timezone.utc)
 
 
-def _seconds(n: float) -> timedelta:
-    return timedelta(seconds=n)
-
-
-def _run(settings: _Settings, url: str, path: Path, log_path: Path, out: TextIO) -> DemoResult:
+def _run(
+    settings: DemoSettings, path: Path, log_path: Path, out: TextIO, show: Show, command: str
+) -> DemoResult:
     screen = _Screen(out)
+    url = _url(path)
+    prefix = f"{command} --db {shlex.quote(url)}"
     shop = make_shop(settings.customers, settings.orders, settings.seed)
     pos = SimulatedPos(
         catalogue=CATALOGUE,
@@ -297,9 +343,14 @@ def _run(settings: _Settings, url: str, path: Path, log_path: Path, out: TextIO)
             on_event=events.put,
         )
         operator = Operator(queue)
-        _intro(screen, settings, shop, base_url, url, log_path)
-        _sync(screen, shop, dispatcher, operator, pos, auth, events)
-        result = _report(screen, settings, shop, dispatcher, operator, pos, url, path, log_path)
+        try:
+            _intro(screen, shop, base_url, url, log_path)
+            _sync(screen, shop, dispatcher, operator, pos, auth, events, prefix)
+            result = _report(
+                screen, settings, shop, dispatcher, operator, pos, prefix, log_path, show
+            )
+        finally:
+            dispatcher.close()
     finally:
         screen.done()
         destination.close()
@@ -309,9 +360,7 @@ def _run(settings: _Settings, url: str, path: Path, log_path: Path, out: TextIO)
     return attrs.evolve(result, seconds=screen.elapsed)
 
 
-def _intro(
-    screen: _Screen, settings: _Settings, shop: Shop, base_url: str, url: str, log_path: Path
-) -> None:
+def _intro(screen: _Screen, shop: Shop, base_url: str, url: str, log_path: Path) -> None:
     c = shop.counts
     screen.lines(
         [
@@ -352,6 +401,7 @@ def _sync(
     pos: SimulatedPos,
     auth: TokenHolder,
     events: queue_module.SimpleQueue[DispatchEvent],
+    prefix: str,
 ) -> None:
     todo = list(shop.events)
     total = len(todo)
@@ -379,7 +429,7 @@ def _sync(
                 "POS: applied a request but the answer never arrived (client timeout); the "
                 "retry carries the same Idempotency-Key"
             )
-        _tell_events(screen, events, seen, operator, pos, auth)
+        _tell_events(screen, events, seen, operator, pos, auth, prefix)
         counts = _counts(dispatcher.queue)
         screen.progress(_progress_text(counts, submitted, total, pos))
         if not todo and report.idle:
@@ -412,6 +462,7 @@ def _tell_events(
     operator: Operator,
     pos: SimulatedPos,
     auth: TokenHolder,
+    prefix: str,
 ) -> None:
     paused = False
     while True:
@@ -448,9 +499,9 @@ def _tell_events(
             note="re-sync after the new token",
         )
         screen.event("the POS admin issues a new token; the operator runs:")
-        screen.line("          $ resilient-sync resume pos")
+        screen.line(f"          $ {prefix} resume pos")
         screen.line(
-            "          $ resilient-sync retry-all --category permission --destination pos"
+            f"          $ {prefix} retry-all --category permission --destination pos"
             f"   # {len(moved)} re-synced"
         )
 
@@ -466,22 +517,19 @@ def _short(text: str | None, width: int = 110) -> str:
 
 def _report(
     screen: _Screen,
-    settings: _Settings,
+    settings: DemoSettings,
     shop: Shop,
     dispatcher: Dispatcher,
     operator: Operator,
     pos: SimulatedPos,
-    url: str,
-    path: Path,
+    prefix: str,
     log_path: Path,
+    show: Show,
 ) -> DemoResult:
-    now = _now()
     stats = operator.stats()
     counts = stats.by_status
     total = stats.total
     duplicate_effects = sum(n - 1 for n in pos.stats.effects_per_key.values() if n > 1)
-    db = None if url == DEMO_DB else url
-    prefix = f"resilient-sync --db {shlex.quote(url)}"
     s = pos.stats
     screen.lines(
         [
@@ -500,22 +548,17 @@ def _report(
                 f"retr{'y was' if s.replayed == 1 else 'ies were'} answered from the POS's "
                 "idempotency cache."
             ),
-            "",
-            f"$ {prefix} status",
-            *render.render_status(stats, now, db=url),
-            "",
-            f"$ {prefix} trend --bucket 1s --since {int(screen.elapsed) + 2}s",
-            *render.render_trend(
-                operator.error_trend(bucket=1.0, since=now - _seconds(int(screen.elapsed) + 2)),
-                _seconds(1),
-                unicode=screen.unicode,
-            ),
-            "",
-            f"$ {prefix} list --status needs_action",
         ]
     )
+    since = f"{int(screen.elapsed) + 2}s"
+    for args in (
+        ["status"],
+        ["trend", "--bucket", "1s", "--since", since],
+        ["list", "--status", "needs_action"],
+    ):
+        screen.lines(["", f"$ {prefix} {shlex.join(args)}"])
+        show(args)
     needing = list(operator.list(status="needs_action", limit=100))
-    screen.lines(render.render_deliveries(needing, now, max_width=200))
     screen.lines(["", "What to do about each (the runbook: docs/howto/operate-the-queue.md):"])
     for delivery in needing:
         screen.lines(_advice(delivery, shop, pos, prefix))
@@ -523,18 +566,19 @@ def _report(
     if settings.fix:
         fixed = _fix_one(screen, needing, shop, dispatcher, operator, prefix)
     final = operator.stats().by_status
+    example = needing[0].id if needing else None
     screen.lines(
         [
             "",
             "Explore it yourself:",
             f"  {prefix} status",
-            f"  {prefix} show ID",
+            f"  {prefix} list --status needs_action",
+            *([f"  {prefix} show {example}"] if example else []),
             f"  {prefix} recent",
-            f"  less {log_path}   # the library's log, one line per outcome with its fields",
+            f"  less {shlex.quote(str(log_path))}   # the library's log, one line per outcome",
             "Re-run the demo at any time: it recreates its database.",
         ]
     )
-    _ = db
     return DemoResult(
         succeeded=final.get(DeliveryStatus.SUCCEEDED, 0),
         needs_action=final.get(DeliveryStatus.NEEDS_ACTION, 0),
@@ -556,7 +600,7 @@ def _advice(delivery: Any, shop: Shop, pos: SimulatedPos, prefix: str) -> list[s
         phone = shop.true_phones.get(event.id, "+316XXXXXXXX")
         return [
             head + f"the POS rejects phone {event.payload.get('phone')!r}; ask the customer, then",
-            f"      $ {prefix} edit {delivery.id} --set phone={phone} --retry",
+            f"      $ {prefix} edit {delivery.id} --set {shlex.quote('phone=' + phone)} --retry",
         ]
     if error.category is ErrorCategory.DUPLICATE:
         email = event.payload.get("email", "")
@@ -565,7 +609,10 @@ def _advice(delivery: Any, shop: Shop, pos: SimulatedPos, prefix: str) -> list[s
         return [
             head + f"the POS already has {len(ids)} customers with {email} "
             f"({', '.join(ids)}); pick one (or merge them in the POS), then",
-            f"      $ {prefix} resolve {delivery.id} --note 'same customer as {first}'",
+            (
+                f"      $ {prefix} resolve {delivery.id} "
+                f"--note {shlex.quote('same customer as ' + first)}"
+            ),
         ]
     if error.category is ErrorCategory.MAPPING:
         sku = _sku_at(event.payload, field)
@@ -622,7 +669,7 @@ def _fix_one(
         [
             "",
             f"The demo fixes the first one itself (the customer gave {phone} on the phone):",
-            f"$ {prefix} edit {target.id} --set phone={phone} --retry",
+            f"$ {prefix} edit {target.id} --set {shlex.quote('phone=' + phone)} --retry",
         ]
     )
     edited = operator.edit(target.id, {"phone": phone}, retry=True, actor="demo-operator")

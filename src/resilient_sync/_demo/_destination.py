@@ -9,10 +9,9 @@ from typing import Any
 import attrs
 import httpx
 
-from .._circuit import CircuitBreaker
-from .._errors import SyncError
-from .._model import ErrorCategory, Event
-from ..http import HttpDestination
+from resilient_sync import CircuitBreaker, ErrorCategory, Event, SyncError
+from resilient_sync.http import HttpDestination
+
 from ._shop import normalise_phone
 
 __all__ = ["PosDestination", "TokenHolder"]

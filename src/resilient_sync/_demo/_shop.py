@@ -8,7 +8,7 @@ from typing import Any
 
 import attrs
 
-from .._model import Event
+from resilient_sync import Event
 
 __all__ = ["CATALOGUE", "Shop", "make_shop", "normalise_phone"]
 

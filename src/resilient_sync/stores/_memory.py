@@ -554,6 +554,14 @@ class MemoryQueueStore:
             row = self._rows.get(delivery_id)
             return row.view() if row is not None else None
 
+    def ids_with_prefix(self, prefix: str, *, limit: int = 10) -> builtins.list[str]:
+        """The ids that start with ``prefix``, sorted, at most ``limit``."""
+        if not prefix:
+            return []
+        with self._lock:
+            found = [i for i in self._rows if i.startswith(prefix)]
+        return sorted(found)[:limit]
+
     def list(
         self,
         *,

@@ -1046,6 +1046,21 @@ class PostgresQueueStore(_PostgresBase):
         rows = self._fetch(f"read delivery {delivery_id!r}", "get", {"id": delivery_id})
         return _delivery(rows[0]) if rows else None
 
+    def ids_with_prefix(self, prefix: str, *, limit: int = 10) -> builtins.list[str]:
+        """The ids that start with ``prefix``, sorted, at most ``limit`` (a
+        primary key range scan; the CLI takes unique id prefixes with it)."""
+        if not prefix:
+            return []
+        params = {
+            "prefix": prefix,
+            "low": prefix,
+            "high": prefix[:-1] + chr(min(ord(prefix[-1]) + 1, 0x10FFFF)),
+            "length": len(prefix),
+            "limit": limit,
+        }
+        rows = self._fetch(f"find ids starting {prefix!r}", "ids_with_prefix", params)
+        return [row[0] for row in rows]
+
     def list(
         self,
         *,

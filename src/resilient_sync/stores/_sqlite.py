@@ -488,13 +488,17 @@ class _Database:
             raise StoreError(f"SQLite store {self.where!r}: no such file (opened read-only)")
         uri = "file:" + urllib.parse.quote(os.path.abspath(self.path)) + "?mode=ro"
         try:
-            conn = sqlite3.connect(
-                uri,
-                uri=True,
-                timeout=self.busy_timeout,
-                isolation_level=None,
-                check_same_thread=False,
-            )
+            conn = self._connect_uri(uri)
+            try:
+                conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()
+            except sqlite3.OperationalError:
+                # A WAL file with no -wal/-shm beside it, in a folder we may not
+                # write: SQLite cannot create the -shm it reads through. With no
+                # -wal file everything is in the main file, so read it as is.
+                if os.path.exists(self.path + "-wal"):
+                    raise
+                conn.close()
+                conn = self._connect_uri(uri + "&immutable=1")
         except sqlite3.Error as exc:
             raise self.error("open (read-only)", exc) from exc
         try:
@@ -523,6 +527,15 @@ class _Database:
             conn.close()
             raise
         return conn
+
+    def _connect_uri(self, uri: str) -> sqlite3.Connection:
+        return sqlite3.connect(
+            uri,
+            uri=True,
+            timeout=self.busy_timeout,
+            isolation_level=None,
+            check_same_thread=False,
+        )
 
     def _migrate(self, conn: sqlite3.Connection) -> None:
         known = migrations()
@@ -1411,6 +1424,16 @@ class SQLiteQueueStore(_SQLiteStore):
         with self._reading("get") as conn:
             row = conn.execute(Q.get_delivery, (delivery_id,)).fetchone()
         return _delivery(row) if row is not None else None
+
+    def ids_with_prefix(self, prefix: str, *, limit: int = 10) -> builtins.list[str]:
+        """The ids that start with ``prefix``, sorted, at most ``limit`` (an
+        index range scan; the CLI takes unique id prefixes with it)."""
+        if not prefix:
+            return []
+        high = prefix[:-1] + chr(min(ord(prefix[-1]) + 1, 0x10FFFF))
+        with self._reading("find ids") as conn:
+            rows = conn.execute(Q.ids_with_prefix, (prefix, high, limit)).fetchall()
+        return [row[0] for row in rows]
 
     def list(
         self,

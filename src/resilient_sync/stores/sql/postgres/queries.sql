@@ -327,6 +327,13 @@ SELECT id, seq, event::text, destination, status, idempotency_key, attempts,
 FROM {schema}.deliveries
 WHERE id = %(id)s;
 
+-- name: ids_with_prefix
+-- ids_with_prefix(): a range scan of the primary key; the left() test keeps
+-- the answer exact whatever the collation
+SELECT id FROM {schema}.deliveries
+WHERE id >= %(low)s AND id < %(high)s AND left(id, %(length)s) = %(prefix)s
+ORDER BY id LIMIT %(limit)s;
+
 -- name: list
 -- list(): this base, then the list_where_* fragments of the filters given,
 -- then list_order (the store joins them; each is a constant)

@@ -167,6 +167,13 @@ SELECT seq, id, event, destination, status, idempotency_key, attempts,
        lease_token, lease_owner, lease_expires_at
 FROM resilient_sync_deliveries WHERE id = ?1;
 
+-- name: ids_with_prefix
+-- ids_with_prefix(): a range scan of the id index (?2 is ?1 with its last
+-- character incremented, so every id that starts with ?1 sorts in between)
+SELECT id FROM resilient_sync_deliveries
+WHERE id >= ?1 AND id < ?2 AND substr(id, 1, length(?1)) = ?1
+ORDER BY id LIMIT ?3;
+
 -- name: list_deliveries
 -- list(): this base, then the list_where_* fragments of the filters given,
 -- then list_order (the store joins them; each is a constant)

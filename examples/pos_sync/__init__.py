@@ -1,0 +1,1 @@
+"""An example integration: a web shop's customers into TillPoint, a (fictional) POS."""
