@@ -31,9 +31,9 @@ def make_pos(url: str, token: str) -> HttpDestination:
     pos: HttpDestination
 
     def find_existing(event: Event, context: DeliveryContext) -> Any:
-        found = pos.request(
-            "GET", "/customers", params={"email": event.payload["email"]}
-        ).json()["customers"]
+        found = pos.request("GET", "/customers", params={"email": event.payload["email"]}).json()[
+            "customers"
+        ]
         return {"pos_customer_id": found[0]["id"], "linked": True} if found else None
 
     pos = HttpDestination(
