@@ -488,6 +488,18 @@ def cmd_edit(ctx: Ctx) -> int:
     return EXIT_OK
 
 
+def cmd_admin(ctx: Ctx) -> int:
+    try:
+        from ..admin import serve  # noqa: PLC0415 - the [admin] extra, only for this command
+    except ImportError as exc:
+        raise CliError(str(exc)) from exc
+    try:
+        serve(ctx.operator.queue, host=ctx.args.host, port=ctx.args.port, label=ctx.db, out=ctx.err)
+    except ValueError as exc:
+        raise usage(str(exc)) from exc
+    return EXIT_OK
+
+
 COMMANDS: dict[str, Callable[[Ctx], int]] = {
     "status": cmd_status,
     "list": cmd_list,
@@ -502,4 +514,5 @@ COMMANDS: dict[str, Callable[[Ctx], int]] = {
     "pause": cmd_pause,
     "resume": cmd_resume,
     "edit": cmd_edit,
+    "admin": cmd_admin,
 }
