@@ -7,11 +7,16 @@ from __future__ import annotations
 import asyncio
 import html
 import re
+import socket
+import threading
+import time
 from collections.abc import Mapping
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import attrs
 import httpx
+import uvicorn
 
 from resilient_sync import (
     DataFormatError,
@@ -20,11 +25,12 @@ from resilient_sync import (
     Event,
     MappingError,
     PermissionDeniedError,
+    RateLimitedError,
     RetryableError,
     RetryPolicy,
 )
 from resilient_sync.admin import Login
-from resilient_sync.testing import FlakyDestination
+from resilient_sync.testing import FakeClock, FlakyDestination
 
 OPERATOR = ("ann", "ann-password-1")
 VIEWER = ("vic", "vic-password-1")
@@ -106,14 +112,7 @@ def populate(queue: Any, idempotency: Any) -> Built:
         [Event("k2", "customer.updated", {"name": "Kay B."}, ordering_key="cust-7")], to="pos"
     )
     dispatcher.run_until_idle()
-    ids: dict[tuple[str, str], str] = {}
-    cursor = None
-    while True:
-        page = queue.list(limit=100, cursor=cursor)
-        ids.update({(d.event.id, d.destination): d.id for d in page.items})
-        if page.next_cursor is None:
-            return Built(ids)
-        cursor = page.next_cursor
+    return _ids(queue)
 
 
 _CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
@@ -184,3 +183,131 @@ def text_of(page: httpx.Response) -> str:
     body = re.sub(r"<[^>]+>", " ", page.text)
     text = " ".join(html.unescape(body).split())
     return re.sub(r" ([,.;:)])", r"\1", text)
+
+
+# --- a shop's day, for the browser tests and the screenshots ---------------------------
+
+
+def populate_shop(queue: Any, idempotency: Any) -> Built:
+    """Twenty hours of a shop syncing to its POS and CRM, ending now: most
+    deliveries succeed, some after automatic retries (a POS outage, a 429),
+    and six wait for a person (a phone the POS rejects, an unknown SKU, a
+    missing VAT number, a potential duplicate with the record the POS named,
+    retries exhausted, and a revoked CRM token that paused the CRM)."""
+    now = datetime.now(timezone.utc)
+    clock = FakeClock(now - timedelta(hours=19, minutes=40))
+    down = RetryableError("POS down (HTTP 503)")
+    script: dict[str, list[Exception]] = {
+        "cus-0201": [down],
+        "cus-0202": [down],
+        "ord-0201": [down],
+        "cus-0501": [RateLimitedError("429 Too Many Requests", retry_after=30)],
+        "cus-0801": [DataFormatError("phone '0612 34' is not a valid number", field="phone")],
+        "ord-1101": [MappingError("unknown SKU 'TEE-XXL' in line 1", field="lines[0].sku")],
+        "cus-1401": [
+            DuplicateError(
+                "email has already been taken",
+                field="email",
+                details={
+                    "existing": {
+                        "id": "cus_8812",
+                        "email": "noor@example.com",
+                        "name": "Noor Bakker",
+                        "created": "2025-03-02",
+                    }
+                },
+            )
+        ],
+        "ord-1801": [down, down],
+        "cus-1901": [DataFormatError("vat_number is required for companies", field="vat_number")],
+    }
+    crm_script: dict[str, list[Exception]] = {
+        "cus-1701": [PermissionDeniedError("401 Unauthorized: API token revoked")]
+    }
+    pos = FlakyDestination("pos", per_event=script)
+    crm = FlakyDestination("crm", per_event=crm_script)
+    dispatcher = Dispatcher(
+        queue,
+        idempotency,
+        [pos, crm],
+        retry=RetryPolicy(max_attempts=2, initial_delay=300, jitter=False),
+        clock=clock,
+    )
+    names = ["Noor", "Daan", "Emma", "Liam", "Sara", "Milan", "Julia", "Sem"]
+    for hour in range(20):
+        customers = []
+        for i in range(1, 4):
+            name = names[(hour + i) % len(names)]
+            event_id = f"cus-{hour:02d}{i:02d}"
+            customer = {
+                "email": f"{name.lower()}{hour}@example.com",
+                "name": f"{name} {hour}",
+                "phone": "0612 34" if event_id == "cus-0801" else "+31612345678",
+            }
+            if event_id == "cus-1401":
+                customer["email"] = "noor@example.com"
+            if event_id == "cus-1901":
+                customer["company"] = "Bakker BV"
+            customers.append(Event(event_id, "customer.created", customer, ordering_key=event_id))
+        orders = [
+            Event(
+                f"ord-{hour:02d}{i:02d}",
+                "order.created",
+                {
+                    "order": f"#{1000 + hour * 10 + i}",
+                    "lines": [{"sku": "TEE-XXL" if (hour, i) == (11, 1) else "TEE-M", "qty": i}],
+                },
+            )
+            for i in range(1, 3)
+        ]
+        dispatcher.submit_many([*customers, *orders], to="pos")
+        dispatcher.submit_many(customers[:1], to="crm")
+        dispatcher.run_until_idle()
+        clock.advance(1800)
+        dispatcher.run_until_idle()
+        clock.advance(1800)
+    return _ids(queue)
+
+
+def _ids(queue: Any) -> Built:
+    ids: dict[tuple[str, str], str] = {}
+    cursor = None
+    while True:
+        page = queue.list(limit=200, cursor=cursor)
+        ids.update({(d.event.id, d.destination): d.id for d in page.items})
+        if page.next_cursor is None:
+            return Built(ids)
+        cursor = page.next_cursor
+
+
+class Served:
+    """An ASGI app served by uvicorn on 127.0.0.1 (a free port) in a thread."""
+
+    def __init__(self, app: Any) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        config = uvicorn.Config(app, lifespan="off", log_level="warning", access_log=False)
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(
+            target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True
+        )
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> Served:
+        self.thread.start()
+        deadline = time.monotonic() + 10
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("uvicorn did not start")
+            time.sleep(0.01)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)
+        self.sock.close()
