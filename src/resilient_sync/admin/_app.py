@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import quote, urlencode, urlsplit
 
 import attrs
 import jinja2
@@ -213,6 +213,7 @@ class _Ctx:
         self.request = request
         self.user: User | None = None
         self.form: FormData = FormData()
+        self._urls: dict[str, str] = {}
 
     @property
     def session(self) -> dict[str, Any]:
@@ -227,7 +228,17 @@ class _Ctx:
         return self.user.name
 
     def url(self, name: str, /, **params: Any) -> str:
-        return self.request.url_for(name, **params).path
+        """The path of a route of the panel (under its mount path)."""
+        if params:
+            return self.request.url_for(name, **params).path
+        found = self._urls.get(name)
+        if found is None:
+            found = self._urls[name] = self.request.url_for(name).path
+        return found
+
+    def delivery_url(self, delivery_id: str) -> str:
+        """The path of a delivery's page (one per row: built without the router)."""
+        return f"{self.url('deliveries')}/{quote(delivery_id, safe='')}"
 
     def text(self, name: str, limit: int = MAX_NOTE) -> str:
         """A form field as text (an uploaded file counts as empty), stripped."""
@@ -255,6 +266,7 @@ class _Ctx:
             "csrf": csrf_token(session),
             "flashes": session.pop("flash", []) if "flash" in session else [],
             "url": self.url,
+            "delivery_url": self.delivery_url,
             "static": lambda path: self.url("static", path=path),
             "here": self.request.url.path,
             "here_full": self._here(),

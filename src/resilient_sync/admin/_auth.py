@@ -15,7 +15,7 @@ import secrets
 import threading
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 import attrs
 from starlette.requests import Request
@@ -74,7 +74,7 @@ class User:
 
 #: The host application's login: the user of a request, or None (not signed in).
 #: A plain function runs in a worker thread; an ``async def`` on the event loop.
-Authenticate = Callable[[Request], Union["User | None", Awaitable["User | None"]]]
+Authenticate = Callable[[Request], User | Awaitable[User | None] | None]
 
 
 def _digest(key: str, credential: str) -> str:
