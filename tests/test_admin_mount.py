@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Mount, Route
 
-from admin_support import Panel, login, populate
+from admin_support import Panel, login, populate, text_of
 from resilient_sync import DeliveryStatus, StoreError
 from resilient_sync.admin import User, create_app
 from resilient_sync.stores import MemoryIdempotencyStore, MemoryQueueStore
@@ -179,3 +179,18 @@ def test_create_app_refuses_what_could_not_work() -> None:
         User("ann", "admin")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="needs a name"):
         User(" ")
+
+
+def test_an_empty_queue_has_pages_too() -> None:
+    panel = Panel(create_app(MemoryQueueStore(), login=login(), secret_key="s" * 16))
+    panel.sign_in("vic", "vic-password-1")
+    overview = panel.get("/?range=30d")
+    assert overview.status_code == 200
+    assert "The queue is empty: nothing was submitted yet." in overview.text
+    assert "No failed attempts in this period" in overview.text
+    assert "No failed attempts recorded." in overview.text
+    assert "No deliveries match" in panel.get("/deliveries").text
+    assert "No potential duplicates wait for a person" in panel.get("/duplicates").text
+    unknown = panel.get("/deliveries?destination=pos")
+    assert unknown.status_code == 400
+    assert "unknown destination 'pos'; known: none yet" in text_of(unknown)
