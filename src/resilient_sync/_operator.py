@@ -104,8 +104,16 @@ class Operator:
         limit: int = 50,
         cursor: str | None = None,
         since: datetime | None = None,
+        *,
+        until: datetime | None = None,
+        event_type: str | None = None,
+        search: str | None = None,
     ) -> Page:
-        """Deliveries in submission order; pass ``page.next_cursor`` for more."""
+        """Deliveries in submission order; pass ``page.next_cursor`` for more.
+
+        ``since`` (inclusive) and ``until`` (exclusive) filter on the last
+        change, ``event_type`` on the event's type, ``search`` is a text in
+        the event id or the event's JSON (see :meth:`QueueStore.list`)."""
         return self.queue.list(
             status=_statuses(status),
             destination=destination,
@@ -113,6 +121,9 @@ class Operator:
             since=since,
             limit=limit,
             cursor=cursor,
+            until=until,
+            event_type=event_type,
+            search=search or None,
         )
 
     def get(self, delivery_id: str) -> Delivery:
@@ -294,17 +305,26 @@ class Operator:
         actor: str = "operator",
         note: str | None = None,
         dry_run: bool = False,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        event_type: str | None = None,
+        search: str | None = None,
+        progress: Callable[[int, int], None] | None = None,
     ) -> builtins.list[str]:
         """Retry every delivery matching the filters (default: all that need
-        action), in batches of 500. With ``dry_run`` nothing changes; the ids
-        that would move are returned."""
+        action; the filters of :meth:`list`), in batches of 500. With
+        ``dry_run`` nothing changes; the ids that would move are returned.
+        ``progress(done, total)`` is called after each batch."""
         statuses = [s for s in _statuses(status) or [] if s in RETRYABLE_BY_OPERATOR]
-        matching = self._matching(statuses, destination, category)
+        filters = {"since": since, "until": until, "event_type": event_type, "search": search}
+        matching = self._matching(statuses, destination, category, filters)
         if dry_run:
             return matching
         moved: builtins.list[str] = []
         for start in range(0, len(matching), _PAGE):
             moved.extend(self.retry(matching[start : start + _PAGE], actor=actor, note=note))
+            if progress is not None:
+                progress(min(start + _PAGE, len(matching)), len(matching))
         return moved
 
     def _matching(
@@ -312,13 +332,24 @@ class Operator:
         statuses: builtins.list[DeliveryStatus],
         destination: str | None,
         category: ErrorCategory | str | None,
+        filters: dict[str, Any],
     ) -> builtins.list[str]:
         if not statuses:
             return []
         ids: builtins.list[str] = []
         cursor: str | None = None
         while True:
-            page = self.list(statuses, destination, category, limit=_PAGE, cursor=cursor)
+            page = self.list(
+                statuses,
+                destination,
+                category,
+                limit=_PAGE,
+                cursor=cursor,
+                since=filters["since"],
+                until=filters["until"],
+                event_type=filters["event_type"],
+                search=filters["search"],
+            )
             ids.extend(d.id for d in page.items)
             if page.next_cursor is None:
                 return ids

@@ -318,6 +318,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("recent", "the latest failed attempts, newest first", read)
     p.add_argument("--limit", "-n", type=int, default=20, help="how many (default 20)")
 
+    p = add("admin", "serve the admin web panel (extra [admin]; sign-in set in the env)", read)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8080, help="port to listen on (default 8080)")
+
     p = add(
         "purge",
         "retention: delete finished deliveries (succeeded, resolved, discarded) and their "

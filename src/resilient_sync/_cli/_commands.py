@@ -778,6 +778,19 @@ def cmd_purge(ctx: Ctx) -> int:
 #: Commands that only read: they open the store read-only.
 READ_COMMANDS = frozenset({"status", "list", "show", "attempts", "trend", "recent"})
 
+
+def cmd_admin(ctx: Ctx) -> int:
+    try:
+        from ..admin import serve  # noqa: PLC0415 - the [admin] extra, only for this command
+    except ImportError as exc:
+        raise CliError(str(exc)) from exc
+    try:
+        serve(ctx.operator.queue, host=ctx.args.host, port=ctx.args.port, label=ctx.db, out=ctx.err)
+    except ValueError as exc:
+        raise usage(str(exc)) from exc
+    return EXIT_OK
+
+
 COMMANDS: dict[str, Callable[[Ctx], int]] = {
     "status": cmd_status,
     "list": cmd_list,
@@ -793,4 +806,5 @@ COMMANDS: dict[str, Callable[[Ctx], int]] = {
     "resume": cmd_resume,
     "edit": cmd_edit,
     "purge": cmd_purge,
+    "admin": cmd_admin,
 }

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+from .._format import CATEGORY_ORDER, STATUS_ORDER, fmt_age, fmt_ago, fmt_time
 from .._model import (
     Attempt,
     Delivery,
@@ -50,50 +51,9 @@ __all__ = [
     "trend_json",
 ]
 
-STATUS_ORDER = [
-    DeliveryStatus.PENDING,
-    DeliveryStatus.IN_FLIGHT,
-    DeliveryStatus.RETRY_SCHEDULED,
-    DeliveryStatus.SUCCEEDED,
-    DeliveryStatus.NEEDS_ACTION,
-    DeliveryStatus.RESOLVED,
-    DeliveryStatus.DISCARDED,
-]
-_CATEGORY_ORDER = list(ErrorCategory)
+_CATEGORY_ORDER = CATEGORY_ORDER
 _UTC = timezone.utc
-
-
-# -- small formatters ------------------------------------------------------
-
-
-def fmt_time(when: datetime | None) -> str:
-    """``2026-11-22 18:40:12Z`` (UTC), or ``-``."""
-    if when is None:
-        return "-"
-    return when.astimezone(_UTC).strftime("%Y-%m-%d %H:%M:%SZ")
-
-
-def fmt_age(delta: timedelta) -> str:
-    """``45s``, ``4m 12s``, ``10m``, ``2h 05m``, ``3d 04h``."""
-    seconds = int(max(delta.total_seconds(), 0))
-    if seconds < 60:
-        return f"{seconds}s"
-    minutes, seconds = divmod(seconds, 60)
-    if minutes < 60:
-        return f"{minutes}m {seconds:02d}s" if seconds else f"{minutes}m"
-    hours, minutes = divmod(minutes, 60)
-    if hours < 48:
-        return f"{hours}h {minutes:02d}m" if minutes else f"{hours}h"
-    days, hours = divmod(hours, 24)
-    return f"{days}d {hours:02d}h" if hours else f"{days}d"
-
-
-def fmt_ago(when: datetime | None, now: datetime) -> str:
-    if when is None:
-        return "-"
-    if when > now:
-        return f"in {fmt_age(when - now)}"
-    return f"{fmt_age(now - when)} ago"
+_ago = fmt_ago
 
 
 def _one_line(text: str | None) -> str:
