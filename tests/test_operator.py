@@ -17,6 +17,7 @@ from resilient_sync import (
     MappingError,
     RetryableError,
 )
+from resilient_sync.testing import RecordingDestination
 
 
 def outcomes(e: Event, n: int) -> Any:
@@ -324,3 +325,17 @@ def test_a_re_sync_gives_a_fresh_deadline_not_only_fresh_attempts() -> None:
     clock.advance(120)
     dispatcher.run_until_idle()
     assert [e.id for e in pos.applied] == ["c1"]
+
+
+def test_stats_by_status_takes_the_status_or_its_value() -> None:
+    h = harness(RecordingDestination("pos"))
+    h.dispatcher.submit_many([event("e1"), event("e2")])
+    h.dispatcher.run_until_idle()
+    by_status = h.operator.stats().by_status
+    assert by_status[DeliveryStatus.SUCCEEDED] == by_status["succeeded"] == 2
+    assert "succeeded" in by_status
+    assert "needs_action" not in by_status
+    assert by_status.get("needs_action", 0) == 0
+    assert by_status.get("no-such-status") is None
+    with pytest.raises(KeyError):
+        by_status["no-such-status"]

@@ -9,7 +9,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping
 from datetime import datetime, timedelta
-from typing import Any, Union
+from typing import Any, TypeVar, Union, overload
 
 import attrs
 
@@ -30,6 +30,7 @@ __all__ = [
     "Page",
     "QueueStats",
     "RunReport",
+    "StatusCounts",
 ]
 
 #: A JSON value as produced by :func:`json.loads`.
@@ -392,6 +393,41 @@ class IdempotencyRecord:
     expires_at: datetime | None = None
 
 
+_T = TypeVar("_T")
+
+
+class StatusCounts(dict[DeliveryStatus, int]):
+    """Counts keyed by :class:`DeliveryStatus` that may also be looked up by
+    the status's value (``counts["needs_action"]``), for type checkers too."""
+
+    @staticmethod
+    def _key(key: object) -> DeliveryStatus | None:
+        if isinstance(key, DeliveryStatus):
+            return key
+        try:
+            return DeliveryStatus(key)
+        except ValueError:
+            return None
+
+    def __getitem__(self, key: DeliveryStatus | str) -> int:
+        status = self._key(key)
+        if status is None:
+            raise KeyError(key)
+        return super().__getitem__(status)
+
+    def __contains__(self, key: object) -> bool:
+        status = self._key(key)
+        return status is not None and super().__contains__(status)
+
+    @overload  # type: ignore[override]
+    def get(self, key: DeliveryStatus | str, /) -> int | None: ...
+    @overload
+    def get(self, key: DeliveryStatus | str, default: int | _T, /) -> int | _T: ...
+    def get(self, key: DeliveryStatus | str, default: Any = None, /) -> Any:
+        status = self._key(key)
+        return default if status is None else super().get(status, default)
+
+
 @attrs.frozen(kw_only=True)
 class QueueStats:
     """Counts for dashboards and ``Operator.stats()``.
@@ -408,9 +444,10 @@ class QueueStats:
     destinations: Mapping[str, DestinationState] = attrs.field(factory=dict)
 
     @property
-    def by_status(self) -> dict[DeliveryStatus, int]:
-        """Counts by status over all destinations."""
-        totals: dict[DeliveryStatus, int] = {}
+    def by_status(self) -> StatusCounts:
+        """Counts by status over all destinations; look one up by
+        :class:`DeliveryStatus` or by its value (``by_status["succeeded"]``)."""
+        totals = StatusCounts()
         for counts in self.by_destination.values():
             for status, n in counts.items():
                 totals[status] = totals.get(status, 0) + n

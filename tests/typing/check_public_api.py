@@ -168,6 +168,10 @@ def operate(queue: QueueStore, clock: FakeClock | SystemClock) -> None:
     operator.resume("pos", actor="alice")
     stats = operator.stats()
     print(stats.total, stats.by_status.get(DeliveryStatus.SUCCEEDED, 0), moved)
+    # the documented string keys type-check too
+    failed: int = stats.by_status["needs_action"]
+    succeeded: int = stats.by_status.get("succeeded", 0)
+    print(failed + succeeded, "needs_action" in stats.by_status)
     for bucket in operator.error_trend(bucket=timedelta(hours=1)):
         print(bucket.start, bucket.total, bucket.counts.get(ErrorCategory.TRANSIENT, 0))
     for attempt in operator.recent_errors(limit=5):
