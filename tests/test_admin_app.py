@@ -549,8 +549,8 @@ def test_delivery_page_shows_the_error_the_field_the_trail_and_what_it_waits_for
     assert re.search(r"deliver attempt 1 by worker:\S+ → needs action data format", text)
     blocked = panel.get(f"/deliveries/{world.id('k2')}")
     assert (
-        f"blocked behind delivery {world.id('k1')} of the same ordering key 'cust-7' "
-        "(it is needs_action, so a person must re-sync, resolve or discard it first)"
+        f"blocked behind {world.id('k1')}, which needs action: a person must re-sync, resolve "
+        "or discard it first (same ordering key 'cust-7')"
     ) in text_of(blocked)
     missing = panel.get(f"/deliveries/{world.id('k1')}")
     assert "The field vat_number is not in the payload: add it below" in text_of(missing)

@@ -90,11 +90,11 @@ def test_everything_that_holds_a_waiting_delivery_back_in_order() -> None:
             "5 failures (it resumes by itself)"
         ),
         (
-            "blocked behind delivery d-0 of the same ordering key 'cust-7' (it is needs_action, "
-            "so a person must re-sync, resolve or discard it first)"
+            "blocked behind d-0, which needs action: a person must re-sync, resolve or discard "
+            "it first (same ordering key 'cust-7')"
         ),
         "another attempt holds its idempotency key until 2026-11-22 10:30:50Z (in 50s)",
-        "its retry at 2026-11-22 10:34:00Z (in 4m) after a transient error",
+        "due at 2026-11-22 10:34:00Z (in 4m): the next retry after a transient error",
     ]
 
 
@@ -102,5 +102,6 @@ def test_a_due_delivery_waits_for_a_worker() -> None:
     old_hold = DestinationState(name="pos", hold_until=NOW - timedelta(seconds=1))
     done_key = IdempotencyRecord(key="k", state=IdempotencyState.COMPLETED, fingerprint="f")
     assert waiting_for(delivery(), now=NOW, destination=old_hold, key_record=done_key) == [
-        "a worker: it is due now and the next worker run delivers it"
+        ("a worker: it is due now and the next worker run delivers it (if it stays here, "
+        "check that a worker serving this destination is running)")
     ]

@@ -315,9 +315,11 @@ def test_show_says_what_a_waiting_delivery_waits_for(tmp_path: Path) -> None:
     assert "which needs action" in second
     assert "Waiting due at " in waiting("later")
     assert "the next retry" in waiting("later")
-    assert "destination paused: POS maintenance until 14:00" in waiting("paused-one")
+    paused = waiting("paused-one")
+    assert "to be resumed: it is paused (POS maintenance until 14:00)" in paused
+    assert "(resilient-sync resume crm)" in paused
     held = waiting("held-one")
-    assert "held until " in held
+    assert "held back until " in held
     assert "rate limited: 429" in held
     assert "it is due now" in waiting("free-one")
     assert "worker" in waiting("free-one")

@@ -8,6 +8,7 @@ delivery and its next attempt.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 
 from ._format import fmt_ago, fmt_time
@@ -31,6 +32,10 @@ def _when(when: datetime, now: datetime) -> str:
     return f"{fmt_time(when)} ({fmt_ago(when, now)})"
 
 
+def _same(value: str) -> str:
+    return value
+
+
 def waiting_for(
     delivery: Delivery,
     *,
@@ -38,13 +43,17 @@ def waiting_for(
     destination: DestinationState | None = None,
     blocker: Delivery | None = None,
     key_record: IdempotencyRecord | None = None,
+    name: Callable[[str], str] = _same,
+    commands: bool = False,
 ) -> list[str]:
     """What ``delivery`` waits for, most important first (empty when final).
 
     ``destination`` is its destination's state (paused, held); ``blocker``
     the oldest unfinished delivery of the same destination and ordering key
     submitted before it, when there is one; ``key_record`` what the
-    idempotency store holds for its key.
+    idempotency store holds for its key. ``name`` shows a delivery id (the
+    CLI shortens it); ``commands`` adds the ``resilient-sync`` command that
+    helps, where there is one.
     """
     d = delivery
     status = d.status
@@ -63,12 +72,13 @@ def waiting_for(
         until = f" until {_when(d.lease_expires_at, now)}" if d.lease_expires_at else ""
         return [f"{owner} is delivering it now (leased{until})"]
     reasons: list[str] = []
-    name = d.destination
+    dest = d.destination
     if destination is not None and destination.paused:
         why = one_line(destination.paused_reason or "no reason given")
+        hint = f" (resilient-sync resume {dest})" if commands else ""
         reasons.append(
-            f"destination {name} to be resumed: it is paused ({why}); an operator resumes it "
-            "once the cause is fixed"
+            f"destination {dest} to be resumed: it is paused ({why}); an operator resumes it "
+            f"once the cause is fixed{hint}"
         )
     if (
         destination is not None
@@ -77,16 +87,20 @@ def waiting_for(
     ):
         why = one_line(destination.hold_reason or "held back")
         reasons.append(
-            f"destination {name} is held back until {_when(destination.hold_until, now)}: "
+            f"destination {dest} is held back until {_when(destination.hold_until, now)}: "
             f"{why} (it resumes by itself)"
         )
     if blocker is not None:
         key = one_line(d.ordering_key or "")
-        state = blocker.status.value
         if blocker.status is DeliveryStatus.NEEDS_ACTION:
-            state += ", so a person must re-sync, resolve or discard it first"
+            which = "which needs action: a person must re-sync, resolve or discard it first"
+        elif blocker.status is DeliveryStatus.IN_FLIGHT:
+            which = "which is being delivered"
+        else:
+            which = f"which is {blocker.status.value}"
+        hint = f"; see: resilient-sync show {name(blocker.id)}" if commands else ""
         reasons.append(
-            f"blocked behind delivery {blocker.id} of the same ordering key {key!r} (it is {state})"
+            f"blocked behind {name(blocker.id)}, {which} (same ordering key {key!r}{hint})"
         )
     if (
         key_record is not None
@@ -101,7 +115,10 @@ def waiting_for(
         after = ""
         if d.last_error is not None:
             after = f" after a {d.last_error.category.value} error"
-        reasons.append(f"its retry at {_when(d.next_attempt_at, now)}{after}")
+        reasons.append(f"due at {_when(d.next_attempt_at, now)}: the next retry{after}")
     if not reasons:
-        reasons.append("a worker: it is due now and the next worker run delivers it")
+        reasons.append(
+            "a worker: it is due now and the next worker run delivers it (if it stays here, "
+            "check that a worker serving this destination is running)"
+        )
     return reasons

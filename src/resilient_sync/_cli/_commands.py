@@ -28,6 +28,7 @@ from .._model import Delivery, DeliveryStatus, ErrorCategory, Page
 from .._operator import DISCARDABLE, RESOLVABLE, RETRYABLE_BY_OPERATOR, Operator
 from .._protocols import IdempotencyStore
 from .._text import for_terminal
+from .._waiting import WAITING, waiting_for
 from ..stores._common import encode_cursor
 from . import _render as render
 from ._args import (
@@ -235,7 +236,6 @@ def cmd_list(ctx: Ctx) -> int:
     return EXIT_OK
 
 
-_WAITING = (DeliveryStatus.PENDING, DeliveryStatus.RETRY_SCHEDULED)
 _UNFINISHED = [
     DeliveryStatus.PENDING,
     DeliveryStatus.IN_FLIGHT,
@@ -270,62 +270,19 @@ def _blocker(ctx: Ctx, delivery: Delivery) -> Delivery | None:
 
 
 def _waiting(ctx: Ctx, delivery: Delivery, short: Callable[[str], str]) -> list[str]:
-    """Why a delivery that is not final has not gone yet, in plain words."""
-    now = ctx.now
-    name = delivery.destination
-    if delivery.status is DeliveryStatus.IN_FLIGHT:
-        until = delivery.lease_expires_at
-        return [
-            f"being attempted by {delivery.lease_owner or 'a worker'}"
-            + (
-                f" (lease until {render.fmt_time(until)}, {render.fmt_ago(until, now)})"
-                if until
-                else ""
-            )
-        ]
-    if delivery.status not in _WAITING:
+    """Why a delivery that is not final has not gone yet, in plain words (one
+    that needs action says what to do instead, elsewhere on the screen)."""
+    if delivery.status.is_final or delivery.status is DeliveryStatus.NEEDS_ACTION:
         return []
-    reasons = []
-    state = ctx.operator.destinations().get(name)
-    if state is not None and state.paused:
-        reasons.append(
-            f"destination paused: {state.paused_reason or 'no reason given'} "
-            f"(when fixed: resilient-sync resume {name})"
-        )
-    if state is not None and state.hold_until is not None and state.hold_until > now:
-        until = state.hold_until
-        reasons.append(
-            f"held until {render.fmt_time(until)} ({render.fmt_ago(until, now)}): "
-            f"{state.hold_reason or 'held back'}"
-        )
-    blocker = _blocker(ctx, delivery)
-    if blocker is not None:
-        if blocker.status is DeliveryStatus.NEEDS_ACTION:
-            which = "which needs action"
-        elif blocker.status is DeliveryStatus.IN_FLIGHT:
-            which = "which is being attempted"
-        elif blocker.next_attempt_at is not None and blocker.next_attempt_at > now:
-            which = (
-                f"which is {blocker.status.value}, due at "
-                f"{render.fmt_time(blocker.next_attempt_at)}"
-            )
-        else:
-            which = f"which is {blocker.status.value}"
-        reasons.append(
-            f"blocked behind {short(blocker.id)}, {which} (same ordering key "
-            f"{delivery.event.ordering_key!r}; see: resilient-sync show {short(blocker.id)})"
-        )
-    due = delivery.next_attempt_at
-    if due is not None and due > now:
-        reasons.append(
-            f"due at {render.fmt_time(due)} ({render.fmt_ago(due, now)}), the next retry"
-        )
-    if not reasons:
-        reasons.append(
-            "nothing: it is due now, and the next worker run takes it (if it stays here, "
-            "check that a worker serving this destination is running)"
-        )
-    return reasons
+    blocker = _blocker(ctx, delivery) if delivery.status in WAITING else None
+    return waiting_for(
+        delivery,
+        now=ctx.now,
+        destination=ctx.operator.destinations().get(delivery.destination),
+        blocker=blocker,
+        name=short,
+        commands=True,
+    )
 
 
 def cmd_show(ctx: Ctx) -> int:
