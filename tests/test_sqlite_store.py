@@ -736,3 +736,41 @@ def test_the_async_dispatcher_drives_the_sqlite_stores(db: Path) -> None:
         idempotency.close()
 
     asyncio.run(main())
+
+
+def test_a_batch_takes_two_commits_when_the_stores_share_the_file(tmp_path: Path) -> None:
+    """claim + idempotency locks in one commit (no fsync), keys + outcomes in one
+    durable commit: the stores of one file join one transaction."""
+    queue, idempotency = open_stores(f"sqlite:///{tmp_path / 'sync.db'}")
+    dispatcher = Dispatcher(queue, idempotency, [RecordingDestination("pos")])
+    dispatcher.submit_many([Event(f"e{i}", "t", {}) for i in range(10)])
+    statements: list[str] = []
+    conn = queue._db._conn  # type: ignore[attr-defined]
+    conn.set_trace_callback(statements.append)
+    assert dispatcher.run_once().succeeded == 10
+    conn.set_trace_callback(None)
+    commits = [s for s in statements if s.strip().upper() == "COMMIT"]
+    assert len(commits) == 2, statements
+    queue.close()
+    idempotency.close()
+
+
+def test_a_claim_whose_keys_cannot_be_taken_is_undone_with_them(tmp_path: Path) -> None:
+    queue, idempotency = open_stores(f"sqlite:///{tmp_path / 'sync.db'}")
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise StoreError("idempotency store unreachable")
+
+    dispatcher = Dispatcher(queue, idempotency, [RecordingDestination("pos")])
+    dispatcher.submit(Event("e1", "t", {}))
+    idempotency.begin = broken  # type: ignore[method-assign]
+    with pytest.raises(StoreError):
+        dispatcher.run_once()
+    (delivery,) = queue.list().items
+    assert (delivery.status, delivery.attempts, delivery.lease_token) == (
+        DeliveryStatus.PENDING,
+        0,
+        0,
+    )
+    queue.close()
+    idempotency.close()

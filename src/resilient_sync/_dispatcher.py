@@ -396,6 +396,71 @@ class _BaseDispatcher(_Submitter):
             )
         return updates
 
+    def _joined(self) -> Callable[..., contextlib.AbstractContextManager[Any]] | None:
+        """The queue store's ``transaction(durable=)`` when it has one (SQLite:
+        the stores sharing a file commit together), else None."""
+        joined = getattr(self.queue, "transaction", None)
+        return joined if callable(joined) else None
+
+    def _claim_batch(self, args: dict[str, Any]) -> tuple[list[Delivery], _Batch | None]:
+        """Claim a batch and take its idempotency keys (I/O, in one thread).
+
+        Where the stores share a transaction (SQLite), both are one commit and
+        a failure undoes both; otherwise a failure to take the keys hands the
+        claim back unattempted, so it costs no retry budget.
+        """
+        joined = self._joined()
+        claimed: list[Delivery] = []
+        try:
+            with joined(durable=False) if joined is not None else contextlib.nullcontext():
+                claimed = self.queue.claim(**args)
+                if not claimed:
+                    return [], None
+                batch = self._batch(claimed)
+                records = self.idempotency.begin(
+                    batch.entries, now=args["now"], lock_until=args["lease_until"]
+                )
+                self._check_begun(batch, records)
+                return claimed, batch
+        except BaseException:
+            if claimed and joined is None:
+                now = self.clock.now()
+                try:
+                    self.queue.complete([released(d, now) for d in claimed])
+                except Exception:
+                    logger.exception(
+                        "could not hand back %d claimed deliveries; they are claimed again "
+                        "when their leases expire",
+                        len(claimed),
+                    )
+            raise
+
+    def _record(self, claimed: Sequence[Delivery], results: Sequence[FlowResult]) -> list[bool]:
+        """Record a batch's outcomes (I/O, in one thread): the completed keys,
+        the released ones, then the deliveries — one durable commit where the
+        stores share a transaction (SQLite)."""
+        finish, release, completions = self._settle(results)
+        now = self.clock.now()
+        joined = self._joined()
+        with joined(durable=True) if joined is not None else contextlib.nullcontext():
+            if finish:
+                try:
+                    self.idempotency.finish(finish, now=now, expires_at=now + self.idempotency_ttl)
+                except Exception:
+                    if joined is not None:
+                        raise  # the joined transaction is lost: nothing is recorded
+                    # the outcomes still count: record them (their keys stay locked until
+                    # the lease ends, so a retry of the same key waits, then replays or re-sends)
+                    logger.exception("could not record %d completed idempotency keys", len(finish))
+            if release:
+                try:
+                    self.idempotency.release(release, locked_until=claimed[0].lease_expires_at)
+                except Exception:
+                    if joined is not None:
+                        raise
+                    logger.exception("could not release %d idempotency keys", len(release))
+            return self.queue.complete(completions)
+
     def _check_begun(self, batch: _Batch, records: Sequence[Any]) -> None:
         if len(records) != len(batch.entries):
             raise StoreError(
@@ -733,22 +798,19 @@ class Dispatcher(_BaseDispatcher, _SyncSubmitting):
         back unattempted before the error propagates.
         """
         args = self._claim_args(limit)
-        claimed = self.queue.claim(**args)
-        if not claimed:
+        claimed, batch = self._claim_batch(args)
+        if batch is None:
             return RunReport()
         self._heartbeat.hold(claimed)
         try:
-            return self._process(claimed, args)
+            return self._process(claimed, batch, args)
         finally:
             self._heartbeat.drop(claimed)
 
-    def _process(self, claimed: list[Delivery], args: dict[str, Any]) -> RunReport:
+    def _process(self, claimed: list[Delivery], batch: _Batch, args: dict[str, Any]) -> RunReport:
         lease_until: datetime = args["lease_until"]
         batch_started = False
         try:
-            batch = self._batch(claimed)
-            records = self.idempotency.begin(batch.entries, now=args["now"], lock_until=lease_until)
-            self._check_begun(batch, records)
             envs = self._envs(lease_until)
             halted: dict[str, str] = {}
             batch_started = True
@@ -908,21 +970,7 @@ class Dispatcher(_BaseDispatcher, _SyncSubmitting):
         self._halt(result, delivery, halted)
 
     def _commit(self, claimed: list[Delivery], results: list[FlowResult]) -> RunReport:
-        finish, release, completions = self._settle(results)
-        now = self.clock.now()
-        if finish:
-            try:
-                self.idempotency.finish(finish, now=now, expires_at=now + self.idempotency_ttl)
-            except Exception:
-                # the outcomes still count: record them (their keys stay locked until
-                # the lease ends, so a retry of the same key waits, then replays or re-sends)
-                logger.exception("could not record %d completed idempotency keys", len(finish))
-        if release:
-            try:
-                self.idempotency.release(release, locked_until=claimed[0].lease_expires_at)
-            except Exception:
-                logger.exception("could not release %d idempotency keys", len(release))
-        applied = self.queue.complete(completions)
+        applied = self._record(claimed, results)
         report, needs_action = self._report(claimed, results, applied)
         self._escalate(needs_action)
         return report
@@ -1061,24 +1109,21 @@ class AsyncDispatcher(_BaseDispatcher):
     async def run_once(self, limit: int | None = None) -> RunReport:
         """See :meth:`Dispatcher.run_once`."""
         args = self._claim_args(limit)
-        claimed: list[Delivery] = await self._io(self.queue.claim, **args)
-        if not claimed:
+        claimed, batch = await self._io(self._claim_batch, args)
+        if batch is None:
             return RunReport()
         self._heartbeat.hold(claimed)
         try:
-            return await self._process(claimed, args)
+            return await self._process(claimed, batch, args)
         finally:
             self._heartbeat.drop(claimed)
 
-    async def _process(self, claimed: list[Delivery], args: dict[str, Any]) -> RunReport:
+    async def _process(
+        self, claimed: list[Delivery], batch: _Batch, args: dict[str, Any]
+    ) -> RunReport:
         lease_until: datetime = args["lease_until"]
         batch_started = False
         try:
-            batch = self._batch(claimed)
-            records: list[IdempotencyRecord] = await self._io(
-                self.idempotency.begin, batch.entries, now=args["now"], lock_until=lease_until
-            )
-            self._check_begun(batch, records)
             envs = self._envs(lease_until)
             halted: dict[str, str] = {}
             gate = asyncio.Semaphore(self.concurrency)
@@ -1207,23 +1252,7 @@ class AsyncDispatcher(_BaseDispatcher):
 
     async def _commit(self, claimed: list[Delivery], results: list[FlowResult]) -> RunReport:
         """See :meth:`Dispatcher._commit`."""
-        finish, release, completions = self._settle(results)
-        now = self.clock.now()
-        if finish:
-            try:
-                await self._io(
-                    self.idempotency.finish, finish, now=now, expires_at=now + self.idempotency_ttl
-                )
-            except Exception:
-                logger.exception("could not record %d completed idempotency keys", len(finish))
-        if release:
-            try:
-                await self._io(
-                    self.idempotency.release, release, locked_until=claimed[0].lease_expires_at
-                )
-            except Exception:
-                logger.exception("could not release %d idempotency keys", len(release))
-        applied: list[bool] = await asyncio.shield(self._io(self.queue.complete, completions))
+        applied: list[bool] = await asyncio.shield(self._io(self._record, claimed, results))
         report, needs_action = self._report(claimed, results, applied)
         await self._escalate(needs_action)
         return report

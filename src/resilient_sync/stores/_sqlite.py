@@ -16,16 +16,19 @@ How the promises are kept:
   accepted and, in WAL mode, gives what ``FULL`` gives (its extra directory
   sync concerns rollback journals).
   Speed comes from batching: a whole claim or completion batch is one
-  commit. One exception, at every level: the idempotency store's locks
-  (``begin``/``release``) commit without an fsync, and so does ``finish``
-  when both stores share one file (``open_stores``). A lock only matters
-  while the process holding it lives, and a power loss ends every one of
-  them. A ``finish`` is always followed by the queue's durable ``complete``:
-  on the same file that fsync makes it durable too (the WAL is replayed in
-  order); a power loss in between undoes both, so the
-  delivery is attempted again under the same idempotency key, which is the
-  window no client can close and the destination's key dedupe covers. A
-  killed process loses none of them (the OS still holds the pages).
+  commit, and when both stores share one file (``open_stores``) the
+  dispatcher joins them (:meth:`SQLiteQueueStore.transaction`): a claim and
+  its idempotency locks are one commit, a batch's completed keys and its
+  outcomes another. Claims and idempotency locks (``claim``, ``begin``,
+  ``release``) commit without an fsync: they only matter while the
+  processes on this machine live, and a power loss ends every one of them
+  (the deliveries are claimed again, under the same idempotency keys). A
+  ``finish`` on a shared file is followed, or joined, by the queue's durable
+  ``complete``: that fsync makes it durable too (the WAL is replayed in
+  order); a power loss before it undoes both, so the delivery is attempted
+  again under the same idempotency key, which is the window no client can
+  close and the destination's key dedupe covers. A killed process loses
+  none of them (the OS still holds the pages).
 - **Several threads and processes.** A store object owns one connection,
   guarded by a lock (the dispatcher calls stores from a thread pool and from
   ``asyncio.to_thread``). Processes share the file: a write waits up to
@@ -385,6 +388,8 @@ class _Database:
         #: take commits into an unlinked inode and lose them)
         self._identity: tuple[int, int] | None = None
         self.wakeup = _Wakeup(self)
+        #: inside transaction(): its durability (None: not inside one)
+        self._joined: bool | None = None
         #: True when a queue store and an idempotency store share this file
         #: (``open_pair``): the queue's durable commits then cover the
         #: idempotency store's ``finish`` too (one WAL, replayed in order).
@@ -622,6 +627,14 @@ class _Database:
                 raise StoreError(
                     f"SQLite store {self.where!r}: {action} refused: the store was opened read-only"
                 )
+            if self._joined is not None:  # inside transaction(): one commit at its end
+                if durable and not self._joined:
+                    raise RuntimeError(
+                        f"{action} needs a durable commit inside a transaction(durable=False)"
+                    )
+                assert self._conn is not None  # noqa: S101 - opened by transaction()
+                yield self._conn
+                return
             conn = self._connection()
             self.check_file(action)
             relax = not durable and self.synchronous != "NORMAL"
@@ -645,6 +658,24 @@ class _Database:
             finally:
                 if relax:
                     self._restore_synchronous(conn, action)
+
+    @contextlib.contextmanager
+    def transaction(self, *, durable: bool) -> Iterator[None]:
+        """Every write of this thread inside is one transaction, committed at
+        the end (with an fsync when ``durable``), or rolled back as a whole.
+        The stores sharing this file (``open_pair``) join it: the dispatcher
+        takes a claim and its idempotency locks, or records a batch's keys
+        and outcomes, in one commit instead of two."""
+        with self.lock:
+            if self._joined is not None:
+                yield  # already inside one: join it
+                return
+            with self.write("transaction", durable=durable):
+                self._joined = durable
+                try:
+                    yield
+                finally:
+                    self._joined = None
 
     def _restore_synchronous(self, conn: sqlite3.Connection, action: str) -> None:
         """Back to the configured level; a connection that refuses is dropped
@@ -911,6 +942,14 @@ class _SQLiteStore:
     def read_only(self) -> bool:
         """Whether the store was opened for reading only (no writes, no migration)."""
         return self._db.read_only
+
+    def transaction(self, *, durable: bool = True) -> contextlib.AbstractContextManager[None]:
+        """One transaction for every write of this thread inside, this store's
+        and those of the stores sharing its file (see ``open_stores``);
+        committed at the end (with an fsync when ``durable``) or rolled back
+        as a whole."""
+        self._check_open()
+        return self._db.transaction(durable=durable)
 
     def close(self) -> None:
         """Close the connection (when no other store shares it); idempotent."""
@@ -1224,7 +1263,10 @@ class SQLiteQueueStore(_SQLiteStore):
         now_us = _us(now)
         until_us = _us(lease_until)
         wanted = None if destinations is None else json.dumps(list(destinations))
-        with self._writing("claim") as conn:
+        # without an fsync: a claim matters only while the processes on this
+        # machine live; after a power loss it is claimed again (under the same
+        # idempotency key), and no outcome is ever lost (complete is durable)
+        with self._writing("claim", durable=False) as conn:
             rows = conn.execute(
                 Q.claim_candidates, {"now": now_us, "destinations": wanted, "limit": limit}
             ).fetchall()
