@@ -134,7 +134,13 @@ class Rows:
     ) -> None:
         run = median_run(self.runs, ours, ref)
         text = label(run) if callable(label) else label
-        self.rows.append(Row(self.section, what, run[ours], unit, text, run[ref], target=target))
+        ratios = [r[ours] / r[ref] for r in self.runs]
+        spread = (
+            f"{len(ratios)} runs: {min(ratios):.2f}-{max(ratios):.2f}x" if len(ratios) > 1 else ""
+        )
+        self.rows.append(
+            Row(self.section, what, run[ours], unit, text, run[ref], target=target, note=spread)
+        )
 
 
 def rates(n: int, enqueue_s: float, process_s: float, prefix: str) -> dict[str, float]:
