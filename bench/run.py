@@ -1,7 +1,7 @@
 """The benchmark suite: the same workload through resilient_sync, its peers and
 the raw engines, in one run, on one machine; one table and one JSON file.
 
-    python3 tasks.py bench            # everything (about half an hour here)
+    python3 tasks.py bench            # everything (about 35 minutes on a busy 2-core machine)
     python3 tasks.py bench --quick    # smaller N, fewer repeats, no 1M rows (< 2 minutes)
     .venv/bin/python bench/run.py --only sqlite,postgres --out /tmp/bench.json
 
@@ -61,6 +61,11 @@ FULL: dict[str, Any] = {
     "pg_events": 10_000,
     "pg_events_procrastinate": 2_000,
     "pg_repeat": 2,
+    # each peer's setting and the values it is drained with (each with 1 and 4 processes)
+    "pg_peer_settings": {
+        "pgqueuer": ("batch_size", (100, 10)),
+        "procrastinate": ("concurrency", (1, 4)),
+    },
     "poll_intervals": [1.0, 0.01],
     "latency_samples": {"slow": 40, "fast": 200},
     "scale_sizes": [10_000, 100_000, 1_000_000],
@@ -75,18 +80,22 @@ FULL: dict[str, Any] = {
     "http_concurrency": 8,
 }
 QUICK: dict[str, Any] = {
-    "sqlite_events": 1_000,
+    "sqlite_events": 500,
     "sqlite_repeat": 1,
-    "pg_events": 2_000,
-    "pg_events_procrastinate": 300,
+    "pg_events": 1_000,
+    "pg_events_procrastinate": 200,
     "pg_repeat": 1,
+    "pg_peer_settings": {
+        "pgqueuer": ("batch_size", (100,)),
+        "procrastinate": ("concurrency", (4,)),
+    },
     "poll_intervals": [1.0],
-    "latency_samples": {"slow": 6, "fast": 30},
-    "scale_sizes": [5_000, 50_000],
-    "scale_events": 500,
+    "latency_samples": {"slow": 4, "fast": 30},
+    "scale_sizes": [2_000, 20_000],
+    "scale_events": 300,
     "scale_repeat": 1,
     "scale_budget": 0.5,
-    "rss_events": 10_000,
+    "rss_events": 5_000,
     "overhead_sizes": [1_000, 10_000],
     "overhead_repeat": 1,
     "http_deliveries": 300,
@@ -215,10 +224,6 @@ def _default_synchronous() -> str:
 
 # -- PostgreSQL: enqueue and drain --------------------------------------------------------------
 
-PEER_SETTINGS = {  # peer: the setting varied, and its values
-    "pgqueuer": ("batch_size", (100, 10)),
-    "procrastinate": ("concurrency", (1, 4)),
-}
 WORKERS = (1, 4)
 
 
@@ -228,7 +233,7 @@ def postgres_section(cfg: dict[str, Any], details: dict[str, Any]) -> list[Row]:
 
     modules = {"pgqueuer": pgqueuer_pg, "procrastinate": procrastinate_pg}
     sizes = {"pgqueuer": cfg["pg_events"], "procrastinate": cfg["pg_events_procrastinate"]}
-    n = cfg["pg_events"]
+    n, settings = cfg["pg_events"], cfg["pg_peer_settings"]
     runs: list[dict[str, Any]] = []
     with common.pg_database("pgqueuer") as pgq, common.pg_database("procrastinate") as pro:
         dsns = {"pgqueuer": pgq, "procrastinate": pro}
@@ -241,7 +246,7 @@ def postgres_section(cfg: dict[str, Any], details: dict[str, Any]) -> list[Row]:
                 run[f"ours/w{w}.enqueue"], run[f"ours/w{w}.drain"] = enqueue, drain
                 run[f"ours/w{w}.e2e"] = 1 / (1 / enqueue + 1 / drain)
                 run[f"raw/w{w}.drain"] = bench_postgres.raw_throughput(w, n, 100)
-            for peer, (setting, values) in PEER_SETTINGS.items():
+            for peer, (setting, values) in settings.items():
                 for value in values:
                     for w in WORKERS:
                         key = f"{peer}/{value}/w{w}"
@@ -272,7 +277,7 @@ def postgres_section(cfg: dict[str, Any], details: dict[str, Any]) -> list[Row]:
         out.add(drain4, "ours/w4.drain", f"{peer}/best.drain", best, at_least(bound))
     out.add(drain4, "ours/w4.drain", "raw/w4.drain", "raw psycopg, 4 proc", at_least(0.8))
     out.add("drain, 1 worker process", "ours/w1.drain", "raw/w1.drain", "raw psycopg, 1 proc")
-    for peer, (setting, values) in PEER_SETTINGS.items():
+    for peer, (setting, values) in settings.items():
         for value in values:
             for w in WORKERS:
                 out.add(
