@@ -4,10 +4,11 @@
     python3 tasks.py demo    # the main job: the demo on the embedded SQLite default
     python3 tasks.py test    # the whole test suite
     python3 tasks.py lint    # ruff and mypy --strict
-    python3 tasks.py bench   # the benchmarks under bench/
+    python3 tasks.py bench   # the benchmark suite (bench/run.py; --quick: < 2 minutes)
 
 Each command creates ``.venv`` (once) and installs the package with its
-``dev`` and ``postgres`` extras into it, so nothing else has to be set up.
+``dev`` and ``postgres`` extras into it (``bench`` adds the ``bench`` extra:
+the peers it measures against), so nothing else has to be set up.
 """
 
 from __future__ import annotations
@@ -23,19 +24,22 @@ VENV = ROOT / ".venv"
 BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
 PY = BIN / ("python.exe" if os.name == "nt" else "python")
 STAMP = VENV / ".installed"
+EXTRAS = "dev,postgres"
 
 
-def ensure_venv() -> None:
+def ensure_venv(extras: str = EXTRAS) -> None:
     if sys.version_info < (3, 10):  # noqa: UP036 - tasks.py runs before anything is installed
         sys.exit(f"resilient_sync needs Python 3.10+, this is {sys.version.split()[0]}")
     if not PY.exists():
         print("creating .venv ...", flush=True)
         venv.EnvBuilder(with_pip=True).create(VENV)
-    marker = (ROOT / "pyproject.toml").stat().st_mtime_ns
-    if not STAMP.exists() or STAMP.read_text() != str(marker):
-        print("installing resilient-sync[dev,postgres] into .venv ...", flush=True)
-        run([str(PY), "-m", "pip", "install", "-q", "-e", f"{ROOT}[dev,postgres]"])
-        STAMP.write_text(str(marker))
+    stamp, wanted = (ROOT / "pyproject.toml").stat().st_mtime_ns, set(extras.split(","))
+    old_stamp, _, old_extras = (STAMP.read_text() if STAMP.exists() else "").partition(" ")
+    # an install with more extras (bench) also serves the commands that need fewer
+    if old_stamp != str(stamp) or not wanted <= set(old_extras.split(",")):
+        print(f"installing resilient-sync[{extras}] into .venv ...", flush=True)
+        run([str(PY), "-m", "pip", "install", "-q", "-e", f"{ROOT}[{extras}]"])
+        STAMP.write_text(f"{stamp} {extras}")
 
 
 def run(cmd: list[str]) -> None:
@@ -48,7 +52,7 @@ def main(argv: list[str]) -> None:
     if not argv or argv[0] not in {"demo", "test", "lint", "bench"}:
         sys.exit(__doc__)
     command, rest = argv[0], argv[1:]
-    ensure_venv()
+    ensure_venv(f"{EXTRAS},bench" if command == "bench" else EXTRAS)
     if command == "demo":
         run([str(PY), "-m", "resilient_sync", "demo", *rest])
     elif command == "test":
@@ -60,8 +64,8 @@ def main(argv: list[str]) -> None:
         run([str(PY), "-m", "mypy", "--strict"])
         run([str(PY), "-m", "mypy", "--strict", "tests/typing"])
     else:
-        for script in sorted((ROOT / "bench").glob("bench_*.py")):
-            run([str(PY), str(script), *rest])
+        os.environ["RESILIENT_SYNC_BENCH_VIA_TASKS"] = "1"
+        run([str(PY), str(ROOT / "bench" / "run.py"), *rest])
 
 
 if __name__ == "__main__":
