@@ -19,6 +19,9 @@ Sections (``--only``, comma-separated):
 - ``latency``: idle submit->delivered p50/p99 across processes on SQLite
   (at each ``--poll-intervals``) and PostgreSQL, in one process on memory
   (latency.py);
+- ``shutdown``: how long ``resilient-sync worker`` takes to exit on SIGTERM
+  mid-batch (it finishes the running delivery and hands the rest back), and
+  on a second SIGTERM, next to its bound (shutdown.py);
 - ``scale``: cost per event at 10k/100k/1M rows queued and of history, keyed
   and unkeyed, on every store (scale.py);
 - ``rss``: a worker's RSS before and after draining N events (rss.py);
@@ -53,7 +56,7 @@ import common
 from common import PAYLOAD, Row, Target, at_least, at_most, log
 
 RESULTS = common.HERE / "results" / "latest.json"
-SECTIONS = ("sqlite", "postgres", "latency", "scale", "rss", "overhead", "http")
+SECTIONS = ("sqlite", "postgres", "latency", "shutdown", "scale", "rss", "overhead", "http")
 
 FULL: dict[str, Any] = {
     "sqlite_events": 10_000,
@@ -78,6 +81,7 @@ FULL: dict[str, Any] = {
     "http_deliveries": 2000,
     "http_repeat": 3,
     "http_concurrency": 8,
+    "shutdown_samples": 5,
 }
 QUICK: dict[str, Any] = {
     "sqlite_events": 500,
@@ -101,6 +105,7 @@ QUICK: dict[str, Any] = {
     "http_deliveries": 300,
     "http_repeat": 1,
     "http_concurrency": 8,
+    "shutdown_samples": 2,
 }
 
 
@@ -428,6 +433,43 @@ def rss_section(cfg: dict[str, Any], details: dict[str, Any], pg: bool) -> list[
     return rows
 
 
+def shutdown_section(cfg: dict[str, Any], details: dict[str, Any]) -> list[Row]:
+    import shutdown
+
+    delay, bound = 0.2, 30.0
+    result = details["shutdown"] = shutdown.measure(cfg["shutdown_samples"], delay, 20, bound)
+    ok = result["graceful_exit_codes"] == [0] and result["in_flight_left"] == 0
+    note = "exit 0, nothing left in flight" if ok else f"FAILED: {result}"
+    return [
+        Row(
+            "worker",
+            f"SIGTERM mid-batch -> exit, p50 ({note}; one delivery takes {delay:g} s)",
+            result["graceful_p50_s"],
+            "s",
+            "bound (--shutdown-timeout)",
+            bound,
+            target=at_most(1.0, "<= the bound"),
+        ),
+        Row(
+            "worker",
+            "SIGTERM mid-batch -> exit, max",
+            result["graceful_max_s"],
+            "s",
+            "bound (--shutdown-timeout)",
+            bound,
+            target=at_most(1.0, "<= the bound"),
+        ),
+        Row(
+            "worker",
+            f"a second SIGTERM -> exit at once (exit {result['second_signal_exit_codes']})",
+            result["second_signal_max_s"],
+            "s",
+            "",
+            None,
+        ),
+    ]
+
+
 def overhead_section(cfg: dict[str, Any], details: dict[str, Any]) -> list[Row]:
     import overhead
 
@@ -522,6 +564,7 @@ def main() -> None:
         "sqlite": lambda: sqlite_section(cfg, details),
         "postgres": lambda: postgres_section(cfg, details),
         "latency": lambda: latency_section(cfg, details, pg),
+        "shutdown": lambda: shutdown_section(cfg, details),
         "scale": lambda: scale_section(cfg, details, pg),
         "rss": lambda: rss_section(cfg, details, pg),
         "overhead": lambda: overhead_section(cfg, details),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import logging
 import threading
+import time
 from collections.abc import Sequence
 from decimal import Decimal
 from typing import Any
@@ -440,3 +441,24 @@ def test_a_single_destination_needs_no_list() -> None:
     dispatcher.submit(Event("c1", "customer.created", {}))
     assert dispatcher.run_until_idle().succeeded == 1
     assert [e.id for e in pos.applied] == ["c1"]
+
+
+def test_an_idle_worker_on_the_memory_store_wakes_at_once_on_a_submit() -> None:
+    queue, idempotency = MemoryQueueStore(), MemoryIdempotencyStore()
+    pos = RecordingDestination("pos")
+    dispatcher = Dispatcher(queue, idempotency, [pos], poll_interval=30)
+    stop = threading.Event()
+    worker = threading.Thread(target=dispatcher.run_forever, args=(stop,))
+    worker.start()
+    try:
+        time.sleep(0.2)  # idle: waiting, with a 30 s poll interval
+        started = time.monotonic()
+        dispatcher.submit(event("e1"))
+        while not pos.applied and time.monotonic() - started < 10:
+            time.sleep(0.005)
+        assert pos.applied
+        assert time.monotonic() - started < 1.0
+    finally:
+        stop.set()
+        worker.join(10)
+    assert not worker.is_alive()  # and it notices the stop within half a second

@@ -149,6 +149,9 @@ class MemoryQueueStore:
 
     def __init__(self) -> None:
         self._lock = threading.RLock()
+        #: wakes run_forever's idle wait (wait_for_work) when work may have arrived
+        self._work = threading.Condition(self._lock)
+        self._changes = 0
         self._rows: dict[str, _Row] = {}
         self._by_event: dict[tuple[str, str], str] = {}
         #: ids in submission order (purged ones are skipped, then compacted)
@@ -314,7 +317,23 @@ class MemoryQueueStore:
                 inserted.append(row.view(delivery.event))
             if cursor is not None:
                 self._cursors[cursor[0]] = cursor[1]
+            if inserted:
+                self._wake()
             return inserted
+
+    def _wake(self) -> None:
+        """Wake the idle waiters (the lock is held)."""
+        self._changes += 1
+        self._work.notify_all()
+
+    def wait_for_work(self, timeout: float) -> None:
+        """Block up to ``timeout`` seconds, returning as soon as work may have
+        arrived (an enqueue, a hand-back, a re-sync, a resumed destination)."""
+        if timeout < 0:
+            raise ValueError(f"timeout must be >= 0, got {timeout!r}")
+        with self._lock:
+            seen = self._changes
+            self._work.wait_for(lambda: self._changes != seen, timeout=timeout)
 
     def _blocked(self, name: str, now: datetime) -> bool:
         state = self._destinations.get(name)
@@ -443,6 +462,8 @@ class MemoryQueueStore:
                 for record in c.audit:
                     self._append_audit(record)
                 applied.append(True)
+                if c.status is DeliveryStatus.PENDING:
+                    self._wake()  # handed back: another worker may take it
             return applied
 
     def transition(
@@ -489,6 +510,8 @@ class MemoryQueueStore:
                 self._rekey(row)
                 self._append_audit(fill_audit(audit, row.view()))
                 moved.append(delivery_id)
+            if moved and to_status is DeliveryStatus.PENDING:
+                self._wake()
             return moved
 
     def set_destination(
@@ -516,6 +539,8 @@ class MemoryQueueStore:
             self._destinations[name] = state
             if audit is not None:
                 self._append_audit(audit)
+            if paused is False:
+                self._wake()
             return state
 
     def extend_leases(
