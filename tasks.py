@@ -5,10 +5,13 @@
     python3 tasks.py test    # the whole test suite
     python3 tasks.py lint    # ruff and mypy --strict
     python3 tasks.py bench   # the benchmark suite (bench/run.py; --quick: < 2 minutes)
+    python3 tasks.py docs    # build the documentation site into site/ (mkdocs build --strict)
+    python3 tasks.py docs serve   # preview it on http://127.0.0.1:8000 while writing
 
 Each command creates ``.venv`` (once) and installs the package with its
-``dev`` and ``postgres`` extras into it (``bench`` adds the ``bench`` extra:
-the peers it measures against), so nothing else has to be set up.
+``dev`` (which pulls in ``docs``) and ``postgres`` extras into it (``bench``
+adds the ``bench`` extra: the peers it measures against), so nothing else
+has to be set up.
 """
 
 from __future__ import annotations
@@ -49,7 +52,7 @@ def run(cmd: list[str]) -> None:
 
 
 def main(argv: list[str]) -> None:
-    if not argv or argv[0] not in {"demo", "test", "lint", "bench"}:
+    if not argv or argv[0] not in {"demo", "test", "lint", "bench", "docs"}:
         sys.exit(__doc__)
     command, rest = argv[0], argv[1:]
     ensure_venv(f"{EXTRAS},bench" if command == "bench" else EXTRAS)
@@ -63,6 +66,12 @@ def main(argv: list[str]) -> None:
         run([str(PY), "-m", "ruff", "format", "--check", "src"])
         run([str(PY), "-m", "mypy", "--strict"])
         run([str(PY), "-m", "mypy", "--strict", "tests/typing"])
+    elif command == "docs":
+        os.environ.setdefault("NO_MKDOCS_2_WARNING", "1")  # Material's banner about MkDocs 2
+        if rest[:1] == ["serve"]:
+            run([str(PY), "-m", "mkdocs", "serve", *rest[1:]])
+        else:
+            run([str(PY), "-m", "mkdocs", "build", "--strict", *rest])
     else:
         os.environ["RESILIENT_SYNC_BENCH_VIA_TASKS"] = "1"
         run([str(PY), str(ROOT / "bench" / "run.py"), *rest])

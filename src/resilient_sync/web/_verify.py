@@ -350,7 +350,10 @@ class StripeWebhook(_SignedWebhook):
         secrets: the signing secret, or several while rotating.
         tolerance: seconds (default 300, as Stripe's libraries); None
             disables the check (not recommended).
-        to, records, record_path, to_event: as for :class:`ShopifyWebhook`.
+        to: as for :class:`ShopifyWebhook`.
+        records: as for :class:`ShopifyWebhook`.
+        record_path: as for :class:`ShopifyWebhook`.
+        to_event: as for :class:`ShopifyWebhook`.
     """
 
     vendor = "stripe"
@@ -463,7 +466,10 @@ class StandardWebhook(_SignedWebhook):
     Args:
         secrets: ``whsec_...`` secrets (or raw key bytes), several while rotating.
         tolerance: seconds (default 300, as the reference libraries).
-        to, records, record_path, to_event: as for :class:`ShopifyWebhook`.
+        to: as for :class:`ShopifyWebhook`.
+        records: as for :class:`ShopifyWebhook`.
+        record_path: as for :class:`ShopifyWebhook`.
+        to_event: as for :class:`ShopifyWebhook`.
     """
 
     vendor = "standard-webhooks"
@@ -554,7 +560,10 @@ class GitHubWebhook(_SignedWebhook):
 
     Args:
         secrets: the webhook secret, or several while rotating.
-        to, records, record_path, to_event: as for :class:`ShopifyWebhook`.
+        to: as for :class:`ShopifyWebhook`.
+        records: as for :class:`ShopifyWebhook`.
+        record_path: as for :class:`ShopifyWebhook`.
+        to_event: as for :class:`ShopifyWebhook`.
     """
 
     vendor = "github"
