@@ -844,7 +844,8 @@ def open_backend(kind: str, directory: Any, name: str) -> tuple[Any, Any, Callab
     if kind == "memory":
         return MemoryQueueStore(), MemoryIdempotencyStore(), lambda: None
     if kind == "sqlite":
-        queue, idempotency = open_stores(f"sqlite:///{directory}/{name}.db")
+        # NORMAL: no fsync per commit (durability is not what these tests are about)
+        queue, idempotency = open_stores(f"sqlite:///{directory}/{name}.db", synchronous="NORMAL")
 
         def close_sqlite() -> None:
             queue.close()

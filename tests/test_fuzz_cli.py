@@ -183,7 +183,7 @@ KNOWN_UNEXPECTED = re.compile(
 )
 
 
-@fuzz_settings(150)
+@fuzz_settings(100)
 @given(data=st.data())
 def test_read_commands_exit_with_a_documented_code_and_print_safely(
     queue_db: tuple[str, Built], data: st.DataObject
@@ -200,7 +200,7 @@ def test_read_commands_exit_with_a_documented_code_and_print_safely(
         assert KNOWN_UNEXPECTED.search(err), err
 
 
-@fuzz_settings(8)
+@fuzz_settings(5)
 @given(data=st.data())
 def test_the_real_command_prints_what_main_prints(queue_db: tuple[str, Built], data: st.DataObject) -> None:
     url, built = queue_db

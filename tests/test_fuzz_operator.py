@@ -218,7 +218,7 @@ notes = st.one_of(st.none(), texts(max_size=40), with_secret())
 edit_values = st.one_of(json_values(6), json_values(6), json_values(6), hostile_values(4))
 
 
-@fuzz_settings(50)
+@fuzz_settings(40)
 @given(
     data=st.data(),
     payload=payloads,

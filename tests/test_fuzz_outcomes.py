@@ -212,7 +212,7 @@ def check_outcomes(
 # -- sync --------------------------------------------------------------------------------------
 
 
-@fuzz_settings(40)
+@fuzz_settings(25)
 @given(
     script=st.lists(behaviours(), min_size=1, max_size=4),
     policy=policies,
@@ -277,7 +277,7 @@ def _async_behaviours() -> st.SearchStrategy[Behaviour]:
     return st.one_of(behaviours(), cancelled)
 
 
-@fuzz_settings(20)
+@fuzz_settings(15)
 @given(script=st.lists(_async_behaviours(), min_size=1, max_size=3), policy=policies, cap=result_caps)
 def test_whatever_an_async_destination_does_ends_as_an_outcome(
     backend: Backend, script: list[Behaviour], policy: RetryPolicy, cap: int
@@ -340,7 +340,7 @@ class HookedDestination(ScriptedDestination):
         raise DataFormatError(f"fix_data failed too: Bearer {STRIPE_KEY}")
 
 
-@fuzz_settings(25)
+@fuzz_settings(20)
 @given(
     script=st.lists(behaviours(), min_size=1, max_size=3),
     link=behaviours(),

@@ -120,7 +120,9 @@ class SyncMachine(RuleBasedStateMachine):
             self.idempotency: Any = MemoryIdempotencyStore()
         elif self.backend == "sqlite":
             self.tmp = tempfile.mkdtemp(prefix="rs-fuzz-sm-")
-            self.queue, self.idempotency = open_stores(f"sqlite:///{self.tmp}/sync.db")
+            self.queue, self.idempotency = open_stores(
+                f"sqlite:///{self.tmp}/sync.db", synchronous="NORMAL"
+            )
         else:
             from pg_support import drop_schema, new_schema_name, require_postgres
 
@@ -338,7 +340,7 @@ class PostgresMachine(SyncMachine):
 
 SyncMachine.TestCase.settings = _settings(100)
 SQLiteMachine.TestCase.settings = _settings(20)
-PostgresMachine.TestCase.settings = _settings(6)
+PostgresMachine.TestCase.settings = _settings(3)
 test_memory_machine = SyncMachine.TestCase
 test_sqlite_machine = SQLiteMachine.TestCase
 test_postgres_machine = pytest.mark.postgres(PostgresMachine.TestCase)

@@ -173,7 +173,7 @@ def _delivery(event: Event, destination: str, number: int) -> Delivery:
     )
 
 
-@fuzz_settings(40)
+@fuzz_settings(30)
 @given(event=events())
 @example(event=Event("a", "t", {1: "int key"}))
 @example(event=Event("a", "t", {"n": 10**301}))
@@ -301,7 +301,7 @@ def needles(draw: st.DrawFn, haystacks: list[str]) -> str:
 _search_fresh = Counter()
 
 
-@fuzz_settings(15)
+@fuzz_settings(10)
 @given(data=st.data(), batch=st.lists(events(valid=True), min_size=1, max_size=3, unique_by=lambda e: e.id))
 def test_search_finds_the_same_deliveries_on_every_store(
     every_store: dict[str, Any], data: Any, batch: list[Event]
