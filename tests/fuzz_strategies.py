@@ -16,8 +16,8 @@ minutes by hand before a release.
 from __future__ import annotations
 
 import asyncio
-import functools
 import errno
+import functools
 import json
 import math
 import os
@@ -82,7 +82,7 @@ NASTY = (
     "\x00\x01\x07\x08\x0b\x0c\x1b\x1f\x7f\x80\x85\x9b\x9f"
     "\u200b\u200e\u200f\u2028\u2029\u202a\u202e\u2066\u2069\ufeff\ufffd\uffff"
     "\ud800\udbff\udc00\udcff\udfff\U0010ffff"
-    "\r\n\t İKÉéßſ%_\\\"'[].:="
+    "\r\n\t İKÉéßſ%_\\\"'[].:="  # noqa: RUF001 - the look-alikes are the point
 )
 #: What the text gate promises never to store or print raw (``_text.py``).
 GATE_FORBIDDEN = re.compile(
@@ -335,12 +335,14 @@ def canonical(value: Any) -> str:
 #: ``st.timezones()``: it imports every tzdata package, seconds per process).
 _ZONES = st.one_of(
     st.just(timezone.utc),
-    st.timedeltas(min_value=timedelta(hours=-23, minutes=-59), max_value=timedelta(hours=23, minutes=59)).map(
-        lambda offset: timezone(timedelta(minutes=offset // timedelta(minutes=1)))
-    ),
+    st.timedeltas(
+        min_value=timedelta(hours=-23, minutes=-59), max_value=timedelta(hours=23, minutes=59)
+    ).map(lambda offset: timezone(timedelta(minutes=offset // timedelta(minutes=1)))),
     st.just(ZoneInfo("Europe/Amsterdam")),
 )
-_AWARE = st.datetimes(min_value=datetime(1, 1, 2), max_value=datetime(9999, 12, 30), timezones=_ZONES)
+_AWARE = st.datetimes(
+    min_value=datetime(1, 1, 2), max_value=datetime(9999, 12, 30), timezones=_ZONES
+)
 occurred = st.one_of(
     st.none(),
     _AWARE,
@@ -362,11 +364,19 @@ def events(draw: st.DrawFn, *, valid: bool | None = None) -> Event:
     so that a hostile payload is also tried behind valid ids, and the other
     way round.
     """
-    hostile = set() if valid else draw(
-        st.one_of(
-            st.just(frozenset()),
-            st.sets(st.sampled_from(["id", "type", "keys", "payload", "occurred_at", "metadata"]), min_size=1, max_size=2),
-            st.just(frozenset({"id", "type", "keys", "payload", "occurred_at", "metadata"})),
+    hostile = (
+        set()
+        if valid
+        else draw(
+            st.one_of(
+                st.just(frozenset()),
+                st.sets(
+                    st.sampled_from(["id", "type", "keys", "payload", "occurred_at", "metadata"]),
+                    min_size=1,
+                    max_size=2,
+                ),
+                st.just(frozenset({"id", "type", "keys", "payload", "occurred_at", "metadata"})),
+            )
         )
     )
 
@@ -381,7 +391,9 @@ def events(draw: st.DrawFn, *, valid: bool | None = None) -> Event:
         idempotency_key=pick("keys", st.none(), optional_identifiers()),
         occurred_at=pick("occurred_at", st.none() | _AWARE, occurred),
         metadata=pick(
-            "metadata", json_objects(4), st.dictionaries(hostile_keys, hostile_values(4), max_size=3)
+            "metadata",
+            json_objects(4),
+            st.dictionaries(hostile_keys, hostile_values(4), max_size=3),
         ),
     )
 
@@ -409,7 +421,23 @@ BEARER_TOKEN = "abcdef0123456789TOKENxyz"
 SECRETS = (STRIPE_KEY, BEARER_TOKEN)
 #: What may stand before a secret (redaction needs a word boundary there; a
 #: letter glued to the secret makes it another word, which is not promised).
-SEPARATORS = [" ", ":", "=", "\n", "\t", "(", '"', "'", "/", ",", "\x00", "\x1b", "\x07", "\u202e", "\x85"]
+SEPARATORS = [
+    " ",
+    ":",
+    "=",
+    "\n",
+    "\t",
+    "(",
+    '"',
+    "'",
+    "/",
+    ",",
+    "\x00",
+    "\x1b",
+    "\x07",
+    "\u202e",
+    "\x85",
+]
 SECRET_KEYS = ["api_key", "Authorization", "password", "client_secret", "access_token", "secret"]
 
 
@@ -455,7 +483,7 @@ class NonStrError(Exception):
     """An exception whose ``__str__`` returns something that is not a str."""
 
     def __str__(self) -> Any:
-        return b"bytes, not text"
+        return b"bytes, not text"  # noqa: PLE0307 - the point of this class
 
 
 class SecretError(Exception):
@@ -500,7 +528,7 @@ def short(value: Any, limit: int) -> str:
     """A repr for labels that never fails (some ints and objects have none)."""
     try:
         text = repr(value)
-    except Exception:  # noqa: BLE001 - an int of 5000 digits, an Unprintable
+    except Exception:
         text = f"<{type(value).__name__} without a repr>"
     return text if len(text) <= limit else text[:limit] + "..."
 
@@ -530,7 +558,10 @@ GATE_RAISES = "BUG 6: clean_json raises on a mapping or list whose iteration fai
 ESCAPE_BEFORE_REDACT = "BUG 7: an escaped character glued to a secret defeats redaction"
 EMPTY_MESSAGE = "BUG 9: a library error with an empty message leaves an empty reason"
 #: Whitespace that the gate keeps as it is (the rest becomes a visible escape).
-_KEPT_SPACE = " \t\n\r\u00a0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a\u202f\u205f\u3000"
+_KEPT_SPACE = (
+    " \t\n\r\u00a0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009"
+    "\u200a\u202f\u205f\u3000"
+)
 
 
 def blank(message: Any) -> bool:
@@ -581,7 +612,9 @@ def returns() -> st.SearchStrategy[Behaviour]:
         long_texts(),
         st.builds(lambda t: {"blob": t}, long_texts()),
         st.builds(lambda key, s: {"id": "r1", key: s}, st.sampled_from(SECRET_KEYS), with_secret()),
-        st.builds(lambda key, s: {"nested": [{key: s}]}, st.sampled_from(SECRET_KEYS), with_secret()),
+        st.builds(
+            lambda key, s: {"nested": [{key: s}]}, st.sampled_from(SECRET_KEYS), with_secret()
+        ),
     )
     made = st.sampled_from(
         [
@@ -606,7 +639,9 @@ def returns() -> st.SearchStrategy[Behaviour]:
         fixed.map(lambda v: Behaviour(f"return {short(v, 200)}", lambda: v, raises=False)),
         made.map(lambda p: Behaviour(f"return {p[0]}", p[1], raises=False)),
         failing.map(
-            lambda p: Behaviour(f"return {p[0]}", p[1], raises=False, known=frozenset({GATE_RAISES}))
+            lambda p: Behaviour(
+                f"return {p[0]}", p[1], raises=False, known=frozenset({GATE_RAISES})
+            )
         ),
     )
 
@@ -624,16 +659,27 @@ _LIBRARY_ERRORS = [
 retry_afters = st.one_of(
     st.none(),
     st.floats(allow_nan=True, allow_infinity=True),
-    st.sampled_from([0, 1, 30, -5, 10**400, -(10**400), True, "30", "soon", Decimal("5"), timedelta(seconds=5)]),
+    st.sampled_from(
+        [0, 1, 30, -5, 10**400, -(10**400), True, "30", "soon", Decimal("5"), timedelta(seconds=5)]
+    ),
 )
-field_values = st.one_of(st.none(), texts(), long_texts(), st.sampled_from([42, b"f", Unprintable()]))
+field_values = st.one_of(
+    st.none(), texts(), long_texts(), st.sampled_from([42, b"f", Unprintable()])
+)
 message_values = st.one_of(
-    texts(), with_secret(), long_texts(), with_secret(long_texts()), st.none(), st.sampled_from([42, b"m", Unprintable()])
+    texts(),
+    with_secret(),
+    long_texts(),
+    with_secret(long_texts()),
+    st.none(),
+    st.sampled_from([42, b"m", Unprintable()]),
 )
 details_values = st.one_of(
     st.none(),
     st.dictionaries(hostile_keys, hostile_values(6), max_size=4),
-    st.builds(lambda key, s: {key: s, "request_id": "req_1"}, st.sampled_from(SECRET_KEYS), with_secret()),
+    st.builds(
+        lambda key, s: {key: s, "request_id": "req_1"}, st.sampled_from(SECRET_KEYS), with_secret()
+    ),
     st.builds(lambda s: {"error": {"message": s}}, with_secret()),
     st.builds(lambda t: {"blob": t}, long_texts()),
 )
@@ -665,9 +711,12 @@ def library_errors(draw: st.DrawFn) -> Behaviour:
             exc.details = {"raw": FailingMapping()}
         return exc
 
-    label = f"raise {cls.__name__}({short(message, 120)}, " + ", ".join(
-        f"{k}={short(v, 60)}" for k, v in attrs_.items()
-    ) + (f", {odd_details} details" if odd_details else "") + ")"
+    label = (
+        f"raise {cls.__name__}({short(message, 120)}, "
+        + ", ".join(f"{k}={short(v, 60)}" for k, v in attrs_.items())
+        + (f", {odd_details} details" if odd_details else "")
+        + ")"
+    )
     category = cls.category.value if cls.category is not None else None
     known = set()
     if odd_details == "failing":
@@ -716,8 +765,27 @@ def other_errors(draw: st.DrawFn) -> Behaviour:
             ]
         )
     )
-    status = draw(st.sampled_from([400, 401, 402, 403, 404, 408, 409, 410, 418, 422, 423, 429, 500, 503, 599]))
-    header = draw(st.one_of(st.sampled_from(["", "30", "1.5", "-1", "nan", "inf", "1e400", "Wed, 21 Oct 2015 07:28:00 GMT", "Fri, 31 Dec 9999 23:59:59 GMT"]), st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=30)))
+    status = draw(
+        st.sampled_from([400, 401, 402, 403, 404, 408, 409, 410, 418, 422, 423, 429, 500, 503, 599])
+    )
+    header = draw(
+        st.one_of(
+            st.sampled_from(
+                [
+                    "",
+                    "30",
+                    "1.5",
+                    "-1",
+                    "nan",
+                    "inf",
+                    "1e400",
+                    "Wed, 21 Oct 2015 07:28:00 GMT",
+                    "Fri, 31 Dec 9999 23:59:59 GMT",
+                ]
+            ),
+            st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=30),
+        )
+    )
 
     def make() -> BaseException:
         if kind == "ValueError":
@@ -729,7 +797,7 @@ def other_errors(draw: st.DrawFn) -> Behaviour:
         if kind == "ConnectionResetError":
             return ConnectionResetError(errno.ECONNRESET, text)
         if kind == "OSError":
-            return OSError(errno.EIO, text, "/tmp/x\x1b[31m")
+            return OSError(errno.EIO, text, "/srv/x\x1b[31m")
         if kind == "SecretError":
             return SecretError(message, {"headers": {"Authorization": f"Bearer {BEARER_TOKEN}"}})
         if kind == "UnprintableError":
@@ -761,7 +829,9 @@ def other_errors(draw: st.DrawFn) -> Behaviour:
             return RecursionError(text)
         return MemoryError(text)
 
-    label = f"raise {kind}({short(message, 120)})" + (f" status={status} Retry-After={header!r}" if kind == "http" else "")
+    label = f"raise {kind}({short(message, 120)})" + (
+        f" status={status} Retry-After={header!r}" if kind == "http" else ""
+    )
     known = set()
     # KeyError and DeliveryNotFoundError show their argument as a repr: it escapes too
     if escape_glued_secret(message, repr_escapes=kind in ("KeyError", "DeliveryNotFoundError")):

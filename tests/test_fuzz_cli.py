@@ -30,7 +30,6 @@ import re
 import sqlite3
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from unittest import mock
 
@@ -50,10 +49,16 @@ def run_cli(*argv: str) -> tuple[int, str, str]:
     out_bytes, err_bytes = io.BytesIO(), io.BytesIO()
     out = io.TextIOWrapper(out_bytes, encoding="utf-8", errors="strict", write_through=True)
     err = io.TextIOWrapper(err_bytes, encoding="utf-8", errors="strict", write_through=True)
-    env = {k: v for k, v in os.environ.items() if k not in ("RESILIENT_SYNC_DEBUG", "RESILIENT_SYNC_DB")}
-    with mock.patch.dict(os.environ, env, clear=True), contextlib.redirect_stdout(
-        out
-    ), contextlib.redirect_stderr(err):
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("RESILIENT_SYNC_DEBUG", "RESILIENT_SYNC_DB")
+    }
+    with (
+        mock.patch.dict(os.environ, env, clear=True),
+        contextlib.redirect_stdout(out),
+        contextlib.redirect_stderr(err),
+    ):
         code = main(list(argv))
     return code, out_bytes.getvalue().decode("utf-8"), err_bytes.getvalue().decode("utf-8")
 
@@ -86,15 +91,40 @@ arg_texts = st.text(st.sampled_from(_ARG_ALPHABET), max_size=16)
 
 statuses = st.one_of(
     st.sampled_from(
-        ["needs_action", "needs-action", "PENDING", "succeeded,retry_scheduled", "in_flight", ",", ""]
+        [
+            "needs_action",
+            "needs-action",
+            "PENDING",
+            "succeeded,retry_scheduled",
+            "in_flight",
+            ",",
+            "",
+        ]
     ),
     arg_texts,
 )
-categories = st.one_of(st.sampled_from(["mapping", "data-format", "PERMISSION", "transient"]), arg_texts)
+categories = st.one_of(
+    st.sampled_from(["mapping", "data-format", "PERMISSION", "transient"]), arg_texts
+)
 durations = st.one_of(
     st.sampled_from(
-        ["90s", "15m", "2h", "1d", "1w", "0s", "0.5ms", "0.0000001s", "1e3", "-1h", "9999w",
-         "99999999999d", "9" * 400, "١٢h", "10000w"]
+        [
+            "90s",
+            "15m",
+            "2h",
+            "1d",
+            "1w",
+            "0s",
+            "0.5ms",
+            "0.0000001s",
+            "1e3",
+            "-1h",
+            "9999w",
+            "99999999999d",
+            "9" * 400,
+            "١٢h",  # noqa: RUF001 - Arabic-Indic digits match \\d
+            "10000w",
+        ]
     ),
     st.integers(0, 10**12).map(lambda n: f"{n}s"),
     arg_texts,
@@ -102,8 +132,16 @@ durations = st.one_of(
 whens = st.one_of(
     durations,
     st.sampled_from(
-        ["2024-01-01", "2024-01-01T10:30", "2999-01-01", "0001-01-01T00:00+01:00",
-         "9999-12-31T23:59:59-23:59", "2024-02-30", "Z", "2024-01-01T00:00:00Z"]
+        [
+            "2024-01-01",
+            "2024-01-01T10:30",
+            "2999-01-01",
+            "0001-01-01T00:00+01:00",
+            "9999-12-31T23:59:59-23:59",
+            "2024-02-30",
+            "Z",
+            "2024-01-01T00:00:00Z",
+        ]
     ),
 )
 limits = st.one_of(
@@ -131,7 +169,9 @@ def ids(draw: st.DrawFn, built: Built) -> str:
 
 @st.composite
 def read_argv(draw: st.DrawFn, built: Built) -> list[str]:
-    command = draw(st.sampled_from(["status", "list", "list", "show", "attempts", "trend", "recent"]))
+    command = draw(
+        st.sampled_from(["status", "list", "list", "show", "attempts", "trend", "recent"])
+    )
     argv = [command]
 
     def option(name: str, values: st.SearchStrategy[str]) -> None:
@@ -145,7 +185,9 @@ def read_argv(draw: st.DrawFn, built: Built) -> list[str]:
         option("--destination", st.one_of(st.sampled_from(["pos", "crm", "POS"]), arg_texts))
         option("--category", categories)
         option("--since", whens)
-        option("--search", st.one_of(st.sampled_from(["c2", "PHONE", "é", "%", "_", "\\"]), arg_texts))
+        option(
+            "--search", st.one_of(st.sampled_from(["c2", "PHONE", "é", "%", "_", "\\"]), arg_texts)
+        )
         option("--limit", limits)
         option("--cursor", cursors)
     elif command in ("show", "attempts"):
@@ -202,12 +244,18 @@ def test_read_commands_exit_with_a_documented_code_and_print_safely(
 
 @fuzz_settings(5)
 @given(data=st.data())
-def test_the_real_command_prints_what_main_prints(queue_db: tuple[str, Built], data: st.DataObject) -> None:
+def test_the_real_command_prints_what_main_prints(
+    queue_db: tuple[str, Built], data: st.DataObject
+) -> None:
     url, built = queue_db
     argv = data.draw(read_argv(built), label="argv")
     assume("recent" not in argv and "trend" not in argv and "status" not in argv)  # "ago" moves
     code, out, err = run_cli("--db", url, *argv)
-    env = {k: v for k, v in os.environ.items() if k not in ("RESILIENT_SYNC_DEBUG", "RESILIENT_SYNC_DB")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("RESILIENT_SYNC_DEBUG", "RESILIENT_SYNC_DB")
+    }
     env["PYTHONIOENCODING"] = "utf-8"
     done = subprocess.run(
         [sys.executable, "-m", "resilient_sync", "--db", url, *argv],
@@ -229,7 +277,7 @@ HOSTILE = "\x1b[2J\x1b]0;pwned\x07\u202eevil\x9b31m\x7f\x08\r\x00\x85\u2028end"
 
 
 @pytest.fixture(scope="module")
-def hostile_db(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, dict[str, str]]]:
+def hostile_db(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict[str, str]]:
     """A queue whose rows hold control characters everywhere text is stored
     (written past the gate, straight into the file)."""
     path = tmp_path_factory.mktemp("fuzz_cli_hostile") / "sync.db"
@@ -237,9 +285,11 @@ def hostile_db(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, 
     build_queue(url)
     conn = sqlite3.connect(path)
     try:
-        rows = conn.execute("SELECT id, event, last_error FROM resilient_sync_deliveries").fetchall()
+        rows = conn.execute(
+            "SELECT id, event, last_error FROM resilient_sync_deliveries"
+        ).fetchall()
         chosen = {}
-        for delivery_id, event_json, error_json in rows[:6]:
+        for delivery_id, event_json, _ in rows[:6]:
             event = json.loads(event_json)
             event["type"] = "order" + HOSTILE
             event["payload"] = {"name": HOSTILE, "note" + HOSTILE: [HOSTILE]}
@@ -270,7 +320,9 @@ def hostile_db(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, 
                     "rejected " + HOSTILE,
                     "worker" + HOSTILE,
                     json.dumps(error),
-                    json.dumps({"changed": ["payload.x" + HOSTILE], "after": {"payload.x": HOSTILE}}),
+                    json.dumps(
+                        {"changed": ["payload.x" + HOSTILE], "after": {"payload.x": HOSTILE}}
+                    ),
                     delivery_id,
                 ),
             )
@@ -283,7 +335,7 @@ def hostile_db(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, 
         conn.commit()
     finally:
         conn.close()
-    yield url, chosen
+    return url, chosen
 
 
 HOSTILE_COMMANDS = [
@@ -325,7 +377,7 @@ def test_hostile_rows_print_safely(
 @pytest.mark.parametrize("text", ["\x7f", "\x9b31m", "\u202eevil"], ids=["del", "csi", "rlo"])
 @pytest.mark.parametrize("mode", ["text", "json"])
 def test_a_submitted_payload_prints_safely(tmp_path: Path, text: str, mode: str) -> None:
-    from resilient_sync import Producer, Event
+    from resilient_sync import Event, Producer
     from resilient_sync.stores import open_stores
 
     url = f"sqlite:///{tmp_path / 'sync.db'}"
@@ -333,7 +385,9 @@ def test_a_submitted_payload_prints_safely(tmp_path: Path, text: str, mode: str)
     (delivery,) = Producer(queue, ["pos"]).submit(Event("e1", "t", {"name": text}))
     queue.close()
     idempotency.close()
-    code, out, err = run_cli("--db", url, "show", delivery.id, *(["--json"] if mode == "json" else []))
+    code, out, err = run_cli(
+        "--db", url, "show", delivery.id, *(["--json"] if mode == "json" else [])
+    )
     check_streams(code, out, err)
 
 
@@ -353,9 +407,11 @@ def test_a_submitted_payload_prints_safely(tmp_path: Path, text: str, mode: str)
         ["trend", "--bucket", "0.0000001s", "--since", "1h"],
         ["trend", "--since", "2999-01-01"],
     ],
-    ids=lambda argv: " ".join(argv),
+    ids=" ".join,
 )
-def test_out_of_range_option_values_are_usage_errors(queue_db: tuple[str, Built], argv: list[str]) -> None:
+def test_out_of_range_option_values_are_usage_errors(
+    queue_db: tuple[str, Built], argv: list[str]
+) -> None:
     url, _ = queue_db
     code, _, err = run_cli("--db", url, *argv)
     assert UNEXPECTED.search(err) is None, err
@@ -372,9 +428,10 @@ def test_out_of_range_option_values_are_usage_errors(queue_db: tuple[str, Built]
     [["show", "\udcff"], ["attempts", "a\udc80"]],
     ids=["show", "attempts"],
 )
-def test_undecodable_arguments_are_reported_plainly(queue_db: tuple[str, Built], argv: list[str]) -> None:
+def test_undecodable_arguments_are_reported_plainly(
+    queue_db: tuple[str, Built], argv: list[str]
+) -> None:
     url, _ = queue_db
     code, _, err = run_cli("--db", url, *argv)
     assert UNEXPECTED.search(err) is None, err
     assert code in (1, 2)
-

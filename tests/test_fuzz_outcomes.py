@@ -220,7 +220,11 @@ def check_outcomes(
     concurrency=st.sampled_from([1, 1, 2]),
 )
 @example(
-    script=[Behaviour("return a failing mapping", FailingMapping, raises=False, known=frozenset({GATE_RAISES}))],
+    script=[
+        Behaviour(
+            "return a failing mapping", FailingMapping, raises=False, known=frozenset({GATE_RAISES})
+        )
+    ],
     policy=RetryPolicy(max_attempts=2, jitter=False),
     cap=600,
     concurrency=1,
@@ -278,7 +282,9 @@ def _async_behaviours() -> st.SearchStrategy[Behaviour]:
 
 
 @fuzz_settings(15)
-@given(script=st.lists(_async_behaviours(), min_size=1, max_size=3), policy=policies, cap=result_caps)
+@given(
+    script=st.lists(_async_behaviours(), min_size=1, max_size=3), policy=policies, cap=result_caps
+)
 def test_whatever_an_async_destination_does_ends_as_an_outcome(
     backend: Backend, script: list[Behaviour], policy: RetryPolicy, cap: int
 ) -> None:
@@ -311,9 +317,7 @@ class HookedDestination(ScriptedDestination):
     """Rejects with the script, and answers ``resolve_duplicate`` and
     ``fix_data`` with drawn behaviours."""
 
-    def __init__(
-        self, name: str, script: dict[str, Behaviour], link: Behaviour, fix: str
-    ) -> None:
+    def __init__(self, name: str, script: dict[str, Behaviour], link: Behaviour, fix: str) -> None:
         super().__init__(name, script)
         self.link = link
         self.fix = fix
@@ -355,7 +359,12 @@ def test_whatever_the_hooks_answer_ends_as_an_outcome(
     name = backend.fresh()
     plan = {f"e{i}": b for i, b in enumerate(script)}
     dest = HookedDestination(name, plan, link, fix)
-    merged = {i: Behaviour(b.label, b.make, raises=b.raises, category=b.category, known=b.known | link.known) for i, b in plan.items()}
+    merged = {
+        i: Behaviour(
+            b.label, b.make, raises=b.raises, category=b.category, known=b.known | link.known
+        )
+        for i, b in plan.items()
+    }
     dispatcher = Dispatcher(
         backend.queue,
         backend.idempotency,
@@ -377,7 +386,9 @@ def test_whatever_the_hooks_answer_ends_as_an_outcome(
 # -- found by fuzzing: regression tests (xfail until fixed) --------------------------------------
 
 
-def _run(script: dict[str, Behaviour], *, attempts: int = 3, runs: int = 1) -> tuple[Any, ScriptedDestination]:
+def _run(
+    script: dict[str, Behaviour], *, attempts: int = 3, runs: int = 1
+) -> tuple[Any, ScriptedDestination]:
     from resilient_sync.stores import MemoryIdempotencyStore, MemoryQueueStore
 
     queue = MemoryQueueStore()

@@ -36,7 +36,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
-from fuzz_strategies import LONG, LONG_FACTOR, GATE_FORBIDDEN, STRIPE_KEY, UnprintableError
+from fuzz_strategies import GATE_FORBIDDEN, LONG, LONG_FACTOR, STRIPE_KEY, UnprintableError
 from resilient_sync import (
     DataFormatError,
     Delivery,
@@ -62,7 +62,9 @@ PAYLOADS = [
     {"name": "\u202e x \x00", "n": 2},
     {"nested": {"a": [1, 2.5, None, True]}},
 ]
-POLICY = RetryPolicy(max_attempts=3, initial_delay=5, multiplier=2, max_delay=60, deadline=3600, jitter=True)
+POLICY = RetryPolicy(
+    max_attempts=3, initial_delay=5, multiplier=2, max_delay=60, deadline=3600, jitter=True
+)
 LEASE = 60.0
 
 
@@ -85,7 +87,7 @@ MODES: dict[str, Any] = {
     "data format": lambda: DataFormatError("bad phone", field="ph\ud800one"),
     "mapping": lambda: MappingError("unknown SKU"),
     "permission": lambda: PermissionDeniedError("revoked"),
-    "unprintable": lambda: UnprintableError(),
+    "unprintable": UnprintableError,
 }
 
 
@@ -294,7 +296,8 @@ class SyncMachine(RuleBasedStateMachine):
             if d.status.is_final or d.status is DeliveryStatus.NEEDS_ACTION:
                 assert records, d
             if d.status is DeliveryStatus.NEEDS_ACTION:
-                assert d.last_error is not None and d.last_error.message.strip(), d
+                assert d.last_error is not None, d
+                assert d.last_error.message.strip(), d
             if d.last_error is not None:
                 assert GATE_FORBIDDEN.search(d.last_error.message) is None, d.last_error
             for record in records[-2:]:
@@ -344,8 +347,6 @@ PostgresMachine.TestCase.settings = _settings(3)
 test_memory_machine = SyncMachine.TestCase
 test_sqlite_machine = SQLiteMachine.TestCase
 test_postgres_machine = pytest.mark.postgres(PostgresMachine.TestCase)
-
-
 
 
 # -- found by fuzzing: regression tests (xfail until fixed) --------------------------------------
