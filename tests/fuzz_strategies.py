@@ -50,7 +50,7 @@ from resilient_sync import (
 
 LONG = os.environ.get("RESILIENT_SYNC_FUZZ", "").strip().lower() == "long"
 #: How many more examples the long run tries.
-LONG_FACTOR = 25
+LONG_FACTOR = 8
 
 
 def fuzz_settings(examples: int, **kwargs: Any) -> settings:

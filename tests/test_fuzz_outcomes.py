@@ -203,8 +203,8 @@ def check_outcomes(
         assert records[-1].outcome is d.status, (behaviour, records[-1])
         for record in records:
             check_record(record, known)
-    for record in queue.audit(limit=10):  # the destination's own records (pause, hold)
-        if record.delivery_id is None:
+    for record in queue.audit(limit=20):  # the destination's own records (pause, hold)
+        if record.delivery_id is None and record.destination == dest.name:
             known = frozenset().union(*(b.known for b in script.values()))
             check_record(record, known)
 
