@@ -833,8 +833,10 @@ def other_errors(draw: st.DrawFn) -> Behaviour:
         f" status={status} Retry-After={header!r}" if kind == "http" else ""
     )
     known = set()
-    # KeyError and DeliveryNotFoundError show their argument as a repr: it escapes too
-    if escape_glued_secret(message, repr_escapes=kind in ("KeyError", "DeliveryNotFoundError")):
+    # KeyError, DeliveryNotFoundError and exceptions of several arguments show
+    # their argument as a repr: it escapes too
+    shown_as_repr = kind in ("KeyError", "DeliveryNotFoundError", "SecretError")
+    if escape_glued_secret(message, repr_escapes=shown_as_repr):
         known.add(ESCAPE_BEFORE_REDACT)
     if kind in ("InvalidEventError", "StoreError") and blank(text):
         known.add(EMPTY_MESSAGE)

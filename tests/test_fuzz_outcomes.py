@@ -43,6 +43,7 @@ from fuzz_strategies import (
     Counter,
     FailingMapping,
     ScriptedDestination,
+    SecretError,
     backend_params,
     behaviours,
     encodes,
@@ -461,11 +462,19 @@ def test_a_secret_after_a_control_character_is_redacted(message: str) -> None:
 
 @pytest.mark.xfail(
     strict=True,
-    reason="BUG 7: a KeyError's str() is the repr of its key: repr escapes '\\n' to '\\\\n', "
-    "glued to the secret, and redaction misses it",
+    reason="BUG 7: the str() of a KeyError or of an exception of several arguments is a "
+    "repr: it escapes '\\n' to '\\\\n', glued to the secret, and redaction misses it",
 )
-def test_a_secret_in_a_key_error_is_redacted() -> None:
-    queue, _ = _run({"e1": Behaviour("leak", lambda: KeyError(f"\n{STRIPE_KEY}"), raises=True)})
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: KeyError(f"\n{STRIPE_KEY}"),
+        lambda: SecretError(f"\n{STRIPE_KEY} ", {"status": 402}),
+    ],
+    ids=["KeyError", "two-arguments"],
+)
+def test_a_secret_in_an_exception_shown_as_a_repr_is_redacted(make: Any) -> None:
+    queue, _ = _run({"e1": Behaviour("leak", make, raises=True)})
     (delivery,) = queue.list().items
     assert leaked(delivery.last_error.message) is None, delivery.last_error.message
 
@@ -501,3 +510,22 @@ def test_an_error_with_an_empty_message_still_has_a_reason(message: str) -> None
     assert delivery.status is DeliveryStatus.NEEDS_ACTION
     assert delivery.last_error.message.strip()
     assert all((r.reason or "").strip() for r in queue.attempts(delivery.id))
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG 13: Dispatcher(worker_id=...) is neither checked nor gated (_dispatcher.py "
+    "self.worker_id = worker_id or _worker_id()): 'worker:<id>' reaches every audit actor raw, "
+    "and a NUL makes every PostgreSQL claim fail with StoreError",
+)
+@pytest.mark.parametrize("worker_id", ["w\x1b[2J", "w\x00", "w\u202e"], ids=["esc", "nul", "rlo"])
+def test_a_worker_id_that_breaks_stores_or_terminals_is_refused(worker_id: str) -> None:
+    from resilient_sync.stores import MemoryIdempotencyStore, MemoryQueueStore
+
+    with pytest.raises(ValueError, match="worker"):
+        Dispatcher(
+            MemoryQueueStore(),
+            MemoryIdempotencyStore(),
+            [ScriptedDestination("pos", {})],
+            worker_id=worker_id,
+        )
