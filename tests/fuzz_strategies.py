@@ -834,8 +834,15 @@ def other_errors(draw: st.DrawFn) -> Behaviour:
     )
     known = set()
     # KeyError, DeliveryNotFoundError and exceptions of several arguments show
-    # their argument as a repr: it escapes too
-    shown_as_repr = kind in ("KeyError", "DeliveryNotFoundError", "SecretError")
+    # their argument as a repr, and so does the gate's fallback for an exception
+    # whose str() fails: repr escapes too
+    shown_as_repr = kind in (
+        "KeyError",
+        "DeliveryNotFoundError",
+        "SecretError",
+        "UnprintableError",
+        "NonStrError",
+    )
     if escape_glued_secret(message, repr_escapes=shown_as_repr):
         known.add(ESCAPE_BEFORE_REDACT)
     if kind in ("InvalidEventError", "StoreError") and blank(text):

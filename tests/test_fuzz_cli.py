@@ -350,7 +350,7 @@ HOSTILE_COMMANDS = [
 
 @pytest.mark.xfail(
     strict=True,
-    reason="BUG 12: the CLI prints stored text without for_terminal (_text.py:268, used "
+    reason="BUG 12: the CLI prints stored text without for_terminal (_text.py:247, used "
     "nowhere): raw ESC, BEL, CR, C1, DEL and direction overrides reach the terminal",
 )
 @pytest.mark.parametrize("mode", ["text", "json"])

@@ -44,6 +44,7 @@ from fuzz_strategies import (
     FailingMapping,
     ScriptedDestination,
     SecretError,
+    UnprintableError,
     backend_params,
     behaviours,
     encodes,
@@ -146,9 +147,9 @@ def check_error(owner: Any, error: Any, known: frozenset[str]) -> None:
     redaction_known = ESCAPE_BEFORE_REDACT in known
     if EMPTY_MESSAGE not in known:
         assert error.message.strip(), owner
-    # BUG 8 (test_messages_stay_within_the_cap_after_a_prefix): a prefix is added
-    # after the cap
-    limit = MAX_TEXT + 200 if error.message.startswith(_PREFIXED) else MAX_TEXT
+    # BUG 8 (test_messages_stay_within_the_cap_after_a_prefix): a prefix, or a
+    # second capped message, is added after the cap
+    limit = 2 * MAX_TEXT + 200 if error.message.startswith(_PREFIXED) else MAX_TEXT
     check_text(error.message, "message", limit=limit, secrets_ok=redaction_known)
     for name in ("field", "remote_field", "exception_type"):
         check_text(getattr(error, name), name, limit=MAX_FIELD)
@@ -411,7 +412,7 @@ def _run(
 
 @pytest.mark.xfail(
     strict=True,
-    reason="BUG 6: clean_json (_text.py:229, only RecursionError caught) raises on a result "
+    reason="BUG 6: clean_json (_text.py:228-231 catches only RecursionError) raises on a result "
     "whose iteration fails; the flow (_core.py:456) turns the success into an internal "
     "error and delivers it again",
 )
@@ -441,7 +442,7 @@ def test_details_that_cannot_be_read_keep_the_errors_category() -> None:
 
 @pytest.mark.xfail(
     strict=True,
-    reason="BUG 7: clean() (_text.py:104-106) escapes control characters before redacting, so "
+    reason="BUG 7: clean() escapes control characters (_text.py:106) before redacting (109), so "
     "'\\x00sk_live_...' becomes '\\\\x00sk_live_...' and the \\b of the token patterns fails",
 )
 @pytest.mark.parametrize(
@@ -470,8 +471,9 @@ def test_a_secret_after_a_control_character_is_redacted(message: str) -> None:
     [
         lambda: KeyError(f"\n{STRIPE_KEY}"),
         lambda: SecretError(f"\n{STRIPE_KEY} ", {"status": 402}),
+        lambda: UnprintableError(f"\n{STRIPE_KEY} "),
     ],
-    ids=["KeyError", "two-arguments"],
+    ids=["KeyError", "two-arguments", "str-fails-repr-fallback"],
 )
 def test_a_secret_in_an_exception_shown_as_a_repr_is_redacted(make: Any) -> None:
     queue, _ = _run({"e1": Behaviour("leak", make, raises=True)})
@@ -498,7 +500,7 @@ def test_messages_stay_within_the_cap_after_a_prefix(make: Any) -> None:
 
 @pytest.mark.xfail(
     strict=True,
-    reason="BUG 9: _classify._message (_classify.py:104-106) keeps a SyncError's empty "
+    reason="BUG 9: _classify._message (_classify.py:89) keeps a SyncError's empty "
     "message: NEEDS_ACTION with an empty reason",
 )
 @pytest.mark.parametrize("message", ["", "   ", "\n"], ids=["empty", "spaces", "newline"])
@@ -529,3 +531,26 @@ def test_a_worker_id_that_breaks_stores_or_terminals_is_refused(worker_id: str) 
             [ScriptedDestination("pos", {})],
             worker_id=worker_id,
         )
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG 8: 'potential duplicate: <message> (resolve_duplicate failed: <message>)' "
+    "joins two capped messages (_core.py:527)",
+)
+def test_a_duplicate_whose_lookup_failed_stays_within_the_cap() -> None:
+    from resilient_sync import SyncError
+    from resilient_sync.stores import MemoryIdempotencyStore, MemoryQueueStore
+
+    class Dest(ScriptedDestination):
+        def resolve_duplicate(self, event: Event, error: Exception) -> Any:
+            raise SyncError("y" * 5000)
+
+    queue = MemoryQueueStore()
+    dest = Dest("pos", {"e1": Behaviour("dup", lambda: DuplicateError("x" * 5000), raises=True)})
+    dispatcher = Dispatcher(queue, MemoryIdempotencyStore(), [dest], clock=FakeClock())
+    dispatcher.submit(Event("e1", "t", {}))
+    dispatcher.run_once()
+    (delivery,) = queue.list().items
+    assert delivery.status is DeliveryStatus.NEEDS_ACTION
+    assert len(delivery.last_error.message) <= MAX_TEXT, len(delivery.last_error.message)
