@@ -152,7 +152,7 @@ def check_error(owner: Any, error: Any, known: frozenset[str]) -> None:
     limit = 2 * MAX_TEXT + 200 if error.message.startswith(_PREFIXED) else MAX_TEXT
     check_text(error.message, "message", limit=limit, secrets_ok=redaction_known)
     for name in ("field", "remote_field", "exception_type"):
-        check_text(getattr(error, name), name, limit=MAX_FIELD)
+        check_text(getattr(error, name), name, limit=MAX_FIELD, secrets_ok=redaction_known)
     assert error.retry_after is None or 0 <= error.retry_after <= 366 * 86_400
 
 

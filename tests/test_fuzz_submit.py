@@ -335,6 +335,7 @@ def test_search_finds_the_same_deliveries_on_every_store(
         needle = "\u00e9"
     else:
         needle = data.draw(needles([*texts_, *texts_.values()]), label="needle")
+    assume(not any(_known_read_bug(needle, kind) for kind in every_store))  # BUG 3
     expected = {
         i for i, text in texts_.items() if _fold(needle) in _fold(i) or _fold(needle) in _fold(text)
     }
