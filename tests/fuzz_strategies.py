@@ -493,9 +493,6 @@ class SecretError(Exception):
 class Behaviour:
     """What a destination does on one call: return a value or raise, built
     fresh on every call (cycles and exceptions are not shared).
-
-    ``known`` names the known bugs this behaviour runs into (see the xfail
-    regression tests); a property skips exactly the check those bugs break.
     """
 
     def __init__(
@@ -505,14 +502,12 @@ class Behaviour:
         *,
         raises: bool,
         category: str | None = None,
-        known: frozenset[str] = frozenset(),
     ) -> None:
         self.label = label
         self.make = make
         self.raises = raises
         #: the category a library error announces (None for other outcomes)
         self.category = category
-        self.known = known
 
     def __call__(self) -> Any:
         value = self.make()
@@ -551,37 +546,6 @@ class FailingList(list):  # type: ignore[type-arg]
 
     def __iter__(self) -> Iterator[Any]:
         raise RuntimeError("lazy list: the cursor is closed")
-
-
-#: Bug tags (see the regression tests that carry them).
-GATE_RAISES = "BUG 6: clean_json raises on a mapping or list whose iteration fails"
-ESCAPE_BEFORE_REDACT = "BUG 7: an escaped character glued to a secret defeats redaction"
-EMPTY_MESSAGE = "BUG 9: a library error with an empty message leaves an empty reason"
-#: Whitespace that the gate keeps as it is (the rest becomes a visible escape).
-_KEPT_SPACE = (
-    " \t\n\r\u00a0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009"
-    "\u200a\u202f\u205f\u3000"
-)
-
-
-def blank(message: Any) -> bool:
-    """Whether a message is empty once the gate has passed it."""
-    return isinstance(message, str) and not message.strip(_KEPT_SPACE)
-
-
-def escape_glued_secret(text: Any, *, repr_escapes: bool = False) -> bool:
-    """Whether a planted secret in ``text`` follows a character that the gate
-    (or ``repr``, with ``repr_escapes``) turns into an escape ending in a
-    letter or digit, which takes away the word boundary redaction needs."""
-    if not isinstance(text, str):
-        return False
-    for match in re.finditer("sk_live_|Bearer ", text):
-        if match.start() == 0:
-            continue
-        before = text[match.start() - 1]
-        if GATE_FORBIDDEN.match(before) or (repr_escapes and not before.isprintable()):
-            return True
-    return False
 
 
 def _cyclic_list() -> list[Any]:
@@ -638,11 +602,7 @@ def returns() -> st.SearchStrategy[Behaviour]:
     return st.one_of(
         fixed.map(lambda v: Behaviour(f"return {short(v, 200)}", lambda: v, raises=False)),
         made.map(lambda p: Behaviour(f"return {p[0]}", p[1], raises=False)),
-        failing.map(
-            lambda p: Behaviour(
-                f"return {p[0]}", p[1], raises=False, known=frozenset({GATE_RAISES})
-            )
-        ),
+        failing.map(lambda p: Behaviour(f"return {p[0]}", p[1], raises=False)),
     )
 
 
@@ -718,14 +678,7 @@ def library_errors(draw: st.DrawFn) -> Behaviour:
         + ")"
     )
     category = cls.category.value if cls.category is not None else None
-    known = set()
-    if odd_details == "failing":
-        known.add(GATE_RAISES)
-    if escape_glued_secret(message):
-        known.add(ESCAPE_BEFORE_REDACT)
-    if blank(message):
-        known.add(EMPTY_MESSAGE)
-    return Behaviour(label, make, raises=True, category=category, known=frozenset(known))
+    return Behaviour(label, make, raises=True, category=category)
 
 
 def _status_error(status: int, retry_after: str, body: str) -> httpx.HTTPStatusError:
@@ -832,22 +785,7 @@ def other_errors(draw: st.DrawFn) -> Behaviour:
     label = f"raise {kind}({short(message, 120)})" + (
         f" status={status} Retry-After={header!r}" if kind == "http" else ""
     )
-    known = set()
-    # KeyError, DeliveryNotFoundError and exceptions of several arguments show
-    # their argument as a repr, and so does the gate's fallback for an exception
-    # whose str() fails: repr escapes too
-    shown_as_repr = kind in (
-        "KeyError",
-        "DeliveryNotFoundError",
-        "SecretError",
-        "UnprintableError",
-        "NonStrError",
-    )
-    if escape_glued_secret(message, repr_escapes=shown_as_repr):
-        known.add(ESCAPE_BEFORE_REDACT)
-    if kind in ("InvalidEventError", "StoreError") and blank(text):
-        known.add(EMPTY_MESSAGE)
-    return Behaviour(label, make, raises=True, known=frozenset(known))
+    return Behaviour(label, make, raises=True)
 
 
 @functools.cache

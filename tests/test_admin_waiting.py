@@ -102,6 +102,8 @@ def test_a_due_delivery_waits_for_a_worker() -> None:
     old_hold = DestinationState(name="pos", hold_until=NOW - timedelta(seconds=1))
     done_key = IdempotencyRecord(key="k", state=IdempotencyState.COMPLETED, fingerprint="f")
     assert waiting_for(delivery(), now=NOW, destination=old_hold, key_record=done_key) == [
-        ("a worker: it is due now and the next worker run delivers it (if it stays here, "
-        "check that a worker serving this destination is running)")
+        (
+            "a worker: it is due now and the next worker run delivers it (if it stays here, "
+            "check that a worker serving this destination is running)"
+        )
     ]

@@ -348,7 +348,7 @@ def test_list_text_table(
         (["list", "--status", "bogus"], "unknown status 'bogus'"),
         (["list", "--category", "weird"], "unknown category 'weird'"),
         (["list", "--since", "yesterday-ish"], "invalid --since"),
-        (["list", "--limit", "0"], "--limit must be 1 or more"),
+        (["list", "--limit", "0"], "--limit must be between 1 and"),
         (["list", "--cursor", "zzz"], "invalid page cursor"),
         (["trend", "--bucket", "0s"], "invalid --bucket"),
         (["retry-all", "--status", "succeeded"], "retry-all cannot retry succeeded"),

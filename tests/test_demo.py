@@ -53,9 +53,7 @@ def test_the_quick_demo_runs_end_to_end_and_can_be_rerun(tmp_path: Path) -> None
     done = cli("demo", "--quick", "--db", url, cwd=tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
     out = done.stdout
-    prefix = next(
-        line[2:].split(" --db ")[0] for line in out.splitlines() if line.startswith("$ ")
-    )
+    prefix = next(line[2:].split(" --db ")[0] for line in out.splitlines() if line.startswith("$ "))
     for expected in (
         "simulated POS  http://127.0.0.1:",
         "POS: outage begins, every request gets 503",

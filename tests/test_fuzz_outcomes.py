@@ -33,10 +33,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from fuzz_strategies import (
-    EMPTY_MESSAGE,
-    ESCAPE_BEFORE_REDACT,
     GATE_FORBIDDEN,
-    GATE_RAISES,
     STRIPE_KEY,
     AsyncScriptedDestination,
     Behaviour,
@@ -75,8 +72,6 @@ ENDED = {
     DeliveryStatus.NEEDS_ACTION,
     DeliveryStatus.PENDING,
 }
-#: Prefixes the flow puts before a message that was already capped (BUG 8).
-_PREFIXED = ("potential duplicate: ", "retries exhausted", "not retried: ")
 
 
 @attrs.define
@@ -113,7 +108,7 @@ result_caps = st.sampled_from([1, 64, 600, 4096, 64 * 1024])
 # -- the checks -------------------------------------------------------------------------------
 
 
-def check_text(text: str | None, what: str, *, limit: int, secrets_ok: bool = False) -> None:
+def check_text(text: str | None, what: str, *, limit: int) -> None:
     if text is None:
         return
     assert isinstance(text, str), (what, text)
@@ -121,38 +116,30 @@ def check_text(text: str | None, what: str, *, limit: int, secrets_ok: bool = Fa
     bad = GATE_FORBIDDEN.search(text)
     assert bad is None, (what, bad.group(), text[:200])
     assert len(text) <= limit, (what, len(text), text[:120])
-    if not secrets_ok:
-        assert leaked(text) is None, (what, text[:300])
+    assert leaked(text) is None, (what, text[:300])
 
 
-def check_json(value: Any, what: str, *, secrets_ok: bool = False) -> None:
+def check_json(value: Any, what: str) -> None:
     encoded = compact_dumps(value)  # JSON, finite numbers
     assert encodes(encoded), what
     for text in json_strings(value):
         assert encodes(text), (what, text[:200])
-        if not secrets_ok:
-            assert leaked(text) is None, (what, text[:300])
+        assert leaked(text) is None, (what, text[:300])
 
 
-def check_record(record: Attempt, known: frozenset[str]) -> None:
-    redaction_known = ESCAPE_BEFORE_REDACT in known
+def check_record(record: Attempt) -> None:
     check_text(record.actor, "actor", limit=MAX_FIELD)
-    check_text(record.reason, "reason", limit=MAX_TEXT + 200, secrets_ok=redaction_known)
+    check_text(record.reason, "reason", limit=MAX_TEXT + 200)
     if record.error is not None:
-        check_error(record, record.error, known)
-    check_json(dict(record.details), "details", secrets_ok=redaction_known)
+        check_error(record, record.error)
+    check_json(dict(record.details), "details")
 
 
-def check_error(owner: Any, error: Any, known: frozenset[str]) -> None:
-    redaction_known = ESCAPE_BEFORE_REDACT in known
-    if EMPTY_MESSAGE not in known:
-        assert error.message.strip(), owner
-    # BUG 8 (test_messages_stay_within_the_cap_after_a_prefix): a prefix, or a
-    # second capped message, is added after the cap
-    limit = 2 * MAX_TEXT + 200 if error.message.startswith(_PREFIXED) else MAX_TEXT
-    check_text(error.message, "message", limit=limit, secrets_ok=redaction_known)
+def check_error(owner: Any, error: Any) -> None:
+    assert error.message.strip(), owner
+    check_text(error.message, "message", limit=MAX_TEXT)
     for name in ("field", "remote_field", "exception_type"):
-        check_text(getattr(error, name), name, limit=MAX_FIELD, secrets_ok=redaction_known)
+        check_text(getattr(error, name), name, limit=MAX_FIELD)
     assert error.retry_after is None or 0 <= error.retry_after <= 366 * 86_400
 
 
@@ -180,7 +167,6 @@ def check_outcomes(
     for delivery in deliveries:
         d = queue.get(delivery.id)
         behaviour = script[d.event.id]
-        known = behaviour.known
         assert d.status in ENDED, (d.status, behaviour)
         calls = dest.calls.get(d.event.id, 0)
         records = queue.attempts(d.id)
@@ -188,27 +174,25 @@ def check_outcomes(
             assert d.status is DeliveryStatus.PENDING, behaviour
             assert d.attempts == 0
             continue
-        if GATE_RAISES not in known:
-            if not behaviour.raises:
-                # the destination applied it: recorded as done, never sent again
-                assert d.status is DeliveryStatus.SUCCEEDED, (behaviour, d.last_error)
-            elif not (hooks and behaviour.category == "duplicate"):
-                assert d.status is not DeliveryStatus.SUCCEEDED, behaviour
-            if behaviour.category is not None and d.last_error is not None and not hooks:
-                assert d.last_error.category.value == behaviour.category, (behaviour, d.last_error)
+        if not behaviour.raises:
+            # the destination applied it: recorded as done, never sent again
+            assert d.status is DeliveryStatus.SUCCEEDED, (behaviour, d.last_error)
+        elif not (hooks and behaviour.category == "duplicate"):
+            assert d.status is not DeliveryStatus.SUCCEEDED, behaviour
+        if behaviour.category is not None and d.last_error is not None and not hooks:
+            assert d.last_error.category.value == behaviour.category, (behaviour, d.last_error)
         if d.status is DeliveryStatus.SUCCEEDED:
             check_result(d.result, cap)
         else:
             assert d.last_error is not None, behaviour
-            check_error(d, d.last_error, known)
+            check_error(d, d.last_error)
         assert records, behaviour
         assert records[-1].outcome is d.status, (behaviour, records[-1])
         for record in records:
-            check_record(record, known)
+            check_record(record)
     for record in queue.audit(limit=20):  # the destination's own records (pause, hold)
         if record.delivery_id is None and record.destination == dest.name:
-            known = frozenset().union(*(b.known for b in script.values()))
-            check_record(record, known)
+            check_record(record)
 
 
 # -- sync --------------------------------------------------------------------------------------
@@ -222,11 +206,7 @@ def check_outcomes(
     concurrency=st.sampled_from([1, 1, 2]),
 )
 @example(
-    script=[
-        Behaviour(
-            "return a failing mapping", FailingMapping, raises=False, known=frozenset({GATE_RAISES})
-        )
-    ],
+    script=[Behaviour("return a failing mapping", FailingMapping, raises=False)],
     policy=RetryPolicy(max_attempts=2, jitter=False),
     cap=600,
     concurrency=1,
@@ -361,12 +341,6 @@ def test_whatever_the_hooks_answer_ends_as_an_outcome(
     name = backend.fresh()
     plan = {f"e{i}": b for i, b in enumerate(script)}
     dest = HookedDestination(name, plan, link, fix)
-    merged = {
-        i: Behaviour(
-            b.label, b.make, raises=b.raises, category=b.category, known=b.known | link.known
-        )
-        for i, b in plan.items()
-    }
     dispatcher = Dispatcher(
         backend.queue,
         backend.idempotency,
@@ -381,11 +355,11 @@ def test_whatever_the_hooks_answer_ends_as_an_outcome(
     finally:
         dispatcher.close()
     assert report.claimed == len(plan)
-    check_outcomes(backend.queue, list(submitted), dest, merged, cap, hooks=True)
+    check_outcomes(backend.queue, list(submitted), dest, plan, cap, hooks=True)
     _ = timedelta
 
 
-# -- found by fuzzing: regression tests (xfail until fixed) --------------------------------------
+# -- found by fuzzing and fixed: regression tests ------------------------------------------------
 
 
 def _run(
@@ -410,12 +384,6 @@ def _run(
     return queue, dest
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG 6: clean_json (_text.py:228-231 catches only RecursionError) raises on a result "
-    "whose iteration fails; the flow (_core.py:456) turns the success into an internal "
-    "error and delivers it again",
-)
 def test_a_result_that_cannot_be_read_still_counts_as_delivered() -> None:
     queue, dest = _run({"e1": Behaviour("lazy", FailingMapping, raises=False)}, runs=3)
     (delivery,) = queue.list().items
@@ -423,11 +391,6 @@ def test_a_result_that_cannot_be_read_still_counts_as_delivered() -> None:
     assert delivery.status is DeliveryStatus.SUCCEEDED  # seen: NEEDS_ACTION (retries exhausted)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG 6: clean_json raises on details whose iteration fails (_core.py _error_details): "
-    "a DATA_FORMAT rejection becomes an UNEXPECTED internal error",
-)
 def test_details_that_cannot_be_read_keep_the_errors_category() -> None:
     def rejection() -> DataFormatError:
         exc = DataFormatError("phone is invalid", field="phone")
@@ -440,11 +403,6 @@ def test_details_that_cannot_be_read_keep_the_errors_category() -> None:
     assert delivery.last_error.category.value == "data_format"  # seen: unexpected
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG 7: clean() escapes control characters (_text.py:106) before redacting (109), so "
-    "'\\x00sk_live_...' becomes '\\\\x00sk_live_...' and the \\b of the token patterns fails",
-)
 @pytest.mark.parametrize(
     "message",
     [
@@ -461,11 +419,6 @@ def test_a_secret_after_a_control_character_is_redacted(message: str) -> None:
     assert all(leaked(text) is None for text in stored), stored
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG 7: the str() of a KeyError or of an exception of several arguments is a "
-    "repr: it escapes '\\n' to '\\\\n', glued to the secret, and redaction misses it",
-)
 @pytest.mark.parametrize(
     "make",
     [
@@ -481,12 +434,6 @@ def test_a_secret_in_an_exception_shown_as_a_repr_is_redacted(make: Any) -> None
     assert leaked(delivery.last_error.message) is None, delivery.last_error.message
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG 8: prefixes ('potential duplicate: ', 'retries exhausted ...; last error: ', "
-    "'not retried: ') are added after the 2000-character cap (_core.py _retry_or_park, "
-    "internal_failure)",
-)
 @pytest.mark.parametrize(
     "make",
     [lambda: DuplicateError("x" * 5000), lambda: ValueError("x" * 5000)],
@@ -498,11 +445,6 @@ def test_messages_stay_within_the_cap_after_a_prefix(make: Any) -> None:
     assert len(delivery.last_error.message) <= MAX_TEXT, len(delivery.last_error.message)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG 9: _classify._message (_classify.py:89) keeps a SyncError's empty "
-    "message: NEEDS_ACTION with an empty reason",
-)
 @pytest.mark.parametrize("message", ["", "   ", "\n"], ids=["empty", "spaces", "newline"])
 def test_an_error_with_an_empty_message_still_has_a_reason(message: str) -> None:
     from resilient_sync import PermissionDeniedError
@@ -514,12 +456,6 @@ def test_an_error_with_an_empty_message_still_has_a_reason(message: str) -> None
     assert all((r.reason or "").strip() for r in queue.attempts(delivery.id))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG 13: Dispatcher(worker_id=...) is neither checked nor gated (_dispatcher.py "
-    "self.worker_id = worker_id or _worker_id()): 'worker:<id>' reaches every audit actor raw, "
-    "and a NUL makes every PostgreSQL claim fail with StoreError",
-)
 @pytest.mark.parametrize("worker_id", ["w\x1b[2J", "w\x00", "w\u202e"], ids=["esc", "nul", "rlo"])
 def test_a_worker_id_that_breaks_stores_or_terminals_is_refused(worker_id: str) -> None:
     from resilient_sync.stores import MemoryIdempotencyStore, MemoryQueueStore
@@ -533,11 +469,6 @@ def test_a_worker_id_that_breaks_stores_or_terminals_is_refused(worker_id: str) 
         )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG 8: 'potential duplicate: <message> (resolve_duplicate failed: <message>)' "
-    "joins two capped messages (_core.py:527)",
-)
 def test_a_duplicate_whose_lookup_failed_stays_within_the_cap() -> None:
     from resilient_sync import SyncError
     from resilient_sync.stores import MemoryIdempotencyStore, MemoryQueueStore

@@ -349,14 +349,9 @@ test_sqlite_machine = SQLiteMachine.TestCase
 test_postgres_machine = pytest.mark.postgres(PostgresMachine.TestCase)
 
 
-# -- found by fuzzing: regression tests (xfail until fixed) --------------------------------------
+# -- found by fuzzing and fixed: regression tests ------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG 6: a result whose iteration fails turns a delivered event into an internal "
-    "error, retried: the machine's 'no effect applied twice' invariant breaks",
-)
 def test_the_machine_sees_a_result_that_cannot_be_read_applied_twice() -> None:
     from fuzz_strategies import FailingMapping
 

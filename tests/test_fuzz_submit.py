@@ -17,9 +17,7 @@ Properties:
 from __future__ import annotations
 
 import copy
-import json
 import math
-import re
 from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
@@ -38,7 +36,6 @@ from fuzz_strategies import (
     event_problem,
     events,
     fuzz_settings,
-    json_problem,
     normalised,
     open_backend,
     texts,
@@ -116,7 +113,6 @@ def assert_round_trip(stored: Delivery, sent: Event) -> None:
 @example(event=Event("x" * 256, "t", {}), n_dest=1)
 @example(event=Event("a", "t", [1, True, 1.0, None, {"b": {}, "a": []}]), n_dest=1)
 def test_submit_enqueues_the_plan_or_nothing(backend: Backend, event: Event, n_dest: int) -> None:
-    assume(not _known_submit_bug(event, backend.kind))
     event = attrs.evolve(event, payload=copy.deepcopy(event.payload))  # mutated below
     queue = backend.queue
     names = [backend.fresh() for _ in range(n_dest)]
@@ -151,7 +147,6 @@ def test_submit_enqueues_the_plan_or_nothing(backend: Backend, event: Event, n_d
 @fuzz_settings(20)
 @given(batch=st.lists(events(), min_size=1, max_size=4))
 def test_submit_many_is_all_or_nothing(backend: Backend, batch: list[Event]) -> None:
-    assume(not any(_known_submit_bug(e, backend.kind) for e in batch))
     queue = backend.queue
     name = backend.fresh()
     producer = Producer(queue, [name], clock=FakeClock())
@@ -193,11 +188,11 @@ def _delivery(event: Event, destination: str, number: int) -> Delivery:
 @example(event=Event("a", "t", {"n": 10**301}))
 @example(event=Event("a", "t", {}, metadata={"m": math.nan}))
 @example(event=Event("a", "t", {}, occurred_at=datetime(2024, 1, 1)))
+@example(event=Event("a", "t", None, idempotency_key=""))  # found by the long run
+@example(event=Event("a", "t", None, ordering_key=""))
 def test_a_store_called_directly_refuses_what_submit_refuses(
     backend: Backend, event: Event
 ) -> None:
-    assume(not _known_enqueue_bug(event, backend.kind))
-    assume(not _known_submit_bug(event, backend.kind))
     queue = backend.queue
     name = backend.fresh()
     good = _delivery(Event("good", "t", {"ok": True}), name, backend.fresh.n * 2)
@@ -219,67 +214,11 @@ def test_a_store_called_directly_refuses_what_submit_refuses(
 @fuzz_settings(40)
 @given(text=texts(max_size=12))
 def test_reads_with_any_text_find_nothing_and_do_not_fail(backend: Backend, text: str) -> None:
-    assume(not _known_read_bug(text, backend.kind))
     queue = backend.queue
     assert queue.get(f"no-such-{text}") is None
     assert list(queue.list(destination=f"no-such-{text}", limit=5)) == []
     queue.list(search=text, limit=5)  # any result; no error
     assert queue.attempts(f"no-such-{text}") == []
-
-
-# -- known bugs (each has an xfail regression test below; remove the exclusion with the fix) ----
-
-
-def _known_submit_bug(event: Event, kind: str) -> bool:
-    # BUG 5 (test_submit_refuses_a_surrogate_in_a_str_subclass_key): check_json
-    # skips the surrogate check of keys that are str subclasses; the memory
-    # store takes them (the SQL stores refuse them when encoding)
-    return kind == "memory" and (
-        _surrogate_subclass_key(event.payload) or _surrogate_subclass_key(dict(event.metadata))
-    )
-
-
-def _surrogate_subclass_key(value: Any) -> bool:
-    if isinstance(value, dict):
-        return any(
-            (type(k) is not str and isinstance(k, str) and re.search("[\ud800-\udfff]", k))
-            or _surrogate_subclass_key(v)
-            for k, v in value.items()
-        )
-    if isinstance(value, (list, tuple)):
-        return any(_surrogate_subclass_key(v) for v in value)
-    return False
-
-
-def _known_enqueue_bug(event: Event, kind: str) -> bool:
-    # BUG 2 (test_enqueue_checks_occurred_at): enqueue() does not check occurred_at
-    # (memory keeps a str, SQL stores raise AttributeError or drop a falsy one)
-    when = event.occurred_at
-    if when is not None and not (isinstance(when, datetime) and when.utcoffset() is not None):
-        return True
-    # BUG 1 (test_sql_stores_refuse_what_submit_refuses): the SQL stores check a
-    # payload only by encoding it, so they take what json.dumps takes (int, bool,
-    # None and float keys; integers of 301 to 4300 digits)
-    wrong = json_problem(event.payload) or json_problem(dict(event.metadata), "metadata")
-    return kind != "memory" and wrong is not None and _encodes(event)
-
-
-def _encodes(event: Event) -> bool:
-    try:
-        json.dumps(
-            [event.payload, dict(event.metadata)], allow_nan=False, ensure_ascii=False
-        ).encode()
-    except (TypeError, ValueError, RecursionError):
-        return False
-    return True
-
-
-def _known_read_bug(text: str, kind: str) -> bool:
-    # BUG 3 (test_reads_with_unstorable_text_find_nothing): a lone surrogate makes
-    # the SQL stores' reads raise UnicodeEncodeError, a NUL makes PostgreSQL's
-    # raise StoreError; the memory store finds nothing
-    surrogate = re.search("[\ud800-\udfff]", text) is not None
-    return (kind != "memory" and surrogate) or (kind == "postgres" and "\x00" in text)
 
 
 # -- the text search agrees on every store ---------------------------------------------------
@@ -338,18 +277,17 @@ def test_search_finds_the_same_deliveries_on_every_store(
         needle = "\u00e9"
     else:
         needle = data.draw(needles([*texts_, *texts_.values()]), label="needle")
-    assume(not any(_known_read_bug(needle, kind) for kind in every_store))  # BUG 3
     expected = {
-        i for i, text in texts_.items() if _fold(needle) in _fold(i) or _fold(needle) in _fold(text)
-    }
-    # BUG 4 (test_search_folds_case_alike_on_every_store): memory (str.lower) and
-    # PostgreSQL (ILIKE) fold the case of non-ASCII letters, SQLite (LIKE) does not
-    unicode_fold = {
         i
         for i, text in texts_.items()
         if needle.lower() in i.lower() or needle.lower() in text.lower()
     }
-    assume(unicode_fold == expected)
+    # an ASCII needle is compared with ASCII folding (documented): the Kelvin sign
+    # and a dotted capital I, which lower to ASCII letters, match on some stores only
+    ascii_fold = {
+        i for i, text in texts_.items() if _fold(needle) in _fold(i) or _fold(needle) in _fold(text)
+    }
+    assume(not needle.isascii() or ascii_fold == expected)
     found = {
         kind: {d.event.id for d in queue.list(destination=name, search=needle, limit=50)}
         for kind, queue in every_store.items()
@@ -357,20 +295,17 @@ def test_search_finds_the_same_deliveries_on_every_store(
     assert found == dict.fromkeys(every_store, expected), needle
 
 
-# -- found by fuzzing: regression tests (xfail until fixed) ----------------------------------
+# -- found by fuzzing and fixed: regression tests --------------------------------------------
 
 SQL = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
 
 
-def _xfail_on(stores: set[str], reason: str) -> list[Any]:
-    """The backends, those in ``stores`` marked strict xfail with ``reason``."""
-    out = []
-    for kind in ("memory", "sqlite", "postgres"):
-        marks = [pytest.mark.postgres] if kind == "postgres" else []
-        if kind in stores:
-            marks.append(pytest.mark.xfail(strict=True, reason=reason))
-        out.append(pytest.param(kind, marks=marks, id=kind))
-    return out
+def _every_store() -> list[Any]:
+    """The backends as parameters (PostgreSQL marked)."""
+    return [
+        pytest.param(kind, marks=[pytest.mark.postgres] if kind == "postgres" else [], id=kind)
+        for kind in ("memory", "sqlite", "postgres")
+    ]
 
 
 @pytest.fixture
@@ -384,11 +319,7 @@ def store(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[Any]:
 
 @pytest.mark.parametrize(
     "store",
-    _xfail_on(
-        {"sqlite", "postgres"},
-        "BUG 1: SQL stores check payloads only by encoding them (stores/_sqlite.py:1102, "
-        "_postgres.py:664 call check_deliveries(payloads=False))",
-    ),
+    _every_store(),
     indirect=True,
 )
 @pytest.mark.parametrize(
@@ -400,7 +331,7 @@ def store(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[Any]:
     ],
     ids=["int-key", "int-of-302-digits", "metadata-None-key"],
 )
-def test_sql_stores_refuse_what_submit_refuses(store: Any, bad: Event) -> None:
+def test_every_store_refuses_what_submit_refuses(store: Any, bad: Event) -> None:
     with pytest.raises(InvalidEventError):  # submit() refuses it
         Producer(store, ["pos"], clock=FakeClock()).submit(bad)
     with pytest.raises(InvalidEventError):  # and so must the store called directly
@@ -410,11 +341,7 @@ def test_sql_stores_refuse_what_submit_refuses(store: Any, bad: Event) -> None:
 
 @pytest.mark.parametrize(
     "store",
-    _xfail_on(
-        {"memory", "sqlite", "postgres"},
-        "BUG 2: check_deliveries (stores/_common.py:26) does not check occurred_at; "
-        "SQL stores raise AttributeError for a str, keep a naive datetime, drop a falsy one",
-    ),
+    _every_store(),
     indirect=True,
 )
 @pytest.mark.parametrize(
@@ -431,10 +358,7 @@ def test_enqueue_checks_occurred_at(store: Any, when: Any) -> None:
 
 @pytest.mark.parametrize(
     "store",
-    _xfail_on(
-        {"memory"},
-        "BUG 5: check_json skips the surrogate check of str-subclass keys (_json.py:77-79)",
-    ),
+    _every_store(),
     indirect=True,
 )
 @pytest.mark.parametrize(
@@ -450,11 +374,7 @@ def test_submit_refuses_a_surrogate_in_a_str_subclass_key(store: Any, bad: Event
 
 @pytest.mark.parametrize(
     "store",
-    _xfail_on(
-        {"sqlite", "postgres"},
-        "BUG 3: reads with a lone surrogate raise UnicodeEncodeError on the SQL stores "
-        "(not translated where it enters); memory finds nothing",
-    ),
+    _every_store(),
     indirect=True,
 )
 def test_reads_with_a_lone_surrogate_find_nothing(store: Any) -> None:
@@ -466,7 +386,7 @@ def test_reads_with_a_lone_surrogate_find_nothing(store: Any) -> None:
 
 @pytest.mark.parametrize(
     "store",
-    _xfail_on({"postgres"}, "BUG 3: reads with a NUL raise StoreError on PostgreSQL only"),
+    _every_store(),
     indirect=True,
 )
 def test_reads_with_a_nul_find_nothing(store: Any) -> None:
@@ -475,11 +395,6 @@ def test_reads_with_a_nul_find_nothing(store: Any) -> None:
     assert list(store.list(search="a\x00b")) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG 4: search folds non-ASCII case on memory (_common.py:123 str.lower) and "
-    "PostgreSQL (ILIKE), not on SQLite (LIKE)",
-)
 @pytest.mark.parametrize(
     ("stored", "needle"), [("\u00c9milie", "\u00e9"), ("\u00e4rger", "\u00c4RGER")]
 )

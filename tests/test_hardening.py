@@ -120,10 +120,15 @@ def test_edit_refuses_a_delivery_handed_back_after_its_worker_died_mid_attempt(
         now=clock.now(), limit=2, lease_until=clock.now() + timedelta(seconds=60), worker="A"
     )
     victim = next(x for x in batch if x.event.id == "c1")
-    pos.deliver(victim.event, DeliveryContext(
-        delivery_id=victim.id, destination="pos", idempotency_key=victim.idempotency_key,
-        attempt=1,
-    ))
+    pos.deliver(
+        victim.event,
+        DeliveryContext(
+            delivery_id=victim.id,
+            destination="pos",
+            idempotency_key=victim.idempotency_key,
+            attempt=1,
+        ),
+    )
     clock.advance(61)  # A's lease expires; worker B reclaims both, 429 first: c1 handed back
     d.run_once()
     c1 = next(x for x in queue.list().items if x.event.id == "c1")
@@ -180,8 +185,15 @@ def test_revision_risk_reads_the_whole_trail() -> None:
     def rec(action: str, category: ErrorCategory | None = None, **details: Any) -> Attempt:
         error = ErrorInfo(category=category, message="m") if category else None
         return Attempt(
-            delivery_id="d", destination="pos", action=action, actor="w", started_at=t,
-            finished_at=t, number=1, error=error, details=details,
+            delivery_id="d",
+            destination="pos",
+            action=action,
+            actor="w",
+            started_at=t,
+            finished_at=t,
+            number=1,
+            error=error,
+            details=details,
         )
 
     assert revision_risk([]) is None
@@ -482,8 +494,14 @@ def test_redaction_patterns(text: str, leaked: str) -> None:
 
 @pytest.mark.parametrize(
     "text",
-    ["sqlite:////etc/passwd", "SQLite store '/etc/passwd': open failed", "idempotency_key=abc",
-     "ordering_key: k1", "token revoked", "error code=card_declined"],
+    [
+        "sqlite:////etc/passwd",
+        "SQLite store '/etc/passwd': open failed",
+        "idempotency_key=abc",
+        "ordering_key: k1",
+        "token revoked",
+        "error code=card_declined",
+    ],
 )
 def test_redaction_leaves_non_secrets_alone(text: str) -> None:
     assert redact(text) == text

@@ -477,9 +477,7 @@ def test_402_403_naming_a_per_request_error_concern_that_delivery_only(
         (403, b"<html>Forbidden</html>"),
     ],
 )
-def test_401_and_402_403_naming_no_per_request_error_are_permission(
-    status: int, body: Any
-) -> None:
+def test_401_and_402_403_naming_no_per_request_error_are_permission(status: int, body: Any) -> None:
     error = failure(answer(status, body))
     assert type(error) is PermissionDeniedError
 

@@ -87,9 +87,11 @@ def parse_retry_after(value: str | None, now: datetime) -> float | None:
 def _message(exc: BaseException) -> str:
     if isinstance(exc, SyncError):
         text = safe_str(getattr(exc, "message", None) or safe_str(exc))
+        if not text.strip():  # an operator must always read a reason
+            text = f"{type(exc).__name__} (no message given)"
     else:
         detail = safe_str(exc)
-        text = f"{type(exc).__name__}: {detail}" if detail else type(exc).__name__
+        text = f"{type(exc).__name__}: {detail}" if detail.strip() else type(exc).__name__
     return clean(text, limit=_MAX_MESSAGE)
 
 

@@ -36,7 +36,7 @@ from ._model import (
     IdempotencyState,
 )
 from ._policy import RetryDecision, RetryPolicy, decide_retry, is_retryable
-from ._text import MAX_RESULT_BYTES, clean, clean_json, one_line, safe_str
+from ._text import MAX_RESULT_BYTES, MAX_TEXT, clean, clean_json, cut, one_line, safe_str
 
 __all__ = [
     "Call",
@@ -59,6 +59,13 @@ _MAX_DETAILS = 4_096
 _PASSING = frozenset(
     {ErrorCategory.TRANSIENT, ErrorCategory.RATE_LIMITED, ErrorCategory.PERMISSION}
 )
+
+
+def reworded(error: ErrorInfo, prefix: str, suffix: str = "") -> ErrorInfo:
+    """``error`` with its message between ``prefix`` and ``suffix``, the message
+    cut so that the whole stays within ``MAX_TEXT``."""
+    room = max(0, MAX_TEXT - len(prefix) - len(suffix))
+    return attrs.evolve(error, message=f"{prefix}{cut(error.message, room)}{suffix}")
 
 
 def base_key(event: Event, destination: str) -> str:
@@ -451,9 +458,7 @@ def delivery_flow(
                 )
             if not found.ok:
                 lookup_error = _safe_classify(env.classifier, found.error, env.secrets)  # type: ignore[arg-type]
-                lookup_error = attrs.evolve(
-                    lookup_error, message=f"find_existing failed: {lookup_error.message}"
-                )
+                lookup_error = reworded(lookup_error, "find_existing failed: ")
                 note("find_existing", started, reason=lookup_error.message, error=lookup_error)
                 return (yield from _retry_or_park(done, env, delivery, lookup_error))
             note("find_existing", started, reason="no existing record; creating it")
@@ -527,7 +532,7 @@ def delivery_flow(
                 )
             if hook.ok:
                 note("resolve_duplicate", started, reason="no existing record to link to")
-                error = attrs.evolve(error, message=f"potential duplicate: {error.message}")
+                error = reworded(error, "potential duplicate: ")
             else:
                 hook_error = _safe_classify(env.classifier, hook.error, env.secrets)  # type: ignore[arg-type]
                 note("resolve_duplicate", started, reason=hook_error.message, error=hook_error)
@@ -535,17 +540,15 @@ def delivery_flow(
                     # the lookup failed for a passing reason (a 503, a 429, a revoked token):
                     # retry (or pause) as for a failed attempt; nobody has decided anything yet
                     return (yield from _retry_or_park(done, env, delivery, hook_error))
-                error = attrs.evolve(
+                error = reworded(
                     error,
-                    message=(
-                        f"potential duplicate: {error.message} "
-                        f"(resolve_duplicate failed: {hook_error.message})"
-                    ),
+                    "potential duplicate: ",
+                    f" (resolve_duplicate failed: {cut(hook_error.message, MAX_TEXT // 2)})",
                 )
             return done(DeliveryStatus.NEEDS_ACTION, error=error)
 
         if error.category is ErrorCategory.DUPLICATE:
-            error = attrs.evolve(error, message=f"potential duplicate: {error.message}")
+            error = reworded(error, "potential duplicate: ")
 
         if error.category is ErrorCategory.DATA_FORMAT and env.has_fix_data and fixes < MAX_FIXES:
             started = env.now()
@@ -656,7 +659,7 @@ def _retry_or_park(
                 next_attempt_at=decision.retry_at,
                 **extra,
             )
-        error = attrs.evolve(error, message=f"{decision.reason}; last error: {error.message}")
+        error = reworded(error, f"{decision.reason}; last error: ")
         return done(DeliveryStatus.NEEDS_ACTION, error=error)
     if error.category is ErrorCategory.PERMISSION:
         return done(
@@ -697,10 +700,10 @@ def internal_failure(
     status = DeliveryStatus.RETRY_SCHEDULED
     if not retry:
         status = DeliveryStatus.NEEDS_ACTION
-        error = attrs.evolve(error, message=f"not retried: {error.message}")
+        error = reworded(error, "not retried: ")
     elif decision.retry_at is None:
         status = DeliveryStatus.NEEDS_ACTION
-        error = attrs.evolve(error, message=f"{decision.reason}; last error: {error.message}")
+        error = reworded(error, f"{decision.reason}; last error: ")
     audit = Attempt(
         delivery_id=delivery.id,
         destination=delivery.destination,

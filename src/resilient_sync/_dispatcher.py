@@ -267,7 +267,7 @@ class _BaseDispatcher(_Submitter):
         self.lease = timedelta(seconds=duration(lease, "lease"))
         self.idempotency_ttl = timedelta(seconds=duration(idempotency_ttl, "idempotency_ttl"))
         self.poll_interval = duration(poll_interval, "poll_interval")
-        self.worker_id = worker_id or _worker_id()
+        self.worker_id = _worker_id() if worker_id is None else check_name(worker_id, "worker_id")
         self.on_needs_action = on_needs_action
         self.on_event = on_event
         self.circuits = Circuits(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import json
 import re
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -117,6 +118,23 @@ def _did_you_mean(parent: Any, last: str | int) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
+def _same(old: Any, new: Any) -> bool:
+    """Whether a change leaves the JSON the same (``1`` and ``true`` or ``1.0``
+    are equal in Python but not in the payload a destination receives)."""
+    try:
+        return json.dumps(old, sort_keys=True) == json.dumps(new, sort_keys=True)
+    except (TypeError, ValueError):  # not JSON: the caller's check refuses it later
+        return False
+
+
+def _original(payload: Any, parts: list[str | int], current: Any) -> Any:
+    """The value at ``parts`` in the payload as it was before any of the edits
+    (an earlier edit of this place or of a parent may have changed it);
+    ``current`` where the original has no such place."""
+    found = _get(payload, parts)
+    return current if found is _MISSING else found
+
+
 def apply_edits(
     payload: Any,
     changes: Mapping[str, Any],
@@ -146,9 +164,9 @@ def apply_edits(
                 "(CLI: --add)"
             )
         parent[last] = value
-        if old == value:
+        if _same(old, value) and label not in result.after:
             continue
-        result.before[label] = old
+        result.before.setdefault(label, _original(payload, parts, old))
         result.after[label] = value
     for path, value in (add or {}).items():
         parts = parse_path(path)
@@ -163,7 +181,7 @@ def apply_edits(
         if isinstance(last, int) or not isinstance(parent, dict):
             raise ValueError(f"{path!r}: the parent of {label} is not an object")
         parent[last] = value
-        result.before[label] = None
+        result.before.setdefault(label, None)
         result.after[label] = value
         result.added.append(label)
     for path in remove:
@@ -177,7 +195,7 @@ def apply_edits(
                 f"{path!r}: {label} does not exist in the payload{_did_you_mean(parent, last)}"
             )
         del parent[last]
-        result.before[label] = old
+        result.before.setdefault(label, _original(payload, parts, old))
         result.after[label] = None
         result.removed.append(label)
     return result

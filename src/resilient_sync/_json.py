@@ -75,10 +75,12 @@ def _check(value: Any, path: str) -> Any:
     kind = type(value)
     if kind is dict:
         out: dict[str, Any] = {}
-        for key, item in value.items():
+        for raw_key, item in value.items():
+            key = raw_key
             if type(key) is not str:
                 _bad_key(key, path)
-            elif not key.isascii():
+                key = str.__str__(key)  # a str subclass: the plain text of it
+            if not key.isascii():
                 _check_str(key, f"{path} (a key)")
             item_kind = type(item)
             if item_kind is str:

@@ -212,7 +212,11 @@ class QueueStore(Protocol):
         ``category`` filters on ``last_error``; ``since`` (inclusive) and
         ``until`` (exclusive) on ``updated_at``; ``event_type`` on the
         event's type; ``search`` is a text found in the event id or in the
-        event's JSON (case-insensitive for ASCII letters). ``cursor`` is an
+        event's JSON, ignoring case (``"é"`` finds ``"Émilie"``; an ASCII
+        text is compared with ASCII case folding, so the Kelvin sign and a
+        dotted capital I match only on stores that fold them, PostgreSQL
+        and memory). A ``search``, id or name holding a NUL or a lone
+        surrogate finds nothing. ``cursor`` is an
         opaque string from a previous page's ``next_cursor`` (keyset paging:
         a page costs the same however deep it is).
         """

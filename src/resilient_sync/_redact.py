@@ -50,20 +50,25 @@ _SUFFIXED = (
     r"signature|cookie|credentials?|session[_-]?id|x-amz-credential|x-amz-security-token"
 )
 _EXACT = r"key|sig|pwd|pass|auth"
-_NAME = rf"(?:[a-z0-9_\-]{{0,40}}?(?:{_SUFFIXED})|(?<![\w-])(?:{_EXACT}))"
+# Where a secret or a name may start: after a non-word character, or right
+# after an escape as a repr shows it (str(KeyError("\nsk_live_...")) is
+# "'\\nsk_live_...'": the "n" of the escape is no word of the message).
+_ESCAPED = r"(?<=\\[ntrfvab0])|(?<=\\x[0-9a-fA-F]{2})|(?<=\\u[0-9a-fA-F]{4})|(?<=\\U[0-9a-fA-F]{8})"
+_START = rf"(?:(?<!\w)|{_ESCAPED})"
+_NAME = rf"(?:[a-z0-9_\-]{{0,40}}?(?:{_SUFFIXED})|(?:(?<![\w-])|{_ESCAPED})(?:{_EXACT}))"
 
 _PATTERNS = [
     # "Authorization: Bearer abc", "Bearer abc", "Basic abc==" ("token" only
     # before a credential-like value, so "token revoked" stays readable)
     re.compile(
-        r"(?i)\b(bearer|basic|token(?=\s+(?:[\w.~+/=\-]*\d|[\w.~+/=\-]{16,})))"
+        rf"(?i){_START}(bearer|basic|token(?=\s+(?:[\w.~+/=\-]*\d|[\w.~+/=\-]{{16,}})))"
         r"\s+[A-Za-z0-9._~+/=\-]{4,}"
     ),
     # name=value, name: value, "name": "value", 'name': 'value' (a quoted
     # name only between matching quotes: "/etc/passwd': open" is no pair)
     re.compile(
         rf"""(?ix)
-        ((?:"{_NAME}"|'{_NAME}'|(?<![/\\.])\b{_NAME})\s*[:=]\s*(?:(?:bearer|basic)\s+)?)
+        ((?:"{_NAME}"|'{_NAME}'|(?<![/\\.])(?:\b|{_ESCAPED}){_NAME})\s*[:=]\s*(?:(?:bearer|basic)\s+)?)
         (?:\[REDACTED\]|"[^"]*"|'[^']*'|[^\s,;&}}\]"'<>]+)
         """
     ),
@@ -73,17 +78,17 @@ _PATTERNS = [
 
 #: Token shapes that are secrets wherever they appear, whatever name they have.
 _TOKENS = re.compile(
-    r"""(?x)
-    \b(?:
-        (?:sk|rk)_(?:live|test)_[A-Za-z0-9]{8,}       # Stripe secret / restricted keys
-      | whsec_[A-Za-z0-9+/=]{8,}                       # Stripe / Standard Webhooks secrets
-      | gh[pousr]_[A-Za-z0-9]{20,}                     # GitHub tokens
-      | github_pat_[A-Za-z0-9_]{20,}
-      | xox[abprse]-[A-Za-z0-9-]{10,}                  # Slack tokens
-      | shp(?:at|ss|ca|pa)_[A-Fa-f0-9]{16,}            # Shopify access tokens
+    rf"""(?x)
+    {_START}(?:
+        (?:sk|rk)_(?:live|test)_[A-Za-z0-9]{{8,}}       # Stripe secret / restricted keys
+      | whsec_[A-Za-z0-9+/=]{{8,}}                       # Stripe / Standard Webhooks secrets
+      | gh[pousr]_[A-Za-z0-9]{{20,}}                     # GitHub tokens
+      | github_pat_[A-Za-z0-9_]{{20,}}
+      | xox[abprse]-[A-Za-z0-9-]{{10,}}                  # Slack tokens
+      | shp(?:at|ss|ca|pa)_[A-Fa-f0-9]{{16,}}            # Shopify access tokens
       | AKIA[0-9A-Z]{16}                               # AWS access key ids
-      | AIza[0-9A-Za-z_\-]{30,}                        # Google API keys
-      | eyJ[A-Za-z0-9_\-]{5,}\.eyJ[A-Za-z0-9_\-]{5,}\.[A-Za-z0-9_\-]{10,}  # JWTs
+      | AIza[0-9A-Za-z_\-]{{30,}}                        # Google API keys
+      | eyJ[A-Za-z0-9_\-]{{5,}}\.eyJ[A-Za-z0-9_\-]{{5,}}\.[A-Za-z0-9_\-]{{10,}}  # JWTs
     )
     """
 )

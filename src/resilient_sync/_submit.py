@@ -19,6 +19,7 @@ from ._errors import InvalidEventError
 from ._json import check_event, check_name
 from ._model import Delivery, Event
 from ._protocols import Clock, QueueStore, Source
+from .stores._common import already_checked
 
 __all__ = ["Producer", "Submitted"]
 
@@ -92,7 +93,9 @@ class _Submitter:
         kwargs = _tx(transaction)
         if cursor is not None:
             kwargs["cursor"] = cursor
-        return self._submitted(plan, self.queue.enqueue(plan, **kwargs))
+        with already_checked(plan):  # _plan checked every event with the stores' rules
+            inserted = self.queue.enqueue(plan, **kwargs)
+        return self._submitted(plan, inserted)
 
     @staticmethod
     def _submitted(plan: Sequence[Delivery], inserted: list[Delivery]) -> Submitted:

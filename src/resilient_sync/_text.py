@@ -37,6 +37,7 @@ __all__ = [
     "clean",
     "clean_json",
     "clean_retry_after",
+    "cut",
     "for_slack",
     "for_terminal",
     "get_logger",
@@ -83,11 +84,14 @@ def _escape(match: re.Match[str]) -> str:
     return f"\\x{code:02x}" if code <= 0xFF else f"\\u{code:04x}"
 
 
-def _cut(text: str, limit: int) -> str:
+def cut(text: str, limit: int) -> str:
+    """``text`` cut to ``limit`` characters, saying how much was cut."""
     if len(text) <= limit:
         return text
     marker = f"… [{len(text) - limit} more characters cut]"
-    return text[: max(0, limit - len(marker))] + marker
+    if limit <= len(marker):
+        return text[:limit]
+    return text[: limit - len(marker)] + marker
 
 
 def clean(
@@ -103,11 +107,13 @@ def clean(
         text = text[: 4 * limit] + f"… [{len(text) - 4 * limit} more characters cut]"
     if not text.isascii():
         text = _SURROGATE.sub("\ufffd", text)
-    text = _CONTROL.sub(_escape, _CRLF.sub("\n", text))
+    # redact before escaping: "\x00sk_live_..." escaped first would glue the
+    # secret to the "x00" of its escape and hide it from the word boundary
+    text = redact(_CRLF.sub("\n", text), secrets)
+    text = _CONTROL.sub(_escape, text)
     if single_line:
         text = " ".join(text.split())
-    text = redact(text, secrets)
-    return _cut(text, limit)
+    return cut(text, limit)
 
 
 def one_line(value: Any, *, limit: int = MAX_FIELD) -> str:
@@ -189,9 +195,16 @@ class _Walk:
         if depth >= _MAX_DEPTH:
             self.note(path, "was nested too deeply (cut)")
             return "<nested too deeply>"
+        if isinstance(value, (Mapping, list, tuple)):
+            try:  # a lazy mapping or a list subclass may fail as it is read
+                items = list(value.items()) if isinstance(value, Mapping) else list(value)
+            except Exception as exc:  # noqa: BLE001 - reported in the notes and stored as text
+                reason = clean(f"{type(exc).__name__}: {safe_str(exc)}", secrets=self.secrets)
+                self.note(path, f"could not be read ({reason[:120]}; stored as text)")
+                return f"<{kind.__name__} that could not be read: {reason[:500]}>"
         if isinstance(value, Mapping):
             out: dict[str, Any] = {}
-            for key, item in value.items():
+            for key, item in items:
                 name = key if type(key) is str else safe_str(key)
                 name = self.text(name, f"{path} key")
                 if type(key) is not str:
@@ -202,7 +215,7 @@ class _Walk:
                     out[name] = self.value(item, f"{path}.{name}", depth + 1)
             return out
         if isinstance(value, (list, tuple)):
-            return [self.value(item, f"{path}[{i}]", depth + 1) for i, item in enumerate(value)]
+            return [self.value(item, f"{path}[{i}]", depth + 1) for i, item in enumerate(items)]
         text = clean(value, limit=MAX_TEXT, secrets=self.secrets)
         self.note(path, f"was a {kind.__name__}, which is not JSON (stored as text: {text[:60]})")
         return text
@@ -229,13 +242,16 @@ def clean_json(
         out = walk.value(value, path, 0)
     except RecursionError:
         return "<nested too deeply>", [f"{path} was nested too deeply (cut)"]
+    except Exception as exc:  # noqa: BLE001 - the gate never raises; say what failed
+        reason = clean(f"{type(exc).__name__}: {safe_str(exc)}", limit=500, secrets=walk.secrets)
+        return f"<unreadable value: {reason}>", [f"{path} could not be read ({reason})"]
     from ._json import compact_dumps  # noqa: PLC0415 - _json imports this module
 
     encoded = compact_dumps(out)
     size = len(encoded) if encoded.isascii() else len(encoded.encode("utf-8"))
     if size > limit:
         walk.notes.append(f"{path} was {size} bytes, over the {limit}-byte limit (cut)")
-        out = {"truncated": True, "bytes": size, "preview": _cut(encoded, 500)}
+        out = {"truncated": True, "bytes": size, "preview": cut(encoded, 500)}
     return out, walk.notes
 
 

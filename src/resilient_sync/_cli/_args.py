@@ -67,6 +67,7 @@ def usage(message: str) -> CliError:
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$", re.IGNORECASE)
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_LONGEST = 36_500 * 86_400.0
 
 
 def parse_duration(text: str, option: str = "duration") -> timedelta:
@@ -77,6 +78,10 @@ def parse_duration(text: str, option: str = "duration") -> timedelta:
     value = float(match.group(1)) * _UNITS[(match.group(2) or "s").lower()]
     if value <= 0:
         raise usage(f"invalid {option} {text!r}; it must be more than 0")
+    if value < 0.001:
+        raise usage(f"invalid {option} {text!r}; the shortest is 1ms")
+    if value > _LONGEST:
+        raise usage(f"invalid {option} {text!r}; the longest is 36500d (100 years)")
     return timedelta(seconds=value)
 
 

@@ -29,7 +29,7 @@ from .._operator import DISCARDABLE, RESOLVABLE, RETRYABLE_BY_OPERATOR, Operator
 from .._protocols import IdempotencyStore
 from .._text import for_terminal
 from .._waiting import WAITING, waiting_for
-from ..stores._common import encode_cursor
+from ..stores._common import MAX_PAGE, decode_cursor, encode_cursor
 from . import _render as render
 from ._args import (
     EXIT_ATTENTION,
@@ -197,8 +197,8 @@ def _search(operator: Operator, f: _Filters, limit: int, cursor: str | None) -> 
 
 
 def _check_limit(limit: int) -> None:
-    if limit < 1:
-        raise usage(f"--limit must be 1 or more, got {limit}")
+    if not 1 <= limit <= MAX_PAGE:
+        raise usage(f"--limit must be between 1 and {MAX_PAGE}, got {limit}")
 
 
 def _describe(f: _Filters) -> str:
@@ -218,6 +218,10 @@ def _describe(f: _Filters) -> str:
 
 def cmd_list(ctx: Ctx) -> int:
     _check_limit(ctx.args.limit)
+    try:
+        decode_cursor(ctx.args.cursor)
+    except ValueError as exc:
+        raise usage(f"--cursor: {exc}") from None
     f = _filters(ctx)
     page = _search(ctx.operator, f, ctx.args.limit, ctx.args.cursor)
     if ctx.json:

@@ -649,7 +649,7 @@ def render_trend(
     zero = "·" if unicode else " "
     start, end = buckets[0].start, buckets[-1].start + width
     categories = [c for c in _CATEGORY_ORDER if any(b.counts.get(c) for b in buckets)]
-    label_width = max(len("total"), *(len(c.value) for c in categories))
+    label_width = max([len("total"), *(len(c.value) for c in categories)])
     if max_width is not None:
         room = max(max_width - label_width - 2 - 2 - len(str(sum(b.total for b in buckets))), 8)
         if len(buckets) > room:

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import contextvars
+import re
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime
 from typing import Any
 
 import attrs
@@ -11,6 +16,8 @@ from .._json import BAD_ID_CHAR, MAX_ID, check_json, event_to_json, identifier_p
 from .._model import Attempt, Delivery
 
 __all__ = [
+    "MAX_PAGE",
+    "already_checked",
     "check_deliveries",
     "check_page_args",
     "checked_event_json",
@@ -20,6 +27,7 @@ __all__ = [
     "invalid_payload",
     "like_pattern",
     "matches_search",
+    "unmatchable",
 ]
 
 
@@ -33,8 +41,8 @@ def _looks_fine(d: Delivery, event: Any) -> bool:
         d.idempotency_key,
         event.id,
         event.type,
-        event.ordering_key or "-",
-        event.idempotency_key or "-",
+        "-" if event.ordering_key is None else event.ordering_key,
+        "-" if event.idempotency_key is None else event.idempotency_key,
     )
     for value in fields:
         if type(value) is not str or not 0 < len(value) <= MAX_ID or value.isspace():
@@ -42,18 +50,70 @@ def _looks_fine(d: Delivery, event: Any) -> bool:
     return BAD_ID_CHAR.search(" ".join(fields)) is None
 
 
-def check_deliveries(deliveries: Any, *, payloads: bool) -> None:
+#: The deliveries a Producer is enqueueing right now, whose events it has
+#: just checked with the same rules (the store need not walk them again).
+_CHECKED: contextvars.ContextVar[Sequence[Delivery] | None] = contextvars.ContextVar(
+    "resilient_sync_checked", default=None
+)
+
+
+@contextmanager
+def already_checked(deliveries: Sequence[Delivery]) -> Iterator[None]:
+    """Within the block, a store's :func:`check_deliveries` skips the payload
+    walk for exactly these delivery objects (``submit()`` has checked them)."""
+    token = _CHECKED.set(deliveries)
+    try:
+        yield
+    finally:
+        _CHECKED.reset(token)
+
+
+def _trusted(deliveries: Sequence[Delivery]) -> bool:
+    checked = _CHECKED.get()
+    return (
+        checked is not None
+        and len(checked) == len(deliveries)
+        and all(a is b for a, b in zip(checked, deliveries, strict=True))
+    )
+
+
+def _check_event_fields(event: Any) -> None:
+    when = event.occurred_at
+    if when is not None and not (isinstance(when, datetime) and when.utcoffset() is not None):
+        raise InvalidEventError(
+            f"event {event.id!r}: occurred_at must be a timezone-aware datetime, got "
+            f"{type(when).__name__} {when!r}; nothing was enqueued",
+            field="occurred_at",
+        )
+    check_json(event.payload, "payload")
+    check_json(dict(event.metadata), "metadata")
+
+
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def unmatchable(*values: str | None) -> bool:
+    """Whether a read's text argument (an id, a name, a search) holds what no
+    store holds: a NUL or a lone surrogate. Such a read finds nothing (the
+    database drivers would raise on encoding it), as on the memory store."""
+    return any(value is not None and _UNSTORABLE.search(value) is not None for value in values)
+
+
+def check_deliveries(deliveries: Sequence[Delivery], *, payloads: bool = True) -> None:
     """Refuse, before anything is written, a delivery no store could hold
     correctly: ids, keys and names that are not printable text (a NUL, an
-    ESC, a unit separator), and with ``payloads`` a payload or metadata that
-    is not JSON. The same rules as ``submit()``, so every store behaves alike
-    when it is called directly. Raises :class:`InvalidEventError`."""
+    ESC, a unit separator), an ``occurred_at`` that is not timezone-aware,
+    and a payload or metadata that is not JSON (``submit()``'s rules: string
+    keys, integers of at most 300 digits, finite floats, encodable text). The
+    same rules as ``submit()``, so every store behaves alike when it is
+    called directly; the payload walk is skipped for deliveries that
+    ``submit()`` has just checked. Raises :class:`InvalidEventError`."""
+    payloads = payloads and not _trusted(deliveries)
     for d in deliveries:
         event = d.event
         if _looks_fine(d, event):
             if payloads:
-                check_json(event.payload, "payload")
-                check_json(dict(event.metadata), "metadata")
+                _check_event_fields(event)
             continue
         for label, value, optional in (
             ("delivery id", d.id, False),
@@ -72,8 +132,7 @@ def check_deliveries(deliveries: Any, *, payloads: bool) -> None:
                     f"delivery {d.id!r}: {label} {problem}; nothing was enqueued", field=label
                 )
         if payloads:
-            check_json(event.payload, "payload")
-            check_json(dict(event.metadata), "metadata")
+            _check_event_fields(event)
 
 
 def invalid_payload(d: Delivery, exc: Exception) -> InvalidEventError:
@@ -92,10 +151,18 @@ def invalid_payload(d: Delivery, exc: Exception) -> InvalidEventError:
     )
 
 
+#: The largest page a store returns at once (follow ``next_cursor`` for more).
+MAX_PAGE = 1_000_000
+_CURSOR = re.compile(r"s[0-9]{1,19}")
+
+
 def check_page_args(limit: int) -> None:
-    """Reject a page size that is not a positive int."""
-    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-        raise ValueError(f"limit must be an int >= 1, got {limit!r}")
+    """Reject a page size that is not an int between 1 and ``MAX_PAGE``."""
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_PAGE:
+        raise ValueError(
+            f"limit must be an int between 1 and {MAX_PAGE} (page with next_cursor for more), "
+            f"got {limit!r}"
+        )
 
 
 def encode_cursor(seq: int) -> str:
@@ -107,7 +174,7 @@ def decode_cursor(cursor: str | None) -> int:
     """The ``seq`` a cursor points after (0 for the first page)."""
     if cursor is None:
         return 0
-    if not isinstance(cursor, str) or not cursor.startswith("s") or not cursor[1:].isdigit():
+    if not isinstance(cursor, str) or _CURSOR.fullmatch(cursor) is None or int(cursor[1:]) >= 2**63:
         raise ValueError(f"invalid page cursor {cursor!r}; pass a next_cursor from a previous page")
     return int(cursor[1:])
 
@@ -143,7 +210,8 @@ def like_pattern(search: str) -> str:
 
 def matches_search(delivery: Delivery, search: str) -> bool:
     """The memory store's text search: the event id or the event's JSON
-    contains ``search`` (ASCII letters case-insensitively, as SQL's LIKE)."""
+    contains ``search``, ignoring case (by Unicode's rules, as the SQL
+    stores compare)."""
     needle = search.lower()
     if needle in delivery.event.id.lower():
         return True

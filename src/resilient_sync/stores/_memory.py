@@ -297,7 +297,7 @@ class MemoryQueueStore:
                 "use PostgresQueueStore for the transactional outbox"
             )
         deliveries = list(deliveries)
-        check_deliveries(deliveries, payloads=False)
+        check_deliveries(deliveries)
         texts = [checked_event_json(d) for d in deliveries]  # the same checks as SQL stores
         with self._lock:
             inserted: builtins.list[Delivery] = []

@@ -80,6 +80,7 @@ from ._common import (
     encode_cursor,
     fill_audit,
     like_pattern,
+    unmatchable,
 )
 
 __all__ = ["PostgresIdempotencyStore", "PostgresQueueStore", "open_pair"]
@@ -661,7 +662,7 @@ class PostgresQueueStore(_PostgresBase):
         deliveries = list(deliveries)
         if not deliveries and cursor is None:
             return []
-        check_deliveries(deliveries, payloads=False)
+        check_deliveries(deliveries)
 
         if transaction is None:
             tries = 0
@@ -1043,13 +1044,15 @@ class PostgresQueueStore(_PostgresBase):
 
     def get(self, delivery_id: str) -> Delivery | None:
         """See :meth:`resilient_sync.QueueStore.get`."""
+        if unmatchable(delivery_id):
+            return None
         rows = self._fetch(f"read delivery {delivery_id!r}", "get", {"id": delivery_id})
         return _delivery(rows[0]) if rows else None
 
     def ids_with_prefix(self, prefix: str, *, limit: int = 10) -> builtins.list[str]:
         """The ids that start with ``prefix``, sorted, at most ``limit`` (a
         primary key range scan; the CLI takes unique id prefixes with it)."""
-        if not prefix:
+        if not prefix or unmatchable(prefix):
             return []
         params = {
             "prefix": prefix,
@@ -1076,6 +1079,8 @@ class PostgresQueueStore(_PostgresBase):
     ) -> Page:
         """See :meth:`resilient_sync.QueueStore.list`."""
         check_page_args(limit)
+        if unmatchable(destination, event_type, search):
+            return Page(items=[], next_cursor=None)
         q = self._queries
         params: dict[str, Any] = {"after": decode_cursor(cursor), "limit": limit + 1}
         parts = [q["list"]]
@@ -1110,6 +1115,8 @@ class PostgresQueueStore(_PostgresBase):
 
     def attempts(self, delivery_id: str) -> builtins.list[Attempt]:
         """See :meth:`resilient_sync.QueueStore.attempts`."""
+        if unmatchable(delivery_id):
+            return []
         rows = self._fetch("read the audit trail", "attempts", {"id": delivery_id})
         return [_attempt(row) for row in rows]
 
@@ -1127,6 +1134,8 @@ class PostgresQueueStore(_PostgresBase):
 
     def get_cursor(self, source: str) -> str | None:
         """See :meth:`resilient_sync.QueueStore.get_cursor`."""
+        if unmatchable(source):
+            return None
         rows = self._fetch(f"read the cursor of {source!r}", "get_cursor", {"source": source})
         return rows[0][0] if rows else None
 

@@ -97,6 +97,7 @@ from ._common import (
     encode_cursor,
     fill_audit,
     like_pattern,
+    unmatchable,
 )
 
 __all__ = ["SQLiteIdempotencyStore", "SQLiteQueueStore"]
@@ -112,6 +113,16 @@ _MIN_SQLITE = (3, 24, 0)
 
 _NAME = re.compile(r"^--\s*name:\s*(\w+)\s*$")
 _MIGRATION = re.compile(r"^(\d{4})_(\w+)\.sql$")
+
+
+def _fold(text: str | None) -> str | None:
+    """``rs_fold(x)``: ``x`` in lower case by Unicode's rules (SQLite's LIKE
+    and lower() fold ASCII letters only)."""
+    return text.lower() if text is not None else None
+
+
+def _add_functions(conn: sqlite3.Connection) -> None:
+    conn.create_function("rs_fold", 1, _fold, deterministic=True)
 
 
 def _sql_dir() -> Any:
@@ -430,6 +441,7 @@ class _Database:
                 isolation_level=None,
                 check_same_thread=False,
             )
+            _add_functions(conn)
             self._identity = self._stat()
         except sqlite3.Error as exc:
             raise self.error("open", exc) from exc
@@ -534,13 +546,15 @@ class _Database:
         return conn
 
     def _connect_uri(self, uri: str) -> sqlite3.Connection:
-        return sqlite3.connect(
+        conn = sqlite3.connect(
             uri,
             uri=True,
             timeout=self.busy_timeout,
             isolation_level=None,
             check_same_thread=False,
         )
+        _add_functions(conn)
+        return conn
 
     def _migrate(self, conn: sqlite3.Connection) -> None:
         known = migrations()
@@ -1173,7 +1187,7 @@ class SQLiteQueueStore(_SQLiteStore):
         """See :meth:`QueueStore.enqueue`; ``transaction`` may be a
         ``sqlite3.Connection`` on the same file with an open transaction."""
         deliveries = list(deliveries)
-        check_deliveries(deliveries, payloads=False)
+        check_deliveries(deliveries)
         rows = [_insert_row(d) for d in deliveries]
         if transaction is not None:
             # the caller commits: idle workers find it at their next poll or
@@ -1463,6 +1477,8 @@ class SQLiteQueueStore(_SQLiteStore):
 
     def get(self, delivery_id: str) -> Delivery | None:
         """See :meth:`QueueStore.get`."""
+        if unmatchable(delivery_id):
+            return None
         with self._reading("get") as conn:
             row = conn.execute(Q.get_delivery, (delivery_id,)).fetchone()
         return _delivery(row) if row is not None else None
@@ -1470,7 +1486,7 @@ class SQLiteQueueStore(_SQLiteStore):
     def ids_with_prefix(self, prefix: str, *, limit: int = 10) -> builtins.list[str]:
         """The ids that start with ``prefix``, sorted, at most ``limit`` (an
         index range scan; the CLI takes unique id prefixes with it)."""
-        if not prefix:
+        if not prefix or unmatchable(prefix):
             return []
         high = prefix[:-1] + chr(min(ord(prefix[-1]) + 1, 0x10FFFF))
         with self._reading("find ids") as conn:
@@ -1492,6 +1508,8 @@ class SQLiteQueueStore(_SQLiteStore):
     ) -> Page:
         """See :meth:`QueueStore.list`."""
         check_page_args(limit)
+        if unmatchable(destination, event_type, search):
+            return Page(items=[], next_cursor=None)
         params: dict[str, Any] = {"after": decode_cursor(cursor), "limit": limit + 1}
         parts = [Q.list_deliveries]
         if status is not None:
@@ -1517,8 +1535,10 @@ class SQLiteQueueStore(_SQLiteStore):
             parts.append(Q.list_where_event_type)
             params["event_type"] = event_type
         if search:
-            parts.append(Q.list_where_search)
-            params["search"] = like_pattern(search)
+            # LIKE folds ASCII letters only; a needle with other letters is
+            # compared folded in Python, as the memory and PostgreSQL stores do
+            parts.append(Q.list_where_search if search.isascii() else Q.list_where_search_folded)
+            params["search"] = like_pattern(search if search.isascii() else search.lower())
         parts.append(Q.list_order)
         with self._reading("list") as conn:
             rows = conn.execute("\n".join(parts), params).fetchall()
@@ -1529,6 +1549,8 @@ class SQLiteQueueStore(_SQLiteStore):
 
     def attempts(self, delivery_id: str) -> builtins.list[Attempt]:
         """See :meth:`QueueStore.attempts`."""
+        if unmatchable(delivery_id):
+            return []
         with self._reading("attempts") as conn:
             rows = conn.execute(Q.attempts, (delivery_id,)).fetchall()
         return [_attempt(row) for row in rows]
@@ -1544,6 +1566,8 @@ class SQLiteQueueStore(_SQLiteStore):
 
     def get_cursor(self, source: str) -> str | None:
         """See :meth:`QueueStore.get_cursor`."""
+        if unmatchable(source):
+            return None
         with self._reading("get_cursor") as conn:
             row = conn.execute(Q.get_cursor, (source,)).fetchone()
         return row[0] if row is not None else None

@@ -210,6 +210,11 @@ AND json_extract(event, '$.type') = :event_type
 -- other filters leave, bounded by the page size); :search is a LIKE pattern
 AND (event_id LIKE :search ESCAPE '\' OR event LIKE :search ESCAPE '\')
 
+-- name: list_where_search_folded
+-- the same with a needle of non-ASCII letters (:search is lower case):
+-- rs_fold() lowers by Unicode's rules, as the other stores compare
+AND (rs_fold(event_id) LIKE :search ESCAPE '\' OR rs_fold(event) LIKE :search ESCAPE '\')
+
 -- name: list_order
 ORDER BY seq
 LIMIT :limit;
