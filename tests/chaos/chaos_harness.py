@@ -1033,7 +1033,16 @@ def _trails(queue: Any, deliveries: list[Delivery]) -> dict[str, list[Attempt]]:
 
 
 def run_chaos(config: ChaosConfig) -> ChaosReport:
-    """One chaos run; see the module docstring."""
+    """One chaos run; see the module docstring. A workdir left by an earlier
+    run is emptied first: its queue would make every submit a skipped
+    duplicate and its deliveries look "succeeded, never applied" here."""
+    if config.workdir.exists() and any(config.workdir.iterdir()):
+        if not (config.workdir / "config.json").exists():
+            raise SystemExit(
+                f"{config.workdir} is not empty and holds no earlier chaos run; "
+                "give an empty or new --workdir"
+            )
+        remove_workdir(config.workdir)
     config.workdir.mkdir(parents=True, exist_ok=True)
     run = _Run(config)
     run.server.start()
