@@ -59,6 +59,37 @@ _ENCODE = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=
 _DECODE = json.JSONDecoder().decode
 
 
+class _Key:
+    """The open deliveries of one (destination, ordering key), oldest first,
+    and how many of them are in flight."""
+
+    __slots__ = ("in_flight", "rows", "seqs")
+
+    def __init__(self) -> None:
+        self.rows: list[_Row] = []
+        self.seqs: list[int] = []
+        self.in_flight = 0
+
+    def add(self, row: _Row) -> None:
+        index = bisect.bisect_left(self.seqs, row.seq)
+        if index < len(self.seqs) and self.seqs[index] == row.seq:
+            return
+        self.rows.insert(index, row)
+        self.seqs.insert(index, row.seq)
+        if row.status is DeliveryStatus.IN_FLIGHT:
+            self.in_flight += 1
+
+    def remove(self, row: _Row) -> bool:
+        index = bisect.bisect_left(self.seqs, row.seq)
+        if index == len(self.seqs) or self.rows[index] is not row:
+            return False
+        del self.rows[index]
+        del self.seqs[index]
+        if row.status is DeliveryStatus.IN_FLIGHT:
+            self.in_flight -= 1
+        return True
+
+
 class _Row:
     """One delivery as the memory store keeps it (mutable, internal).
 
@@ -163,7 +194,7 @@ class MemoryQueueStore:
         #: per destination: (seq, id, version, due) of deliveries already due
         self._ready: dict[str, builtins.list[tuple[int, str, int, datetime]]] = {}
         #: per (destination, ordering key): its open deliveries in submission order
-        self._keys: dict[tuple[str, str], builtins.list[_Row]] = {}
+        self._keys: dict[tuple[str, str], _Key] = {}
         #: (seq, id, version) of waiting deliveries, for the oldest waiting one
         self._waiting: builtins.list[tuple[int, str, int]] = []
         self._counts: dict[str, dict[DeliveryStatus, int]] = {}
@@ -217,11 +248,9 @@ class MemoryQueueStore:
             return False
         if row.ordering_key is None:
             return True
-        rows = self._keys.get((row.destination, row.ordering_key))
-        if not rows or rows[0] is not row:
-            return False  # an older delivery of the key is not finished
-        # a key with a delivery in flight hands out nothing else
-        return not any(r.status is DeliveryStatus.IN_FLIGHT for r in rows)
+        key = self._keys.get((row.destination, row.ordering_key))
+        # the oldest open delivery of its key, and none of the key in flight
+        return key is not None and key.rows[0] is row and key.in_flight == 0
 
     def _schedule(self, row: _Row) -> None:
         """Invalidate what is scheduled for ``row`` and schedule it anew if it can
@@ -238,48 +267,42 @@ class MemoryQueueStore:
         heapq.heappush(self._timed, (due, row.seq, row.id, row.version))
 
     def _rekey(self, row: _Row) -> None:
-        """After ``row`` changed: reschedule the open deliveries of its key."""
+        """After ``row`` changed: reschedule it and the head of its key (only
+        the oldest open delivery of a key is ever claimable, so the cost does
+        not grow with how many wait behind it)."""
+        self._schedule(row)
         if row.ordering_key is None:
-            self._schedule(row)
             return
-        key = (row.destination, row.ordering_key)
-        rows = self._keys.get(key)
-        if rows is None:
-            self._schedule(row)
-            return
-        for other in rows:
-            self._schedule(other)
-        if row not in rows:
-            self._schedule(row)
+        key = self._keys.get((row.destination, row.ordering_key))
+        if key is not None and key.rows[0] is not row:
+            self._schedule(key.rows[0])
 
     def _leave_key(self, row: _Row) -> None:
         if row.ordering_key is None:
             return
-        key = (row.destination, row.ordering_key)
-        rows = self._keys.get(key)
-        if rows is not None and row in rows:
-            rows.remove(row)
-            if not rows:
-                del self._keys[key]
+        ident = (row.destination, row.ordering_key)
+        key = self._keys.get(ident)
+        if key is not None and key.remove(row) and not key.rows:
+            del self._keys[ident]
 
     def _join_key(self, row: _Row) -> None:
         if row.ordering_key is None:
             return
-        rows = self._keys.setdefault((row.destination, row.ordering_key), [])
-        if row in rows:
-            return
-        index = bisect.bisect_left([r.seq for r in rows], row.seq)
-        rows.insert(index, row)
+        ident = (row.destination, row.ordering_key)
+        key = self._keys.get(ident)
+        if key is None:
+            key = self._keys[ident] = _Key()
+        key.add(row)
 
     def _move(self, row: _Row, status: DeliveryStatus) -> None:
         """Change a row's status, keeping the counts and its key's membership."""
         self._count(row, -1)
         was_open = row.status in _OPEN
+        if was_open:
+            self._leave_key(row)  # with its old status (the in-flight count)
         row.status = status
         self._count(row, 1)
-        if was_open and status not in _OPEN:
-            self._leave_key(row)
-        elif not was_open and status in _OPEN:
+        if status in _OPEN:
             self._join_key(row)
 
     # -- writing ---------------------------------------------------------
@@ -392,6 +415,8 @@ class MemoryQueueStore:
                 heapq.heappop(self._ready[row.destination])
                 if best[3] > now:  # due later for this caller's clock: back to waiting
                     heapq.heappush(self._timed, (best[3], best[0], best[1], best[2]))
+                    continue
+                if not self._eligible(row):  # an older delivery of its key came back
                     continue
                 if row.status is DeliveryStatus.IN_FLIGHT:
                     self._append_audit(
