@@ -11,8 +11,11 @@ For each durability setting, two runs on fresh files in the same process:
   ``open_stores("sqlite:///...", synchronous=...)``;
 - **raw**: the same rows written by plain ``sqlite3`` statements into the same
   schema (tables and indexes), with the same durability and batch size, in
-  three transactions per batch: insert the deliveries; update them to
-  claimed; update them to done and insert their audit and idempotency rows.
+  three transactions per batch, committed as the store commits them: insert
+  the deliveries (durable); update them to claimed (committed without an
+  fsync, as the store commits claims: a lost claim only makes the delivery
+  due again); update them to done and insert their audit and idempotency rows
+  (durable).
 
 It prints events/s of both and their ratio (the target: end to end >= 70 %
 of raw at batch size 100 with synchronous=FULL), and, to show where the time
@@ -102,6 +105,7 @@ def raw(path: Path, total: int, batch: int, synchronous: str) -> float:
     conn = sqlite3.connect(path, isolation_level=None)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute(f"PRAGMA synchronous={synchronous}")
+    relax_claims = synchronous.upper() != "NORMAL"
     now = us(datetime.now(timezone.utc))
     token = 0
     start = time.perf_counter()
@@ -129,6 +133,8 @@ def raw(path: Path, total: int, batch: int, synchronous: str) -> float:
             ],
         )
         conn.execute("COMMIT")
+        if relax_claims:  # as the store does: a claim commits without an fsync
+            conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute("BEGIN IMMEDIATE")
         conn.executemany(
             "UPDATE resilient_sync_deliveries SET status = 'in_flight', attempts = attempts + 1,"
@@ -141,6 +147,8 @@ def raw(path: Path, total: int, batch: int, synchronous: str) -> float:
         )
         token += len(ids)
         conn.execute("COMMIT")
+        if relax_claims:
+            conn.execute(f"PRAGMA synchronous={synchronous}")
         conn.execute("BEGIN IMMEDIATE")
         conn.executemany(
             "UPDATE resilient_sync_deliveries SET status = 'succeeded', next_attempt_at = NULL,"

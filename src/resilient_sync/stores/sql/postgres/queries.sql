@@ -109,9 +109,13 @@ WITH candidates AS (
                      AND o.status IN ('pending', 'in_flight', 'retry_scheduled', 'needs_action')
                      AND o.seq < d.seq)
                AND NOT EXISTS (  -- another delivery of the key in flight, even if expired
+                   -- ("ordering_key IS NOT NULL" lets the planner read the partial
+                   -- index deliveries_one_in_flight_per_key, also when it hashes
+                   -- this subquery; without it, it scanned the whole table)
                    SELECT 1 FROM {schema}.deliveries AS f
                    WHERE f.destination = d.destination
                      AND f.ordering_key = d.ordering_key
+                     AND f.ordering_key IS NOT NULL
                      AND f.status = 'in_flight')))
     ORDER BY d.seq
     LIMIT %(limit)s
