@@ -66,13 +66,13 @@ WHERE d.due_at IS NOT NULL
                  AND o.ordering_key IS NOT NULL
                  AND o.status IN ('pending', 'in_flight', 'retry_scheduled', 'needs_action'))
            AND NOT EXISTS (  -- another delivery of the key in flight, even if expired
-               -- (the IN list repeats the key index's condition word for word, so
-               -- that SQLite may use the index instead of scanning the table)
-               SELECT 1 FROM resilient_sync_deliveries AS f
+               -- (the conditions repeat resilient_sync_deliveries_key_in_flight's
+               -- word for word, so that SQLite reads that small index)
+               SELECT 1 FROM resilient_sync_deliveries AS f INDEXED BY
+                   resilient_sync_deliveries_key_in_flight
                WHERE f.destination = d.destination
                  AND f.ordering_key = d.ordering_key
                  AND f.ordering_key IS NOT NULL
-                 AND f.status IN ('pending', 'in_flight', 'retry_scheduled', 'needs_action')
                  AND f.status = 'in_flight')))
 ORDER BY d.seq
 LIMIT :limit;

@@ -53,6 +53,11 @@ CREATE INDEX resilient_sync_deliveries_key
     WHERE ordering_key IS NOT NULL
       AND status IN ('pending', 'in_flight', 'retry_scheduled', 'needs_action');
 
+-- claim: "is another delivery with my ordering key in flight?" (a few rows)
+CREATE INDEX resilient_sync_deliveries_key_in_flight
+    ON resilient_sync_deliveries (destination, ordering_key)
+    WHERE ordering_key IS NOT NULL AND status = 'in_flight';
+
 -- the operator queue: list(status=NEEDS_ACTION) without scanning the history
 CREATE INDEX resilient_sync_deliveries_needs_action
     ON resilient_sync_deliveries (seq)
