@@ -8,9 +8,11 @@
   the worker writes ``<event id> <ns>`` to its stdout). Between samples the
   bench sleeps a random time (up to one poll interval more than 5 ms), so a
   submit lands anywhere in the worker's idle wait.
-- SQLite workers find new work by polling: ``poll_interval`` is the
-  measurement's parameter, shown in each row (the library's default is 1 s).
-  PostgreSQL workers wake on LISTEN/NOTIFY; the raw reference is one
+- SQLite workers wake on a submit through ``SQLiteQueueStore.wait_for_work``
+  (a FIFO per waiting worker beside the database file); ``poll_interval``,
+  the fallback wait, is still the measurement's parameter and shown in each
+  row (the library's default is 1 s), to show that it no longer sets the
+  latency. PostgreSQL workers wake on LISTEN/NOTIFY; the raw reference is one
   ``INSERT`` + ``NOTIFY`` statement and a listener that claims the row with
   ``SKIP LOCKED``, no library.
 - **memory**, in one process: ``run_forever`` in a thread, ``submit`` from

@@ -1083,6 +1083,11 @@ def run_chaos(config: ChaosConfig) -> ChaosReport:
                 )
                 for dest in DESTINATIONS
             ),
+            Row(
+                "requests cut short by a killed worker (dropped by the server)",
+                str(run.server.truncated),
+                None,
+            ),
             Row("worker SIGKILLs", str(run.kills), None),
             Row(
                 "PostgreSQL restarts",

@@ -182,6 +182,13 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
+        if len(body) < length:
+            # The client died while sending (a SIGKILLed worker): a real server
+            # drops a truncated request; applying it would record an effect
+            # under a payload the sender never finished sending.
+            self.server.hostile.count_truncated()
+            self.close_connection = True
+            return
         path = urlsplit(self.path)
         headers = {k.lower(): v for k, v in self.headers.items()}
         query = parse_qs(path.query)
@@ -252,6 +259,7 @@ class HostileServer:
         self.calls: list[Call] = []
         self.effects: list[Effect] = []
         self.faults: Counter[str] = Counter()
+        self.truncated = 0  # requests dropped: the client died mid-body
         self.errors: list[str] = []
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
@@ -276,6 +284,10 @@ class HostileServer:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
+
+    def count_truncated(self) -> None:
+        with self._lock:
+            self.truncated += 1
 
     # -- deciding ----------------------------------------------------------------
 
