@@ -145,6 +145,25 @@ def test_fix_data_corrects_and_retries_at_once_within_the_same_run() -> None:
     assert h.audit("c1")[-1].outcome is DeliveryStatus.SUCCEEDED
 
 
+def test_a_correction_that_moves_the_event_to_another_key_does_not_stall_the_old_key() -> None:
+    """fix_data may correct the ordering key too; what waited behind the event
+    on its old key is delivered (the memory store used to stall that key)."""
+
+    def to_real_customer(event: Event) -> Event:
+        return attrs.evolve(e164(event), ordering_key="cust-2")
+
+    pos = FixingPos(to_real_customer)
+    h = harness(pos)
+    first = Event("a", "customer.created", {"phone": "555 0101"}, ordering_key="cust-1")
+    second = Event("b", "customer.created", {"phone": "+15550102"}, ordering_key="cust-1")
+    h.dispatcher.submit_many([first, second])
+    h.dispatcher.run_until_idle()
+    assert h.delivery("a").status is DeliveryStatus.SUCCEEDED
+    assert h.delivery("a").event.ordering_key == "cust-2"
+    assert h.delivery("b").status is DeliveryStatus.SUCCEEDED
+    assert [p["phone"] for p, _ in pos.received] == ["555 0101", "+15550101", "+15550102"]
+
+
 def test_a_corrected_event_that_then_fails_transiently_is_retried_as_corrected() -> None:
     calls = {"n": 0}
 

@@ -122,7 +122,7 @@ class _Row:
         "version",
     )
 
-    def __init__(self, d: Delivery, seq: int, event_json: str) -> None:
+    def __init__(self, d: Delivery, seq: int, event_json: str, result_json: str | None) -> None:
         self.id = d.id
         self.seq = seq
         self.event_json = event_json
@@ -135,7 +135,7 @@ class _Row:
         self.attempts = d.attempts
         self.next_attempt_at = d.next_attempt_at
         self.last_error = d.last_error
-        self.result_json = None if d.result is None else _ENCODE(d.result)
+        self.result_json = result_json
         self.created_at = d.created_at
         self.updated_at = d.updated_at
         self.lease_token = d.lease_token
@@ -266,16 +266,25 @@ class MemoryQueueStore:
             due = row.next_attempt_at or _MIN_TIME
         heapq.heappush(self._timed, (due, row.seq, row.id, row.version))
 
-    def _rekey(self, row: _Row) -> None:
+    def _rekey(self, row: _Row, old_key: str | None = None) -> None:
         """After ``row`` changed: reschedule it and the head of its key (only
         the oldest open delivery of a key is ever claimable, so the cost does
-        not grow with how many wait behind it)."""
+        not grow with how many wait behind it), and the head of ``old_key``
+        when a corrected event moved the row to another key."""
         self._schedule(row)
-        if row.ordering_key is None:
-            return
-        key = self._keys.get((row.destination, row.ordering_key))
-        if key is not None and key.rows[0] is not row:
-            self._schedule(key.rows[0])
+        for ordering_key in {row.ordering_key, old_key}:
+            if ordering_key is None:
+                continue
+            key = self._keys.get((row.destination, ordering_key))
+            if key is not None and key.rows[0] is not row:
+                self._schedule(key.rows[0])
+
+    def _replace_event(self, row: _Row, event: Event, event_json: str) -> None:
+        """A corrected event (it may carry another ordering key)."""
+        self._leave_key(row)
+        row.set_event(event, event_json)
+        if row.status in _OPEN:
+            self._join_key(row)
 
     def _leave_key(self, row: _Row) -> None:
         if row.ordering_key is None:
@@ -322,13 +331,16 @@ class MemoryQueueStore:
         deliveries = list(deliveries)
         check_deliveries(deliveries)
         texts = [checked_event_json(d) for d in deliveries]  # the same checks as SQL stores
+        # encoded before anything changes: a result the encoder refuses
+        # raises with nothing written, as a rolled-back transaction would
+        results = [None if d.result is None else _ENCODE(d.result) for d in deliveries]
         with self._lock:
             inserted: builtins.list[Delivery] = []
-            for delivery, text in zip(deliveries, texts, strict=True):
+            for delivery, text, result in zip(deliveries, texts, results, strict=True):
                 ident = (delivery.event.id, delivery.destination)
                 if ident in self._by_event or delivery.id in self._rows:
                     continue
-                row = _Row(delivery, next(self._seq), text)
+                row = _Row(delivery, next(self._seq), text, result)
                 self._rows[row.id] = row
                 self._by_event[ident] = row.id
                 self._order.append(row.id)
@@ -452,9 +464,15 @@ class MemoryQueueStore:
             (c.event, checked_event_json(_as_delivery(c.event))) if c.event is not None else None
             for c in completions
         ]
+        results = [  # encoded before anything changes (see enqueue)
+            None
+            if c.result is None or c.status is not DeliveryStatus.SUCCEEDED
+            else _ENCODE(c.result)
+            for c in completions
+        ]
         with self._lock:
             applied: builtins.list[bool] = []
-            for c, replacement in zip(completions, events, strict=True):
+            for c, replacement, result in zip(completions, events, results, strict=True):
                 row = self._rows.get(c.delivery_id)
                 if (
                     row is None
@@ -467,15 +485,13 @@ class MemoryQueueStore:
                 if c.error is not None or c.status is DeliveryStatus.SUCCEEDED:
                     row.last_error = c.error
                 if c.status is DeliveryStatus.SUCCEEDED:
-                    row.result_json = None if c.result is None else _ENCODE(c.result)
+                    row.result_json = result
                 self._count(row, 1)
                 self._move(row, c.status)
                 row.next_attempt_at = c.next_attempt_at
+                old_key = row.ordering_key
                 if replacement is not None:
-                    self._leave_key(row)
-                    row.set_event(*replacement)
-                    if row.status in _OPEN:
-                        self._join_key(row)
+                    self._replace_event(row, *replacement)
                 if c.idempotency_key:
                     row.idempotency_key = c.idempotency_key
                 if not c.count_attempt:
@@ -483,7 +499,7 @@ class MemoryQueueStore:
                 row.lease_owner = None
                 row.lease_expires_at = None
                 row.updated_at = c.finished_at
-                self._rekey(row)
+                self._rekey(row, old_key)
                 for record in c.audit:
                     self._append_audit(record)
                 applied.append(True)
@@ -522,17 +538,15 @@ class MemoryQueueStore:
                 row.next_attempt_at = None  # PENDING: due at once, whatever the clock
                 if reset_attempts:
                     row.attempts = 0
+                old_key = row.ordering_key
                 if replacement is not None:
-                    self._leave_key(row)
-                    row.set_event(*replacement)
-                    if row.status in _OPEN:
-                        self._join_key(row)
+                    self._replace_event(row, *replacement)
                 if idempotency_key:
                     row.idempotency_key = idempotency_key
                 row.lease_owner = None
                 row.lease_expires_at = None
                 row.updated_at = now
-                self._rekey(row)
+                self._rekey(row, old_key)
                 self._append_audit(fill_audit(audit, row.view()))
                 moved.append(delivery_id)
             if moved and to_status is DeliveryStatus.PENDING:

@@ -594,6 +594,53 @@ class QueueStoreContract:
         assert stored.event == fixed
         assert stored.idempotency_key == "pos:e1:v2"
 
+    def test_a_corrected_event_that_moves_to_another_key_frees_its_old_key(
+        self, store: QueueStore, clock: FakeClock
+    ) -> None:
+        """A corrected event may carry another ordering key (a ``fix_data`` hook
+        may set it): the next delivery of the old key becomes claimable."""
+        self.enqueue(
+            store,
+            make_delivery("a", ordering_key="cust-1"),
+            make_delivery("b", ordering_key="cust-1"),
+        )
+        (a,) = self.claim(store, clock)
+        moved = Event("a", "customer.created", {"id": "a"}, ordering_key="cust-2")
+        retry = self.outcome(a, clock, PENDING, next_attempt_at=clock.now(), event=moved)
+        assert store.complete([retry]) == [True]
+        assert sorted(self.ids(self.claim(store, clock))) == ["a", "b"]
+
+    def test_a_completion_the_store_cannot_encode_changes_nothing(
+        self, store: QueueStore, clock: FakeClock
+    ) -> None:
+        """A batch holding a result that is not JSON (NaN) raises ``ValueError``
+        and writes none of its completions: no half-written batch."""
+        self.enqueue(store, make_delivery("e1"), make_delivery("e2"))
+        first, second = self.claim(store, clock)
+        good = self.outcome(first, clock, result={"id": 1})
+        bad = self.outcome(second, clock, result={"score": float("nan")})
+        with pytest.raises(ValueError):  # noqa: PT011 - the message is the store's encoder's
+            store.complete([good, bad])
+        for delivery in (first, second):
+            stored = store.get(delivery.id)
+            assert stored is not None
+            assert stored.status is IN_FLIGHT
+            assert stored.lease_token == delivery.lease_token
+        assert store.stats().by_destination["pos"] == {IN_FLIGHT: 2}
+        assert store.attempts(first.id) == []
+        assert store.complete([good]) == [True]
+
+    def test_an_enqueue_the_store_cannot_encode_writes_nothing(self, store: QueueStore) -> None:
+        """A batch holding a delivery whose result is not JSON raises and
+        stores none of the batch."""
+        fine = make_delivery("e1")
+        broken = attrs.evolve(make_delivery("e2"), result={"score": float("nan")})
+        with pytest.raises(ValueError):  # noqa: PT011 - the message is the store's encoder's
+            store.enqueue([fine, broken])
+        assert store.get(fine.id) is None
+        assert store.get(broken.id) is None
+        assert store.list().items == []
+
     def test_complete_appends_its_audit_records(self, store: QueueStore, clock: FakeClock) -> None:
         """The completion's audit records are stored in order, with ids."""
         self.enqueue(store, make_delivery("e1"))
