@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import attrs
+import httpx
 import pytest
 
 from admin_support import (
@@ -31,6 +32,7 @@ from resilient_sync import Attempt, Delivery, DeliveryStatus, ErrorCategory
 from resilient_sync._runbook import advice_for
 from resilient_sync.admin import create_app
 from resilient_sync.stores import MemoryIdempotencyStore, MemoryQueueStore, open_stores
+from resilient_sync.testing import FakeClock
 
 pytest_plugins = ["pg_fixtures"]
 
@@ -174,6 +176,40 @@ def test_sign_in_go_back_where_you_were_and_sign_out(world: World) -> None:
     out = panel.act("/logout")
     assert out.headers["location"] == "/login"
     assert panel.get("/").status_code == 303
+
+
+def test_signing_out_ends_a_copy_of_the_session_too() -> None:
+    """Sessions are signed cookies: a copy taken before sign-out (another
+    browser, a stolen cookie) must not outlive it."""
+    app = create_app(MemoryQueueStore(), login=login(), secret_key=SECRET)
+    panel = Panel(app)
+    assert panel.sign_in(*OPERATOR).status_code == 303
+    copy = Panel(app)
+    copy.cookies = httpx.Cookies(panel.cookies)
+    assert copy.get("/").status_code == 200
+    token = copy.csrf("/deliveries")
+    assert panel.act("/logout").status_code == 303
+    assert copy.get("/").status_code == 303  # to the sign-in page
+    refused = copy.post("/destinations/resume", {"csrf_token": token, "name": "crm", "note": "n"})
+    assert refused.status_code == 401
+    # signing in again gives a working session
+    again = Panel(app)
+    assert again.sign_in(*OPERATOR).status_code == 303
+    assert again.get("/").status_code == 200
+
+
+def test_a_session_ends_12_hours_after_sign_in_however_much_it_is_used() -> None:
+    clock = FakeClock()
+    app = create_app(MemoryQueueStore(), login=login(), secret_key=SECRET, clock=clock)
+    panel = Panel(app)
+    assert panel.sign_in(*OPERATOR).status_code == 303
+    for _ in range(11):
+        clock.advance(3600)
+        assert panel.get("/").status_code == 200  # each answer re-signs the cookie
+    clock.advance(3600)
+    expired = panel.get("/")
+    assert expired.status_code == 303
+    assert "expired" in text_of(panel.follow(expired))
 
 
 def test_a_login_never_redirects_to_another_site(world: World) -> None:

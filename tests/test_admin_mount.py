@@ -5,6 +5,8 @@ shown as pages, never tracebacks."""
 
 from __future__ import annotations
 
+import base64
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -194,3 +196,43 @@ def test_an_empty_queue_has_pages_too() -> None:
     unknown = panel.get("/deliveries?destination=pos")
     assert unknown.status_code == 400
     assert "unknown destination 'pos'; known: none yet" in text_of(unknown)
+
+
+def _session_of(panel: Panel) -> dict[str, Any]:
+    """The panel's own session cookie, decoded (signed, not encrypted: anyone
+    holding the cookie can read it)."""
+    cookie = panel.cookies.get("resilient_sync_admin")
+    assert cookie is not None
+    data = cookie.split(".", 1)[0]
+    decoded: dict[str, Any] = json.loads(base64.b64decode(data + "=" * (-len(data) % 4)))
+    return decoded
+
+
+def test_a_csrf_token_minted_for_someone_else_is_refused() -> None:
+    """An attacker can mint a panel cookie with a readable token (any page
+    sets one, a 404 too); planted in an operator's browser (a sibling
+    subdomain, plain HTTP), its token must not carry the operator's action."""
+    queue = MemoryQueueStore()
+    built = populate(queue, MemoryIdempotencyStore())
+    app = host(queue)
+    attacker = Panel(app, prefix="/admin")
+    assert attacker.get("/no-such-page").status_code == 404
+    minted = attacker.cookies.get("resilient_sync_admin")
+    token = _session_of(attacker)["csrf"]
+
+    operator = Panel(app, prefix="/admin")
+    outside(operator, "/signin?as=ann@shop.test&staff=1")
+    operator.cookies.set("resilient_sync_admin", minted or "", domain="admin.test", path="/")
+    target = built.id("c2")
+    response = operator.post(
+        "/deliveries/discard", {"csrf_token": token, "one": target, "note": "planted"}
+    )
+    assert response.status_code == 403
+    assert "nothing was changed" in text_of(response)
+    assert queue.get(target).status is DeliveryStatus.NEEDS_ACTION  # type: ignore[union-attr]
+    # the operator's own page gives a token of theirs, which works
+    mine = operator.csrf("/deliveries")
+    assert mine != token
+    done = operator.post("/deliveries/discard", {"csrf_token": mine, "one": target, "note": "n"})
+    assert done.status_code == 303
+    assert queue.get(target).status is DeliveryStatus.DISCARDED  # type: ignore[union-attr]

@@ -263,7 +263,7 @@ class _Ctx:
         context = {
             "title": admin.title,
             "user": self.user,
-            "csrf": csrf_token(session),
+            "csrf": csrf_token(session, self.user.name if self.user else ""),
             "flashes": session.pop("flash", []) if "flash" in session else [],
             "url": self.url,
             "delivery_url": self.delivery_url,
@@ -338,6 +338,10 @@ class _Admin:
         self.title = title
         self.page_size = page_size
         self.throttle = Throttle(self.clock)
+        # user -> how many times they signed out (in this process): a session
+        # signed in before the last sign-out is over (sessions are signed
+        # cookies; a copy kept elsewhere would otherwise live on)
+        self._generation: dict[str, int] = {}
         self.jobs = _Jobs()
         self.templates = jinja2.Environment(
             loader=jinja2.FileSystemLoader(str(_HERE / "templates")),
@@ -377,12 +381,29 @@ class _Admin:
         session = ctx.session
         if "user" not in session:
             return None
-        user = self.login.revalidate(session, key=self.secret_key)
+        since = session.get("since")
+        if not isinstance(since, int) or isinstance(since, bool):
+            since = -1
+        now = self._now_s()
+        name = session.get("user")
+        if since < 0 or now - since >= _SESSION_HOURS * 3600:
+            why = "Your sign-in has expired; please sign in again."
+            user = None
+        elif session.get("gen") != self._generation.get(name if isinstance(name, str) else "", 0):
+            why = "You signed out; please sign in again."
+            user = None
+        else:
+            why = "Your sign-in is no longer valid (the credentials changed)."
+            user = self.login.revalidate(session, key=self.secret_key)
         if user is None:
-            for name in ("user", "role", "via", "fp"):
-                session.pop(name, None)
-            ctx.flash("error", "Your sign-in is no longer valid (the credentials changed).")
+            for key in ("user", "role", "via", "fp", "since", "gen"):
+                session.pop(key, None)
+            ctx.flash("error", why)
         return user
+
+    def _now_s(self) -> int:
+        """Whole seconds on the panel's clock (session times)."""
+        return int(self.clock.now().timestamp())
 
     def unauthenticated(self, ctx: _Ctx) -> Response:
         request = ctx.request
@@ -412,7 +433,7 @@ class _Admin:
                     return self.unauthenticated(ctx)
                 if request.method == "POST":
                     ctx.form = await request.form(max_files=0, max_fields=2 * _MAX_IDS)
-                    if not csrf_ok(ctx.session, ctx.form.get("csrf_token")):
+                    if not csrf_ok(ctx.session, ctx.form.get("csrf_token"), ctx.user.name):
                         return ctx.error(
                             403,
                             "The form has expired",
@@ -1009,7 +1030,7 @@ class _Admin:
                 uses_tokens=login.uses_tokens,
             )
 
-        if not csrf_ok(ctx.session, ctx.form.get("csrf_token")):
+        if not csrf_ok(ctx.session, ctx.form.get("csrf_token"), ""):
             return again(403, "The sign-in form expired; please try again.")
         client = request.client.host if request.client else "?"
         keys = (("ip", client), ("name", client, name.lower()))
@@ -1026,8 +1047,16 @@ class _Admin:
         user, via, fingerprint = found
         session = ctx.session
         session.clear()
-        session.update(user=user.name, role=user.role, via=via, fp=fingerprint)
+        session.update(
+            user=user.name,
+            role=user.role,
+            via=via,
+            fp=fingerprint,
+            since=self._now_s(),
+            gen=self._generation.get(user.name, 0),
+        )
         session["csrf"] = secrets.token_urlsafe(32)  # a new token after signing in
+        session["csrf_for"] = user.name
         logger.info("admin: %s signed in (%s) from %s", user.name, user.role, client)
         return ctx.redirect(next_url)
 
@@ -1039,8 +1068,11 @@ class _Admin:
             ctx.form = await request.form(max_files=0, max_fields=10)
         except HTTPException as exc:
             return ctx.error(exc.status_code, "Bad request", clean(exc.detail, limit=300))
-        if not csrf_ok(ctx.session, ctx.form.get("csrf_token")):
+        owner = ctx.session.get("user")
+        if not csrf_ok(ctx.session, ctx.form.get("csrf_token"), owner or ""):
             return ctx.error(403, "The form has expired", "Reload the page and try again.")
+        if isinstance(owner, str):  # every earlier session of this user ends too
+            self._generation[owner] = self._generation.get(owner, 0) + 1
         ctx.session.clear()
         ctx.flash("ok", "Signed out.")
         return ctx.redirect(ctx.url("login"))

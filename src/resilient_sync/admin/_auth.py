@@ -249,18 +249,22 @@ class Throttle:
                 self._failures.pop(key, None)
 
 
-def csrf_token(session: dict[str, Any]) -> str:
-    """The session's CSRF token (made on first use)."""
+def csrf_token(session: dict[str, Any], owner: str) -> str:
+    """The session's CSRF token for ``owner`` (the signed-in user's name, ``""``
+    before sign-in), made on first use and made anew for another owner: a
+    token minted by someone else (a cookie planted in the user's browser)
+    is never the user's."""
     token = session.get("csrf")
-    if not isinstance(token, str) or len(token) < 32:
+    if not isinstance(token, str) or len(token) < 32 or session.get("csrf_for") != owner:
         token = secrets.token_urlsafe(32)
         session["csrf"] = token
+        session["csrf_for"] = owner
     return token
 
 
-def csrf_ok(session: Mapping[str, Any], sent: Any) -> bool:
-    """Whether a form's token is the session's."""
+def csrf_ok(session: Mapping[str, Any], sent: Any, owner: str) -> bool:
+    """Whether a form's token is the session's, minted for ``owner``."""
     token = session.get("csrf")
     if not isinstance(token, str) or not isinstance(sent, str) or not sent:
         return False
-    return _same(sent, token)
+    return _same(sent, token) and session.get("csrf_for") == owner
