@@ -402,6 +402,76 @@ def test_the_async_dispatcher_submits_too(clock: FakeClock) -> None:
     assert [d.destination for d in deliveries(queue)] == ["pos"]
 
 
+def test_a_plain_submit_that_returns_an_awaitable_is_awaited_before_the_answer(
+    clock: FakeClock,
+) -> None:
+    """A sync wrapper around an async submit (a decorator, a lambda): its
+    coroutine is awaited; a 2xx never goes out for an event not stored."""
+    queue = MemoryQueueStore()
+    dispatcher = AsyncDispatcher(
+        queue, MemoryIdempotencyStore(), [RecordingDestination("pos")], clock=clock
+    )
+
+    class Wrapped:
+        destinations = dispatcher.destinations
+        clock = dispatcher.clock
+
+        def submit(self, event: Event, to: Any = None) -> Any:
+            return dispatcher.submit(event, to)  # a coroutine, from a plain function
+
+    client = Asgi(create_intake(Wrapped(), {"/s": STRIPE.verifier()}))
+    body = encode(STRIPE.body)
+    assert client.post("/s", body, sign_stripe(body, STRIPE.new)).status_code == 202
+    assert [d.destination for d in deliveries(queue)] == ["pos"]
+    assert client.post("/s", body, sign_stripe(body, STRIPE.new)).status_code == 200
+
+
+@pytest.mark.parametrize("created", ["9" * 400, "1e400"])
+def test_a_signed_timestamp_out_of_range_is_400_not_500(
+    client: Asgi, queue: MemoryQueueStore, created: str
+) -> None:
+    body = b'{"id":"evt_big","type":"customer.created","created":' + created.encode() + b"}"
+    response = client.post("/webhooks/stripe", body, sign_stripe(body, STRIPE.new))
+    assert response.status_code == 400
+    assert "payload.created" in response.json()["error"]
+    assert deliveries(queue) == []
+
+
+def test_a_content_length_of_non_ascii_digits_is_not_a_500(client: Asgi) -> None:
+    """``"\u00b2".isdigit()`` is true; the length check must not crash on it
+    (the request goes on to the signature check, which refuses it)."""
+    body = encode(STRIPE.body)
+
+    async def send() -> int:
+        messages = [{"type": "http.request", "body": body, "more_body": False}]
+        sent: list[dict[str, Any]] = []
+
+        async def receive() -> dict[str, Any]:
+            return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+        async def send_(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": "POST",
+            "scheme": "http",
+            "path": "/webhooks/stripe",
+            "raw_path": b"/webhooks/stripe",
+            "query_string": b"",
+            "root_path": "",
+            "headers": [(b"content-length", "\u00b2".encode("latin-1"))],
+            "client": ("127.0.0.1", 1),
+            "server": ("intake", 80),
+        }
+        await client.app(scope, receive, send_)
+        return int(next(m for m in sent if m["type"] == "http.response.start")["status"])
+
+    assert asyncio.run(send()) == 401
+
+
 def test_timestamps_are_checked_on_the_submitters_clock(
     producer: Producer, clock: FakeClock
 ) -> None:

@@ -73,7 +73,11 @@ def parse_timestamp(value: Any) -> datetime:
     if isinstance(value, datetime):
         moment = value
     elif isinstance(value, (int, float)) and not isinstance(value, bool):
-        moment = _from_epoch(float(value))
+        try:
+            seconds = float(value)
+        except OverflowError:  # an int past float's range (300+ digits)
+            raise ValueError("timestamp out of range") from None
+        moment = _from_epoch(seconds)
     elif isinstance(value, str):
         text = value.strip()
         moment = _from_epoch(float(text)) if _EPOCH.fullmatch(text) else _from_iso(text)

@@ -70,7 +70,7 @@ async def _read(request: Request, limit: int) -> bytes:
     """The body, read chunk by chunk and abandoned past ``limit`` bytes (a
     Content-Length above the limit is refused before reading anything)."""
     declared = request.headers.get("content-length")
-    if declared is not None and declared.strip().isdigit() and int(declared) > limit:
+    if declared is not None and _is_number(declared) and int(declared) > limit:
         raise _TooLarge
     chunks: list[bytes] = []
     size = 0
@@ -80,6 +80,12 @@ async def _read(request: Request, limit: int) -> bytes:
             raise _TooLarge
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def _is_number(text: str) -> bool:
+    """ASCII digits only (``"²".isdigit()`` is true, and ``int("²")`` fails)."""
+    text = text.strip()
+    return text.isascii() and text.isdigit()
 
 
 def _headers(request: Request) -> dict[str, str]:
@@ -200,6 +206,8 @@ class _Intake:
                 result = await self.submitter.submit(event, to)
             else:
                 result = await run_in_threadpool(self.submitter.submit, event, to)
+                if inspect.isawaitable(result):  # a plain function wrapping an async submit
+                    result = await result
         except StoreError as exc:
             logger.warning(
                 "webhook %s: the queue store is unavailable (%s); answered 503, the sender "

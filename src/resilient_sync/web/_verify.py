@@ -264,7 +264,10 @@ class ShopifyWebhook(_SignedWebhook):
     of the raw body, keyed with the app's client secret.
 
     Shopify signs no timestamp, so there is no replay window: a redelivery
-    (or a replay) is dropped by the queue by event id.
+    is dropped by the queue by event id. The id and topic headers are not
+    signed either: a captured request sent again under a new
+    ``X-Shopify-Event-Id`` is a new event. Map the body with ``records=``
+    (ids from the signed record) where replays matter.
 
     The default event: id = ``X-Shopify-Event-Id`` (Shopify's documented
     duplicate key, the same for every webhook of one event), or
@@ -552,7 +555,9 @@ class GitHubWebhook(_SignedWebhook):
     body keyed with the webhook's secret.
 
     GitHub signs no timestamp, so there is no replay window: a redelivery
-    (same ``X-GitHub-Delivery``) is dropped by the queue by event id.
+    (same ``X-GitHub-Delivery``) is dropped by the queue by event id. The
+    delivery and event headers are not signed either: a captured request
+    sent again under a new ``X-GitHub-Delivery`` is a new event.
 
     The default event: id = ``X-GitHub-Delivery``; type = ``X-GitHub-Event``,
     plus ``.<action>`` when the body has one (``issues.opened``); payload =
