@@ -449,3 +449,134 @@ def test_run_forever_stops_between_deliveries_and_hands_back_the_rest(tmp_path: 
     assert all(statuses[f"e{i}"].attempts == 0 for i in range(2, 10))  # no budget spent
     queue.close()
     idem.close()
+
+
+# --- found by a red-team pass of the SQLite store ------------------------------------------
+
+
+def test_a_relative_path_survives_a_change_of_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A daemon that detaches changes directory: the store keeps its file (it
+    refused every submit as "deleted or replaced while open")."""
+    from resilient_sync import Event, Producer
+
+    monkeypatch.chdir(tmp_path)
+    queue, idem = open_stores("sqlite:///sync.db")
+    try:
+        elsewhere = tmp_path / "elsewhere"
+        elsewhere.mkdir()
+        monkeypatch.chdir(elsewhere)
+        Producer(queue, ["pos"]).submit(Event("e1", "t", {}))
+        assert queue.stats().total == 1
+        assert not (elsewhere / "sync.db").exists()
+    finally:
+        queue.close()
+        idem.close()
+
+
+class _InterruptedBegin:
+    """A connection that raises KeyboardInterrupt right after ``BEGIN IMMEDIATE``
+    succeeded, as Ctrl-C does when it lands while BEGIN waited for the lock."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+        self.armed = True
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.conn, name)
+
+    def execute(self, sql: str, *args: Any) -> Any:
+        result = self.conn.execute(sql, *args)
+        if self.armed and sql == "BEGIN IMMEDIATE":
+            self.armed = False
+            raise KeyboardInterrupt
+        return result
+
+
+def test_ctrl_c_while_a_claim_waits_for_the_lock_leaves_no_transaction_and_full_sync(
+    tmp_path: Path,
+) -> None:
+    """The claim's commit runs at synchronous=NORMAL; an interrupt right after
+    its BEGIN left the write lock held and NORMAL in place, so later submits
+    returned without an fsync."""
+    from resilient_sync import Event, Producer
+
+    db = tmp_path / "sync.db"
+    queue, idem = open_stores(f"sqlite:///{db}")
+    try:
+        Producer(queue, ["pos"]).submit(Event("e1", "t", {}))
+        database = queue._db  # type: ignore[attr-defined]
+        real = database._conn
+        database._conn = _InterruptedBegin(real)
+        now = FakeClock().now()
+        with pytest.raises(KeyboardInterrupt):
+            queue.claim(now=now, limit=10, lease_until=now + timedelta(minutes=5), worker="w")
+        assert not real.in_transaction
+        assert real.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+        other = sqlite3.connect(db, timeout=0)
+        try:
+            other.execute("BEGIN IMMEDIATE")  # the write lock is free
+            other.execute("ROLLBACK")
+        finally:
+            other.close()
+        Producer(queue, ["pos"]).submit(Event("e2", "t", {}))
+        assert queue.stats().total == 2
+    finally:
+        queue.close()
+        idem.close()
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="FIFOs are POSIX")
+def test_a_wake_directory_writable_by_others_is_not_trusted(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Another local user who made ``<file>.wake`` first could remove the
+    workers' FIFOs or plant links: the worker polls instead, and says so once."""
+    db = tmp_path / "sync.db"
+    wake = tmp_path / "sync.db.wake"
+    wake.mkdir()
+    wake.chmod(0o777)
+    queue, idem = open_stores(f"sqlite:///{db}")
+    try:
+        for _ in range(3):
+            queue.wait_for_work(0.05)  # type: ignore[attr-defined]
+        assert list(wake.iterdir()) == []  # no FIFO made there
+        warnings = [r for r in caplog.records if "cannot listen for new work" in r.message]
+        assert len(warnings) == 1
+        assert "only it can write to" in warnings[0].getMessage()
+        # polling still wakes on a submit, also one through this very store
+        import threading
+        import time
+
+        from resilient_sync import Event, Producer
+
+        threading.Timer(0.2, Producer(queue, ["pos"]).submit, [Event("e1", "t", {})]).start()
+        started = time.monotonic()
+        queue.wait_for_work(5)  # type: ignore[attr-defined]
+        assert time.monotonic() - started < 2.5
+    finally:
+        queue.close()
+        idem.close()
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="FIFOs are POSIX")
+def test_a_wake_up_never_writes_through_a_link_or_into_a_plain_file(tmp_path: Path) -> None:
+    from resilient_sync import Event, Producer
+
+    db = tmp_path / "sync.db"
+    queue, idem = open_stores(f"sqlite:///{db}")
+    try:
+        queue.wait_for_work(0.01)  # type: ignore[attr-defined]  # listening: the dir exists
+        wake = tmp_path / "sync.db.wake"
+        target = tmp_path / "settings.conf"
+        target.write_text("secret settings")
+        (wake / "planted-link").symlink_to(target)
+        (wake / "planted-file").write_text("plain")
+        Producer(queue, ["pos"]).submit(Event("e1", "t", {}))
+        assert target.read_text() == "secret settings"
+        assert (wake / "planted-file").read_text() == "plain"
+        queue.wait_for_work(5)  # type: ignore[attr-defined]  # still woken by its own FIFO
+    finally:
+        queue.close()
+        idem.close()

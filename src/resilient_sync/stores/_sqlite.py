@@ -60,6 +60,7 @@ import re
 import secrets
 import select
 import sqlite3
+import stat
 import threading
 import time
 import urllib.parse
@@ -359,7 +360,9 @@ def _check_path(path: str | os.PathLike[str]) -> str:
             f"SQLite stores need a file path, got {text!r}; "
             "use MemoryQueueStore/MemoryIdempotencyStore for an in-memory queue"
         )
-    return text
+    # absolute: a later os.chdir() (a daemon detaching) must not point the
+    # store, its file check or its wake-up directory somewhere else
+    return os.path.abspath(text)
 
 
 def _check_synchronous(value: str) -> str:
@@ -401,6 +404,10 @@ class _Database:
         self.wakeup = _Wakeup(self)
         #: inside transaction(): its durability (None: not inside one)
         self._joined: bool | None = None
+        #: the connection while it runs at synchronous=NORMAL for a claim: a
+        #: write finding it still set (an interrupt before the restore)
+        #: restores the configured level first
+        self._relaxed: sqlite3.Connection | None = None
         #: True when a queue store and an idempotency store share this file
         #: (``open_pair``): the queue's durable commits then cover the
         #: idempotency store's ``finish`` too (one WAL, replayed in order).
@@ -651,15 +658,25 @@ class _Database:
                 return
             conn = self._connection()
             self.check_file(action)
+            if self._relaxed is conn:  # left relaxed by an interrupt: never commit weaker
+                self._restore_synchronous(conn, action)
             relax = not durable and self.synchronous != "NORMAL"
             try:
                 if relax:
+                    self._relaxed = conn
                     conn.execute("PRAGMA synchronous=NORMAL")
                 conn.execute("BEGIN IMMEDIATE")
             except sqlite3.Error as exc:
                 if relax:
                     self._restore_synchronous(conn, action)
                 raise self.error(action, exc) from exc
+            except BaseException:
+                # Ctrl-C (or another signal's exception) while BEGIN waited for
+                # the lock: the transaction may have begun; end it, restore
+                self._rollback(conn, action)
+                if relax:
+                    self._restore_synchronous(conn, action)
+                raise
             try:
                 yield conn
                 conn.execute("COMMIT")
@@ -698,6 +715,7 @@ class _Database:
             return  # already dropped by a failed rollback
         try:
             conn.execute(f"PRAGMA synchronous={self.synchronous}")
+            self._relaxed = None
         except sqlite3.Error as exc:
             self._conn = None
             with contextlib.suppress(sqlite3.Error):
@@ -809,6 +827,8 @@ class _Wakeup:
         self._fds: tuple[int, int] | None = None
         self._pid = 0
         self._lock = threading.Lock()
+        self._cannot_listen = False  # said once; polling since
+        self._changes = 0  # this file's writes in this process (seen by _poll)
 
     @staticmethod
     def supported() -> bool:
@@ -816,6 +836,7 @@ class _Wakeup:
 
     def notify(self) -> None:
         """Wake every waiting worker of this file (cheap when none waits)."""
+        self._changes += 1  # a poller sharing this connection sees no data_version change
         if not self.supported():
             return
         try:
@@ -825,13 +846,17 @@ class _Wakeup:
         for name in names:
             path = os.path.join(self.directory, name)
             try:
-                fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
+                # never through a link, and only into a FIFO: whoever could
+                # write to the directory must not make us write into a file
+                fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0))
             except OSError as exc:
                 if exc.errno in (errno.ENXIO, errno.ENOENT):  # its reader is gone
                     with contextlib.suppress(OSError):
                         os.unlink(path)
                 continue
             try:
+                if not stat.S_ISFIFO(os.fstat(fd).st_mode):
+                    continue
                 os.write(fd, b"!")
             except OSError:  # full (it will wake anyway) or closing: nothing to do
                 pass
@@ -844,6 +869,7 @@ class _Wakeup:
             return False
         self._fds = None
         os.makedirs(self.directory, mode=0o700, exist_ok=True)
+        self._check_private()
         path = os.path.join(self.directory, f"{os.getpid()}-{secrets.token_hex(4)}")
         os.mkfifo(path, 0o600)
         reader = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
@@ -852,19 +878,43 @@ class _Wakeup:
         self._fifo, self._fds, self._pid = path, (reader, keeper), os.getpid()
         return True
 
+    def _check_private(self) -> None:
+        """The directory must be ours and writable by nobody else: another local
+        user who made it first could remove our FIFOs (lost wake-ups) or plant
+        links; then we poll instead."""
+        info = os.lstat(self.directory)
+        geteuid = getattr(os, "geteuid", None)
+        if (
+            not stat.S_ISDIR(info.st_mode)
+            or (geteuid is not None and info.st_uid != geteuid())
+            or info.st_mode & 0o022
+        ):
+            raise PermissionError(
+                f"{self.directory} is not a directory of this user's that only it can "
+                f"write to (owner uid {info.st_uid}, mode {stat.filemode(info.st_mode)})"
+            )
+
     def wait(self, timeout: float) -> None:
         """Block up to ``timeout`` seconds or until a notify; returns at once the
         first time (a notification may have been missed before listening)."""
         with self._lock:
-            try:
-                if self._listen():
-                    return
-            except OSError as exc:
-                logger.warning(
-                    "SQLite store %s: cannot listen for new work (%s); polling instead",
-                    self._database.where,
-                    exc,
-                )
+            if self._cannot_listen:
+                listening = False
+            else:
+                try:
+                    if self._listen():
+                        return
+                    listening = True
+                except OSError as exc:
+                    self._cannot_listen = True
+                    listening = False
+                    logger.warning(
+                        "SQLite store %s: cannot listen for new work (%s); polling "
+                        "PRAGMA data_version instead",
+                        self._database.where,
+                        exc,
+                    )
+            if not listening:
                 self._poll(timeout)
                 return
             assert self._fds is not None  # noqa: S101 - made by _listen
@@ -878,10 +928,13 @@ class _Wakeup:
     def _poll(self, timeout: float) -> None:
         """Wait for another connection's commit by ``PRAGMA data_version``."""
         deadline = time.monotonic() + timeout
+        changes = self._changes
         with self._database.read("wait for work") as conn:
             (start,) = conn.execute("PRAGMA data_version").fetchone()
         while time.monotonic() < deadline:
             time.sleep(min(0.02, max(0.0, deadline - time.monotonic())))
+            if self._changes != changes:
+                return
             with self._database.read("wait for work") as conn:
                 (now,) = conn.execute("PRAGMA data_version").fetchone()
             if now != start:
