@@ -657,3 +657,88 @@ def test_successes_are_not_errors() -> None:
     request = httpx.Request("POST", "https://pos.example.com/c")
     for status in (200, 201, 202, 204):
         assert classifier.response_error(httpx.Response(status, request=request), now=START) is None
+
+
+# --- found by a red-team pass -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("status", "expected"),
+    [(500, T), (502, T), (503, T), (429, ErrorCategory.RATE_LIMITED), (408, T)],
+)
+def test_a_body_saying_bad_data_on_a_5xx_or_429_does_not_invite_a_revised_key(
+    status: int, expected: ErrorCategory
+) -> None:
+    """GraphQL answers a 503 with ``{"errors": [...]}``; the request may have been
+    applied, so DATA_FORMAT (which lets fix_data/edit re-send under a new key)
+    would create a second record. The status decides."""
+    body = {"errors": [{"message": "Service temporarily overloaded"}]}
+    error = failure(
+        lambda request: httpx.Response(status, json=body, headers={"Retry-After": "30"}),
+        classify_body=graphql_classifier,
+    )
+    assert error.category is expected
+    assert "the status decides" in str(error)
+    assert error.retry_after == 30  # the table's row honours Retry-After again
+
+
+def test_a_custom_body_classifier_cannot_make_a_500_a_mapping_error() -> None:
+    def classify(response: httpx.Response, body: Any) -> ErrorCategory | None:
+        return ErrorCategory.MAPPING
+
+    error = failure(lambda request: httpx.Response(500, json={}), classify_body=classify)
+    assert error.category is T
+
+
+def test_a_body_classifier_still_decides_4xx_and_2xx() -> None:
+    body = {"errors": [{"message": "email is invalid"}]}
+    assert (
+        failure(
+            lambda request: httpx.Response(200, json=body), classify_body=graphql_classifier
+        ).category
+        is ErrorCategory.DATA_FORMAT
+    )
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        "token_expired",
+        "api_key_expired",
+        "subscription_expired",
+        "ACCESS_TOKEN_EXPIRED",
+        "account_declined",
+        "trial_expired",
+    ],
+)
+def test_an_account_failure_on_402_403_pauses_even_when_its_code_looks_like_a_card(
+    code: str,
+) -> None:
+    body = {"error": {"type": "invalid_request_error", "code": code, "message": "no"}}
+    error = failure(lambda request: httpx.Response(403, json=body))
+    assert error.category is ErrorCategory.PERMISSION
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        "card_declined",
+        "expired_card",
+        "incorrect_cvc",
+        "CVV_FAILURE",
+        "GENERIC_DECLINE",
+        "insufficient_funds",
+        "INVALID_EXPIRATION",
+    ],
+)
+def test_a_declined_card_on_402_is_that_deliverys_data_error(code: str) -> None:
+    body = {"error": {"code": code, "message": "declined"}}
+    error = failure(lambda request: httpx.Response(402, json=body))
+    assert error.category is ErrorCategory.DATA_FORMAT
+
+
+def test_an_odd_json_api_pointer_does_not_raise() -> None:
+    body = {"errors": [{"source": {"pointer": "/data/attributes/\u00b2"}, "detail": "bad"}]}
+    error = failure(lambda request: httpx.Response(403, json=body))
+    assert error.category is ErrorCategory.DATA_FORMAT
+    assert error.field == "\u00b2"

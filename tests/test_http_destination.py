@@ -917,3 +917,38 @@ def test_request_keeps_the_query_of_a_next_page_link_beside_its_own_params() -> 
     ) as dest:
         dest.request("GET", "/customers?page=2&limit=50", params={"fields": "id"})
     assert seen == [f"{BASE}/customers?page=2&limit=50&api_key=k-1234&fields=id"]
+
+
+def test_declared_secrets_are_redacted_also_percent_encoded_or_json_escaped(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """httpx logs a query value percent-encoded, and APIs echo it so (or
+    JSON-escape a ``/`` as ``\\/``): a declared secret is hidden in every spelling,
+    in httpx's and httpcore's log lines and in what is stored."""
+    key = "Zm9vYmFy+c2VjcmV0/a2V5=="
+    encoded = "Zm9vYmFy%2Bc2VjcmV0%2Fa2V5%3D%3D"
+    echoed = {"error": f"unknown app_key {encoded}", "json": "Zm9vYmFy+c2VjcmV0\\/a2V5=="}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(404, json=echoed)
+
+    dest = HttpDestination(
+        "pos",
+        BASE,
+        "/customers",
+        params={"app_key": key},
+        secrets=[key],
+        transport=httpx.MockTransport(handler),
+        clock=FakeClock(START),
+    )
+    with caplog.at_level(logging.DEBUG):
+        with pytest.raises(MappingError) as info:
+            dest.deliver(event(), ctx())
+        logging.getLogger("httpcore.http11").debug("receive_response_headers %s", encoded)
+    stored = f"{info.value} {info.value.details}"
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    for text in (stored, logged):
+        assert key not in text
+        assert encoded not in text
+        assert "Zm9vYmFy+c2VjcmV0\\/a2V5==" not in text
+    dest.close()

@@ -283,3 +283,22 @@ def test_a_probe_handed_back_unattempted_frees_the_probe_slot() -> None:
     assert seen["after"].succeeded == 1
     (c,) = [d for d in queue.list() if d.event.id == "c"]
     assert c.status is DeliveryStatus.SUCCEEDED
+
+
+def test_a_probe_whose_outcome_never_comes_back_frees_its_slot_after_a_cool_off() -> None:
+    """A half-open probe cancelled mid-flight (``asyncio.wait_for`` around
+    ``run_once``) reports nothing: the circuit must not stay half-open for ever."""
+    from resilient_sync._circuit import Circuits
+
+    clock = FakeClock()
+    circuits = Circuits({"pos": CircuitBreaker(threshold=1, cool_off=10)})
+    assert circuits.failure("pos", clock.now()) is not None  # open
+    clock.advance(11)
+    assert circuits.admit("pos", clock.now())  # the probe
+    assert not circuits.admit("pos", clock.now())  # one at a time
+    clock.advance(5)
+    assert not circuits.admit("pos", clock.now())
+    clock.advance(6)  # a cool-off since the probe, and no outcome: presumed lost
+    assert circuits.admit("pos", clock.now())
+    circuits.success("pos")
+    assert circuits.admit("pos", clock.now())

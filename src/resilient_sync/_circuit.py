@@ -59,6 +59,9 @@ class CircuitState:
     failures: int = 0
     open_until: datetime | None = None
     probing: bool = False
+    #: when the probe in flight was let through (a probe whose outcome never
+    #: came back, e.g. cancelled, frees its slot after one cool-off)
+    probe_since: datetime | None = None
 
     def phase(self, now: datetime) -> str:
         if self.open_until is None:
@@ -90,9 +93,14 @@ class Circuits:
             phase = state.phase(now)
             if phase == "closed":
                 return True
-            if phase == "open" or state.probing:
+            if phase == "open":
                 return False
-            self._states[destination] = attrs.evolve(state, probing=True)
+            if state.probing and state.probe_since is not None:
+                settings = self.settings[destination]
+                assert settings is not None  # noqa: S101 - checked above
+                if now < state.probe_since + timedelta(seconds=settings.cool_off):
+                    return False  # one probe at a time, until it is presumed lost
+            self._states[destination] = attrs.evolve(state, probing=True, probe_since=now)
             return True
 
     def cancel_probe(self, destination: str) -> None:
@@ -100,7 +108,7 @@ class Circuits:
         with self._lock:
             state = self._states.get(destination)
             if state is not None and state.probing:
-                self._states[destination] = attrs.evolve(state, probing=False)
+                self._states[destination] = attrs.evolve(state, probing=False, probe_since=None)
 
     def success(self, destination: str) -> None:
         """The destination answered (any non-transient outcome): close the circuit."""

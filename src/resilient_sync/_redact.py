@@ -11,7 +11,10 @@ caller names. It is one step of the text gate in ``_text.py``; call
 
 from __future__ import annotations
 
+import functools
+import json
 import re
+import urllib.parse
 from collections.abc import Iterable
 
 __all__ = ["REDACTED", "SECRET_HEADERS", "redact"]
@@ -94,11 +97,30 @@ _TOKENS = re.compile(
 )
 
 
+@functools.lru_cache(maxsize=256)
+def _spellings(secret: str) -> tuple[str, ...]:
+    """A secret as it may appear in a text: itself, percent-encoded (httpx
+    logs the query string so, APIs echo URLs), and JSON-escaped (``\\/``,
+    ``\\uXXXX``) — longest first, so no part of a longer one is left."""
+    found = {
+        secret,
+        urllib.parse.quote(secret, safe=""),
+        urllib.parse.quote(secret),
+        urllib.parse.quote_plus(secret),
+        json.dumps(secret)[1:-1],
+        json.dumps(secret)[1:-1].replace("/", "\\/"),
+        secret.replace("/", "\\/"),
+    }
+    return tuple(sorted(found, key=len, reverse=True))
+
+
 def redact(text: str, secrets: Iterable[str] = ()) -> str:
-    """Replace secret-looking values and each of ``secrets`` in ``text``."""
+    """Replace secret-looking values and each of ``secrets`` in ``text`` (also
+    percent-encoded or JSON-escaped)."""
     for secret in secrets:
         if secret and len(secret) >= 4:
-            text = text.replace(secret, REDACTED)
+            for spelling in _spellings(secret):
+                text = text.replace(spelling, REDACTED)
     text = _TOKENS.sub(REDACTED, text)
     text = _PATTERNS[0].sub(lambda m: f"{m.group(1)} {REDACTED}", text)
     text = _PATTERNS[1].sub(lambda m: f"{m.group(1)}{REDACTED}", text)

@@ -143,6 +143,16 @@ _ERROR_TYPES: Mapping[ErrorCategory, type[SyncError]] = {
 }
 
 _RETRIED = frozenset({ErrorCategory.TRANSIENT, ErrorCategory.RATE_LIMITED})
+#: the categories that say "the destination refused this payload": they allow a
+#: correction sent under a revised key (``fix_data``, ``Operator.edit``)
+_REJECTIONS = frozenset({ErrorCategory.DATA_FORMAT, ErrorCategory.MAPPING})
+
+
+def _cannot_reject(status: int) -> bool:
+    """Statuses whose response cannot mean "this payload was refused"."""
+    return status >= 500 or status in (408, 429)
+
+
 _WITH_FIELD = frozenset({ErrorCategory.DUPLICATE, ErrorCategory.DATA_FORMAT, ErrorCategory.MAPPING})
 
 # "idempotency key in use by a request still running" (Stripe, the IETF draft)
@@ -341,7 +351,7 @@ def _pointer(pointer: Any) -> str | None:
         parts = parts[2:]
     elif parts[:1] == ["data"]:
         parts = parts[1:]
-    return _join_path([int(p) if p.isdigit() else p for p in parts])
+    return _join_path([int(p) if p.isascii() and p.isdigit() else p for p in parts])
 
 
 def _from_item(item: Any) -> str | None:
@@ -414,11 +424,43 @@ def field_from_body(body: Any) -> str | None:
 #: Error types/categories that name a failure of one request, not of the account
 #: (Stripe's ``card_error``, Square's ``PAYMENT_METHOD_ERROR``).
 PER_REQUEST_TYPES = frozenset({"card_error", "payment_method_error"})
-# card-decline codes (Stripe's error codes, Square's PAYMENT_METHOD_ERROR codes)
-_CARD_CODE = re.compile(
-    r"card|cvc|cvv|expir|declin|incorrect_(?:number|zip|address)|insufficient_funds"
-    r"|processing_error|postal_code|authentication_required"
+# card-decline codes (Stripe's error codes, Square's PAYMENT_METHOD_ERROR codes):
+# a code naming the card itself (a whole word: card, cvc, cvv, pan, pin), or one
+# of these; never an account's failure such as ``token_expired`` or
+# ``account_declined``, which must pause the destination
+_CARD_WORDS = frozenset({"card", "cards", "cvc", "cvv", "pan", "pin"})
+_CARD_CODES = frozenset(
+    {
+        "insufficient_funds",
+        "generic_decline",
+        "processing_error",
+        "authentication_required",
+        "incorrect_number",
+        "incorrect_zip",
+        "incorrect_address",
+        "invalid_number",
+        "invalid_expiry_month",
+        "invalid_expiry_year",
+        "invalid_expiration",
+        "expiration_failure",
+        "bad_expiration",
+        "postal_code_invalid",
+        "invalid_postal_code",
+        "address_verification_failure",
+        "transaction_limit",
+        "allowable_pin_tries_exceeded",
+    }
 )
+
+
+def _card_code(code: str) -> bool:
+    """Whether an error code names a declined or mistyped card (Stripe's
+    ``card_declined``, ``expired_card``, ``incorrect_cvc``; Square's
+    ``CVV_FAILURE``, ``GENERIC_DECLINE`` ...)."""
+    code = code.strip().lower().replace("-", "_")
+    return code in _CARD_CODES or not _CARD_WORDS.isdisjoint(code.split("_"))
+
+
 # "the record this request refers to does not exist" (Stripe's resource_missing)
 _MISSING_REFERENCE = re.compile(r"resource_missing|not[_ ]found|no[_ ]such")
 
@@ -452,7 +494,7 @@ def per_request_error(body: Any) -> ErrorCategory | None:
         named = _from_item(item) is not None
         if _MISSING_REFERENCE.search(code) and named:
             return ErrorCategory.MAPPING
-        if named or kind in PER_REQUEST_TYPES or (code and _CARD_CODE.search(code)):
+        if named or kind in PER_REQUEST_TYPES or (code and _card_code(code)):
             return ErrorCategory.DATA_FORMAT
     return None
 
@@ -728,6 +770,17 @@ class HttpClassifier:
         else:
             vendor = self.vendor(response, body) if self.vendor is not None else None
             row = vendor if vendor is not None else self._override(response, status, text, body)
+        if row.category in _REJECTIONS and _cannot_reject(status):
+            # a 5xx leaves the outcome unknown (the request may have been
+            # applied), a 408/429 was not judged: a body that says "bad data"
+            # must not invite a correction re-sent under a new key
+            table = self._override(response, status, text, body)
+            said = (
+                f"the body was classified {row.category.value}, but HTTP {status} "
+                "does not reject the payload: the status decides"
+            )
+            row = table._replace(note="; ".join(n for n in (table.note, said) if n))
+            verdict = None
         category, notes = row.category, [row.note]
 
         retry_after = None

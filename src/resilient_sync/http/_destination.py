@@ -116,12 +116,26 @@ _HTTPX_LOG_FILTER = _RedactingFilter()
 _filter_lock = threading.Lock()
 
 
+#: the loggers httpx and httpcore write to (a filter on a logger applies to the
+#: records logged on it only, not to its children's)
+_HTTP_LOGGERS = (
+    "httpx",
+    "httpcore",
+    "httpcore.connection",
+    "httpcore.http11",
+    "httpcore.http2",
+    "httpcore.proxy",
+    "httpcore.socks",
+)
+
+
 def _guard_httpx_log(secrets: Iterable[str]) -> None:
     _HTTPX_LOG_FILTER.add(secrets)
     with _filter_lock:
-        httpx_logger = logging.getLogger("httpx")
-        if _HTTPX_LOG_FILTER not in httpx_logger.filters:
-            httpx_logger.addFilter(_HTTPX_LOG_FILTER)
+        for name in _HTTP_LOGGERS:
+            http_logger = logging.getLogger(name)
+            if _HTTPX_LOG_FILTER not in http_logger.filters:
+                http_logger.addFilter(_HTTPX_LOG_FILTER)
 
 
 def _secret_values(items: Iterable[tuple[str, str]]) -> set[str]:

@@ -141,7 +141,12 @@ def _dig(value: Any, path: str) -> Any:
     for part in path.split("."):
         if isinstance(current, Mapping) and part in current:
             current = current[part]
-        elif isinstance(current, list) and part.isdigit() and int(part) < len(current):
+        elif (
+            isinstance(current, list)
+            and part.isascii()
+            and part.isdigit()
+            and int(part) < len(current)
+        ):
             current = current[int(part)]
         else:
             raise KeyError(path)
