@@ -295,10 +295,20 @@ def test_a_search_path_in_the_url_selects_the_schema_or_is_refused() -> None:
     dsn, schema = require_postgres(), new_schema_name("rs_path")
     sep = "&" if "?" in dsn else "?"
     try:
-        queue, idem = open_stores(f"{dsn}{sep}options=-c%20search_path%3D{schema}")
-        assert queue.schema == schema  # type: ignore[attr-defined]
-        queue.close()
-        idem.close()
+        # every spelling the server takes (found by a red-team pass: the last
+        # two were ignored, and the default schema was used)
+        for options in (
+            f"-c%20search_path%3D{schema}",
+            f"--search_path%3D{schema}",
+            f"-c%20SEARCH_PATH%3D{schema}",
+            f"--search-path%3D{schema}",
+        ):
+            queue, idem = open_stores(f"{dsn}{sep}options={options}")
+            assert queue.schema == schema, options  # type: ignore[attr-defined]
+            queue.close()
+            idem.close()
+        with pytest.raises(ValueError, match="invalid schema name"):
+            open_stores(f"{dsn}{sep}schema={schema}%0A")
         with pytest.raises(ValueError, match=r"\?schema="):
             open_stores(f"{dsn}{sep}search_path={schema},public")
     finally:
@@ -339,6 +349,57 @@ def test_the_heartbeat_keeps_a_long_delivery_leased(tmp_path: Path) -> None:
     assert calls == ["e1"]
     assert q1.list().items[0].status is DeliveryStatus.SUCCEEDED
     for thing in (slow, other, q1, i1, q2, i2):
+        thing.close()
+
+
+@pytest.mark.parametrize("store", ["memory", "sqlite"])
+def test_the_heartbeat_keeps_the_idempotency_key_locked_too(tmp_path: Path, store: str) -> None:
+    """Two events sharing one idempotency key, the first slower than its lease:
+    the second must wait for the key (then replay the first's result), never
+    be sent while the first still runs (found by a red-team pass: the lock
+    ended with the original lease while the delivery's lease was extended)."""
+    import threading
+    import time
+
+    if store == "memory":
+        q1: Any = MemoryQueueStore()
+        i1: Any = MemoryIdempotencyStore()
+        q2, i2 = q1, i1
+    else:
+        q1, i1 = open_stores(f"sqlite:///{tmp_path / 'sync.db'}")
+        q2, i2 = open_stores(f"sqlite:///{tmp_path / 'sync.db'}")
+    calls: list[tuple[float, str]] = []
+    lock = threading.Lock()
+
+    class Slow:
+        name = "pos"
+
+        def deliver(self, event: Event, context: Any) -> Any:
+            with lock:
+                calls.append((time.monotonic(), event.id))
+            time.sleep(3.0)  # 2.5 times the lease (beats every 0.5 s)
+            return {"ok": event.id}
+
+    one = Dispatcher(q1, i1, [Slow()], lease=1.2, batch_size=1, poll_interval=0.05)
+    two = Dispatcher(q2, i2, [Slow()], lease=1.2, batch_size=1, poll_interval=0.05)
+    one.submit(Event("e1", "t", {"a": 1}, idempotency_key="K"))
+    one.submit(Event("e2", "t", {"a": 1}, idempotency_key="K"))
+    stop = threading.Event()
+    workers = [threading.Thread(target=d.run_forever, args=(stop,)) for d in (one, two)]
+    for w in workers:
+        w.start()
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        if all(d.status is DeliveryStatus.SUCCEEDED for d in q1.list().items):
+            break
+        time.sleep(0.05)
+    stop.set()
+    for w in workers:
+        w.join(10)
+    assert len(calls) == 1, calls  # the second event replayed the first's result
+    results = {d.event.id: d.result for d in q1.list().items}
+    assert results == {"e1": {"ok": calls[0][1]}, "e2": {"ok": calls[0][1]}}
+    for thing in {id(x): x for x in (one, two, q1, i1, q2, i2)}.values():
         thing.close()
 
 

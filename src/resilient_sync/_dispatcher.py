@@ -120,32 +120,57 @@ class _Heartbeat:
     While a batch runs, a daemon thread moves the lease end of its deliveries
     to ``now + lease`` every third of the lease (``extend_leases``, fenced by
     the lease token), so a delivery that takes longer than its lease is not
-    claimed by another worker meanwhile. Only with a real clock and a store
-    that can extend leases; a ``FakeClock`` test drives leases by hand.
+    claimed by another worker meanwhile; the batch's idempotency locks move
+    with them (``extend_locks``, fenced by the lock end they were taken
+    with), so another delivery under the same key is not sent meanwhile
+    either. Only with a real clock and a store that can extend leases; a
+    ``FakeClock`` test drives leases by hand.
     """
 
     def __init__(self, dispatcher: _BaseDispatcher) -> None:
         self._dispatcher = dispatcher
         extend = getattr(dispatcher.queue, "extend_leases", None)
         self._extend = extend if callable(extend) else None
+        extend_locks = getattr(dispatcher.idempotency, "extend_locks", None)
+        self._extend_locks = extend_locks if callable(extend_locks) else None
         self._on = self._extend is not None and isinstance(dispatcher.clock, SystemClock)
         self._held: dict[str, int] = {}
+        #: a batch's lock end when claimed -> (its keys, their lock end now)
+        self._locks: dict[datetime, tuple[list[str], datetime]] = {}
         self._lock = threading.Lock()
+        self._tick = threading.Lock()  # held while a beat writes to the stores
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self.interval = max(0.5, dispatcher.lease.total_seconds() / 3)
+        # every third of the lease (a short lease gets a fast beat, never one
+        # as long as the lease itself)
+        self.interval = max(0.05, dispatcher.lease.total_seconds() / 3)
 
-    def hold(self, deliveries: Sequence[Delivery]) -> None:
-        if not self._on:
+    def hold(self, deliveries: Sequence[Delivery], keys: Sequence[str] = ()) -> None:
+        """Keep ``deliveries`` (one claimed batch) and the idempotency ``keys``
+        it locked alive until :meth:`drop`."""
+        if not self._on or not deliveries:
             return
         with self._lock:
             for d in deliveries:
                 self._held[d.id] = d.lease_token
+            taken = deliveries[0].lease_expires_at
+            if keys and taken is not None and self._extend_locks is not None:
+                self._locks[taken] = (list(keys), taken)
             if self._thread is None and not self._stop.is_set():
                 self._thread = threading.Thread(
                     target=self._run, name="resilient-sync-heartbeat", daemon=True
                 )
                 self._thread.start()
+
+    def lock_end(self, taken: datetime | None) -> datetime | None:
+        """Stop extending the locks of the batch claimed with lease end
+        ``taken`` and return their lock end now: the fence its ``release``
+        must name (waits for a beat in progress)."""
+        if taken is None:
+            return None
+        with self._tick, self._lock:
+            found = self._locks.pop(taken, None)
+        return found[1] if found is not None else taken
 
     def drop(self, deliveries: Sequence[Delivery]) -> None:
         if not self._on:
@@ -153,20 +178,37 @@ class _Heartbeat:
         with self._lock:
             for d in deliveries:
                 self._held.pop(d.id, None)
+            if deliveries:
+                self._locks.pop(deliveries[0].lease_expires_at, None)  # type: ignore[arg-type]
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
-            with self._lock:
-                leases = list(self._held.items())
-            if not leases or self._extend is None:
-                continue
-            until = self._dispatcher.clock.now() + self._dispatcher.lease
+            with self._tick:
+                self._beat()
+
+    def _beat(self) -> None:
+        with self._lock:
+            leases = list(self._held.items())
+            locks = list(self._locks.items())
+        if not leases or self._extend is None:
+            return
+        until = self._dispatcher.clock.now() + self._dispatcher.lease
+        try:
+            self._extend(leases, until=until)
+        except Exception:
+            logger.exception("could not extend the leases of %d running deliveries", len(leases))
+            return  # the locks keep their end: they must not outlive the leases
+        if self._extend_locks is None:
+            return
+        for taken, (keys, current) in locks:
             try:
-                self._extend(leases, until=until)
+                self._extend_locks(keys, locked_until=current, until=until)
             except Exception:
-                logger.exception(
-                    "could not extend the leases of %d running deliveries", len(leases)
-                )
+                logger.exception("could not extend %d idempotency locks", len(keys))
+                continue
+            with self._lock:
+                if taken in self._locks:
+                    self._locks[taken] = (keys, until)
 
     def close(self) -> None:
         self._stop.set()
@@ -440,6 +482,9 @@ class _BaseDispatcher(_Submitter):
         the released ones, then the deliveries — one durable commit where the
         stores share a transaction (SQLite)."""
         finish, release, completions = self._settle(results)
+        # the batch's lock end now (the heartbeat may have moved it): read
+        # before the joined transaction, which a beat in progress may wait for
+        fence = self._heartbeat.lock_end(claimed[0].lease_expires_at) if claimed else None
         now = self.clock.now()
         joined = self._joined()
         with joined(durable=True) if joined is not None else contextlib.nullcontext():
@@ -454,7 +499,7 @@ class _BaseDispatcher(_Submitter):
                     logger.exception("could not record %d completed idempotency keys", len(finish))
             if release:
                 try:
-                    self.idempotency.release(release, locked_until=claimed[0].lease_expires_at)
+                    self.idempotency.release(release, locked_until=fence)
                 except Exception:
                     if joined is not None:
                         raise
@@ -801,7 +846,7 @@ class Dispatcher(_BaseDispatcher, _SyncSubmitting):
         claimed, batch = self._claim_batch(args)
         if batch is None:
             return RunReport()
-        self._heartbeat.hold(claimed)
+        self._heartbeat.hold(claimed, [key for key, _ in batch.entries])
         try:
             return self._process(claimed, batch, args)
         finally:
@@ -1112,7 +1157,7 @@ class AsyncDispatcher(_BaseDispatcher):
         claimed, batch = await self._io(self._claim_batch, args)
         if batch is None:
             return RunReport()
-        self._heartbeat.hold(claimed)
+        self._heartbeat.hold(claimed, [key for key, _ in batch.entries])
         try:
             return await self._process(claimed, batch, args)
         finally:

@@ -395,3 +395,10 @@ class IdempotencyStore(Protocol):
     def close(self) -> None:
         """Release connections; idempotent."""
         ...
+
+    # Optional (the dispatcher uses it when present):
+    #   extend_locks(keys: Sequence[str], *, locked_until: datetime, until: datetime) -> list[bool]
+    # moves the lock of each key still IN_PROGRESS under ``locked_until`` (the
+    # holder's fence) to ``until``; the lease heartbeat calls it with the
+    # leases, so a delivery slower than its lease keeps its key as well as its
+    # delivery. Without it, a key's lock ends with the original lease.

@@ -874,6 +874,26 @@ class MemoryIdempotencyStore:
                     expires_at=expires_at,
                 )
 
+    def extend_locks(
+        self, keys: Sequence[str], *, locked_until: datetime, until: datetime
+    ) -> builtins.list[bool]:
+        """Move the locks still held under ``locked_until`` to ``until`` (the
+        lease heartbeat)."""
+        with self._lock:
+            moved: builtins.list[bool] = []
+            for key in keys:
+                rec = self._records.get(key)
+                held = (
+                    rec is not None
+                    and rec.state is IdempotencyState.IN_PROGRESS
+                    and rec.locked_until == locked_until
+                )
+                if held:
+                    assert rec is not None  # noqa: S101 - for mypy
+                    self._records[key] = attrs.evolve(rec, locked_until=until)
+                moved.append(held)
+            return moved
+
     def release(self, keys: Sequence[str], *, locked_until: datetime | None = None) -> None:
         with self._lock:
             for key in keys:

@@ -90,8 +90,10 @@ logger = logging.getLogger("resilient_sync.stores.postgres")
 T = TypeVar("T")
 Connection = psycopg.Connection[Any]
 
-_SEARCH_PATH = re.compile(r"-c\s*search_path\s*=\s*([^\s]+)")
-_SCHEMA_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+#: a search_path in libpq ``options``: ``-c search_path=x``, ``--search_path=x``
+#: and ``--search-path=x`` (the server folds case and dashes)
+_SEARCH_PATH = re.compile(r"(?:-c\s*|--)search[_-]path\s*=\s*([^\s]+)", re.IGNORECASE)
+_SCHEMA_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 _MIGRATION_FILE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 #: How often a statement is retried on a fresh connection after the server
 #: dropped the old one (restart, failover, idle timeout).
@@ -109,7 +111,7 @@ def _sql_dir() -> Any:
 
 
 def _quote_schema(schema: str) -> str:
-    if not isinstance(schema, str) or not _SCHEMA_NAME.match(schema):
+    if not isinstance(schema, str) or not _SCHEMA_NAME.fullmatch(schema):
         raise ValueError(
             f"invalid schema name {schema!r}: use 1-63 letters, digits and underscores, "
             "not starting with a digit"
@@ -1394,6 +1396,25 @@ class PostgresIdempotencyStore(_PostgresBase):
             self._cursor(conn).execute(self._queries["idempotency_finish"], params)
 
         self._run("finish idempotency keys", write, atomic=False)
+
+    def extend_locks(
+        self, keys: Sequence[str], *, locked_until: datetime, until: datetime
+    ) -> builtins.list[bool]:
+        """Move the locks still held under ``locked_until`` to ``until`` (the
+        lease heartbeat), in one statement."""
+        unique = sorted(set(keys))
+        if not unique:
+            return [False] * len(keys)
+
+        def move(conn: Connection) -> set[str]:
+            cur = self._cursor(conn).execute(
+                self._queries["idempotency_extend_locks"],
+                {"keys": unique, "locked_until": locked_until, "until": until},
+            )
+            return {row[0] for row in cur.fetchall()}
+
+        moved = self._run("extend idempotency locks", move, atomic=False)
+        return [key in moved for key in keys]
 
     def release(self, keys: Sequence[str], *, locked_until: datetime | None = None) -> None:
         """See :meth:`resilient_sync.IdempotencyStore.release`."""

@@ -1795,6 +1795,20 @@ class SQLiteIdempotencyStore(_SQLiteStore):
             conn.executemany(Q.idempotency_complete, rows)
             conn.executemany(Q.idempotency_unlock, [(key,) for key, _, _ in entries])
 
+    def extend_locks(
+        self, keys: Sequence[str], *, locked_until: datetime, until: datetime
+    ) -> builtins.list[bool]:
+        """Move the locks still held under ``locked_until`` to ``until`` (the
+        lease heartbeat), in one transaction."""
+        if not keys:
+            return []
+        fence, end = _us(locked_until), _us(until)
+        with self._writing("idempotency extend locks", durable=False) as conn:
+            return [
+                conn.execute(Q.idempotency_extend_lock, (key, fence, end)).rowcount > 0
+                for key in keys
+            ]
+
     def release(self, keys: Sequence[str], *, locked_until: datetime | None = None) -> None:
         """See :meth:`IdempotencyStore.release`."""
         if not keys:

@@ -1556,6 +1556,32 @@ class IdempotencyStoreContract:
         store.release(["key"], locked_until=clock.now() + LEASE)  # the holder releases
         assert self.begin(store, clock, ("key", "fp")) == [self.NEW]
 
+    def test_extend_locks_moves_only_the_holders_locks(
+        self, store: IdempotencyStore, clock: FakeClock
+    ) -> None:
+        """The optional ``extend_locks`` (the lease heartbeat): a lock held under
+        its fence moves to the new end, so the key stays held past the first
+        end; the holder then releases with the new end. Stores without it skip."""
+        extend = getattr(store, "extend_locks", None)
+        if extend is None:
+            pytest.skip(f"{type(store).__name__} has no extend_locks (optional)")
+        taken = clock.now() + LEASE
+        store.begin([("held", "fp")], now=clock.now(), lock_until=taken)
+        self.finish(store, clock, ("done", "fp", {"id": 1}))
+        later = taken + LEASE
+        assert extend(["held", "done", "absent"], locked_until=taken, until=later) == [
+            True,
+            False,
+            False,
+        ]
+        assert extend(["held"], locked_until=taken, until=later + LEASE) == [False]  # fenced
+        clock.advance(LEASE + timedelta(seconds=1))  # past the first end
+        assert self.begin(store, clock, ("held", "fp")) == [self.IN_PROGRESS]
+        store.release(["held"], locked_until=taken)  # the old fence no longer names it
+        assert self.begin(store, clock, ("held", "fp")) == [self.IN_PROGRESS]
+        store.release(["held"], locked_until=later)
+        assert self.begin(store, clock, ("held", "fp")) == [self.NEW]
+
     def test_begin_answers_per_entry_in_one_call(
         self, store: IdempotencyStore, clock: FakeClock
     ) -> None:

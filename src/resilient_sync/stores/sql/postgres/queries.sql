@@ -558,6 +558,13 @@ ON CONFLICT (key) DO UPDATE SET
     expires_at = EXCLUDED.expires_at,
     holder = NULL;
 
+-- name: idempotency_extend_locks
+-- move the locks still held under the holder's fence (locked_until) to until
+UPDATE {schema}.idempotency_keys SET locked_until = %(until)s
+WHERE key = ANY(%(keys)b::text[]) AND state = 'in_progress'
+  AND locked_until = %(locked_until)s::timestamptz
+RETURNING key;
+
 -- name: idempotency_release
 -- locked_until: the lock_until the releasing worker took the locks with (NULL: any holder)
 DELETE FROM {schema}.idempotency_keys

@@ -311,6 +311,11 @@ VALUES (?1, ?2, ?3, ?4);
 -- name: idempotency_unlock
 DELETE FROM resilient_sync_idempotency_locks WHERE key = ?1;
 
+-- name: idempotency_extend_lock
+-- ?2: the holder's fence (the lock_until it took the lock with); ?3 the new end
+UPDATE resilient_sync_idempotency_locks SET locked_until = ?3
+WHERE key = ?1 AND locked_until = ?2;
+
 -- name: idempotency_release
 -- ?2: the lock_until the releasing worker took the lock with (NULL: any holder)
 DELETE FROM resilient_sync_idempotency_locks
