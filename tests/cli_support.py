@@ -59,6 +59,16 @@ class Built:
     def id(self, event_id: str, destination: str = "pos") -> str:
         return self.ids[(event_id, destination)]
 
+    def prefix(self, delivery_id: str, at_least: int = 14) -> str:
+        """The shortest prefix of ``delivery_id`` (``at_least`` characters)
+        that no other delivery shares: ids made in the same millisecond share
+        their first 12 characters, and a fixed length is sometimes ambiguous."""
+        for n in range(at_least, len(delivery_id) + 1):
+            head = delivery_id[:n]
+            if sum(other.startswith(head) for other in self.ids.values()) <= 1:
+                return head
+        return delivery_id
+
 
 def build_queue(url: str) -> Built:
     """pos: c1..c8 (c2 data_format, c3 mapping, c4 transient, c5 duplicate need

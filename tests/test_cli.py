@@ -497,7 +497,7 @@ def test_the_cli_on_postgresql(pg_url: str) -> None:
     assert_event_and_reason(
         listing.stdout, {"c3": "[lines[0].sku] unknown SKU 'TEE-XXL'", "c6": "token revoked"}
     )
-    short = built.id("c3")[:14]  # unique prefixes on PostgreSQL too
+    short = built.prefix(built.id("c3"))  # unique prefixes on PostgreSQL too
     assert cli_json("--db", pg_url, "show", short)["delivery"]["id"] == built.id("c3")
 
 

@@ -177,7 +177,7 @@ def test_read_commands_work_on_a_read_only_file(shared_dir: Path, writer_open: b
             ["status"],
             ["list", "--status", "needs_action"],
             ["show", c2],
-            ["show", c2[:14]],
+            ["show", built.prefix(c2)],
             ["attempts", c2],
             ["trend"],
             ["recent"],

@@ -110,7 +110,7 @@ def test_raw_control_characters_never_reach_the_terminal(db: tuple[str, Built]) 
     ESC, BEL, CSI (0x9b) and a direction override."""
     url, built = db
     target = poison(Path(url.removeprefix("sqlite:///")), built)
-    short = target[:14]
+    short = built.prefix(target)
     for argv in (
         ["status"],
         ["list"],
@@ -233,7 +233,8 @@ def test_every_command_takes_a_unique_prefix(db: tuple[str, Built]) -> None:
     ]
     assert cli_json("--db", url, "resolve", by_event["c5"])["changed"] == [built.id("c5")]
     assert cli_json("--db", url, "discard", by_event["c3"])["changed"] == [built.id("c3")]
-    assert cli("--db", url, "show", built.id("c6").upper()[:16]).returncode == 0  # any case
+    c6 = built.prefix(built.id("c6"), at_least=16).upper()
+    assert cli("--db", url, "show", c6).returncode == 0  # any case
 
 
 def test_an_ambiguous_prefix_names_the_candidates(db: tuple[str, Built]) -> None:
