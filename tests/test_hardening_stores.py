@@ -203,6 +203,30 @@ def test_a_committed_enqueue_whose_reply_is_lost_is_reported_as_inserted() -> No
         drop_schema(schema)
 
 
+@pytest.mark.postgres
+def test_a_read_only_postgres_store_keeps_the_urls_own_options() -> None:
+    """Read-only sessions add their setting to the URL's ``options`` instead of
+    replacing them (a ``statement_timeout`` was lost; found by a red-team pass)."""
+    from pg_support import drop_schema, new_schema_name, require_postgres
+    from resilient_sync.stores._postgres import PostgresQueueStore
+
+    dsn, schema = require_postgres(), new_schema_name("rs_ro")
+    writer = PostgresQueueStore(dsn, schema=schema)
+    sep = "&" if "?" in dsn else "?"
+    reader = PostgresQueueStore(
+        f"{dsn}{sep}options=-c%20statement_timeout%3D1234", schema=schema, read_only=True
+    )
+    try:
+        with reader.pool.connection() as conn:
+            assert conn.execute("SHOW statement_timeout").fetchone() == ("1234ms",)
+            assert conn.execute("SHOW default_transaction_read_only").fetchone() == ("on",)
+        assert reader.stats().total == 0
+    finally:
+        reader.close()
+        writer.close()
+        drop_schema(schema)
+
+
 # -- 9. files the CLI only reads ------------------------------------------------------
 
 

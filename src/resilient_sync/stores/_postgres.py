@@ -359,7 +359,7 @@ class _PostgresBase:
                 max_size=pool_max_size,
                 timeout=pool_timeout,
                 name=f"resilient_sync:{schema}",
-                kwargs=self._connection_kwargs(connect_timeout),
+                kwargs=self._connection_kwargs(connect_timeout, conninfo),
                 open=True,
             )
             self._pool_ref = _PoolRef(self._pool)
@@ -380,13 +380,15 @@ class _PostgresBase:
             self.close()
             raise
 
-    def _connection_kwargs(self, connect_timeout: float | None) -> dict[str, Any]:
+    def _connection_kwargs(self, connect_timeout: float | None, conninfo: str) -> dict[str, Any]:
         kwargs: dict[str, Any] = {"autocommit": True}
         if connect_timeout is not None:
             kwargs["connect_timeout"] = max(1, round(connect_timeout))
         if self.read_only:
-            # the server itself refuses any write of this pool's sessions
-            kwargs["options"] = "-c default_transaction_read_only=on"
+            # the server itself refuses any write of this pool's sessions; the
+            # URL's own options (a statement_timeout ...) are kept beside it
+            own = str(conninfo_to_dict(conninfo).get("options") or "").strip()
+            kwargs["options"] = f"{own} -c default_transaction_read_only=on".strip()
         return kwargs
 
     def __enter__(self) -> Self:
@@ -600,7 +602,10 @@ class PostgresQueueStore(_PostgresBase):
             :class:`~resilient_sync.StoreError`.
         read_only: open for reading only (the operator's read commands):
             never migrates or creates anything, refuses a schema without the
-            library's tables by name, and the server refuses any write.
+            library's tables by name, and the server refuses any write of
+            the pool the store makes (with a pool you pass in, make its
+            sessions read-only yourself: ``options="-c
+            default_transaction_read_only=on"``).
         connect_timeout: seconds for one connection attempt (libpq's
             ``connect_timeout``; default: libpq's, i.e. none).
 
