@@ -23,11 +23,12 @@ from typing import Any
 import attrs
 import pytest
 
-from admin_support import OPERATOR, SECRET, VIEWER, Built, Served, login, populate_shop
+from admin_support import OPERATOR, SECRET, VIEWER, Built, login, populate_shop
 from resilient_sync import DeliveryStatus, Dispatcher
 from resilient_sync.admin import create_app
 from resilient_sync.stores import open_stores
 from resilient_sync.testing import RecordingDestination
+from served import Served
 
 CHROMIUM = (
     os.environ.get("RESILIENT_SYNC_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"

@@ -6,12 +6,9 @@ durability (a 2xx means another process can already read the event)."""
 
 from __future__ import annotations
 
-import socket
 import sqlite3
 import subprocess
 import sys
-import threading
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -19,12 +16,12 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 
 from resilient_sync import Producer
 from resilient_sync.stores import MemoryQueueStore, SQLiteQueueStore
 from resilient_sync.testing import FakeClock
 from resilient_sync.web import create_intake
+from served import Served
 from test_web_verifiers import (
     CASES,
     NEW_SECRET,
@@ -57,39 +54,6 @@ class Switch:
             return message
 
         await self.app(scope, counting, send)
-
-
-class Served:
-    """uvicorn on 127.0.0.1 (a free port) in a daemon thread."""
-
-    def __init__(self, app: Any) -> None:
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        config = uvicorn.Config(app, lifespan="off", log_level="warning", access_log=False)
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(
-            target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True
-        )
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def __enter__(self) -> Served:
-        self.thread.start()
-        deadline = time.monotonic() + 10
-        while not self.server.started:
-            if time.monotonic() > deadline or not self.thread.is_alive():
-                raise RuntimeError("uvicorn did not start")
-            time.sleep(0.01)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(10)
-        self.sock.close()
 
 
 @pytest.fixture(scope="module")
