@@ -256,6 +256,26 @@ def _fresh(timestamp: int, now: datetime, tolerance: float | None) -> None:
 _DIGITS = re.compile(r"\d{1,15}")
 
 
+class _TimedWebhook(_SignedWebhook):
+    """A scheme that signs a timestamp: ``tolerance`` seconds either way (None
+    disables the check, not recommended)."""
+
+    def __init__(
+        self,
+        secrets: str | bytes | Sequence[str | bytes],
+        *,
+        tolerance: float | None = 300.0,
+        to: str | Sequence[str] | None = None,
+        records: RecordEvents | None = None,
+        record_path: str = "",
+        to_event: ToEvent | None = None,
+    ) -> None:
+        super().__init__(
+            secrets, to=to, records=records, record_path=record_path, to_event=to_event
+        )
+        self.tolerance = _tolerance(tolerance)
+
+
 # --- Shopify ---------------------------------------------------------------------------
 
 
@@ -337,7 +357,7 @@ class ShopifyWebhook(_SignedWebhook):
 # --- Stripe ----------------------------------------------------------------------------
 
 
-class StripeWebhook(_SignedWebhook):
+class StripeWebhook(_TimedWebhook):
     """Stripe's webhooks: ``Stripe-Signature: t=<unix time>,v1=<hex>[,v1=...]``,
     the hex HMAC-SHA256 of ``"<t>.<raw body>"`` keyed with the endpoint's
     signing secret (``whsec_...``, used as it is). Any ``v1`` may match (Stripe
@@ -360,21 +380,6 @@ class StripeWebhook(_SignedWebhook):
     """
 
     vendor = "stripe"
-
-    def __init__(
-        self,
-        secrets: str | bytes | Sequence[str | bytes],
-        *,
-        tolerance: float | None = 300.0,
-        to: str | Sequence[str] | None = None,
-        records: RecordEvents | None = None,
-        record_path: str = "",
-        to_event: ToEvent | None = None,
-    ) -> None:
-        super().__init__(
-            secrets, to=to, records=records, record_path=record_path, to_event=to_event
-        )
-        self.tolerance = _tolerance(tolerance)
 
     def verify(self, headers: Mapping[str, str], body: bytes, *, now: datetime) -> None:
         """See :class:`WebhookVerifier`."""
@@ -453,7 +458,7 @@ def _standard_secret(secret: str) -> bytes:
         ) from None
 
 
-class StandardWebhook(_SignedWebhook):
+class StandardWebhook(_TimedWebhook):
     """`Standard Webhooks <https://www.standardwebhooks.com>`_ (Svix, Resend,
     Clerk, OpenAI, ...): headers ``webhook-id``, ``webhook-timestamp`` (unix
     seconds) and ``webhook-signature``, a space-separated list of
@@ -476,21 +481,6 @@ class StandardWebhook(_SignedWebhook):
     """
 
     vendor = "standard-webhooks"
-
-    def __init__(
-        self,
-        secrets: str | bytes | Sequence[str | bytes],
-        *,
-        tolerance: float | None = 300.0,
-        to: str | Sequence[str] | None = None,
-        records: RecordEvents | None = None,
-        record_path: str = "",
-        to_event: ToEvent | None = None,
-    ) -> None:
-        super().__init__(
-            secrets, to=to, records=records, record_path=record_path, to_event=to_event
-        )
-        self.tolerance = _tolerance(tolerance)
 
     @staticmethod
     def _decode_secret(secret: str) -> bytes:
