@@ -110,3 +110,16 @@ source = FileSource()
 def other_source() -> FileSource:
     """``resilient-sync pull cli_apps:other_source``: a factory (another cursor)."""
     return FileSource("shop-file-again")
+
+
+#: planted in a failing factory's message: the CLI's one line must not carry it
+HOSTILE_TOKEN = "sk_live_hostileFactoryToken1234"
+
+
+def failing_factory() -> Dispatcher:
+    """``resilient-sync worker cli_apps:failing_factory``: fails with a message
+    holding an ANSI escape, a NUL, a lone surrogate, a token and 5 MB."""
+    raise RuntimeError(
+        f"\x1b[2J\x1b]0;pwned\x07 \x00 \ud800 Authorization: Bearer {HOSTILE_TOKEN} "
+        + "x" * 5_000_000
+    )

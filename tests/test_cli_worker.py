@@ -253,6 +253,27 @@ def test_worker_target_errors_are_one_line(target: str, code: int, message: str)
     assert "Traceback" not in done.stderr
 
 
+def test_a_failing_factorys_message_passes_the_gate() -> None:
+    """Escapes, NUL, a lone surrogate, a token and 5 MB in the user's exception:
+    one short, printable, redacted line."""
+    from cli_apps import HOSTILE_TOKEN
+
+    done = cli(
+        "worker",
+        "cli_apps:failing_factory",
+        "--app-dir",
+        str(TESTS),
+        env={"RS_TEST_DB": "memory://"},
+    )
+    assert done.returncode == 1, done.stderr
+    assert "cli_apps:failing_factory() failed: RuntimeError" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+    assert len(done.stderr) < 2000
+    assert HOSTILE_TOKEN not in done.stderr
+    for raw in ("\x1b", "\x07", "\x00", "\ud800"):
+        assert raw not in done.stderr  # the raw characters (escaped forms are fine)
+
+
 # -- pull -----------------------------------------------------------------------------------
 
 

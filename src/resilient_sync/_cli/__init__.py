@@ -29,7 +29,7 @@ from .._errors import StoreError, SyncError
 from .._operator import Operator
 from .._protocols import IdempotencyStore, QueueStore
 from .._redact import redact
-from .._text import for_terminal
+from .._text import clean, for_terminal
 from .._version import __version__
 from ._args import (
     EXIT_FAILURE,
@@ -95,7 +95,7 @@ def _open(url: str, *, read_only: bool, **options: Any) -> tuple[QueueStore, Ide
     try:
         return open_stores(url, read_only=read_only, **options)
     except ValueError as exc:
-        raise usage(redact(str(exc))) from exc
+        raise usage(clean(exc, limit=2000)) from exc
     except ImportError as exc:
         raise CliError(
             f"cannot open {redact(url)}: {exc} (PostgreSQL needs the package's postgres "
@@ -193,7 +193,9 @@ def _validate(args: argparse.Namespace) -> None:
 
 
 def _say(stream: TextIO, message: str) -> None:
-    text = for_terminal(" ".join(message.split()))
+    """One error line on the terminal, through the gate (redacted, capped at
+    2,000 characters, control characters inert)."""
+    text = for_terminal(" ".join(clean(message, limit=2000, single_line=True).split()))
     print(f"{_PROG}: error: {text}", file=stream)
 
 
@@ -260,7 +262,7 @@ def _guarded(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         _say(err, exc.message)
         return exc.code
     except (StoreError, SyncError) as exc:
-        _say(err, redact(str(exc)))
+        _say(err, clean(exc, limit=2000))
         return EXIT_FAILURE
     except KeyboardInterrupt:
         _say(err, "interrupted")
@@ -274,7 +276,7 @@ def _guarded(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             raise
         _say(
             err,
-            f"unexpected {type(exc).__name__}: {redact(str(exc))} "
+            f"unexpected {type(exc).__name__}: {clean(exc, limit=2000)} "
             "(set RESILIENT_SYNC_DEBUG=1 to see the traceback)",
         )
         return EXIT_FAILURE
@@ -288,4 +290,4 @@ def _close(ctx: Ctx, err: TextIO) -> None:
         try:
             store.close()
         except Exception as exc:  # noqa: BLE001, PERF203 - reported, the result stands
-            _say(err, f"closing the store failed: {redact(str(exc))}")
+            _say(err, f"closing the store failed: {clean(exc, limit=2000)}")

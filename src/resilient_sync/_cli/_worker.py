@@ -41,7 +41,7 @@ from .._errors import InvalidEventError
 from .._model import Event, RunReport
 from .._redact import redact
 from .._submit import Producer
-from .._text import for_terminal, get_logger
+from .._text import clean, for_terminal, get_logger
 from ._args import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, CliError, parse_duration, usage
 
 __all__ = ["JsonFormatter", "TextFormatter", "cmd_pull", "cmd_worker", "load_target"]
@@ -85,25 +85,27 @@ def load_target(target: str, app_dir: str, what: str) -> Any:
     return found
 
 
-def _import_failed(module_name: str, exc: BaseException) -> CliError:
+def _user_code_failed(what: str, exc: BaseException) -> CliError:
+    """The one-line error for the user's module or factory failing (its text
+    through the gate: redacted, capped, printable); with RESILIENT_SYNC_DEBUG
+    the exception itself propagates, traceback and all."""
     if os.environ.get("RESILIENT_SYNC_DEBUG"):
         raise exc
     return CliError(
-        f"importing {module_name!r} failed: {type(exc).__name__}: {redact(str(exc))} "
+        f"{what} failed: {type(exc).__name__}: {clean(exc, limit=500, single_line=True)} "
         "(set RESILIENT_SYNC_DEBUG=1 to see the traceback)"
     )
+
+
+def _import_failed(module_name: str, exc: BaseException) -> CliError:
+    return _user_code_failed(f"importing {module_name!r}", exc)
 
 
 def _call_factory(factory: Callable[[], Any], target: str) -> Any:
     try:
         return factory()
     except Exception as exc:
-        if os.environ.get("RESILIENT_SYNC_DEBUG"):
-            raise
-        raise CliError(
-            f"{target}() failed: {type(exc).__name__}: {redact(str(exc))} "
-            "(set RESILIENT_SYNC_DEBUG=1 to see the traceback)"
-        ) from exc
+        raise _user_code_failed(f"{target}()", exc) from exc
 
 
 # -- logging -------------------------------------------------------------------------
@@ -387,12 +389,7 @@ async def _serve_async(
         try:
             made = await made()
         except Exception as exc:
-            if os.environ.get("RESILIENT_SYNC_DEBUG"):
-                raise
-            raise CliError(
-                f"{target}() failed: {type(exc).__name__}: {redact(str(exc))} "
-                "(set RESILIENT_SYNC_DEBUG=1 to see the traceback)"
-            ) from exc
+            raise _user_code_failed(f"{target}()", exc) from exc
     if not isinstance(made, AsyncDispatcher):
         raise _not_a_dispatcher(made, target)
     started = time.monotonic()
