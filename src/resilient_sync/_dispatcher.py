@@ -994,7 +994,7 @@ class Dispatcher(_BaseDispatcher, _SyncSubmitting):
             if call.kind == "budget_start":
                 return Outcome(value=budget_start(self.queue.attempts(*call.args)))
             value = getattr(dest, call.kind)(*call.args)
-            if inspect.isawaitable(value):
+            if value is not None and inspect.isawaitable(value):
                 # a plain function that returned a coroutine: nothing was sent yet,
                 # so this must not count as a success
                 if inspect.iscoroutine(value):

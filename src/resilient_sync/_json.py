@@ -182,6 +182,21 @@ def _check_key(value: Any, name: str, *, optional: bool) -> None:
         raise InvalidEventError(f"event.{name} {problem}", field=name)
 
 
+def _keys_look_fine(event: Event) -> bool:
+    """The common case of the four id/key checks in one pass: short, non-blank
+    strings of printable text (None for the optional two)."""
+    fields = (
+        event.id,
+        event.type,
+        "-" if event.ordering_key is None else event.ordering_key,
+        "-" if event.idempotency_key is None else event.idempotency_key,
+    )
+    for value in fields:
+        if type(value) is not str or not 0 < len(value) <= MAX_ID or value.isspace():
+            return False
+    return BAD_ID_CHAR.search(" ".join(fields)) is None
+
+
 def check_event(event: Any) -> Event:
     """Validate an event for submission; return it with a normalised payload.
 
@@ -189,10 +204,11 @@ def check_event(event: Any) -> Event:
     """
     if not isinstance(event, Event):
         raise InvalidEventError(f"expected an Event, got {type(event).__name__}")
-    _check_key(event.id, "id", optional=False)
-    _check_key(event.type, "type", optional=False)
-    _check_key(event.ordering_key, "ordering_key", optional=True)
-    _check_key(event.idempotency_key, "idempotency_key", optional=True)
+    if not _keys_look_fine(event):  # the detailed checks say what is wrong
+        _check_key(event.id, "id", optional=False)
+        _check_key(event.type, "type", optional=False)
+        _check_key(event.ordering_key, "ordering_key", optional=True)
+        _check_key(event.idempotency_key, "idempotency_key", optional=True)
     if event.occurred_at is not None and (
         not isinstance(event.occurred_at, datetime) or event.occurred_at.utcoffset() is None
     ):
@@ -213,16 +229,20 @@ def check_event(event: Any) -> Event:
     )
 
 
+#: One encoder, made once (``json.dumps`` with options builds a new one per call).
+_CANONICAL_ENCODE = json.JSONEncoder(
+    sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+).encode
+
+
 def canonical_dumps(value: Any) -> str:
     """Compact JSON with sorted keys: equal values give equal bytes."""
-    return json.dumps(
-        value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-    )
+    return _CANONICAL_ENCODE(value)
 
 
 def fingerprint(event: Event) -> str:
     """A hash of what a destination receives (type and payload)."""
-    body = canonical_dumps({"type": event.type, "payload": event.payload})
+    body = _CANONICAL_ENCODE({"type": event.type, "payload": event.payload})
     return hashlib.sha256(body.encode()).hexdigest()
 
 

@@ -481,13 +481,17 @@ class MemoryQueueStore:
                 ):
                     applied.append(False)
                     continue
-                self._count(row, -1)  # the error may change with the status
+                # as _move, with the error changed along with the status
+                self._count(row, -1)
+                self._leave_key(row)  # in flight: with its old status (the in-flight count)
                 if c.error is not None or c.status is DeliveryStatus.SUCCEEDED:
                     row.last_error = c.error
                 if c.status is DeliveryStatus.SUCCEEDED:
                     row.result_json = result
+                row.status = c.status
                 self._count(row, 1)
-                self._move(row, c.status)
+                if c.status in _OPEN:
+                    self._join_key(row)
                 row.next_attempt_at = c.next_attempt_at
                 old_key = row.ordering_key
                 if replacement is not None:
