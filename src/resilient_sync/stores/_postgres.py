@@ -167,7 +167,19 @@ def _lock_id(*parts: str) -> int:
 
 
 def _utc(value: datetime | None) -> datetime | None:
-    return value.astimezone(timezone.utc) if value is not None else None
+    if value is None or value.tzinfo is timezone.utc:
+        return value
+    return value.astimezone(timezone.utc)
+
+
+#: a status column's text to its member (a dict lookup, not Enum's call)
+_STATUS = {s.value: s for s in DeliveryStatus}
+
+
+#: JSON rows for the ``complete`` statement. Its text values never hold a
+#: raw NUL (ids refuse it, the text gate escapes it), which PostgreSQL's text
+#: cannot hold either way; JSON values travel as their own JSON text.
+_ROWS_ENCODE = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
 
 
 def _dump(value: Any) -> str | None:
@@ -212,7 +224,7 @@ def _delivery(row: Sequence[Any]) -> Delivery:
         seq=row[1],
         event=event_from_json(row[2]),
         destination=row[3],
-        status=DeliveryStatus(row[4]),
+        status=_STATUS[row[4]],
         idempotency_key=row[5],
         attempts=row[6],
         next_attempt_at=_utc(row[7]),
@@ -236,7 +248,7 @@ def _attempt(row: Sequence[Any]) -> Attempt:
         started_at=_utc(row[5]),  # type: ignore[arg-type]
         finished_at=_utc(row[6]),  # type: ignore[arg-type]
         number=row[7],
-        outcome=DeliveryStatus(row[8]) if row[8] is not None else None,
+        outcome=_STATUS[row[8]] if row[8] is not None else None,
         reason=row[9],
         error=error_from_json(row[10]),
         details=_load(row[11]) or {},
@@ -286,6 +298,25 @@ def _audit_params(records: Iterable[Attempt]) -> dict[str, list[Any]]:
         columns["a_error_categories"].append(r.error.category.value if r.error else None)
         columns["a_details"].append(canonical_dumps(dict(r.details)))
     return columns
+
+
+def _audit_row(ci: int, r: Attempt) -> list[Any]:
+    """One audit record as a row of ``complete``'s JSON (``ci``: its outcome's index)."""
+    return [
+        ci,
+        r.delivery_id,
+        r.destination,
+        r.action,
+        r.actor,
+        r.started_at.isoformat(),
+        r.finished_at.isoformat(),
+        r.number,
+        None if r.outcome is None else r.outcome.value,
+        r.reason,
+        error_to_json(r.error),
+        None if r.error is None else r.error.category.value,
+        canonical_dumps(dict(r.details)),
+    ]
 
 
 def _error_columns(error: ErrorInfo | None) -> tuple[str | None, str | None]:
@@ -901,43 +932,31 @@ class PostgresQueueStore(_PostgresBase):
         return found
 
     @staticmethod
-    def _complete_params(sent: Sequence[Completion]) -> dict[str, list[Any]]:
-        p: dict[str, list[Any]] = {
-            name: []
-            for name in (
-                "ids",
-                "tokens",
-                "statuses",
-                "finished_at",
-                "next_attempt_at",
-                "errors",
-                "error_categories",
-                "results",
-                "events",
-                "ordering_keys",
-                "idempotency_keys",
-                "count_attempt",
-            )
-        }
-        records: builtins.list[Attempt] = []
-        record_ci: builtins.list[int] = []
+    def _complete_params(sent: Sequence[Completion]) -> dict[str, str]:
+        """The ``complete`` statement's two JSON arrays: one row per outcome,
+        and one per audit record with the 1-based index of its outcome."""
+        outcomes: builtins.list[builtins.list[Any]] = []
+        records: builtins.list[builtins.list[Any]] = []
         for ci, c in enumerate(sent, start=1):
-            error, category = _error_columns(c.error)
-            p["ids"].append(c.delivery_id)
-            p["tokens"].append(c.lease_token)
-            p["statuses"].append(c.status.value)
-            p["finished_at"].append(c.finished_at)
-            p["next_attempt_at"].append(c.next_attempt_at)
-            p["errors"].append(error)
-            p["error_categories"].append(category)
-            p["results"].append(_dump(c.result))
-            p["events"].append(event_to_json(c.event) if c.event is not None else None)
-            p["ordering_keys"].append(c.event.ordering_key if c.event is not None else None)
-            p["idempotency_keys"].append(c.idempotency_key)
-            p["count_attempt"].append(c.count_attempt)
-            records.extend(c.audit)
-            record_ci.extend([ci] * len(c.audit))
-        return {**p, **_audit_params(records), "a_ci": record_ci}
+            error, event, next_at = c.error, c.event, c.next_attempt_at
+            outcomes.append(
+                [
+                    c.delivery_id,
+                    c.lease_token,
+                    c.status.value,
+                    c.finished_at.isoformat(),
+                    None if next_at is None else next_at.isoformat(),
+                    error_to_json(error),
+                    None if error is None else error.category.value,
+                    _dump(c.result),
+                    None if event is None else event_to_json(event),
+                    None if event is None else event.ordering_key,
+                    c.idempotency_key,
+                    c.count_attempt,
+                ]
+            )
+            records.extend(_audit_row(ci, r) for r in c.audit)
+        return {"outcomes": _ROWS_ENCODE(outcomes), "records": _ROWS_ENCODE(records)}
 
     def transition(
         self,
@@ -1340,8 +1359,7 @@ class PostgresIdempotencyStore(_PostgresBase):
             first.setdefault(key, fp)
         keys = sorted(first)
         params = {
-            "keys": keys,
-            "fingerprints": [first[k] for k in keys],
+            "entries": _ROWS_ENCODE([[k, first[k]] for k in keys]),
             "now": now,
             "lock_until": lock_until,
             "holder": uuid.uuid4(),
@@ -1391,9 +1409,7 @@ class PostgresIdempotencyStore(_PostgresBase):
             return
         keys = sorted(last)
         params = {
-            "keys": keys,
-            "fingerprints": [last[k][0] for k in keys],
-            "results": [_dump(last[k][1]) for k in keys],
+            "entries": _ROWS_ENCODE([[k, last[k][0], _dump(last[k][1])] for k in keys]),
             "expires_at": expires_at,
         }
 

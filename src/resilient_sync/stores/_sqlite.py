@@ -1163,6 +1163,7 @@ def _expired_audit(row: Sequence[Any], worker: str, now: datetime) -> tuple[Any,
 def _claimed(
     row: Sequence[Any], token: int, worker: str, now: datetime, until: datetime
 ) -> Delivery:
+    next_at, error, result = row[7], row[8], row[9]  # mostly None: no calls then
     return Delivery(
         seq=row[0],
         id=row[1],
@@ -1171,9 +1172,9 @@ def _claimed(
         status=DeliveryStatus.IN_FLIGHT,
         idempotency_key=row[5],
         attempts=row[6] + 1,
-        next_attempt_at=_dt(row[7]),
-        last_error=error_from_json(row[8]),
-        result=_loads(row[9]),
+        next_attempt_at=None if next_at is None else _EPOCH + timedelta(microseconds=next_at),
+        last_error=None if error is None else error_from_json(error),
+        result=None if result is None else _loads(result),
         created_at=_EPOCH + timedelta(microseconds=row[10]),
         updated_at=now,
         lease_token=token,

@@ -163,18 +163,18 @@ ORDER BY seq;
 -- name: complete
 -- Apply outcomes fenced by lease token, and the audit records of the applied
 -- ones, in one statement. Returns the index (1-based) of each applied outcome
--- (and a NULL row when it notified listeners).
+-- (and a NULL row when it notified listeners). The outcomes and the audit
+-- records come as two JSON arrays of rows, one text parameter each: encoding
+-- them is one call in C, where two dozen typed arrays were dumped value by
+-- value in Python, and the round trip of a batch of 100 takes half as long.
+-- Times are ISO 8601 with their offset, exact to the microsecond.
 WITH c AS (
-    SELECT *
-    FROM unnest(
-        %(ids)b::text[], %(tokens)b::bigint[], %(statuses)b::text[],
-        %(finished_at)b::timestamptz[], %(next_attempt_at)b::timestamptz[],
-        %(errors)b::text[], %(error_categories)b::text[], %(results)b::text[],
-        %(events)b::text[], %(ordering_keys)b::text[], %(idempotency_keys)b::text[],
-        %(count_attempt)b::boolean[]
-    ) WITH ORDINALITY AS u(
-        id, token, status, finished_at, next_attempt_at, error, error_category, result,
-        event, ordering_key, idempotency_key, count_attempt, ci)
+    SELECT u.e->>0 AS id, (u.e->>1)::bigint AS token, u.e->>2 AS status,
+           (u.e->>3)::timestamptz AS finished_at, (u.e->>4)::timestamptz AS next_attempt_at,
+           u.e->>5 AS error, u.e->>6 AS error_category, u.e->>7 AS result,
+           u.e->>8 AS event, u.e->>9 AS ordering_key, u.e->>10 AS idempotency_key,
+           (u.e->>11)::boolean AS count_attempt, u.ci
+    FROM jsonb_array_elements(%(outcomes)s::jsonb) WITH ORDINALITY AS u(e, ci)
 ),
 applied AS (
     UPDATE {schema}.deliveries AS t
@@ -208,18 +208,11 @@ audited AS (
     INSERT INTO {schema}.audit (
         delivery_id, destination, action, actor, started_at, finished_at, number, outcome,
         reason, error, error_category, details)
-    SELECT a.delivery_id, a.destination, a.action, a.actor, a.started_at, a.finished_at,
-           a.number, a.outcome, a.reason, a.error::json, a.error_category, a.details::json
-    FROM unnest(
-        %(a_ci)b::bigint[], %(a_delivery_ids)b::text[], %(a_destinations)b::text[],
-        %(a_actions)b::text[], %(a_actors)b::text[], %(a_started_at)b::timestamptz[],
-        %(a_finished_at)b::timestamptz[], %(a_numbers)b::integer[], %(a_outcomes)b::text[],
-        %(a_reasons)b::text[], %(a_errors)b::text[], %(a_error_categories)b::text[],
-        %(a_details)b::text[]
-    ) WITH ORDINALITY AS a(
-        ci, delivery_id, destination, action, actor, started_at, finished_at, number,
-        outcome, reason, error, error_category, details, ord)
-    WHERE a.ci IN (SELECT applied.ci FROM applied)
+    SELECT a.e->>1, a.e->>2, a.e->>3, a.e->>4, (a.e->>5)::timestamptz,
+           (a.e->>6)::timestamptz, (a.e->>7)::integer, a.e->>8, a.e->>9,
+           (a.e->>10)::json, a.e->>11, (a.e->>12)::json
+    FROM jsonb_array_elements(%(records)s::jsonb) WITH ORDINALITY AS a(e, ord)
+    WHERE (a.e->>0)::bigint IN (SELECT applied.ci FROM applied)
     ORDER BY a.ord
 ),
 -- wake idle workers when a delivery was handed back or rescheduled
@@ -518,8 +511,8 @@ WHERE d.status IN ('pending', 'retry_scheduled', 'in_flight')
 -- they are. `holder` tells this call's takes from keys someone else holds.
 INSERT INTO {schema}.idempotency_keys AS k (
     key, state, fingerprint, result, locked_until, expires_at, holder)
-SELECT u.key, 'in_progress', u.fingerprint, NULL, %(lock_until)s, NULL, %(holder)s
-FROM unnest(%(keys)b::text[], %(fingerprints)b::text[]) WITH ORDINALITY AS u(key, fingerprint, ord)
+SELECT u.e->>0, 'in_progress', u.e->>1, NULL, %(lock_until)s, NULL, %(holder)s
+FROM jsonb_array_elements(%(entries)s::jsonb) WITH ORDINALITY AS u(e, ord)  -- [[key, fp], ...]
 ORDER BY u.ord
 ON CONFLICT (key) DO UPDATE SET
     state = CASE WHEN k.state = 'completed' AND k.expires_at <= %(now)s
@@ -546,9 +539,8 @@ RETURNING k.key, k.state, k.fingerprint, k.result::text, k.locked_until, k.expir
 -- name: idempotency_finish
 INSERT INTO {schema}.idempotency_keys (
     key, state, fingerprint, result, locked_until, expires_at, holder)
-SELECT u.key, 'completed', u.fingerprint, u.result::json, NULL, %(expires_at)s, NULL
-FROM unnest(%(keys)b::text[], %(fingerprints)b::text[], %(results)b::text[])
-     WITH ORDINALITY AS u(key, fingerprint, result, ord)
+SELECT u.e->>0, 'completed', u.e->>1, (u.e->>2)::json, NULL, %(expires_at)s, NULL
+FROM jsonb_array_elements(%(entries)s::jsonb) WITH ORDINALITY AS u(e, ord)  -- [[key, fp, result]]
 ORDER BY u.ord
 ON CONFLICT (key) DO UPDATE SET
     state = 'completed',
