@@ -27,6 +27,7 @@ __all__ = [
     "event_to_json",
     "fingerprint",
     "identifier_problem",
+    "ids_look_fine",
 ]
 
 MAX_ID = 255
@@ -182,19 +183,25 @@ def _check_key(value: Any, name: str, *, optional: bool) -> None:
         raise InvalidEventError(f"event.{name} {problem}", field=name)
 
 
+def ids_look_fine(*values: Any) -> bool:
+    """The common case of :func:`identifier_problem` for many values in one
+    pass: each a short, non-blank ``str`` of printable text. False does not
+    mean wrong (a ``str`` subclass, say): run the detailed checks then, to
+    say what is wrong."""
+    for value in values:
+        if type(value) is not str or not 0 < len(value) <= MAX_ID or value.isspace():
+            return False
+    return BAD_ID_CHAR.search(" ".join(values)) is None
+
+
 def _keys_look_fine(event: Event) -> bool:
-    """The common case of the four id/key checks in one pass: short, non-blank
-    strings of printable text (None for the optional two)."""
-    fields = (
+    """The four id/key checks of an event in one pass (None for the optional two)."""
+    return ids_look_fine(
         event.id,
         event.type,
         "-" if event.ordering_key is None else event.ordering_key,
         "-" if event.idempotency_key is None else event.idempotency_key,
     )
-    for value in fields:
-        if type(value) is not str or not 0 < len(value) <= MAX_ID or value.isspace():
-            return False
-    return BAD_ID_CHAR.search(" ".join(fields)) is None
 
 
 def check_event(event: Any) -> Event:

@@ -12,7 +12,7 @@ from typing import Any
 import attrs
 
 from .._errors import InvalidEventError
-from .._json import BAD_ID_CHAR, MAX_ID, check_json, event_to_json, identifier_problem
+from .._json import check_json, event_to_json, identifier_problem, ids_look_fine
 from .._model import Attempt, Delivery
 
 __all__ = [
@@ -35,7 +35,7 @@ def _looks_fine(d: Delivery, event: Any) -> bool:
     """The common case in one pass: every id, key and name a short, non-blank
     string of printable text (the detailed checks run otherwise, to say what
     is wrong)."""
-    fields = (
+    return ids_look_fine(
         d.id,
         d.destination,
         d.idempotency_key,
@@ -44,10 +44,6 @@ def _looks_fine(d: Delivery, event: Any) -> bool:
         "-" if event.ordering_key is None else event.ordering_key,
         "-" if event.idempotency_key is None else event.idempotency_key,
     )
-    for value in fields:
-        if type(value) is not str or not 0 < len(value) <= MAX_ID or value.isspace():
-            return False
-    return BAD_ID_CHAR.search(" ".join(fields)) is None
 
 
 #: The deliveries a Producer is enqueueing right now, whose events it has

@@ -1,0 +1,150 @@
+"""The PostgreSQL outcome statement takes its rows as JSON (``complete``,
+idempotency ``begin``/``finish``): hostile text still reaches the database
+only through the gate, times come back exact to the microsecond, and a row
+the database cannot hold fails the whole batch with nothing written."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import pytest
+
+from resilient_sync import (
+    Attempt,
+    DeliveryStatus,
+    Dispatcher,
+    Event,
+    RetryPolicy,
+    StoreError,
+)
+from resilient_sync.stores import Completion
+
+pytestmark = pytest.mark.postgres
+pytest_plugins = ["pg_fixtures"]
+
+SECRET = "sk_live_4eC39HqLyjWDarjtT1zdp7dc"
+HOSTILE = {
+    "surrogate": "lone \ud800 surrogate",
+    "nul": "a \x00 nul",
+    "ansi": "\x1b[31mred\x1b[0m \x1b]0;title\x07",
+    "token": f"Authorization: Bearer {SECRET}",
+    "5mb": "x" * 5_000_000,
+}
+
+
+class Hostile:
+    """Fails with, or returns, one hostile text."""
+
+    def __init__(self, text: str, *, fail: bool) -> None:
+        self.name = "pos"
+        self.text = text
+        self.fail = fail
+
+    def deliver(self, event: Event, context: Any) -> Any:
+        if self.fail:
+            raise ValueError(self.text)
+        return {"note": self.text}
+
+
+def _stored_texts(queue: Any, delivery_id: str) -> list[str]:
+    delivery = queue.get(delivery_id)
+    texts = [str(delivery.result), str(delivery.last_error)]
+    for record in queue.attempts(delivery_id):
+        texts += [str(record.reason), str(record.error), str(dict(record.details))]
+    return texts
+
+
+@pytest.mark.parametrize("fail", [True, False], ids=["raised", "returned"])
+@pytest.mark.parametrize("kind", list(HOSTILE))
+def test_hostile_text_from_a_destination_is_stored_through_the_gate(
+    pg_stores: tuple[Any, Any], kind: str, fail: bool
+) -> None:
+    queue, idempotency = pg_stores
+    dest = Hostile(HOSTILE[kind], fail=fail)
+    dispatcher = Dispatcher(queue, idempotency, [dest], retry=RetryPolicy(max_attempts=1))
+    (delivery,) = dispatcher.submit(Event("e1", "customer.created", {"n": 1}))
+    report = dispatcher.run_until_idle()
+    assert report.claimed == 1
+    stored = queue.get(delivery.id)
+    assert stored.status is (DeliveryStatus.NEEDS_ACTION if fail else DeliveryStatus.SUCCEEDED)
+    for text in _stored_texts(queue, delivery.id):
+        assert "\x00" not in text
+        assert "\x1b" not in text
+        assert "\x07" not in text
+        assert not any("\ud800" <= ch <= "\udfff" for ch in text)
+        assert SECRET not in text
+        assert len(text) < 100_000
+    if fail:  # the reason is still there, only made safe
+        assert stored.last_error is not None
+        assert stored.last_error.message
+
+
+def test_times_come_back_exact_to_the_microsecond(pg_stores: tuple[Any, Any]) -> None:
+    queue, idempotency = pg_stores
+    now = datetime(2026, 11, 29, 23, 59, 59, 999_999, tzinfo=timezone(timedelta(hours=5)))
+    dispatcher = Dispatcher(queue, idempotency, [Hostile("ok", fail=False)])
+    (delivery,) = dispatcher.submit(Event("e1", "t", {}))
+    (claimed,) = queue.claim(
+        now=delivery.created_at, limit=1, lease_until=now + timedelta(minutes=5), worker="w"
+    )
+    later = now + timedelta(microseconds=1)
+    record = Attempt(
+        delivery_id=claimed.id,
+        destination="pos",
+        action="deliver",
+        actor="worker:w",
+        started_at=now,
+        finished_at=later,
+        number=1,
+        outcome=DeliveryStatus.RETRY_SCHEDULED,
+    )
+    completion = Completion(
+        delivery_id=claimed.id,
+        lease_token=claimed.lease_token,
+        status=DeliveryStatus.RETRY_SCHEDULED,
+        finished_at=later,
+        next_attempt_at=later + timedelta(microseconds=1),
+        audit=(record,),
+    )
+    assert queue.complete([completion]) == [True]
+    stored = queue.get(claimed.id)
+    assert stored.updated_at == later
+    assert stored.next_attempt_at == later + timedelta(microseconds=1)
+    (attempt,) = [a for a in queue.attempts(claimed.id) if a.action == "deliver"]
+    assert (attempt.started_at, attempt.finished_at) == (now, later)
+
+
+def test_a_row_the_database_cannot_hold_writes_nothing(pg_stores: tuple[Any, Any]) -> None:
+    """Called directly (past the dispatcher's gate), a NUL in a reason is
+    refused by the database: the batch raises and nothing of it is written."""
+    queue, idempotency = pg_stores
+    dispatcher = Dispatcher(queue, idempotency, [Hostile("ok", fail=False)])
+    deliveries = dispatcher.submit_many([Event("e1", "t", {}), Event("e2", "t", {})])
+    now = deliveries[0].created_at
+    claimed = queue.claim(now=now, limit=2, lease_until=now + timedelta(minutes=5), worker="w")
+    completions = [
+        Completion(
+            delivery_id=d.id,
+            lease_token=d.lease_token,
+            status=DeliveryStatus.SUCCEEDED,
+            finished_at=now,
+            audit=(
+                Attempt(
+                    delivery_id=d.id,
+                    destination="pos",
+                    action="deliver",
+                    actor="worker:w",
+                    started_at=now,
+                    finished_at=now,
+                    reason=reason,
+                ),
+            ),
+        )
+        for d, reason in zip(claimed, ["fine", "a \x00 nul"], strict=True)
+    ]
+    with pytest.raises((StoreError, ValueError)):
+        queue.complete(completions)
+    for d in claimed:
+        assert queue.get(d.id).status is DeliveryStatus.IN_FLIGHT
+        assert [a.action for a in queue.attempts(d.id)] == []
