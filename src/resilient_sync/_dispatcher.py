@@ -600,8 +600,6 @@ class _BaseDispatcher(_Submitter):
 
     def _circuit_gate(self, delivery: Delivery) -> bool:
         """Whether the destination's circuit lets this delivery through now."""
-        if self.circuits.settings.get(delivery.destination) is None:
-            return True  # no circuit breaker: no clock reading needed
         return self.circuits.admit(delivery.destination, self.clock.now())
 
     def _circuit_verdict(self, delivery: Delivery, result: FlowResult) -> FlowResult:
