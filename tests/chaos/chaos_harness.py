@@ -35,6 +35,7 @@ import sys
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -71,6 +72,7 @@ ACTIVE = frozenset(
     {DeliveryStatus.PENDING, DeliveryStatus.IN_FLIGHT, DeliveryStatus.RETRY_SCHEDULED}
 )
 CONTROL = {"ESC": "\x1b", "BEL": "\x07", "NUL": "\x00"}
+CLI_PARALLEL = 3  # CLI commands run at once by the output checks
 T = TypeVar("T")
 
 
@@ -471,9 +473,9 @@ class _Run:
             if shape != last:
                 last, stable_since = shape, time.monotonic()
             only_held = all(d.id in held for d in active)
-            if only_held and self.drain_rounds >= 3 and time.monotonic() - stable_since > 2.0:
+            if only_held and self.drain_rounds >= 3 and time.monotonic() - stable_since > 1.0:
                 return  # what is left waits for a person
-            if only_held and self.drain_rounds < 3 and time.monotonic() - stable_since > 1.0:
+            if only_held and self.drain_rounds < 3 and time.monotonic() - stable_since > 0.5:
                 _retrying(
                     lambda: op.retry_all(
                         DeliveryStatus.NEEDS_ACTION, actor="chaos-harness", note="drain re-sync"
@@ -481,7 +483,7 @@ class _Run:
                     "retry_all",
                 )
                 self.drain_rounds += 1
-            time.sleep(0.5)
+            time.sleep(0.25)
 
 
 def all_deliveries(op: Operator) -> list[Delivery]:
@@ -941,8 +943,11 @@ def _check_outputs(run: _Run, deliveries: list[Delivery], calls: list[Call]) -> 
     crashed: list[str] = []
     cli_dir = run.workdir / "cli"
     cli_dir.mkdir(exist_ok=True)
-    for i, args in enumerate(commands):
-        result = _cli(run, *args)
+    # each command is its own process (most of its time is the interpreter
+    # starting): run a few at once, read their outputs in order
+    with ThreadPoolExecutor(max_workers=CLI_PARALLEL) as pool:
+        results = list(pool.map(lambda args: _cli(run, *args), commands))
+    for i, (args, result) in enumerate(zip(commands, results, strict=True)):
         (cli_dir / f"{i:03d}-{'_'.join(args)[:60]}.txt").write_text(
             result.out, errors="backslashreplace"
         )
