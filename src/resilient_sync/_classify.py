@@ -13,14 +13,22 @@ from __future__ import annotations
 
 import email.utils
 import math
+import sys
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timezone
-
-import httpx
+from types import ModuleType
 
 from ._errors import SyncError
 from ._model import ErrorCategory, ErrorInfo
 from ._text import clean, clean_retry_after, one_line, safe_str
+
+
+def _httpx() -> ModuleType | None:
+    """The httpx module if something imported it, else None: an exception can
+    only be an httpx one once httpx is loaded, so the CLI and a process that
+    never speaks HTTP do not pay for importing it."""
+    return sys.modules.get("httpx")
+
 
 __all__ = [
     "Classifier",
@@ -141,7 +149,8 @@ def _retry_after(exc: BaseException) -> float | None:
     HTTP date is measured from the response's own ``Date`` header."""
     if isinstance(exc, SyncError):
         return clean_retry_after(getattr(exc, "retry_after", None))
-    if isinstance(exc, httpx.HTTPStatusError):
+    httpx = _httpx()
+    if httpx is not None and isinstance(exc, httpx.HTTPStatusError):
         headers = exc.response.headers
         now: datetime | None = None
         if "date" in headers:
@@ -158,12 +167,20 @@ def _retry_after(exc: BaseException) -> float | None:
 def _default_category(exc: BaseException) -> ErrorCategory:
     if isinstance(exc, SyncError) and exc.category is not None:
         return exc.category
-    if isinstance(exc, httpx.HTTPStatusError):
-        return category_for_status(exc.response.status_code) or ErrorCategory.UNEXPECTED
-    if isinstance(exc, (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError)):
-        return ErrorCategory.TRANSIENT
-    if isinstance(exc, httpx.ProxyError):
-        return ErrorCategory.TRANSIENT
+    httpx = _httpx()
+    if httpx is not None:
+        if isinstance(exc, httpx.HTTPStatusError):
+            return category_for_status(exc.response.status_code) or ErrorCategory.UNEXPECTED
+        if isinstance(
+            exc,
+            (
+                httpx.TimeoutException,
+                httpx.NetworkError,
+                httpx.RemoteProtocolError,
+                httpx.ProxyError,
+            ),
+        ):
+            return ErrorCategory.TRANSIENT
     if isinstance(exc, (TimeoutError, ConnectionError)):
         return ErrorCategory.TRANSIENT
     return ErrorCategory.UNEXPECTED
