@@ -80,9 +80,21 @@ def test_hostile_text_from_a_destination_is_stored_through_the_gate(
         assert stored.last_error.message
 
 
-def test_times_come_back_exact_to_the_microsecond(pg_stores: tuple[Any, Any]) -> None:
+@pytest.mark.parametrize(
+    "offset",
+    [
+        timedelta(hours=5),
+        timedelta(hours=-12),
+        timedelta(minutes=19, seconds=32),  # local mean time, as old tz data gives
+        timedelta(seconds=1, microseconds=250),  # Python allows it; PostgreSQL parses none
+    ],
+    ids=["+05", "-12", "lmt", "fraction-of-a-second"],
+)
+def test_times_come_back_exact_to_the_microsecond(
+    pg_stores: tuple[Any, Any], offset: timedelta
+) -> None:
     queue, idempotency = pg_stores
-    now = datetime(2026, 11, 29, 23, 59, 59, 999_999, tzinfo=timezone(timedelta(hours=5)))
+    now = datetime(2026, 11, 29, 23, 59, 59, 999_999, tzinfo=timezone(offset))
     dispatcher = Dispatcher(queue, idempotency, [Hostile("ok", fail=False)])
     (delivery,) = dispatcher.submit(Event("e1", "t", {}))
     (claimed,) = queue.claim(
@@ -148,3 +160,32 @@ def test_a_row_the_database_cannot_hold_writes_nothing(pg_stores: tuple[Any, Any
     for d in claimed:
         assert queue.get(d.id).status is DeliveryStatus.IN_FLIGHT
         assert [a.action for a in queue.attempts(d.id)] == []
+
+
+def test_a_batch_larger_than_a_jsonb_value_is_recorded(pg_stores: tuple[Any, Any]) -> None:
+    """A jsonb value holds at most 256 MB: results (``max_result_bytes`` may be
+    raised) and corrected events travel apart from the rows, so a batch whose
+    values add up to more is recorded whole, as typed arrays allowed (1 GB).
+    (Idempotency ``finish`` sends its results apart the same way; at this size
+    it would add 18 s to the suite.)"""
+    queue, idempotency = pg_stores
+    dispatcher = Dispatcher(queue, idempotency, [Hostile("ok", fail=False)])
+    deliveries = dispatcher.submit_many([Event(f"e{i}", "t", {}) for i in range(3)])
+    now = deliveries[0].created_at
+    claimed = queue.claim(now=now, limit=3, lease_until=now + timedelta(minutes=5), worker="w")
+    big = ["a" * 90_000_000, "b" * 90_000_000, "c" * 90_000_000]  # 270 MB in all
+    completions = [
+        Completion(
+            delivery_id=d.id,
+            lease_token=d.lease_token,
+            status=DeliveryStatus.SUCCEEDED,
+            finished_at=now,
+            result={"body": text},
+            audit=(),
+        )
+        for d, text in zip(claimed, big, strict=True)
+    ]
+    assert queue.complete(completions) == [True, True, True]
+    stored = queue.get(claimed[2].id)
+    assert stored.status is DeliveryStatus.SUCCEEDED
+    assert stored.result == {"body": big[2]}

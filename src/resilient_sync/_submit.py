@@ -56,15 +56,28 @@ class _Submitter:
     def _targets(self, to: str | Sequence[str] | None) -> list[str]:
         if to is None:
             return list(self._names)
-        names = [to] if isinstance(to, str) else list(to)
+        if isinstance(to, str):
+            names = [to]
+        elif isinstance(to, Iterable):
+            names = list(to)
+        else:
+            raise TypeError(
+                f"to= takes a destination name or a list of names, got {type(to).__name__}"
+            )
         if not names:
             # an empty to= would drop the event without a word
             raise ValueError("to= names no destination; pass None for all of them")
+        # the plan carries our own checked names, never the caller's objects: a
+        # str subclass whose __eq__ says yes to every name must not reach a store
+        canonical = {name: name for name in self._names}
+        targets: list[str] = []
         for name in names:
-            if name not in self._names:
+            found = canonical.get(name) if isinstance(name, str) else None
+            if found is None:
                 known = ", ".join(sorted(self._names))
                 raise ValueError(f"unknown destination {name!r} (known: {known})")
-        return names
+            targets.append(found)
+        return targets
 
     def _plan(self, events: Iterable[Event], to: str | Sequence[str] | None) -> list[Delivery]:
         targets = self._targets(to)

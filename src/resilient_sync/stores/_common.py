@@ -57,7 +57,9 @@ _CHECKED: contextvars.ContextVar[Sequence[Delivery] | None] = contextvars.Contex
 def already_checked(deliveries: Sequence[Delivery]) -> Iterator[None]:
     """Within the block, a store's :func:`check_deliveries` skips the payload
     walk for exactly these delivery objects (``submit()`` has checked them)."""
-    token = _CHECKED.set(deliveries)
+    # a snapshot: a wrapper store that replaces items of the very list it was
+    # given (in place) hands over objects that are not these
+    token = _CHECKED.set(tuple(deliveries))
     try:
         yield
     finally:

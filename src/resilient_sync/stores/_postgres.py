@@ -172,6 +172,14 @@ def _utc(value: datetime | None) -> datetime | None:
     return value.astimezone(timezone.utc)
 
 
+def _iso(value: datetime) -> str:
+    """A time for the JSON rows, in UTC: PostgreSQL parses no offset with a
+    fraction of a second, which Python's ``timezone`` allows."""
+    if value.tzinfo is timezone.utc or value.tzinfo is None:
+        return value.isoformat()
+    return value.astimezone(timezone.utc).isoformat()
+
+
 #: a status column's text to its member (a dict lookup, not Enum's call)
 _STATUS = {s.value: s for s in DeliveryStatus}
 
@@ -308,8 +316,8 @@ def _audit_row(ci: int, r: Attempt) -> list[Any]:
         r.destination,
         r.action,
         r.actor,
-        r.started_at.isoformat(),
-        r.finished_at.isoformat(),
+        _iso(r.started_at),
+        _iso(r.finished_at),
         r.number,
         None if r.outcome is None else r.outcome.value,
         r.reason,
@@ -933,9 +941,12 @@ class PostgresQueueStore(_PostgresBase):
 
     @staticmethod
     def _complete_params(sent: Sequence[Completion]) -> dict[str, str]:
-        """The ``complete`` statement's two JSON arrays: one row per outcome,
-        and one per audit record with the 1-based index of its outcome."""
+        """The ``complete`` statement's JSON arrays: one row per outcome, its
+        result and its corrected event apart (the values that may be large),
+        and one row per audit record with the 1-based index of its outcome."""
         outcomes: builtins.list[builtins.list[Any]] = []
+        results: builtins.list[str | None] = []
+        events: builtins.list[str | None] = []
         records: builtins.list[builtins.list[Any]] = []
         for ci, c in enumerate(sent, start=1):
             error, event, next_at = c.error, c.event, c.next_attempt_at
@@ -944,19 +955,24 @@ class PostgresQueueStore(_PostgresBase):
                     c.delivery_id,
                     c.lease_token,
                     c.status.value,
-                    c.finished_at.isoformat(),
-                    None if next_at is None else next_at.isoformat(),
+                    _iso(c.finished_at),
+                    None if next_at is None else _iso(next_at),
                     error_to_json(error),
                     None if error is None else error.category.value,
-                    _dump(c.result),
-                    None if event is None else event_to_json(event),
                     None if event is None else event.ordering_key,
                     c.idempotency_key,
                     c.count_attempt,
                 ]
             )
+            results.append(_dump(c.result))
+            events.append(None if event is None else event_to_json(event))
             records.extend(_audit_row(ci, r) for r in c.audit)
-        return {"outcomes": _ROWS_ENCODE(outcomes), "records": _ROWS_ENCODE(records)}
+        return {
+            "outcomes": _ROWS_ENCODE(outcomes),
+            "results": _ROWS_ENCODE(results),
+            "events": _ROWS_ENCODE(events),
+            "records": _ROWS_ENCODE(records),
+        }
 
     def transition(
         self,
@@ -1409,7 +1425,9 @@ class PostgresIdempotencyStore(_PostgresBase):
             return
         keys = sorted(last)
         params = {
-            "entries": _ROWS_ENCODE([[k, last[k][0], _dump(last[k][1])] for k in keys]),
+            "entries": _ROWS_ENCODE([[k, last[k][0]] for k in keys]),
+            # apart from the rows, as complete's results (may be large)
+            "results": _ROWS_ENCODE([_dump(last[k][1]) for k in keys]),
             "expires_at": expires_at,
         }
 

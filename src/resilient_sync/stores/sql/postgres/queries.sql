@@ -167,14 +167,21 @@ ORDER BY seq;
 -- records come as two JSON arrays of rows, one text parameter each: encoding
 -- them is one call in C, where two dozen typed arrays were dumped value by
 -- value in Python, and the round trip of a batch of 100 takes half as long.
--- Times are ISO 8601 with their offset, exact to the microsecond.
+-- The values that may be large (results, corrected events) come apart, as a
+-- json array of texts beside the rows: a jsonb value holds at most 256 MB,
+-- json up to 1 GB (as a typed array did), and each is parsed once. Times are
+-- ISO 8601 in UTC, exact to the microsecond.
 WITH c AS (
     SELECT u.e->>0 AS id, (u.e->>1)::bigint AS token, u.e->>2 AS status,
            (u.e->>3)::timestamptz AS finished_at, (u.e->>4)::timestamptz AS next_attempt_at,
-           u.e->>5 AS error, u.e->>6 AS error_category, u.e->>7 AS result,
-           u.e->>8 AS event, u.e->>9 AS ordering_key, u.e->>10 AS idempotency_key,
-           (u.e->>11)::boolean AS count_attempt, u.ci
-    FROM jsonb_array_elements(%(outcomes)s::jsonb) WITH ORDINALITY AS u(e, ci)
+           u.e->>5 AS error, u.e->>6 AS error_category, u.result, u.event,
+           u.e->>7 AS ordering_key, u.e->>8 AS idempotency_key,
+           (u.e->>9)::boolean AS count_attempt, u.ci
+    FROM ROWS FROM (
+        jsonb_array_elements(%(outcomes)s::jsonb),
+        json_array_elements_text(%(results)s::json),
+        json_array_elements_text(%(events)s::json)
+    ) WITH ORDINALITY AS u(e, result, event, ci)
 ),
 applied AS (
     UPDATE {schema}.deliveries AS t
@@ -539,8 +546,11 @@ RETURNING k.key, k.state, k.fingerprint, k.result::text, k.locked_until, k.expir
 -- name: idempotency_finish
 INSERT INTO {schema}.idempotency_keys (
     key, state, fingerprint, result, locked_until, expires_at, holder)
-SELECT u.e->>0, 'completed', u.e->>1, (u.e->>2)::json, NULL, %(expires_at)s, NULL
-FROM jsonb_array_elements(%(entries)s::jsonb) WITH ORDINALITY AS u(e, ord)  -- [[key, fp, result]]
+SELECT u.e->>0, 'completed', u.e->>1, u.result::json, NULL, %(expires_at)s, NULL
+FROM ROWS FROM (  -- [[key, fp], ...] and the results apart (see complete)
+    jsonb_array_elements(%(entries)s::jsonb),
+    json_array_elements_text(%(results)s::json)
+) WITH ORDINALITY AS u(e, result, ord)
 ORDER BY u.ord
 ON CONFLICT (key) DO UPDATE SET
     state = 'completed',

@@ -1,0 +1,119 @@
+"""submit() checks an event once, and a store skips its own checks only for
+the very delivery objects submit() built from checked values. Nothing a
+caller passes in may ride along unchecked: not a name object that only
+*says* it is a known destination, not a delivery that a wrapper store put in
+place of one of submit()'s."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+import pytest
+
+from resilient_sync import Delivery, Event, InvalidEventError, Producer, QueueStore
+from resilient_sync.stores import MemoryQueueStore, open_stores
+
+HOSTILE_NAME = "\x1b[2J\u202e" + "A" * 300
+HOSTILE_TENANT = "acme\x1b[31m\x00" + "x" * 300
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def queue(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[QueueStore]:
+    if request.param == "memory":
+        yield MemoryQueueStore()
+        return
+    store, idempotency = open_stores(f"sqlite:///{tmp_path / 'queue.db'}")
+    yield store
+    store.close()
+    idempotency.close()
+
+
+class YesToEveryName(str):
+    """A name that claims to equal every destination (a buggy or hostile
+    ``__eq__``), hashed as a known name so a lookup finds it."""
+
+    __slots__ = ()
+
+    def __eq__(self, other: object) -> bool:
+        return True
+
+    def __hash__(self) -> int:
+        return hash("pos")
+
+
+class Pos(str):
+    """A str subclass (e.g. from an ORM or an enum) equal to "pos"."""
+
+    __slots__ = ()
+
+
+def _stored(queue: QueueStore) -> list[Delivery]:
+    return list(queue.list(limit=10).items)
+
+
+def test_a_name_that_only_claims_to_be_known_is_refused_or_made_ours(queue: QueueStore) -> None:
+    producer = Producer(queue, ["pos"])
+    submitted = producer.submit(Event("e1", "t", {"a": 1}), to=YesToEveryName(HOSTILE_NAME))
+    # the lookup matched "pos": what is stored is our own checked name, never the caller's text
+    ((delivery,),) = [submitted]
+    for d in (delivery, *_stored(queue)):
+        assert type(d.destination) is str
+        assert d.destination == "pos"
+        assert str.__eq__(d.destination, "pos")
+
+
+def test_a_str_subclass_naming_a_destination_is_stored_as_plain_text(queue: QueueStore) -> None:
+    (delivery,) = Producer(queue, ["pos"]).submit(Event("e1", "t", {}), to=[Pos("pos")])
+    (stored,) = _stored(queue)
+    assert type(delivery.destination) is str
+    assert type(stored.destination) is str
+
+
+def test_an_unknown_name_is_refused_with_nothing_enqueued(queue: QueueStore) -> None:
+    producer = Producer(queue, ["pos"])
+    for bad in (HOSTILE_NAME, "pos\x00evil", ["pos", 7]):
+        with pytest.raises(ValueError, match="unknown destination"):
+            producer.submit(Event("e1", "t", {}), to=bad)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="to= takes a destination name or a list of names"):
+        producer.submit(Event("e1", "t", {}), to=7)  # type: ignore[arg-type]
+    assert _stored(queue) == []
+
+
+@attrs.define
+class TenantStore:
+    """A wrapper store that prefixes event ids with a tenant taken from a
+    request header, rewriting the list it was given in place (or a new one)."""
+
+    inner: Any
+    tenant: str
+    in_place: bool
+
+    def enqueue(self, deliveries: Sequence[Delivery], **kwargs: Any) -> list[Delivery]:
+        def tenanted(d: Delivery) -> Delivery:
+            return attrs.evolve(d, event=attrs.evolve(d.event, id=f"{self.tenant}/{d.event.id}"))
+
+        if self.in_place:
+            assert isinstance(deliveries, list)
+            for i, d in enumerate(deliveries):
+                deliveries[i] = tenanted(d)
+            return list(self.inner.enqueue(deliveries, **kwargs))
+        return list(self.inner.enqueue([tenanted(d) for d in deliveries], **kwargs))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+@pytest.mark.parametrize("in_place", [True, False], ids=["in-place", "new-list"])
+def test_a_wrapper_stores_rewritten_deliveries_are_checked(
+    queue: QueueStore, in_place: bool
+) -> None:
+    producer = Producer(TenantStore(queue, HOSTILE_TENANT, in_place), ["pos"])  # type: ignore[arg-type]
+    with pytest.raises(InvalidEventError, match=r"event\.id"):
+        producer.submit(Event("order-1", "t", {"a": 1}))
+    assert _stored(queue) == []
+    # a well-behaved tenant goes through the same wrapper
+    Producer(TenantStore(queue, "acme", in_place), ["pos"]).submit(Event("order-1", "t", {}))  # type: ignore[arg-type]
+    assert [d.event.id for d in _stored(queue)] == ["acme/order-1"]
