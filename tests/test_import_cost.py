@@ -1,7 +1,8 @@
 """What `import resilient_sync` loads: the CLI starts a fresh interpreter for
-every command, so the core must not pull in httpx (with its own CLI's
-dependencies), asyncio or backoff before something needs them. Each check runs
-in a new interpreter, as a command would."""
+every command, so the core must not pull in httpx (with the dependencies of
+its own CLI) before something needs it; httpx errors are still recognised, also
+while another thread imports httpx for the first time. Each check runs in a
+new interpreter, as a command would."""
 
 from __future__ import annotations
 
@@ -23,16 +24,49 @@ def _fresh(code: str) -> str:
     return result.stdout
 
 
-def test_importing_the_core_loads_neither_httpx_nor_asyncio_nor_backoff() -> None:
+def test_importing_the_core_does_not_load_httpx() -> None:
     out = _fresh(
         """
         import json, sys
         import resilient_sync, resilient_sync.stores
         from resilient_sync._cli import main  # what `python -m resilient_sync` loads
-        print(json.dumps([m for m in ("httpx", "asyncio", "backoff") if m in sys.modules]))
+        print(json.dumps("httpx" in sys.modules))
         """
     )
-    assert json.loads(out) == []
+    assert json.loads(out) is False
+
+
+def test_errors_are_classified_while_another_thread_first_imports_httpx() -> None:
+    """A destination that imports httpx on its first call, in one worker
+    thread, while another thread classifies a plain ConnectionError: a bare
+    look into sys.modules would see httpx half-built there."""
+    out = _fresh(
+        """
+        import json, sys, threading
+        from resilient_sync import Classifier
+
+        assert "httpx" not in sys.modules
+        classifier, seen, done = Classifier(), set(), threading.Event()
+
+        def importer():
+            import httpx  # noqa: F401
+            done.set()
+
+        def classify():
+            while not done.is_set():
+                try:
+                    seen.add(classifier.classify(ConnectionError("refused")).category.value)
+                except Exception as exc:
+                    seen.add(repr(exc))
+
+        worker = threading.Thread(target=classify)
+        worker.start()
+        threading.Thread(target=importer).start()
+        worker.join()
+        print(json.dumps(sorted(seen)))
+        """
+    )
+    assert json.loads(out) == ["transient"]
 
 
 def test_httpx_errors_are_classified_when_httpx_is_imported_after_the_core() -> None:
@@ -69,3 +103,32 @@ def test_the_default_retry_policy_still_uses_backoffs_full_jitter() -> None:
         """
     )
     assert json.loads(out) == [True, True, None, [1.0, 2.0, 4.0], True]
+
+
+def test_type_hints_of_the_public_api_resolve_at_run_time() -> None:
+    """Runtime tools (typeguard, beartype, documentation generators) read the
+    annotations with ``typing.get_type_hints``: every name they use must be
+    importable from the module that uses it, not only under TYPE_CHECKING."""
+    out = _fresh(
+        """
+        import inspect, json, typing
+        import resilient_sync, resilient_sync.stores
+
+        failed = []
+        for module in (resilient_sync, resilient_sync.stores):
+            for name in module.__all__:
+                obj = getattr(module, name)
+                members = [obj]
+                if inspect.isclass(obj):
+                    members += [m for k, m in vars(obj).items() if inspect.isfunction(m)]
+                for member in members:
+                    if not (inspect.isfunction(member) or inspect.isclass(member)):
+                        continue
+                    try:
+                        typing.get_type_hints(member)
+                    except Exception as exc:
+                        failed.append(f"{name}.{getattr(member, '__name__', '?')}: {exc!r}")
+        print(json.dumps(failed))
+        """
+    )
+    assert json.loads(out) == []

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import email.utils
 import math
-import sys
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timezone
 from types import ModuleType
@@ -23,11 +22,21 @@ from ._model import ErrorCategory, ErrorInfo
 from ._text import clean, clean_retry_after, one_line, safe_str
 
 
-def _httpx() -> ModuleType | None:
-    """The httpx module if something imported it, else None: an exception can
-    only be an httpx one once httpx is loaded, so the CLI and a process that
-    never speaks HTTP do not pay for importing it."""
-    return sys.modules.get("httpx")
+def _httpx_for(exc: BaseException) -> ModuleType | None:
+    """The httpx module if ``exc`` is one of its exceptions, else None.
+
+    The core does not import httpx (the CLI and a process that never speaks
+    HTTP need not pay for it): an exception can only be an httpx one if one
+    of its classes comes from httpx, and then ``import httpx`` is a lookup,
+    or waits for another thread's first import to finish (a bare
+    ``sys.modules`` lookup could see a half-built module)."""
+    for cls in type(exc).__mro__:
+        module = getattr(cls, "__module__", None)
+        if isinstance(module, str) and (module == "httpx" or module.startswith("httpx.")):
+            import httpx  # noqa: PLC0415
+
+            return httpx
+    return None
 
 
 __all__ = [
@@ -149,7 +158,7 @@ def _retry_after(exc: BaseException) -> float | None:
     HTTP date is measured from the response's own ``Date`` header."""
     if isinstance(exc, SyncError):
         return clean_retry_after(getattr(exc, "retry_after", None))
-    httpx = _httpx()
+    httpx = _httpx_for(exc)
     if httpx is not None and isinstance(exc, httpx.HTTPStatusError):
         headers = exc.response.headers
         now: datetime | None = None
@@ -167,7 +176,7 @@ def _retry_after(exc: BaseException) -> float | None:
 def _default_category(exc: BaseException) -> ErrorCategory:
     if isinstance(exc, SyncError) and exc.category is not None:
         return exc.category
-    httpx = _httpx()
+    httpx = _httpx_for(exc)
     if httpx is not None:
         if isinstance(exc, httpx.HTTPStatusError):
             return category_for_status(exc.response.status_code) or ErrorCategory.UNEXPECTED

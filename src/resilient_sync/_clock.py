@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
@@ -63,8 +64,6 @@ class SystemClock:
 
     async def asleep(self, seconds: float) -> None:
         """Wait ``seconds`` without blocking the event loop."""
-        import asyncio  # noqa: PLC0415 - only async code loads asyncio
-
         await asyncio.sleep(max(0.0, seconds))
 
     def __repr__(self) -> str:
@@ -190,8 +189,6 @@ class FakeClock:
 
     async def asleep(self, seconds: float) -> None:
         """Advance the clock by ``seconds``, then yield to the event loop once."""
-        import asyncio  # noqa: PLC0415 - only async code loads asyncio
-
         self.sleep(seconds)
         await asyncio.sleep(0)
 

@@ -7,6 +7,7 @@ step that does no I/O; the decisions themselves live in ``_core.py``.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import inspect
 import logging
@@ -17,7 +18,7 @@ import uuid
 from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import attrs
 
@@ -53,9 +54,6 @@ from ._policy import RetryPolicy
 from ._protocols import Clock, Destination, IdempotencyStore, QueueStore, Source
 from ._submit import Submitted, _Submitter, _SyncSubmitting, _tx
 from ._text import MAX_RESULT_BYTES, get_logger, safe_str
-
-if TYPE_CHECKING:
-    import asyncio
 
 __all__ = ["AsyncDispatcher", "Dispatcher"]
 
@@ -767,8 +765,6 @@ async def _own_task(awaitable: Any, destination: str, hook: str) -> Any:
     is told apart from this worker being cancelled: the first is the
     delivery's error (outcome unknown: TRANSIENT, same key), the second
     propagates."""
-    import asyncio  # noqa: PLC0415 - only async code loads asyncio
-
     task = asyncio.ensure_future(awaitable)
     try:
         await asyncio.wait({task})
@@ -1111,8 +1107,6 @@ class AsyncDispatcher(_BaseDispatcher):
         self.close()
 
     async def _io(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
-        import asyncio  # noqa: PLC0415 - only async code loads asyncio
-
         return await asyncio.to_thread(fn, *args, **kwargs)
 
     async def submit(
@@ -1172,8 +1166,6 @@ class AsyncDispatcher(_BaseDispatcher):
     async def _process(
         self, claimed: list[Delivery], batch: _Batch, args: dict[str, Any]
     ) -> RunReport:
-        import asyncio  # noqa: PLC0415 - only async code loads asyncio
-
         lease_until: datetime = args["lease_until"]
         batch_started = False
         try:
@@ -1243,8 +1235,6 @@ class AsyncDispatcher(_BaseDispatcher):
 
     async def _hand_back(self, claimed: Sequence[Delivery]) -> None:
         """See :meth:`Dispatcher._hand_back` (shielded: it runs while cancelled too)."""
-        import asyncio  # noqa: PLC0415 - only async code loads asyncio
-
         now = self.clock.now()
         try:
             await asyncio.shield(self._io(self.queue.complete, [released(d, now) for d in claimed]))
@@ -1274,8 +1264,6 @@ class AsyncDispatcher(_BaseDispatcher):
             return _FlowCrash(exc, sent)
 
     async def _call(self, dest: Destination, call: Call, lease_until: datetime) -> Outcome:
-        import asyncio  # noqa: PLC0415 - only async code loads asyncio
-
         try:
             if call.kind == "idempotency_begin":
                 key, fp = call.args
@@ -1309,8 +1297,6 @@ class AsyncDispatcher(_BaseDispatcher):
 
     async def _commit(self, claimed: list[Delivery], results: list[FlowResult]) -> RunReport:
         """See :meth:`Dispatcher._commit`."""
-        import asyncio  # noqa: PLC0415 - only async code loads asyncio
-
         applied: list[bool] = await asyncio.shield(self._io(self._record, claimed, results))
         report, needs_action = self._report(claimed, results, applied)
         await self._escalate(needs_action)
@@ -1356,8 +1342,6 @@ class AsyncDispatcher(_BaseDispatcher):
 
     async def _one_round(self, stop: asyncio.Event, real_time: bool) -> RunReport:
         """See :meth:`Dispatcher._one_round`."""
-        import asyncio  # noqa: PLC0415 - only async code loads asyncio
-
         report = RunReport()
         try:
             report = await self.run_once()

@@ -13,6 +13,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import attrs
+import backoff
 
 from ._clock import MAX_SECONDS, to_seconds
 from ._model import ErrorCategory
@@ -33,18 +34,12 @@ def _optional_seconds(value: float | timedelta | None) -> float | None:
     return None if value is None else _seconds(value)
 
 
-def _full_jitter() -> Jitter:
-    """``backoff.full_jitter``, the default. backoff is imported on first use:
-    its package loads asyncio, which a process that never retries (the CLI's
-    read commands) need not pay for."""
-    import backoff  # noqa: PLC0415
-
-    return backoff.full_jitter
+_FULL_JITTER: Jitter = backoff.full_jitter
 
 
 def _jitter(value: bool | Jitter | None) -> Jitter | None:
     if value is True:
-        return _full_jitter()
+        return _FULL_JITTER
     if value is False or value is None:
         return None
     if not callable(value):
@@ -101,8 +96,7 @@ class RetryPolicy:
     deadline: float | None = attrs.field(
         default=86_400.0, converter=_optional_seconds, validator=_non_negative
     )
-    # True: backoff.full_jitter, looked up by the converter (backoff loads lazily)
-    jitter: Jitter | None = attrs.field(default=True, converter=_jitter)  # type: ignore[assignment]
+    jitter: Jitter | None = attrs.field(default=_FULL_JITTER, converter=_jitter)
     max_retry_after: float = attrs.field(
         default=3_600.0, converter=_seconds, validator=_non_negative
     )
@@ -122,8 +116,6 @@ def backoff_delay(policy: RetryPolicy, retry_number: int) -> float:
     """
     if retry_number < 1:
         raise ValueError(f"retry_number starts at 1, got {retry_number}")
-    import backoff  # noqa: PLC0415 - see _full_jitter
-
     gen = backoff.expo(
         base=policy.multiplier, factor=policy.initial_delay, max_value=policy.max_delay
     )

@@ -107,12 +107,11 @@ def check_deliveries(deliveries: Sequence[Delivery], *, payloads: bool = True) -
     called directly. For the very delivery objects that ``submit()`` has just
     checked and built, payloads are not walked again; their ids, keys and
     names get the one-pass look still. Raises :class:`InvalidEventError`."""
-    if _trusted(deliveries):
-        # submit() has checked these very objects; the ids and names are
-        # looked at once more anyway (one pass, cheap): defence in depth, so a
-        # future path that builds a plan from unchecked values fails here
-        if all(_looks_fine(d, d.event) for d in deliveries):
-            return
+    # submit() has checked these very objects; their ids and names get the
+    # one-pass look anyway (cheap): defence in depth, so that a future path
+    # building a plan from unchecked values fails here
+    if _trusted(deliveries) and all(_looks_fine(d, d.event) for d in deliveries):
+        return
     for d in deliveries:
         event = d.event
         if _looks_fine(d, event):

@@ -175,8 +175,8 @@ def _utc(value: datetime | None) -> datetime | None:
 def _iso(value: datetime) -> str:
     """A time for the JSON rows, in UTC: PostgreSQL parses no offset with a
     fraction of a second, which Python's ``timezone`` allows."""
-    if value.tzinfo is timezone.utc or value.tzinfo is None:
-        return value.isoformat()
+    if value.tzinfo is timezone.utc or value.utcoffset() is None:
+        return value.isoformat()  # naive (also a tzinfo without an offset): as before
     return value.astimezone(timezone.utc).isoformat()
 
 
