@@ -80,6 +80,28 @@ def test_hostile_text_from_a_destination_is_stored_through_the_gate(
         assert stored.last_error.message
 
 
+def _claimed(pg_stores: tuple[Any, Any], n: int) -> tuple[Any, list[Any], datetime]:
+    """``n`` events submitted and claimed at once: the store, the claimed deliveries, now."""
+    queue, idempotency = pg_stores
+    dispatcher = Dispatcher(queue, idempotency, [Hostile("ok", fail=False)])
+    deliveries = dispatcher.submit_many([Event(f"e{i}", "t", {}) for i in range(n)])
+    now = deliveries[0].created_at
+    claimed = queue.claim(now=now, limit=n, lease_until=now + timedelta(minutes=5), worker="w")
+    return queue, claimed, now
+
+
+def _deliver_record(delivery_id: str, started: datetime, finished: datetime, **kw: Any) -> Attempt:
+    return Attempt(
+        delivery_id=delivery_id,
+        destination="pos",
+        action="deliver",
+        actor="worker:w",
+        started_at=started,
+        finished_at=finished,
+        **kw,
+    )
+
+
 @pytest.mark.parametrize(
     "offset",
     [
@@ -93,23 +115,11 @@ def test_hostile_text_from_a_destination_is_stored_through_the_gate(
 def test_times_come_back_exact_to_the_microsecond(
     pg_stores: tuple[Any, Any], offset: timedelta
 ) -> None:
-    queue, idempotency = pg_stores
+    queue, (claimed,), _ = _claimed(pg_stores, 1)
     now = datetime(2026, 11, 29, 23, 59, 59, 999_999, tzinfo=timezone(offset))
-    dispatcher = Dispatcher(queue, idempotency, [Hostile("ok", fail=False)])
-    (delivery,) = dispatcher.submit(Event("e1", "t", {}))
-    (claimed,) = queue.claim(
-        now=delivery.created_at, limit=1, lease_until=now + timedelta(minutes=5), worker="w"
-    )
     later = now + timedelta(microseconds=1)
-    record = Attempt(
-        delivery_id=claimed.id,
-        destination="pos",
-        action="deliver",
-        actor="worker:w",
-        started_at=now,
-        finished_at=later,
-        number=1,
-        outcome=DeliveryStatus.RETRY_SCHEDULED,
+    record = _deliver_record(
+        claimed.id, now, later, number=1, outcome=DeliveryStatus.RETRY_SCHEDULED
     )
     completion = Completion(
         delivery_id=claimed.id,
@@ -130,28 +140,14 @@ def test_times_come_back_exact_to_the_microsecond(
 def test_a_row_the_database_cannot_hold_writes_nothing(pg_stores: tuple[Any, Any]) -> None:
     """Called directly (past the dispatcher's gate), a NUL in a reason is
     refused by the database: the batch raises and nothing of it is written."""
-    queue, idempotency = pg_stores
-    dispatcher = Dispatcher(queue, idempotency, [Hostile("ok", fail=False)])
-    deliveries = dispatcher.submit_many([Event("e1", "t", {}), Event("e2", "t", {})])
-    now = deliveries[0].created_at
-    claimed = queue.claim(now=now, limit=2, lease_until=now + timedelta(minutes=5), worker="w")
+    queue, claimed, now = _claimed(pg_stores, 2)
     completions = [
         Completion(
             delivery_id=d.id,
             lease_token=d.lease_token,
             status=DeliveryStatus.SUCCEEDED,
             finished_at=now,
-            audit=(
-                Attempt(
-                    delivery_id=d.id,
-                    destination="pos",
-                    action="deliver",
-                    actor="worker:w",
-                    started_at=now,
-                    finished_at=now,
-                    reason=reason,
-                ),
-            ),
+            audit=(_deliver_record(d.id, now, now, reason=reason),),
         )
         for d, reason in zip(claimed, ["fine", "a \x00 nul"], strict=True)
     ]
@@ -168,11 +164,7 @@ def test_a_batch_larger_than_a_jsonb_value_is_recorded(pg_stores: tuple[Any, Any
     values add up to more is recorded whole, as typed arrays allowed (1 GB).
     (Idempotency ``finish`` sends its results apart the same way; at this size
     it would add 18 s to the suite.)"""
-    queue, idempotency = pg_stores
-    dispatcher = Dispatcher(queue, idempotency, [Hostile("ok", fail=False)])
-    deliveries = dispatcher.submit_many([Event(f"e{i}", "t", {}) for i in range(3)])
-    now = deliveries[0].created_at
-    claimed = queue.claim(now=now, limit=3, lease_until=now + timedelta(minutes=5), worker="w")
+    queue, claimed, now = _claimed(pg_stores, 3)
     big = ["a" * 90_000_000, "b" * 90_000_000, "c" * 90_000_000]  # 270 MB in all
     completions = [
         Completion(

@@ -72,11 +72,36 @@ def test_a_str_subclass_naming_a_destination_is_stored_as_plain_text(queue: Queu
     assert type(stored.destination) is str
 
 
-def test_an_unknown_name_is_refused_with_nothing_enqueued(queue: QueueStore) -> None:
+SECRET = "sk_live_4eC39HqLyjWDarjtT1zdp7dc"
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        HOSTILE_NAME,
+        "pos\x00evil",
+        "lone \ud800 surrogate",
+        f"Bearer {SECRET}",
+        "x" * 5_000_000,
+        ["pos", 7],
+    ],
+    ids=["ansi", "nul", "surrogate", "token", "5mb", "not-text"],
+)
+def test_an_unknown_name_is_refused_with_nothing_enqueued(queue: QueueStore, bad: Any) -> None:
     producer = Producer(queue, ["pos"])
-    for bad in (HOSTILE_NAME, "pos\x00evil", ["pos", 7]):
-        with pytest.raises(ValueError, match="unknown destination"):
-            producer.submit(Event("e1", "t", {}), to=bad)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="unknown destination") as refused:
+        producer.submit(Event("e1", "t", {}), to=bad)
+    # the message quotes the caller's text through the gate
+    message = str(refused.value)
+    assert len(message) < 1_000
+    assert not any(ch in message for ch in "\x00\x1b\u202e")
+    assert not any("\ud800" <= ch <= "\udfff" for ch in message)
+    assert SECRET not in message
+    assert _stored(queue) == []
+
+
+def test_a_to_that_is_not_a_name_is_a_type_error(queue: QueueStore) -> None:
+    producer = Producer(queue, ["pos"])
     with pytest.raises(TypeError, match="to= takes a destination name or a list of names"):
         producer.submit(Event("e1", "t", {}), to=7)  # type: ignore[arg-type]
     assert _stored(queue) == []

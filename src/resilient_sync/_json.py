@@ -24,6 +24,7 @@ __all__ = [
     "error_from_json",
     "error_to_json",
     "event_from_json",
+    "event_keys",
     "event_to_json",
     "fingerprint",
     "identifier_problem",
@@ -194,9 +195,10 @@ def ids_look_fine(*values: Any) -> bool:
     return BAD_ID_CHAR.search(" ".join(values)) is None
 
 
-def _keys_look_fine(event: Event) -> bool:
-    """The four id/key checks of an event in one pass (None for the optional two)."""
-    return ids_look_fine(
+def event_keys(event: Any) -> tuple[Any, Any, Any, Any]:
+    """An event's id, type, ordering key and idempotency key, for
+    :func:`ids_look_fine` ("-" for an optional key that is None)."""
+    return (
         event.id,
         event.type,
         "-" if event.ordering_key is None else event.ordering_key,
@@ -211,7 +213,7 @@ def check_event(event: Any) -> Event:
     """
     if not isinstance(event, Event):
         raise InvalidEventError(f"expected an Event, got {type(event).__name__}")
-    if not _keys_look_fine(event):  # the detailed checks say what is wrong
+    if not ids_look_fine(*event_keys(event)):  # the detailed checks say what is wrong
         _check_key(event.id, "id", optional=False)
         _check_key(event.type, "type", optional=False)
         _check_key(event.ordering_key, "ordering_key", optional=True)

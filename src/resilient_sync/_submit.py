@@ -19,6 +19,7 @@ from ._errors import InvalidEventError
 from ._json import check_event, check_name
 from ._model import Delivery, Event
 from ._protocols import Clock, QueueStore, Source
+from ._text import one_line
 from .stores._common import already_checked
 
 __all__ = ["Producer", "Submitted"]
@@ -75,7 +76,8 @@ class _Submitter:
             found = canonical.get(name) if isinstance(name, str) else None
             if found is None:
                 known = ", ".join(sorted(self._names))
-                raise ValueError(f"unknown destination {name!r} (known: {known})")
+                # the caller's text through the gate: escaped, redacted, capped
+                raise ValueError(f"unknown destination '{one_line(name)}' (known: {known})")
             targets.append(found)
         return targets
 

@@ -12,7 +12,7 @@ from typing import Any
 import attrs
 
 from .._errors import InvalidEventError
-from .._json import check_json, event_to_json, identifier_problem, ids_look_fine
+from .._json import check_json, event_keys, event_to_json, identifier_problem, ids_look_fine
 from .._model import Attempt, Delivery
 
 __all__ = [
@@ -35,15 +35,7 @@ def _looks_fine(d: Delivery, event: Any) -> bool:
     """The common case in one pass: every id, key and name a short, non-blank
     string of printable text (the detailed checks run otherwise, to say what
     is wrong)."""
-    return ids_look_fine(
-        d.id,
-        d.destination,
-        d.idempotency_key,
-        event.id,
-        event.type,
-        "-" if event.ordering_key is None else event.ordering_key,
-        "-" if event.idempotency_key is None else event.idempotency_key,
-    )
+    return ids_look_fine(d.id, d.destination, d.idempotency_key, *event_keys(event))
 
 
 #: The deliveries a Producer is enqueueing right now, whose events it has

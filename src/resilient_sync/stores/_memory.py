@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import bisect
 import builtins
+import enum
 import heapq
 import itertools
 import json
@@ -27,6 +28,7 @@ from .._model import (
     DeliveryStatus,
     DestinationState,
     ErrorCategory,
+    ErrorInfo,
     Event,
     IdempotencyRecord,
     IdempotencyState,
@@ -43,6 +45,15 @@ from ._common import (
 )
 
 __all__ = ["MemoryIdempotencyStore", "MemoryQueueStore"]
+
+
+class _Same(enum.Enum):
+    """``_move``'s marker for "the last error stays as it is"."""
+
+    ERROR = 0
+
+
+_SAME = _Same.ERROR
 
 
 _MIN_TIME = datetime.min.replace(tzinfo=timezone.utc)
@@ -303,12 +314,16 @@ class MemoryQueueStore:
             key = self._keys[ident] = _Key()
         key.add(row)
 
-    def _move(self, row: _Row, status: DeliveryStatus) -> None:
-        """Change a row's status, keeping the counts and its key's membership."""
+    def _move(
+        self, row: _Row, status: DeliveryStatus, error: ErrorInfo | _Same | None = _SAME
+    ) -> None:
+        """Change a row's status (and ``error``, its last error, unless the same),
+        keeping the counts (by status and error category) and its key's membership."""
         self._count(row, -1)
-        was_open = row.status in _OPEN
-        if was_open:
+        if row.status in _OPEN:
             self._leave_key(row)  # with its old status (the in-flight count)
+        if error is not _SAME:
+            row.last_error = error
         row.status = status
         self._count(row, 1)
         if status in _OPEN:
@@ -481,17 +496,15 @@ class MemoryQueueStore:
                 ):
                     applied.append(False)
                     continue
-                # as _move, with the error changed along with the status
-                self._count(row, -1)
-                self._leave_key(row)  # in flight: with its old status (the in-flight count)
-                if c.error is not None or c.status is DeliveryStatus.SUCCEEDED:
-                    row.last_error = c.error
                 if c.status is DeliveryStatus.SUCCEEDED:
                     row.result_json = result
-                row.status = c.status
-                self._count(row, 1)
-                if c.status in _OPEN:
-                    self._join_key(row)
+                self._move(
+                    row,
+                    c.status,
+                    _SAME
+                    if c.error is None and c.status is not DeliveryStatus.SUCCEEDED
+                    else c.error,
+                )
                 row.next_attempt_at = c.next_attempt_at
                 old_key = row.ordering_key
                 if replacement is not None:

@@ -274,42 +274,9 @@ def _destination_state(row: Sequence[Any]) -> DestinationState:
     )
 
 
-def _audit_params(records: Iterable[Attempt]) -> dict[str, list[Any]]:
-    columns: dict[str, list[Any]] = {
-        name: []
-        for name in (
-            "a_delivery_ids",
-            "a_destinations",
-            "a_actions",
-            "a_actors",
-            "a_started_at",
-            "a_finished_at",
-            "a_numbers",
-            "a_outcomes",
-            "a_reasons",
-            "a_errors",
-            "a_error_categories",
-            "a_details",
-        )
-    }
-    for r in records:
-        columns["a_delivery_ids"].append(r.delivery_id)
-        columns["a_destinations"].append(r.destination)
-        columns["a_actions"].append(r.action)
-        columns["a_actors"].append(r.actor)
-        columns["a_started_at"].append(r.started_at)
-        columns["a_finished_at"].append(r.finished_at)
-        columns["a_numbers"].append(r.number)
-        columns["a_outcomes"].append(r.outcome.value if r.outcome is not None else None)
-        columns["a_reasons"].append(r.reason)
-        columns["a_errors"].append(error_to_json(r.error))
-        columns["a_error_categories"].append(r.error.category.value if r.error else None)
-        columns["a_details"].append(canonical_dumps(dict(r.details)))
-    return columns
-
-
-def _audit_row(ci: int, r: Attempt) -> list[Any]:
-    """One audit record as a row of ``complete``'s JSON (``ci``: its outcome's index)."""
+def _audit_row(r: Attempt, ci: int = 0) -> list[Any]:
+    """One audit record as a JSON row (``ci``: the 1-based index of its
+    outcome in ``complete``; 0 for ``insert_audit``)."""
     return [
         ci,
         r.delivery_id,
@@ -321,10 +288,14 @@ def _audit_row(ci: int, r: Attempt) -> list[Any]:
         r.number,
         None if r.outcome is None else r.outcome.value,
         r.reason,
-        error_to_json(r.error),
-        None if r.error is None else r.error.category.value,
+        *_error_columns(r.error),
         canonical_dumps(dict(r.details)),
     ]
+
+
+def _audit_params(records: Iterable[Attempt]) -> dict[str, str]:
+    """``insert_audit``'s rows: one JSON array, as ``complete`` sends its own."""
+    return {"records": _ROWS_ENCODE([_audit_row(r) for r in records])}
 
 
 def _error_columns(error: ErrorInfo | None) -> tuple[str | None, str | None]:
@@ -957,8 +928,7 @@ class PostgresQueueStore(_PostgresBase):
                     c.status.value,
                     _iso(c.finished_at),
                     None if next_at is None else _iso(next_at),
-                    error_to_json(error),
-                    None if error is None else error.category.value,
+                    *_error_columns(error),
                     None if event is None else event.ordering_key,
                     c.idempotency_key,
                     c.count_attempt,
@@ -966,7 +936,7 @@ class PostgresQueueStore(_PostgresBase):
             )
             results.append(_dump(c.result))
             events.append(None if event is None else event_to_json(event))
-            records.extend(_audit_row(ci, r) for r in c.audit)
+            records.extend(_audit_row(r, ci) for r in c.audit)
         return {
             "outcomes": _ROWS_ENCODE(outcomes),
             "results": _ROWS_ENCODE(results),

@@ -1172,7 +1172,7 @@ def _claimed(
         status=DeliveryStatus.IN_FLIGHT,
         idempotency_key=row[5],
         attempts=row[6] + 1,
-        next_attempt_at=None if next_at is None else _EPOCH + timedelta(microseconds=next_at),
+        next_attempt_at=None if next_at is None else _dt(next_at),
         last_error=None if error is None else error_from_json(error),
         result=None if result is None else _loads(result),
         created_at=_EPOCH + timedelta(microseconds=row[10]),

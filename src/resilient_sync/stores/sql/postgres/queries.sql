@@ -232,19 +232,14 @@ UNION ALL
 SELECT NULL FROM notified;
 
 -- name: insert_audit
+-- The records come as one JSON array of rows, as in complete (index 0 unused).
 INSERT INTO {schema}.audit (
     delivery_id, destination, action, actor, started_at, finished_at, number, outcome,
     reason, error, error_category, details)
-SELECT a.delivery_id, a.destination, a.action, a.actor, a.started_at, a.finished_at,
-       a.number, a.outcome, a.reason, a.error::json, a.error_category, a.details::json
-FROM unnest(
-    %(a_delivery_ids)b::text[], %(a_destinations)b::text[], %(a_actions)b::text[],
-    %(a_actors)b::text[], %(a_started_at)b::timestamptz[], %(a_finished_at)b::timestamptz[],
-    %(a_numbers)b::integer[], %(a_outcomes)b::text[], %(a_reasons)b::text[],
-    %(a_errors)b::text[], %(a_error_categories)b::text[], %(a_details)b::text[]
-) WITH ORDINALITY AS a(
-    delivery_id, destination, action, actor, started_at, finished_at, number, outcome,
-    reason, error, error_category, details, ord)
+SELECT a.e->>1, a.e->>2, a.e->>3, a.e->>4, (a.e->>5)::timestamptz,
+       (a.e->>6)::timestamptz, (a.e->>7)::integer, a.e->>8, a.e->>9,
+       (a.e->>10)::json, a.e->>11, (a.e->>12)::json
+FROM jsonb_array_elements(%(records)s::jsonb) WITH ORDINALITY AS a(e, ord)
 ORDER BY a.ord;
 
 -- name: transition
