@@ -5,6 +5,7 @@ shared contract suite (tests/test_store_contract.py)."""
 from __future__ import annotations
 
 import logging
+import re
 import subprocess
 import sys
 import threading
@@ -580,12 +581,59 @@ def test_the_async_dispatcher_runs_on_the_sync_store_including_run_forever(
     assert seen == ["a1", "a2", "a3"]
 
 
+def _plans(conn: Any, sql: str, params: dict[str, Any]) -> dict[str, str]:
+    """EXPLAIN of ``sql`` as PostgreSQL plans it with these values (an unnamed
+    statement) and as the generic plan it reuses once psycopg has prepared
+    the statement (``PREPARE`` + ``plan_cache_mode = force_generic_plan``)."""
+    import psycopg.sql
+
+    custom = "\n".join(row[0] for row in conn.execute("EXPLAIN " + sql, params).fetchall())
+    order: list[str] = []
+
+    def number(match: re.Match[str]) -> str:
+        if match.group(0) == "%%":
+            return "%"
+        if match.group(1) not in order:
+            order.append(match.group(1))
+        return f"${order.index(match.group(1)) + 1}"
+
+    text = re.sub(r"%%|%\((\w+)\)[sb]", number, sql)
+    kinds = {bool: "boolean", int: "bigint", str: "text", list: "text[]", datetime: "timestamptz"}
+    typed = [kinds[type(params[name])] for name in order]
+    types = f"({', '.join(typed)})" if typed else ""
+    with conn.transaction(force_rollback=True):
+        conn.execute("SET LOCAL plan_cache_mode = force_generic_plan")
+        conn.execute(f"PREPARE plan_check {types} AS {text}")
+        # EXECUTE is a utility statement: its arguments go as literals, not parameters
+        args = psycopg.sql.SQL(", ").join(
+            psycopg.sql.SQL("{}::{}").format(
+                psycopg.sql.Literal(params[name]), psycopg.sql.SQL(kind)
+            )
+            for name, kind in zip(order, typed, strict=True)
+        )
+        explain = psycopg.sql.SQL("EXPLAIN EXECUTE plan_check{}").format(
+            psycopg.sql.SQL("({})").format(args) if order else psycopg.sql.SQL("")
+        )
+        generic = "\n".join(row[0] for row in conn.execute(explain).fetchall())
+        conn.execute("DEALLOCATE plan_check")
+    return {"custom": custom, "generic": generic}
+
+
+def _assert_flat(name: str, plans: dict[str, str]) -> None:
+    for kind, plan in plans.items():
+        assert "Seq Scan on deliveries" not in plan, (name, kind, plan)
+        assert "Seq Scan on audit" not in plan, (name, kind, plan)
+        # a JIT compile costs more than the statement (50-100 ms a claim)
+        assert "JIT:" not in plan, (name, kind, plan)
+
+
 def test_hot_queries_never_scan_the_history(pg_dsn: str, pg_schema: str) -> None:
     """With 50,000 finished deliveries and a few open ones, the claim, the
     operator queue, stats, the oldest waiting one, the error trend and next_due
-    read through indexes: no sequential scan of the deliveries or the audit."""
-    from datetime import datetime, timezone
-
+    read through indexes: no sequential scan of the deliveries or the audit,
+    in the plan for the values at hand nor in the generic plan PostgreSQL
+    reuses for a prepared statement (where the claim once crossed
+    jit_above_cost)."""
     import psycopg
 
     from resilient_sync.stores._postgres import PostgresQueueStore
@@ -610,17 +658,12 @@ def test_hot_queries_never_scan_the_history(pg_dsn: str, pg_schema: str) -> None
             )
             conn.execute(f'ANALYZE "{pg_schema}".deliveries')
             conn.execute(f'ANALYZE "{pg_schema}".audit')
+            lease = {"now": now, "lease_until": now, "worker": "w"}
             checks = {
-                "claim": (
-                    q["claim"],
-                    {
-                        "now": now,
-                        "limit": 100,
-                        "lease_until": now,
-                        "worker": "w",
-                        "all_destinations": True,
-                        "destinations": [],
-                    },
+                "claim": (queue._claim_query(100), lease),
+                "claim of some destinations": (
+                    queue._claim_query(100, some=True),
+                    {**lease, "destinations": ["pos"]},
                 ),
                 "operator queue": (
                     "\n".join([q["list"], q["list_where_needs_action"], q["list_order"]]),
@@ -632,12 +675,41 @@ def test_hot_queries_never_scan_the_history(pg_dsn: str, pg_schema: str) -> None
                 "next_due": (q["next_due"], {}),
             }
             for name, (sql, params) in checks.items():
-                plan = "\n".join(
-                    row[0] for row in conn.execute("EXPLAIN " + sql, params).fetchall()
-                )
-                assert "Seq Scan on deliveries" not in plan, (name, plan)
-                assert "Seq Scan on audit" not in plan, (name, plan)
-            conn.rollback()
+                _assert_flat(name, _plans(conn, sql, params))
+    finally:
+        queue.close()
+
+
+def test_the_claim_is_planned_once_per_connection(pg_dsn: str, pg_schema: str) -> None:
+    """Once psycopg prepares the claim (its 6th run on a connection) and
+    PostgreSQL has planned it 5 times for the values at hand, PostgreSQL
+    reuses its generic plan: no planning per claim (about 1 ms,
+    more than executing it on a small queue). With parameters that changed
+    the plan's shape (the limit, "all destinations or these"), it planned
+    every claim."""
+    from resilient_sync.stores._postgres import PostgresQueueStore
+
+    queue = PostgresQueueStore(pg_dsn, schema=pg_schema, pool_max_size=1)
+    try:
+        queue.enqueue([delivery(f"e{i}") for i in range(40)])
+        now = datetime.now(timezone.utc)
+        lease = {"now": now, "lease_until": now + timedelta(minutes=5), "worker": "w"}
+        for _ in range(20):  # psycopg prepares at the 6th run, PostgreSQL decides after 5 more
+            assert len(queue.claim(limit=1, **lease)) == 1
+            assert len(queue.claim(limit=1, destinations=["pos"], **lease)) == 1
+        plans = queue._run(
+            "read the prepared statements",
+            lambda conn: conn.execute(
+                "SELECT generic_plans, custom_plans FROM pg_prepared_statements "
+                "WHERE statement LIKE %s",
+                ["%Lease up to LIMIT%"],
+            ).fetchall(),
+            atomic=False,
+        )
+        # two statements (all destinations, some), each prepared, then reused
+        assert len(plans) == 2, plans
+        for generic, custom in plans:
+            assert (generic, custom) == (10, 5), plans
     finally:
         queue.close()
 
@@ -647,8 +719,6 @@ def test_a_deep_keyed_queue_is_claimed_through_indexes(pg_dsn: str, pg_schema: s
     claim reads the heads of the keys through indexes. (Without "ordering_key
     IS NOT NULL" in the in-flight check, PostgreSQL hashed that subquery over a
     sequential scan of the whole table on every claim: 31 ms at 200k rows.)"""
-    from datetime import datetime, timezone
-
     import psycopg
 
     from resilient_sync.stores._postgres import PostgresQueueStore
@@ -669,18 +739,7 @@ def test_a_deep_keyed_queue_is_claimed_through_indexes(pg_dsn: str, pg_schema: s
                 FROM generate_series(1, 100000) AS g'''
             )
             conn.execute(f'ANALYZE "{pg_schema}".deliveries')
-            params = {
-                "now": now,
-                "limit": 100,
-                "lease_until": now,
-                "worker": "w",
-                "all_destinations": True,
-                "destinations": [],
-            }
-            plan = "\n".join(
-                row[0]
-                for row in conn.execute("EXPLAIN " + queue._queries["claim"], params).fetchall()
-            )
-            assert "Seq Scan on deliveries" not in plan, plan
+            params = {"now": now, "lease_until": now, "worker": "w"}
+            _assert_flat("keyed claim", _plans(conn, queue._claim_query(100), params))
     finally:
         queue.close()

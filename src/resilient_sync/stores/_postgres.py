@@ -31,6 +31,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import operator
 import re
 import threading
 import uuid
@@ -640,6 +641,7 @@ class PostgresQueueStore(_PostgresBase):
     ) -> None:
         self._listener: Connection | None = None
         self._listen_lock = threading.Lock()
+        self._claim_queries: dict[tuple[int, bool], str] = {}
         self._stopped = threading.Event()
         super().__init__(
             conninfo_or_pool,
@@ -838,20 +840,42 @@ class PostgresQueueStore(_PostgresBase):
             raise TypeError(f"limit must be an int, got {limit!r}")
         if limit < 1:
             return []
-        params = {
-            "now": now,
-            "limit": limit,
-            "lease_until": lease_until,
-            "worker": worker,
-            "all_destinations": destinations is None,
-            "destinations": sorted(destinations) if destinations is not None else [],
-        }
+        params: dict[str, Any] = {"now": now, "lease_until": lease_until, "worker": worker}
+        if destinations is not None:
+            params["destinations"] = sorted(destinations)
+        query = self._claim_query(limit, some=destinations is not None)
 
         def lease(conn: Connection) -> builtins.list[Delivery]:
-            rows = self._cursor(conn).execute(self._queries["claim"], params).fetchall()
+            rows = self._cursor(conn).execute(query, params).fetchall()
             return [_delivery(row) for row in rows]
 
         return self._run("claim deliveries", lease, atomic=False, retry_conflicts=True)
+
+    def _claim_query(self, limit: int, *, some: bool = False) -> str:
+        """The claim statement for batches of ``limit``, for a worker serving
+        all destinations or (``some``) those in ``%(destinations)b``.
+
+        The limit is written into the text, so the statement has no parameter
+        that changes its plan's shape: PostgreSQL plans it once per
+        connection (a prepared statement's generic plan) instead of at every
+        claim, and that plan is costed for ``limit`` rows, not a tenth of the
+        table (which at depth crossed ``jit_above_cost``: a JIT compile per
+        claim). One text per batch size, kept."""
+        key = (operator.index(limit), some)  # an exact int: no subclass's __str__ in the SQL
+        query = self._claim_queries.get(key)
+        if query is None:
+            query = (
+                self._queries["claim"]
+                .replace("{limit}", str(key[0]))
+                .replace(
+                    "{destinations}",
+                    "AND d.destination = ANY(%(destinations)b::text[])" if some else "",
+                )
+            )
+            if len(self._claim_queries) >= 16:  # a caller varying its batch size
+                self._claim_queries.clear()
+            self._claim_queries[key] = query
+        return query
 
     def complete(self, completions: Sequence[Completion]) -> builtins.list[bool]:
         """See :meth:`resilient_sync.QueueStore.complete` (one statement for the batch)."""
