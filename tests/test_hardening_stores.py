@@ -339,6 +339,41 @@ def test_a_search_path_in_the_url_selects_the_schema_or_is_refused() -> None:
         drop_schema(schema)
 
 
+@pytest.mark.postgres
+def test_the_other_url_parameters_reach_the_server_as_written() -> None:
+    """Beside ``?schema=`` (or a search_path), the URL's other parameters are
+    passed on as libpq reads them: ``%20`` is a space and ``+`` a plus sign.
+    They were decoded and re-encoded as a form, so ``options=-c%20x%3D1``
+    reached the server as the setting "+x" (every connection refused)."""
+    from pg_support import drop_schema, new_schema_name, require_postgres
+
+    dsn, schema = require_postgres(), new_schema_name("rs_opts")
+    sep = "&" if "?" in dsn else "?"
+    try:
+        for where in (
+            f"schema={schema}&options=-c%20statement_timeout%3D4321",
+            f"options=-c%20statement_timeout%3D4321%20-c%20search_path%3D{schema}",
+        ):
+            url = f"{dsn}{sep}{where}&application_name=shop+pos%2Fv1"
+            queue, idem = open_stores(url)
+            try:
+                assert queue.schema == schema  # type: ignore[attr-defined]
+                got = queue._run(  # type: ignore[attr-defined]
+                    "read the settings",
+                    lambda conn: conn.execute(
+                        "SELECT current_setting('statement_timeout'), "
+                        "current_setting('application_name')"
+                    ).fetchone(),
+                    atomic=False,
+                )
+                assert got == ("4321ms", "shop+pos/v1"), where
+            finally:
+                queue.close()
+                idem.close()
+    finally:
+        drop_schema(schema)
+
+
 def test_the_heartbeat_keeps_a_long_delivery_leased(tmp_path: Path) -> None:
     """A delivery that runs longer than its lease is not taken over meanwhile."""
     import threading

@@ -39,7 +39,7 @@ from collections.abc import Callable, Collection, Iterable, Sequence
 from datetime import datetime, timedelta, timezone
 from importlib import resources
 from typing import Any, TypeVar
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 import attrs
 from typing_extensions import Self
@@ -1526,11 +1526,21 @@ def open_pair(url: str, **options: Any) -> tuple[PostgresQueueStore, PostgresIde
     when both stores are closed.
     """
     parts = urlsplit(url)
-    query = parse_qsl(parts.query, keep_blank_values=True)
-    from_url = [value for key, value in query if key == "schema"]
-    path = [value for key, value in query if key == "search_path"]
+    # the query as libpq reads it: "&"-separated pairs with %XX escapes, and
+    # nothing else ("+" is a plus sign, not a space as in a form)
+    query = [
+        (unquote(key), unquote(value), raw)
+        for raw in parts.query.split("&")
+        if raw
+        for key, _, value in [raw.partition("=")]
+    ]
+    from_url = [value for key, value, _ in query if key == "schema"]
+    path = [value for key, value, _ in query if key == "search_path"]
     path += [
-        m.group(1) for key, value in query if key == "options" for m in _SEARCH_PATH.finditer(value)
+        m.group(1)
+        for key, value, _ in query
+        if key == "options"
+        for m in _SEARCH_PATH.finditer(value)
     ]
     if path:
         names = [n.strip().strip('"') for n in path[-1].split(",") if n.strip()]
@@ -1547,14 +1557,19 @@ def open_pair(url: str, **options: Any) -> tuple[PostgresQueueStore, PostgresIde
             )
         options["schema"] = from_url[-1]
     if from_url or path:
-        rest = urlencode(
-            [
-                (key, _SEARCH_PATH.sub("", value).strip() if key == "options" else value)
-                for key, value in query
-                if key not in ("schema", "search_path")
-            ]
-        )
-        url = urlunsplit(parts._replace(query=rest))
+        # the other parameters go on as the caller wrote them (decoding and
+        # re-encoding them as a form turned "-c%20x%3D1" into "-c+x%3D1",
+        # which the server refused as the setting "+x")
+        kept: builtins.list[str] = []
+        for key, value, raw in query:
+            if key in ("schema", "search_path"):
+                continue
+            if key == "options" and _SEARCH_PATH.search(value):
+                rest = _SEARCH_PATH.sub("", value).strip()
+                kept.append(f"{raw.partition('=')[0]}={quote(rest, safe='')}")
+            else:
+                kept.append(raw)
+        url = urlunsplit(parts._replace(query="&".join(kept)))
     queue = PostgresQueueStore(url, **options)
     try:
         idempotency = PostgresIdempotencyStore(
