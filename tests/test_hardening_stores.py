@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import os
+import re
 import sqlite3
 import stat
 from collections.abc import Iterator
@@ -141,6 +142,51 @@ class LosesTheReply:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._cursor, name)
+
+
+def test_a_lone_surrogate_handed_to_a_sql_store_is_refused_by_name(stores: Pair) -> None:
+    """An audit text with a lone surrogate, passed to a store directly (the
+    dispatcher and the operator API replace it first): the SQL stores say
+    which character, as a ValueError, and write nothing (they raised the
+    driver's UnicodeEncodeError). The memory store holds any str."""
+    from datetime import datetime, timezone
+
+    from resilient_sync import Attempt
+
+    queue, idem = stores
+    if isinstance(queue, MemoryQueueStore):
+        pytest.skip("the memory store holds any str")
+    dispatcher = Dispatcher(queue, idem, [RecordingDestination("pos")])
+    dispatcher.submit(Event("e1", "t", {}))
+    (row,) = queue.list().items
+    now = datetime.now(timezone.utc)
+    before = queue.attempts(row.id)
+    for field in ("reason", "actor"):
+        text = {"reason": "fixed \ud800 by hand", "actor": "operator:\udfff"}[field]
+        record = Attempt(
+            delivery_id=row.id,
+            destination="pos",
+            action="edit",
+            actor=text if field == "actor" else "operator:ada",
+            started_at=now,
+            finished_at=now,
+            reason=text if field == "reason" else None,
+        )
+        move = {
+            "from_status": [DeliveryStatus.PENDING],
+            "to_status": DeliveryStatus.NEEDS_ACTION,
+            "audit": record,
+            "now": now,
+        }
+        code = re.escape("U+D800" if field == "reason" else "U+DFFF")
+        with pytest.raises(ValueError, match=f"{code} \\(a lone surrogate\\).*nothing was written"):
+            queue.transition([row.id], **move)
+        with pytest.raises(ValueError, match=code):
+            queue.add_audit([record])
+    after = queue.get(row.id)
+    assert after is not None
+    assert after.status is DeliveryStatus.PENDING
+    assert queue.attempts(row.id) == before
 
 
 @pytest.mark.postgres

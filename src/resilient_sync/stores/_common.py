@@ -27,6 +27,7 @@ __all__ = [
     "invalid_payload",
     "like_pattern",
     "matches_search",
+    "unencodable",
     "unmatchable",
 ]
 
@@ -87,6 +88,19 @@ def unmatchable(*values: str | None) -> bool:
     store holds: a NUL or a lone surrogate. Such a read finds nothing (the
     database drivers would raise on encoding it), as on the memory store."""
     return any(value is not None and _UNSTORABLE.search(value) is not None for value in values)
+
+
+def unencodable(store: str, action: str, exc: UnicodeEncodeError) -> ValueError:
+    """The error for text a SQL store cannot encode (a lone surrogate, which
+    only a caller past ``submit()`` and the operator API can hand in: those
+    refuse or replace it): a ``ValueError`` naming the character, not the
+    driver's codec message. The statement was never sent."""
+    bad = exc.object[exc.start : exc.end] if isinstance(exc.object, str) else ""
+    found = ", ".join(f"U+{ord(c):04X}" for c in bad[:3]) or "a character"
+    return ValueError(
+        f"{store}: cannot {action}: a text holds {found} (a lone surrogate), which is not "
+        "Unicode text and cannot be stored; nothing was written"
+    )
 
 
 def check_deliveries(deliveries: Sequence[Delivery], *, payloads: bool = True) -> None:

@@ -81,6 +81,7 @@ from ._common import (
     encode_cursor,
     fill_audit,
     like_pattern,
+    unencodable,
     unmatchable,
 )
 
@@ -469,6 +470,8 @@ class _PostgresBase:
                     else:
                         result = fn(conn)
                     return result
+            except UnicodeEncodeError as exc:  # raised before the statement is sent
+                raise unencodable(f"PostgreSQL {self._kind} at {self._where}", action, exc) from exc
             except psycopg.Error as exc:
                 if stage == "query" and _connection_lost(exc, conn) and lost < _RECONNECT_RETRIES:
                     lost += 1

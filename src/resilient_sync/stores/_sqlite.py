@@ -98,6 +98,7 @@ from ._common import (
     encode_cursor,
     fill_audit,
     like_pattern,
+    unencodable,
     unmatchable,
 )
 
@@ -683,6 +684,9 @@ class _Database:
             except sqlite3.Error as exc:
                 self._rollback(conn, action)
                 raise self.error(action, exc) from exc
+            except UnicodeEncodeError as exc:  # binding a value: nothing of it was written
+                self._rollback(conn, action)
+                raise unencodable(f"SQLite store {self.where!r}", action, exc) from exc
             except BaseException:
                 self._rollback(conn, action)
                 raise
