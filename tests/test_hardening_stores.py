@@ -225,7 +225,18 @@ def test_a_committed_complete_whose_reply_is_lost_counts_as_applied() -> None:
 
 
 @pytest.mark.postgres
-def test_a_committed_enqueue_whose_reply_is_lost_is_reported_as_inserted() -> None:
+@pytest.mark.parametrize(
+    ("key", "statement"),
+    [(None, "enqueue_and_notify"), ("customer-1", "enqueue")],
+    ids=["one statement", "keyed, pipelined"],
+)
+def test_a_committed_enqueue_whose_reply_is_lost_is_reported_as_inserted(
+    key: str | None, statement: str
+) -> None:
+    """Without an ordering key the enqueue is one statement, committed when
+    the reply is lost; with one, a pipelined transaction that the lost
+    connection ends before its commit. Either way the retry reports the
+    event inserted, once."""
     from pg_support import drop_schema, new_schema_name, require_postgres
     from resilient_sync import Producer
     from resilient_sync.stores._postgres import PostgresQueueStore
@@ -235,12 +246,12 @@ def test_a_committed_enqueue_whose_reply_is_lost_is_reported_as_inserted() -> No
 
     class Flaky(PostgresQueueStore):
         def _cursor(self, conn: Any) -> Any:
-            return LosesTheReply(super()._cursor(conn), self._queries["enqueue"], armed)
+            return LosesTheReply(super()._cursor(conn), self._queries[statement], armed)
 
     queue = Flaky(dsn, schema=schema)
     try:
         armed[0] = True
-        result = Producer(queue, ["pos"]).submit(Event("e1", "t", {}))
+        result = Producer(queue, ["pos"]).submit(Event("e1", "t", {}, ordering_key=key))
         assert armed == [False]
         assert (len(result), result.skipped) == (1, 0)
         assert queue.stats().total == 1

@@ -439,7 +439,13 @@ def test_outbox_refuses_what_it_cannot_join(pg_stores: Any) -> None:
 # -- waking up on new work -----------------------------------------------------------------
 
 
-def test_wait_for_work_wakes_on_enqueue_and_times_out_otherwise(pg_stores: Any) -> None:
+@pytest.mark.parametrize("key", [None, "customer-1"], ids=["one statement", "keyed, pipelined"])
+def test_wait_for_work_wakes_on_enqueue_and_times_out_otherwise(
+    pg_stores: Any, key: str | None
+) -> None:
+    """Both ways an enqueue is written (one statement that also notifies, or a
+    pipelined transaction that locks the ordering key first) wake a waiting
+    worker."""
     queue, _ = pg_stores
     queue.wait_for_work(5)  # first call connects the listener and returns at once
     queue.wait_for_work(0.01)  # nothing new: times out
@@ -451,7 +457,7 @@ def test_wait_for_work_wakes_on_enqueue_and_times_out_otherwise(pg_stores: Any) 
 
     thread = threading.Thread(target=waiter)
     thread.start()
-    queue.enqueue([delivery("e1")])
+    queue.enqueue([delivery("e1", key)])
     thread.join(30)
     assert woke.is_set()
 

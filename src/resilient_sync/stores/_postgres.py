@@ -656,6 +656,13 @@ class PostgresQueueStore(_PostgresBase):
             read_only=read_only,
             connect_timeout=connect_timeout,
         )
+        last = "SELECT id, seq FROM inserted;"
+        enqueue = self._queries["enqueue"]
+        if not enqueue.endswith(last):  # the two texts are joined: keep them in step
+            raise RuntimeError(f"queries.sql: the enqueue statement must end with {last!r}")
+        self._queries["enqueue_and_notify"] = (
+            enqueue.removesuffix(last) + self._queries["enqueue_and_notify"]
+        )
         prefix = "resilient_sync_"
         channel = prefix + schema
         if len(channel) > 63:
@@ -753,7 +760,9 @@ class PostgresQueueStore(_PostgresBase):
         *,
         own_transaction: bool,
     ) -> builtins.list[Delivery]:
-        """Lock the ordering keys, insert, save the cursor and notify: one round trip."""
+        """Lock the ordering keys, insert, save the cursor and notify: one round
+        trip (one statement when the enqueue is its own transaction, with no
+        key to lock and no cursor; else one pipelined transaction)."""
         locks = sorted(
             {
                 _lock_id(self.schema, d.destination, d.event.ordering_key)
@@ -762,18 +771,24 @@ class PostgresQueueStore(_PostgresBase):
             }
         )
         insert = self._cursor(conn)
-        transaction = conn.transaction() if own_transaction else contextlib.nullcontext()
-        with conn.pipeline(), transaction:
-            if locks:
-                self._cursor(conn).execute(self._queries["lock_ordering_keys"], {"locks": locks})
-            if deliveries:
-                insert.execute(self._queries["enqueue"], self._enqueue_params(deliveries))
-            if cursor is not None:
-                self._cursor(conn).execute(
-                    self._queries["save_cursor"], {"source": cursor[0], "value": cursor[1]}
-                )
-            if deliveries:
-                self._cursor(conn).execute(self._queries["notify"], {"channel": self.channel})
+        if own_transaction and not locks and cursor is None and conn.autocommit:
+            params: dict[str, Any] = {**self._enqueue_params(deliveries), "channel": self.channel}
+            insert.execute(self._queries["enqueue_and_notify"], params)
+        else:
+            transaction = conn.transaction() if own_transaction else contextlib.nullcontext()
+            with conn.pipeline(), transaction:
+                if locks:
+                    self._cursor(conn).execute(
+                        self._queries["lock_ordering_keys"], {"locks": locks}
+                    )
+                if deliveries:
+                    insert.execute(self._queries["enqueue"], self._enqueue_params(deliveries))
+                if cursor is not None:
+                    self._cursor(conn).execute(
+                        self._queries["save_cursor"], {"source": cursor[0], "value": cursor[1]}
+                    )
+                if deliveries:
+                    self._cursor(conn).execute(self._queries["notify"], {"channel": self.channel})
         if not deliveries:
             return []
         seqs = {row[0]: row[1] for row in insert.fetchall()}

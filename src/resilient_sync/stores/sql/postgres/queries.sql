@@ -73,6 +73,18 @@ counted AS (
 )
 SELECT id, seq FROM inserted;
 
+-- name: enqueue_and_notify
+-- `enqueue` with these lines in place of its last one (the store joins
+-- them), for an enqueue that is its own transaction and has no ordering key
+-- to lock: one statement, which also wakes the workers (pg_notify, sent at
+-- its commit) when it inserted a row. One round trip in autocommit mode; as
+-- BEGIN, INSERT, NOTIFY and COMMIT in a pipeline, a one-event submit took
+-- 2.2-2.6 ms and 1.2-1.3 ms of CPU here, against 1.25-2.0 and 0.5-0.9.
+, notified AS (
+    SELECT pg_notify(%(channel)s, '') FROM (SELECT 1 FROM inserted LIMIT 1) AS any_row
+)
+SELECT id, seq FROM inserted CROSS JOIN (SELECT count(*) FROM notified) AS woken;
+
 -- name: save_cursor
 INSERT INTO {schema}.cursors (source, value) VALUES (%(source)s, %(value)s)
 ON CONFLICT (source) DO UPDATE SET value = EXCLUDED.value;
