@@ -189,6 +189,25 @@ def test_a_lone_surrogate_handed_to_a_sql_store_is_refused_by_name(stores: Pair)
     assert queue.attempts(row.id) == before
 
 
+def test_text_the_client_encoding_lacks_is_not_called_a_surrogate() -> None:
+    """The store's encoding error names the character and, for a LATIN1
+    client encoding, says so rather than blaming a lone surrogate."""
+    from resilient_sync.stores._common import unencodable
+
+    try:
+        "order 中".encode("latin-1")
+    except UnicodeEncodeError as exc:
+        error = unencodable("PostgreSQL queue store", "enqueue deliveries", exc)
+    assert "U+4E2D" in str(error)
+    assert "client encoding (latin-1)" in str(error)
+    assert "surrogate" not in str(error)
+    try:
+        "fixed \ud800".encode("utf-8")
+    except UnicodeEncodeError as exc:
+        error = unencodable("PostgreSQL queue store", "move deliveries", exc)
+    assert "U+D800 (a lone surrogate)" in str(error)
+
+
 @pytest.mark.postgres
 def test_a_committed_complete_whose_reply_is_lost_counts_as_applied() -> None:
     from pg_support import drop_schema, new_schema_name, require_postgres
@@ -402,16 +421,30 @@ def test_the_other_url_parameters_reach_the_server_as_written() -> None:
     passed on as libpq reads them: ``%20`` is a space and ``+`` a plus sign.
     They were decoded and re-encoded as a form, so ``options=-c%20x%3D1``
     reached the server as the setting "+x" (every connection refused)."""
+    from urllib.parse import quote
+
+    from psycopg.conninfo import conninfo_to_dict
+
     from pg_support import drop_schema, new_schema_name, require_postgres
 
     dsn, schema = require_postgres(), new_schema_name("rs_opts")
     sep = "&" if "?" in dsn else "?"
+    # the same server with an empty host part, as for a unix socket
+    # ("postgresql:///db?host=/run/postgresql"): the "//" must survive
+    parts = {k: str(v) for k, v in conninfo_to_dict(dsn).items() if k != "dbname"}
+    hostless = f"postgresql:///{conninfo_to_dict(dsn).get('dbname', '')}?" + "&".join(
+        f"{k}={quote(v, safe='')}" for k, v in parts.items()
+    )
     try:
-        for where in (
-            f"schema={schema}&options=-c%20statement_timeout%3D4321",
-            f"options=-c%20statement_timeout%3D4321%20-c%20search_path%3D{schema}",
+        for base, where in (
+            (f"{dsn}{sep}", f"schema={schema}&options=-c%20statement_timeout%3D4321"),
+            (
+                f"{dsn}{sep}",
+                f"options=-c%20statement_timeout%3D4321%20-c%20search_path%3D{schema}",
+            ),
+            (f"{hostless}&", f"schema={schema}&options=-c%20statement_timeout%3D4321"),
         ):
-            url = f"{dsn}{sep}{where}&application_name=shop+pos%2Fv1"
+            url = f"{base}{where}&application_name=shop+pos%2Fv1"
             queue, idem = open_stores(url)
             try:
                 assert queue.schema == schema  # type: ignore[attr-defined]

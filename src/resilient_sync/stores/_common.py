@@ -91,16 +91,18 @@ def unmatchable(*values: str | None) -> bool:
 
 
 def unencodable(store: str, action: str, exc: UnicodeEncodeError) -> ValueError:
-    """The error for text a SQL store cannot encode (a lone surrogate, which
+    """The error for text a SQL store cannot encode: a lone surrogate (which
     only a caller past ``submit()`` and the operator API can hand in: those
-    refuse or replace it): a ``ValueError`` naming the character, not the
-    driver's codec message. The statement was never sent."""
+    replace it), or a character the connection's client encoding lacks (a
+    LATIN1 database). A ``ValueError`` naming the character, not the
+    driver's codec message; the statement was never sent."""
     bad = exc.object[exc.start : exc.end] if isinstance(exc.object, str) else ""
     found = ", ".join(f"U+{ord(c):04X}" for c in bad[:3]) or "a character"
-    return ValueError(
-        f"{store}: cannot {action}: a text holds {found} (a lone surrogate), which is not "
-        "Unicode text and cannot be stored; nothing was written"
-    )
+    if bad and all("\ud800" <= c <= "\udfff" for c in bad):
+        why = "(a lone surrogate), which is not Unicode text and cannot be stored"
+    else:
+        why = f"which the connection's client encoding ({exc.encoding}) cannot hold"
+    return ValueError(f"{store}: cannot {action}: a text holds {found} {why}; nothing was written")
 
 
 def check_deliveries(deliveries: Sequence[Delivery], *, payloads: bool = True) -> None:

@@ -39,7 +39,7 @@ from collections.abc import Callable, Collection, Iterable, Sequence
 from datetime import datetime, timedelta, timezone
 from importlib import resources
 from typing import Any, TypeVar
-from urllib.parse import quote, unquote, urlsplit, urlunsplit
+from urllib.parse import quote, unquote, urlsplit
 
 import attrs
 from typing_extensions import Self
@@ -166,6 +166,15 @@ def _lock_id(*parts: str) -> int:
     """A stable signed 64-bit advisory lock id for ``parts``."""
     digest = hashlib.blake2b("\x00".join(parts).encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big", signed=True)
+
+
+def _sql_text(value: str) -> str:
+    """``value`` as an SQL string literal in a psycopg query text, whatever
+    ``standard_conforming_strings`` says (an ``E''`` literal: quotes doubled,
+    backslashes escaped; ``%`` doubled for psycopg's placeholders). ``value``
+    holds no NUL and no lone surrogate (see ``unmatchable``)."""
+    quoted = value.replace("\\", "\\\\").replace("'", "''").replace("%", "%%")
+    return f"E'{quoted}'"
 
 
 def _utc(value: datetime | None) -> datetime | None:
@@ -644,7 +653,7 @@ class PostgresQueueStore(_PostgresBase):
     ) -> None:
         self._listener: Connection | None = None
         self._listen_lock = threading.Lock()
-        self._claim_queries: dict[tuple[int, bool], str] = {}
+        self._claim_queries: dict[tuple[int, tuple[str, ...] | None], str] = {}
         self._stopped = threading.Event()
         super().__init__(
             conninfo_or_pool,
@@ -707,10 +716,13 @@ class PostgresQueueStore(_PostgresBase):
             return inserted
         conn = self._joinable(transaction, "enqueue deliveries")
         alone = conn.autocommit and conn.info.transaction_status == IDLE
+        action = "enqueue deliveries in the caller's transaction"
         try:
             return self._enqueue(conn, deliveries, cursor, own_transaction=alone)
+        except UnicodeEncodeError as exc:  # raised before the statement is sent
+            raise unencodable(f"PostgreSQL {self._kind} at {self._where}", action, exc) from exc
         except psycopg.Error as exc:
-            raise self._error("enqueue deliveries in the caller's transaction", exc) from exc
+            raise self._error(action, exc) from exc
 
     def _inserted_before(
         self, deliveries: Sequence[Delivery], inserted: builtins.list[Delivery]
@@ -859,9 +871,17 @@ class PostgresQueueStore(_PostgresBase):
         if limit < 1:
             return []
         params: dict[str, Any] = {"now": now, "lease_until": lease_until, "worker": worker}
+        names: tuple[str, ...] | None = None
         if destinations is not None:
-            params["destinations"] = sorted(destinations)
-        query = self._claim_query(limit, some=destinations is not None)
+            names = tuple(sorted(set(destinations)))
+            bad = next((n for n in names if not isinstance(n, str)), None)
+            if bad is not None:
+                raise TypeError(f"destinations must be names (str), got {bad!r}")
+            # a name no row can hold (a NUL, a lone surrogate) matches nothing
+            names = tuple(n for n in names if not unmatchable(n))
+            if not names:
+                return []
+        query = self._claim_query(limit, names)
 
         def lease(conn: Connection) -> builtins.list[Delivery]:
             rows = self._cursor(conn).execute(query, params).fetchall()
@@ -869,28 +889,31 @@ class PostgresQueueStore(_PostgresBase):
 
         return self._run("claim deliveries", lease, atomic=False, retry_conflicts=True)
 
-    def _claim_query(self, limit: int, *, some: bool = False) -> str:
+    def _claim_query(self, limit: int, destinations: tuple[str, ...] | None = None) -> str:
         """The claim statement for batches of ``limit``, for a worker serving
-        all destinations or (``some``) those in ``%(destinations)b``.
+        all destinations (``None``) or these (sorted, distinct names).
 
-        The limit is written into the text, so the statement has no parameter
-        that changes its plan's shape: PostgreSQL plans it once per
-        connection (a prepared statement's generic plan) instead of at every
-        claim, and that plan is costed for ``limit`` rows, not a tenth of the
-        table (which at depth crossed ``jit_above_cost``: a JIT compile per
-        claim). One text per batch size, kept."""
-        key = (operator.index(limit), some)  # an exact int: no subclass's __str__ in the SQL
+        The limit and the names are written into the text (the names as
+        string literals), so the statement has no parameter that changes its
+        plan: PostgreSQL plans it once per connection (a prepared
+        statement's generic plan) instead of at every claim, and that plan
+        is costed for ``limit`` rows, not a tenth of the table (which at
+        depth crossed ``jit_above_cost``: a JIT compile per claim), and for
+        these destinations' share of the table (as a bound array, a rare
+        destination's claim walked the other destinations' backlog). One
+        text per batch size and set of names, kept."""
+        key = (operator.index(limit), destinations)  # an exact int: no subclass's __str__
         query = self._claim_queries.get(key)
         if query is None:
+            where = ""
+            if destinations is not None:
+                where = f"AND d.destination IN ({', '.join(map(_sql_text, destinations))})"
             query = (
                 self._queries["claim"]
                 .replace("{limit}", str(key[0]))
-                .replace(
-                    "{destinations}",
-                    "AND d.destination = ANY(%(destinations)b::text[])" if some else "",
-                )
+                .replace("{destinations}", where)
             )
-            if len(self._claim_queries) >= 16:  # a caller varying its batch size
+            if len(self._claim_queries) >= 16:  # a caller varying its batch size or names
                 self._claim_queries.clear()
             self._claim_queries[key] = query
         return query
@@ -1587,7 +1610,9 @@ def open_pair(url: str, **options: Any) -> tuple[PostgresQueueStore, PostgresIde
                 kept.append(f"{raw.partition('=')[0]}={quote(rest, safe='')}")
             else:
                 kept.append(raw)
-        url = urlunsplit(parts._replace(query="&".join(kept)))
+        # everything before the "?" as written: urlunsplit drops the "//" of an
+        # empty host ("postgresql:///db?host=/run/postgresql"), which libpq refuses
+        url = url.partition("?")[0] + ("?" + "&".join(kept) if kept else "")
     queue = PostgresQueueStore(url, **options)
     try:
         idempotency = PostgresIdempotencyStore(
