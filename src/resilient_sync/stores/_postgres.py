@@ -31,7 +31,6 @@ import contextlib
 import hashlib
 import json
 import logging
-import operator
 import re
 import threading
 import uuid
@@ -166,15 +165,6 @@ def _lock_id(*parts: str) -> int:
     """A stable signed 64-bit advisory lock id for ``parts``."""
     digest = hashlib.blake2b("\x00".join(parts).encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big", signed=True)
-
-
-def _sql_text(value: str) -> str:
-    """``value`` as an SQL string literal in a psycopg query text, whatever
-    ``standard_conforming_strings`` says (an ``E''`` literal: quotes doubled,
-    backslashes escaped; ``%`` doubled for psycopg's placeholders). ``value``
-    holds no NUL and no lone surrogate (see ``unmatchable``)."""
-    quoted = value.replace("\\", "\\\\").replace("'", "''").replace("%", "%%")
-    return f"E'{quoted}'"
 
 
 def _utc(value: datetime | None) -> datetime | None:
@@ -653,7 +643,6 @@ class PostgresQueueStore(_PostgresBase):
     ) -> None:
         self._listener: Connection | None = None
         self._listen_lock = threading.Lock()
-        self._claim_queries: dict[tuple[int, tuple[str, ...] | None], str] = {}
         self._stopped = threading.Event()
         super().__init__(
             conninfo_or_pool,
@@ -729,14 +718,22 @@ class PostgresQueueStore(_PostgresBase):
     ) -> builtins.list[Delivery]:
         """After a lost reply and a repeat: the rows our first (committed) run
         inserted are found by their delivery ids (fresh for every submit), so
-        they count as inserted, not as already known."""
+        they count as inserted, not as already known. A row under the same id
+        whose event, destination or creation time differ is an older one (a
+        caller reusing an id): already known."""
         have = {d.id for d in inserted}
+        ours = {d.id: d for d in deliveries}
         rows = self._fetch(
             "re-read deliveries after a lost reply",
             "existing_ids",
             {"ids": [d.id for d in deliveries if d.id not in have]},
         )
-        seqs: dict[str, int] = {row[0]: row[1] for row in rows}
+        seqs: dict[str, int] = {}
+        for delivery_id, seq, event_id, destination, created_at in rows:
+            d = ours[delivery_id]
+            same_time = d.created_at.tzinfo is None or _utc(created_at) == d.created_at
+            if (event_id, destination) == (d.event.id, d.destination) and same_time:
+                seqs[delivery_id] = seq
         out: builtins.list[Delivery] = []
         for d in deliveries:
             if d.id in have:
@@ -870,53 +867,23 @@ class PostgresQueueStore(_PostgresBase):
             raise TypeError(f"limit must be an int, got {limit!r}")
         if limit < 1:
             return []
-        params: dict[str, Any] = {"now": now, "lease_until": lease_until, "worker": worker}
-        names: tuple[str, ...] | None = None
-        if destinations is not None:
-            names = tuple(sorted(set(destinations)))
-            bad = next((n for n in names if not isinstance(n, str)), None)
-            if bad is not None:
-                raise TypeError(f"destinations must be names (str), got {bad!r}")
-            # a name no row can hold (a NUL, a lone surrogate) matches nothing
-            names = tuple(n for n in names if not unmatchable(n))
-            if not names:
-                return []
-        query = self._claim_query(limit, names)
+        params = {
+            "now": now,
+            "limit": limit,
+            "lease_until": lease_until,
+            "worker": worker,
+            "all_destinations": destinations is None,
+            "destinations": sorted(destinations) if destinations is not None else [],
+        }
 
         def lease(conn: Connection) -> builtins.list[Delivery]:
-            rows = self._cursor(conn).execute(query, params).fetchall()
+            # unprepared: planned for these values every time (see queries.sql)
+            rows = (
+                self._cursor(conn).execute(self._queries["claim"], params, prepare=False).fetchall()
+            )
             return [_delivery(row) for row in rows]
 
         return self._run("claim deliveries", lease, atomic=False, retry_conflicts=True)
-
-    def _claim_query(self, limit: int, destinations: tuple[str, ...] | None = None) -> str:
-        """The claim statement for batches of ``limit``, for a worker serving
-        all destinations (``None``) or these (sorted, distinct names).
-
-        The limit and the names are written into the text (the names as
-        string literals), so the statement has no parameter that changes its
-        plan: PostgreSQL plans it once per connection (a prepared
-        statement's generic plan) instead of at every claim, and that plan
-        is costed for ``limit`` rows, not a tenth of the table (which at
-        depth crossed ``jit_above_cost``: a JIT compile per claim), and for
-        these destinations' share of the table (as a bound array, a rare
-        destination's claim walked the other destinations' backlog). One
-        text per batch size and set of names, kept."""
-        key = (operator.index(limit), destinations)  # an exact int: no subclass's __str__
-        query = self._claim_queries.get(key)
-        if query is None:
-            where = ""
-            if destinations is not None:
-                where = f"AND d.destination IN ({', '.join(map(_sql_text, destinations))})"
-            query = (
-                self._queries["claim"]
-                .replace("{limit}", str(key[0]))
-                .replace("{destinations}", where)
-            )
-            if len(self._claim_queries) >= 16:  # a caller varying its batch size or names
-                self._claim_queries.clear()
-            self._claim_queries[key] = query
-        return query
 
     def complete(self, completions: Sequence[Completion]) -> builtins.list[bool]:
         """See :meth:`resilient_sync.QueueStore.complete` (one statement for the batch)."""
