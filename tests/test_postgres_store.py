@@ -617,6 +617,19 @@ def test_the_async_dispatcher_runs_on_the_sync_store_including_run_forever(
     assert seen == ["a1", "a2", "a3"]
 
 
+def _insert_deliveries(
+    conn: Any, schema: str, count: int, *, destination: str = "'pos'", status: str = "'pending'"
+) -> None:
+    """``count`` rows straight into the deliveries table (``g`` is the row
+    number in the SQL expressions for the destination and the status)."""
+    conn.execute(
+        f'''INSERT INTO "{schema}".deliveries (id, seq, event_id, destination, event,
+        status, idempotency_key, created_at, updated_at)
+        SELECT md5(g::text), g, 'e' || g, {destination}, '{{"id":"x","type":"t","payload":{{}}}}',
+        {status}, 'k' || g, now(), now() FROM generate_series(1, {count}) AS g'''
+    )
+
+
 def _plans(conn: Any, sql: str, params: dict[str, Any], *, analyze: bool = False) -> dict[str, str]:
     """EXPLAIN of ``sql`` as PostgreSQL plans it with these values (an unnamed
     statement) and as the generic plan it reuses once psycopg has prepared
@@ -683,13 +696,12 @@ def test_hot_queries_never_scan_the_history(pg_dsn: str, pg_schema: str) -> None
     now = datetime.now(timezone.utc)
     try:
         with psycopg.connect(pg_dsn, autocommit=True) as conn:
-            conn.execute(
-                f'''INSERT INTO "{pg_schema}".deliveries (id, seq, event_id, destination, event,
-                status, idempotency_key, created_at, updated_at)
-                SELECT md5(g::text), g, 'e' || g, 'pos', '{{"id":"x","type":"t","payload":{{}}}}',
-                CASE WHEN g % 500 = 0 THEN 'needs_action' WHEN g > 49900 THEN 'pending'
-                     ELSE 'succeeded' END,
-                'k' || g, now(), now() FROM generate_series(1, 50000) AS g'''
+            _insert_deliveries(
+                conn,
+                pg_schema,
+                50000,
+                status="CASE WHEN g % 500 = 0 THEN 'needs_action' WHEN g > 49900 THEN 'pending' "
+                "ELSE 'succeeded' END",
             )
             conn.execute(
                 f'''INSERT INTO "{pg_schema}".audit (delivery_id, destination, action, actor,
@@ -766,12 +778,11 @@ def test_a_rare_destinations_claim_skips_the_others_backlog(pg_dsn: str, pg_sche
     now = datetime.now(timezone.utc)
     try:
         with psycopg.connect(pg_dsn, autocommit=True) as conn:
-            conn.execute(
-                f'''INSERT INTO "{pg_schema}".deliveries (id, seq, event_id, destination, event,
-                status, idempotency_key, created_at, updated_at)
-                SELECT md5(g::text), g, 'e' || g, CASE WHEN g > 100000 THEN 'rare' ELSE 'pos' END,
-                '{{"id":"x","type":"t","payload":{{}}}}', 'pending', 'k' || g, now(), now()
-                FROM generate_series(1, 101000) AS g'''
+            _insert_deliveries(
+                conn,
+                pg_schema,
+                101000,
+                destination="CASE WHEN g > 100000 THEN 'rare' ELSE 'pos' END",
             )
             conn.execute(f'ANALYZE "{pg_schema}".deliveries')
         lease = {"now": now, "lease_until": now + timedelta(minutes=5), "worker": "w"}
