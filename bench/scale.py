@@ -27,10 +27,11 @@ How the rows are made (1M through the public API would take too long):
   own tables (column lists read from the database, so every column the store
   wrote is copied), with fresh values where rows must differ: delivery id
   (time-ordered, like the library's), event id (also inside the event JSON),
-  ordering key, a random idempotency key; each audit row and idempotency key
-  points at its copy. Afterwards SQLite checkpoints its WAL; PostgreSQL runs
-  ``VACUUM ANALYZE`` on the three tables (autovacuum is off on the bench
-  server, and a long-lived database would have been vacuumed);
+  ordering key (and SQLite's copy of it, ``open_key``), a random idempotency
+  key; each audit row and idempotency key points at its copy. Afterwards
+  SQLite checkpoints its WAL; PostgreSQL runs ``VACUUM ANALYZE`` on the
+  three tables (autovacuum is off on the bench server, and a long-lived
+  database would have been vacuumed);
 - memory: the depth is made with ``Dispatcher.submit_many``; the history
   with the store protocol: ``enqueue`` deliveries already in flight, then
   ``complete`` them (each with an audit record), and ``finish`` their keys.
@@ -245,6 +246,8 @@ class SQLiteScenario(SQLScenario):
             ),
             "idempotency_key": "lower(hex(randomblob(16)))",
         }
+        if d.get("open_key") is not None:  # schema 4: the key of an unfinished delivery
+            overrides["open_key"] = overrides["ordering_key"]
         with contextlib.closing(sqlite3.connect(self.path, isolation_level=None)) as conn:
             conn.execute("PRAGMA busy_timeout = 30000")
             for first in range(0, count, CHUNK):

@@ -24,8 +24,10 @@ SELECT COALESCE(MAX(seq), 0) FROM resilient_sync_deliveries;
 INSERT INTO resilient_sync_deliveries (
     id, event_id, destination, ordering_key, event, status, idempotency_key,
     attempts, next_attempt_at, due_at, last_error, error_category, result,
-    created_at, updated_at, lease_token, lease_owner, lease_expires_at
-) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)
+    created_at, updated_at, lease_token, lease_owner, lease_expires_at, open_key
+) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18,
+          CASE WHEN ?6 IN ('pending', 'in_flight', 'retry_scheduled', 'needs_action')
+               THEN ?4 END)
 ON CONFLICT DO NOTHING;
 
 -- name: inserted_since
@@ -61,10 +63,9 @@ WHERE d.due_at IS NOT NULL
        OR (NOT EXISTS (  -- an older unfinished delivery of the key
                SELECT 1 FROM resilient_sync_deliveries AS o
                WHERE o.destination = d.destination
-                 AND o.ordering_key = d.ordering_key
+                 AND o.open_key = d.ordering_key
                  AND o.seq < d.seq
-                 AND o.ordering_key IS NOT NULL
-                 AND o.status IN ('pending', 'in_flight', 'retry_scheduled', 'needs_action'))
+                 AND o.open_key IS NOT NULL)
            AND NOT EXISTS (  -- another delivery of the key in flight, even if expired
                -- (the conditions repeat resilient_sync_deliveries_key_in_flight's
                -- word for word, so that SQLite reads that small index)
@@ -110,6 +111,8 @@ SET status = ?1,
     result = CASE WHEN ?1 = 'succeeded' THEN ?6 ELSE result END,
     event = COALESCE(?7, event),
     ordering_key = CASE WHEN ?7 IS NULL THEN ordering_key ELSE ?8 END,
+    open_key = CASE WHEN ?1 IN ('pending', 'in_flight', 'retry_scheduled', 'needs_action')
+                    THEN CASE WHEN ?7 IS NULL THEN ordering_key ELSE ?8 END END,
     idempotency_key = COALESCE(?9, idempotency_key),
     attempts = attempts - ?10,
     lease_owner = NULL,
@@ -137,7 +140,9 @@ INSERT INTO resilient_sync_audit (
 UPDATE resilient_sync_deliveries
 SET status = ?1, next_attempt_at = ?2, due_at = ?3, attempts = ?4, event = ?5,
     ordering_key = ?6, idempotency_key = ?7, lease_owner = NULL, lease_expires_at = NULL,
-    updated_at = ?8
+    updated_at = ?8,
+    open_key = CASE WHEN ?1 IN ('pending', 'in_flight', 'retry_scheduled', 'needs_action')
+                    THEN ?6 END
 WHERE seq = ?9;
 
 -- ----------------------------------------------------------- destinations

@@ -38,6 +38,9 @@ CREATE TABLE resilient_sync_deliveries (
     lease_token      INTEGER NOT NULL DEFAULT 0,
     lease_owner      TEXT,
     lease_expires_at INTEGER,
+    -- ordering_key while the delivery is unfinished (PENDING, IN_FLIGHT,
+    -- RETRY_SCHEDULED, NEEDS_ACTION), NULL once finished (0004)
+    open_key         TEXT,
     UNIQUE (event_id, destination)
 );
 
@@ -47,11 +50,12 @@ CREATE INDEX resilient_sync_deliveries_due
     ON resilient_sync_deliveries (seq, due_at, destination)
     WHERE due_at IS NOT NULL;
 
--- claim: "is there an older unfinished delivery with my ordering key?"
+-- claim: "is there an older unfinished delivery with my ordering key?"; on
+-- open_key, which the claim does not change, so a claim writes no page of it
+-- (0004)
 CREATE INDEX resilient_sync_deliveries_key
-    ON resilient_sync_deliveries (destination, ordering_key, seq)
-    WHERE ordering_key IS NOT NULL
-      AND status IN ('pending', 'in_flight', 'retry_scheduled', 'needs_action');
+    ON resilient_sync_deliveries (destination, open_key, seq)
+    WHERE open_key IS NOT NULL;
 
 -- claim: "is another delivery with my ordering key in flight?" (a few rows)
 CREATE INDEX resilient_sync_deliveries_key_in_flight
