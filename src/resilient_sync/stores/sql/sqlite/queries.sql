@@ -26,8 +26,9 @@ INSERT INTO resilient_sync_deliveries (
     attempts, next_attempt_at, due_at, last_error, error_category, result,
     created_at, updated_at, lease_token, lease_owner, lease_expires_at, open_key
 ) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18,
-          CASE WHEN ?6 IN ('pending', 'in_flight', 'retry_scheduled', 'needs_action')
-               THEN ?4 END)
+          -- (ORs, not IN: an IN list builds a temporary table at every row)
+          CASE WHEN ?6 = 'pending' OR ?6 = 'in_flight' OR ?6 = 'retry_scheduled'
+                    OR ?6 = 'needs_action' THEN ?4 END)
 ON CONFLICT DO NOTHING;
 
 -- name: inserted_since
@@ -111,7 +112,8 @@ SET status = ?1,
     result = CASE WHEN ?1 = 'succeeded' THEN ?6 ELSE result END,
     event = COALESCE(?7, event),
     ordering_key = CASE WHEN ?7 IS NULL THEN ordering_key ELSE ?8 END,
-    open_key = CASE WHEN ?1 IN ('pending', 'in_flight', 'retry_scheduled', 'needs_action')
+    open_key = CASE WHEN ?1 = 'pending' OR ?1 = 'in_flight' OR ?1 = 'retry_scheduled'
+                         OR ?1 = 'needs_action'
                     THEN CASE WHEN ?7 IS NULL THEN ordering_key ELSE ?8 END END,
     idempotency_key = COALESCE(?9, idempotency_key),
     attempts = attempts - ?10,
@@ -141,8 +143,8 @@ UPDATE resilient_sync_deliveries
 SET status = ?1, next_attempt_at = ?2, due_at = ?3, attempts = ?4, event = ?5,
     ordering_key = ?6, idempotency_key = ?7, lease_owner = NULL, lease_expires_at = NULL,
     updated_at = ?8,
-    open_key = CASE WHEN ?1 IN ('pending', 'in_flight', 'retry_scheduled', 'needs_action')
-                    THEN ?6 END
+    open_key = CASE WHEN ?1 = 'pending' OR ?1 = 'in_flight' OR ?1 = 'retry_scheduled'
+                         OR ?1 = 'needs_action' THEN ?6 END
 WHERE seq = ?9;
 
 -- ----------------------------------------------------------- destinations
