@@ -16,7 +16,7 @@ import socket
 import threading
 import uuid
 from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -937,9 +937,11 @@ class Dispatcher(_BaseDispatcher, _SyncSubmitting):
                 close()
                 raise
 
-        pool = self._executor()
-        tasks = [pool.submit(work) for _ in range(min(self.concurrency, count))]
+        tasks: list[Future[None]] = []
         try:
+            pool = self._executor()
+            # (extend keeps the tasks submitted before a failing submit)
+            tasks.extend(pool.submit(work) for _ in range(min(self.concurrency, count)))
             for task in tasks:
                 task.result()
         except BaseException:

@@ -2,8 +2,8 @@
 -- index of the open deliveries by key. Its old condition named the status,
 -- so every claim (PENDING -> IN_FLIGHT) rewrote each claimed row's entry,
 -- and with many deliveries queued per key each entry sits on its own page:
--- at 1M queued (1,000 keys) a batch of 100 claims wrote 100 of its pages,
--- which made a keyed claim-and-complete cost 1.5x the one at 10k.
+-- at 1M queued (1,000 keys) a claim of 100 wrote 100 of its pages (of the
+-- 125 it wrote in all).
 -- open_key is the ordering key while the delivery is unfinished and NULL
 -- once it is finished: the statements that change the status set it, the
 -- claim does not touch it, and so the claim no longer writes this index.
