@@ -189,6 +189,66 @@ def test_a_file_of_schema_3_keeps_its_ordering_keys_after_migrating(
         queue.close()
 
 
+def test_a_process_refuses_to_write_once_a_newer_version_migrated_its_file(
+    db: Path, tmp_path: Path
+) -> None:
+    """A process that had the file open when a newer resilient_sync migrated
+    it must not go on writing rows in the old format (schema 4's claim reads
+    a column that older writers leave unset): each write is refused with what
+    to do, and nothing of it is written, submits joined to the caller's
+    transaction included."""
+    queue, idem = open_stores(f"sqlite:///{db}")
+    dispatcher = Dispatcher(queue, idem, [RecordingDestination("pos")])
+    dispatcher.submit(Event("before", "t", {}))
+    with sqlite3.connect(db) as newer:  # what a newer release's migration leaves
+        newer.execute("CREATE TABLE resilient_sync_future (a INTEGER)")
+        newer.execute(
+            "INSERT INTO resilient_sync_migrations VALUES (?, 'future', '2030-01-01T00:00:00Z')",
+            (len(migrations()) + 1,),
+        )
+    newer.close()
+    try:
+        with pytest.raises(StoreError, match=r"migrated the file to schema version") as info:
+            dispatcher.submit(Event("after", "t", {}))
+        assert "restart this process with the upgraded resilient_sync" in str(info.value)
+        assert "nothing was written" in str(info.value)
+        with pytest.raises(StoreError, match=r"migrated the file to schema version"):
+            dispatcher.run_once()
+        outbox = sqlite3.connect(db, isolation_level=None)
+        outbox.execute("BEGIN IMMEDIATE")
+        outbox.execute("CREATE TABLE orders (id INTEGER)")
+        with pytest.raises(StoreError, match=r"migrated the file to schema version"):
+            dispatcher.submit(Event("joined", "t", {}), transaction=outbox)
+        outbox.execute("COMMIT")  # the caller's own rows are theirs to keep
+        outbox.close()
+        with sqlite3.connect(db) as check:
+            rows = check.execute(
+                "SELECT event_id, status FROM resilient_sync_deliveries ORDER BY seq"
+            ).fetchall()
+            assert check.execute("SELECT COUNT(*) FROM orders").fetchone() == (0,)
+        check.close()
+        assert rows == [("before", "pending")]
+    finally:
+        queue.close()
+        idem.close()
+
+
+def test_the_applications_own_tables_in_the_file_do_not_stop_writes(db: Path) -> None:
+    """The check of a newer schema reads our migrations, not SQLite's schema
+    counter: the application creating its tables (the outbox) changes
+    nothing."""
+    queue, idem = open_stores(f"sqlite:///{db}")
+    dispatcher = Dispatcher(queue, idem, [RecordingDestination("pos")])
+    dispatcher.submit(Event("e1", "t", {}))
+    with sqlite3.connect(db) as app:
+        app.execute("CREATE TABLE orders (id INTEGER PRIMARY KEY)")
+    app.close()
+    dispatcher.submit(Event("e2", "t", {}))
+    assert dispatcher.run_until_idle().succeeded == 2
+    queue.close()
+    idem.close()
+
+
 def test_processes_racing_to_create_a_file_migrate_it_once(db: Path) -> None:
     script = textwrap.dedent(
         """
