@@ -53,7 +53,6 @@ from __future__ import annotations
 import builtins
 import contextlib
 import errno
-import functools
 import json
 import logging
 import os
@@ -203,7 +202,7 @@ def migrations() -> tuple[Migration, ...]:
     return tuple(found)
 
 
-@functools.cache
+@cache
 def latest_version() -> int:
     """The schema version this package writes (its last migration's)."""
     return migrations()[-1].version
