@@ -336,26 +336,39 @@ def test_the_pool_runs_up_to_concurrency_deliveries_at_once() -> None:
     assert active["max"] == 3
 
 
+class _Logged:
+    """A destination that logs the event ids it is called with (from any
+    thread), then runs ``then(event_id, calls so far)``."""
+
+    name = "pos"
+
+    def __init__(self, then: Any) -> None:
+        self.then = then
+        self.called: list[str] = []
+        self._lock = threading.Lock()
+
+    def deliver(self, e: Event, context: DeliveryContext) -> Any:
+        with self._lock:
+            self.called.append(e.id)
+            calls = len(self.called)
+        self.then(e.id, calls)
+        return None
+
+
 def test_an_interrupted_pooled_batch_records_what_finished_and_hands_back_the_rest() -> None:
     """Ctrl-C (or any BaseException) out of one delivery of a pooled batch: no
     thread starts another, what finished keeps its outcome, what never
     started is handed back unattempted, the interrupted one waits for its
     lease, and the interrupt reaches the caller."""
-    called: list[str] = []
-    lock = threading.Lock()
 
-    class Pos:
-        name = "pos"
+    def interrupt_at_e5(event_id: str, calls: int) -> None:
+        if event_id == "e5":
+            raise KeyboardInterrupt
+        time.sleep(0.002)
 
-        def deliver(self, e: Event, context: DeliveryContext) -> Any:
-            with lock:
-                called.append(e.id)
-            if e.id == "e5":
-                raise KeyboardInterrupt
-            time.sleep(0.002)
-            return None
-
-    h = harness(Pos(), concurrency=4, batch_size=40)
+    pos = _Logged(interrupt_at_e5)
+    called = pos.called
+    h = harness(pos, concurrency=4, batch_size=40)
     h.dispatcher.submit_many([event(f"e{i}") for i in range(40)])
     with pytest.raises(KeyboardInterrupt):
         h.dispatcher.run_once()
@@ -382,20 +395,14 @@ def test_an_interrupted_pooled_batch_records_what_finished_and_hands_back_the_re
 
 def test_a_stop_mid_batch_with_a_pool_starts_nothing_more() -> None:
     stop = threading.Event()
-    called: list[str] = []
-    lock = threading.Lock()
 
-    class Pos:
-        name = "pos"
+    def stop_at_the_third(event_id: str, calls: int) -> None:
+        if calls == 3:
+            stop.set()  # as a SIGTERM handler would
 
-        def deliver(self, e: Event, context: DeliveryContext) -> Any:
-            with lock:
-                called.append(e.id)
-                if len(called) == 3:
-                    stop.set()  # as a SIGTERM handler would
-            return None
-
-    h = harness(Pos(), concurrency=3, batch_size=30)
+    pos = _Logged(stop_at_the_third)
+    called = pos.called
+    h = harness(pos, concurrency=3, batch_size=30)
     h.dispatcher.submit_many([event(f"e{i}") for i in range(30)])
     report = h.dispatcher.run_forever(stop)
     assert report.succeeded == len(called) < 30

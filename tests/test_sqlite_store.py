@@ -16,19 +16,22 @@ import sys
 import textwrap
 import threading
 from collections.abc import Callable, Iterator
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 
 from resilient_sync import (
     AsyncDispatcher,
     Attempt,
+    Delivery,
     DeliveryStatus,
     Dispatcher,
     Event,
     IdempotencyStore,
+    InvalidEventError,
     QueueStore,
     StoreError,
 )
@@ -122,6 +125,16 @@ def test_a_file_from_a_newer_version_is_refused(db: Path) -> None:
     assert str(db) in str(info.value)
 
 
+def _succeeded(claimed: Delivery) -> Completion:
+    """The outcome "delivered" of a claimed delivery."""
+    return Completion(
+        delivery_id=claimed.id,
+        lease_token=claimed.lease_token,
+        status=DeliveryStatus.SUCCEEDED,
+        finished_at=T0,
+    )
+
+
 def test_a_file_of_schema_3_keeps_its_ordering_keys_after_migrating(
     db: Path, tmp_path: Path
 ) -> None:
@@ -139,16 +152,7 @@ def test_a_file_of_schema_3_keeps_its_ordering_keys_after_migrating(
         ]
     )
     (done,) = current.claim(now=T0, limit=1, lease_until=T0 + LEASE, worker="w")
-    current.complete(
-        [
-            Completion(
-                delivery_id=done.id,
-                lease_token=done.lease_token,
-                status=DeliveryStatus.SUCCEEDED,
-                finished_at=T0,
-            )
-        ]
-    )
+    current.complete([_succeeded(done)])
     with current._db.read("test") as conn:
         cur = conn.execute("SELECT * FROM resilient_sync_deliveries ORDER BY seq")
         names = [c[0] for c in cur.description if c[0] != "open_key"]
@@ -173,25 +177,14 @@ def test_a_file_of_schema_3_keeps_its_ordering_keys_after_migrating(
         claimed = queue.claim(now=clock.now(), limit=10, lease_until=T0 + LEASE, worker="w")
         assert [d.event.id for d in claimed] == ["a1", "b1"]
         a1 = claimed[0]
-        queue.complete(
-            [
-                Completion(
-                    delivery_id=a1.id,
-                    lease_token=a1.lease_token,
-                    status=DeliveryStatus.SUCCEEDED,
-                    finished_at=T0,
-                )
-            ]
-        )
+        queue.complete([_succeeded(a1)])
         again = queue.claim(now=clock.now(), limit=10, lease_until=T0 + LEASE, worker="w")
         assert [d.event.id for d in again] == ["a2"]
     finally:
         queue.close()
 
 
-def test_a_process_refuses_to_write_once_a_newer_version_migrated_its_file(
-    db: Path, tmp_path: Path
-) -> None:
+def test_a_process_refuses_to_write_once_a_newer_version_migrated_its_file(db: Path) -> None:
     """A process that had the file open when a newer resilient_sync migrated
     it must not go on writing rows in the old format (schema 4's claim reads
     a column that older writers leave unset): each write is refused with what
@@ -228,6 +221,61 @@ def test_a_process_refuses_to_write_once_a_newer_version_migrated_its_file(
             assert check.execute("SELECT COUNT(*) FROM orders").fetchone() == (0,)
         check.close()
         assert rows == [("before", "pending")]
+    finally:
+        queue.close()
+        idem.close()
+
+
+@pytest.mark.parametrize(
+    "key",
+    ["cust\x00-1", "cust-\ud800", "\x1b[31mcust\x1b[0m", "c" * 5_000_000],
+    ids=["nul", "lone-surrogate", "ansi-escape", "5MB"],
+)
+def test_a_hostile_ordering_key_never_reaches_the_open_key_index(db: Path, key: str) -> None:
+    """The ordering key is copied into ``open_key`` (schema 4): the one gate
+    for ids and keys refuses it before anything is written, through
+    ``submit()`` and through the store called directly, and the order of the
+    key's good deliveries is untouched."""
+    queue, idem = open_stores(f"sqlite:///{db}")
+    try:
+        dispatcher = Dispatcher(queue, idem, [RecordingDestination("pos")])
+        dispatcher.submit(Event("a1", "t", {}, ordering_key="cust-1"))
+        with pytest.raises(InvalidEventError, match="ordering_key") as info:
+            dispatcher.submit(Event("bad", "t", {}, ordering_key=key))
+        assert "\x1b" not in str(info.value)
+        assert len(str(info.value)) < 1000
+        with pytest.raises(InvalidEventError, match="ordering_key"):
+            queue.enqueue([make_delivery("bad", ordering_key=key)])
+        dispatcher.submit(Event("a2", "t", {}, ordering_key="cust-1"))
+        with queue._db.read("test") as conn:
+            rows = conn.execute(
+                "SELECT event_id, open_key FROM resilient_sync_deliveries ORDER BY seq"
+            ).fetchall()
+        assert rows == [("a1", "cust-1"), ("a2", "cust-1")]
+        later = datetime.now(timezone.utc) + timedelta(seconds=1)
+        claimed = queue.claim(now=later, limit=10, lease_until=later + LEASE, worker="w")
+        assert [d.event.id for d in claimed] == ["a1"]
+    finally:
+        queue.close()
+        idem.close()
+
+
+def test_the_refusal_after_a_newer_migration_shows_the_path_escaped(tmp_path: Path) -> None:
+    """The refusal names the file; a path holding an ESC is shown escaped,
+    never as a terminal control sequence."""
+    db = tmp_path / "sync\x1b[31m.db"
+    queue, idem = open_stores(f"sqlite:///{quote(str(db))}")
+    try:
+        with sqlite3.connect(db) as newer:
+            newer.execute(
+                "INSERT INTO resilient_sync_migrations VALUES (?, 'future', 'x')",
+                (len(migrations()) + 1,),
+            )
+        newer.close()
+        with pytest.raises(StoreError, match="migrated the file") as info:
+            Dispatcher(queue, idem, [RecordingDestination("pos")]).submit(Event("e", "t", {}))
+        assert "\x1b" not in str(info.value)
+        assert "\\x1b" in str(info.value)
     finally:
         queue.close()
         idem.close()
