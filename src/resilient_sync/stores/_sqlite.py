@@ -540,7 +540,7 @@ class _Database:
                     "(no resilient_sync_ tables); point --db at the queue's file"
                 )
             version = self._version(conn)
-            latest = migrations()[-1].version
+            latest = latest_version()
             if version != latest:
                 raise StoreError(
                     f"SQLite store {self.where!r}: its schema is at version {version}, this "
