@@ -71,34 +71,43 @@ _DECODE = json.JSONDecoder().decode
 
 
 class _Key:
-    """The open deliveries of one (destination, ordering key), oldest first,
-    and how many of them are in flight."""
+    """The open deliveries of one (destination, ordering key) and how many
+    of them are in flight. The oldest is found through a heap of their
+    ``seq`` (an entry of a delivery that left is dropped when it comes up),
+    so neither adding, removing nor finding the oldest costs more when many
+    deliveries wait behind one key."""
 
-    __slots__ = ("in_flight", "rows", "seqs")
+    __slots__ = ("heap", "in_flight", "members")
 
     def __init__(self) -> None:
-        self.rows: list[_Row] = []
-        self.seqs: list[int] = []
+        self.members: dict[int, _Row] = {}
+        self.heap: list[int] = []
         self.in_flight = 0
 
     def add(self, row: _Row) -> None:
-        index = bisect.bisect_left(self.seqs, row.seq)
-        if index < len(self.seqs) and self.seqs[index] == row.seq:
+        if row.seq in self.members:
             return
-        self.rows.insert(index, row)
-        self.seqs.insert(index, row.seq)
+        self.members[row.seq] = row
+        heapq.heappush(self.heap, row.seq)
         if row.status is DeliveryStatus.IN_FLIGHT:
             self.in_flight += 1
 
     def remove(self, row: _Row) -> bool:
-        index = bisect.bisect_left(self.seqs, row.seq)
-        if index == len(self.seqs) or self.rows[index] is not row:
+        if self.members.get(row.seq) is not row:
             return False
-        del self.rows[index]
-        del self.seqs[index]
+        del self.members[row.seq]
         if row.status is DeliveryStatus.IN_FLIGHT:
             self.in_flight -= 1
+        if len(self.heap) > 2 * len(self.members) + 16:  # mostly entries of rows gone
+            self.heap = sorted(self.members)
         return True
+
+    def head(self) -> _Row | None:
+        """The oldest open delivery of the key."""
+        heap, members = self.heap, self.members
+        while heap and heap[0] not in members:
+            heapq.heappop(heap)
+        return members[heap[0]] if heap else None
 
 
 class _Row:
@@ -261,7 +270,7 @@ class MemoryQueueStore:
             return True
         key = self._keys.get((row.destination, row.ordering_key))
         # the oldest open delivery of its key, and none of the key in flight
-        return key is not None and key.rows[0] is row and key.in_flight == 0
+        return key is not None and key.head() is row and key.in_flight == 0
 
     def _schedule(self, row: _Row) -> None:
         """Invalidate what is scheduled for ``row`` and schedule it anew if it can
@@ -287,8 +296,9 @@ class MemoryQueueStore:
             if ordering_key is None:
                 continue
             key = self._keys.get((row.destination, ordering_key))
-            if key is not None and key.rows[0] is not row:
-                self._schedule(key.rows[0])
+            head = None if key is None else key.head()
+            if head is not None and head is not row:
+                self._schedule(head)
 
     def _replace_event(self, row: _Row, event: Event, event_json: str) -> None:
         """A corrected event (it may carry another ordering key)."""
@@ -302,7 +312,7 @@ class MemoryQueueStore:
             return
         ident = (row.destination, row.ordering_key)
         key = self._keys.get(ident)
-        if key is not None and key.remove(row) and not key.rows:
+        if key is not None and key.remove(row) and not key.members:
             del self._keys[ident]
 
     def _join_key(self, row: _Row) -> None:
@@ -320,13 +330,23 @@ class MemoryQueueStore:
         """Change a row's status (and ``error``, its last error, unless the same),
         keeping the counts (by status and error category) and its key's membership."""
         self._count(row, -1)
-        if row.status in _OPEN:
+        key = None
+        if row.status in _OPEN and status in _OPEN and row.ordering_key is not None:
+            key = self._keys.get((row.destination, row.ordering_key))
+        stays = False
+        if key is not None and key.members.get(row.seq) is row:
+            # still open under the same key: only the key's in-flight count changes
+            stays = True
+            key.in_flight += (status is DeliveryStatus.IN_FLIGHT) - (
+                row.status is DeliveryStatus.IN_FLIGHT
+            )
+        elif row.status in _OPEN:
             self._leave_key(row)  # with its old status (the in-flight count)
         if error is not _SAME:
             row.last_error = error
         row.status = status
         self._count(row, 1)
-        if status in _OPEN:
+        if status in _OPEN and not stays:
             self._join_key(row)
 
     # -- writing ---------------------------------------------------------

@@ -1391,8 +1391,11 @@ class SQLiteQueueStore(_SQLiteStore):
         ids = json.dumps([c.delivery_id for c in completions])
         applied: builtins.list[bool] = []
         with self._writing("complete") as conn:
-            live = {row[0]: (row[1], row[2]) for row in conn.execute(Q.in_flight_tokens, (ids,))}
-            updates: builtins.list[tuple[Any, ...]] = []
+            live = {
+                row[0]: (row[1], row[2], row[3]) for row in conn.execute(Q.in_flight_tokens, (ids,))
+            }
+            keyed: builtins.list[tuple[Any, ...]] = []
+            unkeyed: builtins.list[tuple[Any, ...]] = []
             records: builtins.list[tuple[Any, ...]] = []
             finished = _Counts()
             for c, row, audit in zip(completions, rows, audits, strict=True):
@@ -1400,13 +1403,20 @@ class SQLiteQueueStore(_SQLiteStore):
                 ok = held is not None and held[0] == c.lease_token
                 if ok:
                     del live[c.delivery_id]  # the first outcome wins; a repeat is refused
-                    updates.append(row)
+                    # no ordering key before or after: the statement that leaves the
+                    # key columns (and their triggers) alone
+                    if held[2] is None and row[7] is None:  # type: ignore[index]
+                        unkeyed.append(row)
+                    else:
+                        keyed.append(row)
                     records.extend(audit)
                     if c.status in _FINAL:
                         finished.add(held[1], c.status, 1)  # type: ignore[index]
                 applied.append(ok)
-            if updates:
-                conn.executemany(Q.complete_delivery, updates)
+            if unkeyed:
+                conn.executemany(Q.complete_delivery_unkeyed, unkeyed)
+            if keyed:
+                conn.executemany(Q.complete_delivery, keyed)
             if records:
                 conn.executemany(Q.insert_audit, records)
             finished.write(conn)

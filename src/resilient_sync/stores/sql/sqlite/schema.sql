@@ -41,13 +41,19 @@ CREATE TABLE resilient_sync_deliveries (
     -- ordering_key while the delivery is unfinished (PENDING, IN_FLIGHT,
     -- RETRY_SCHEDULED, NEEDS_ACTION), NULL once finished (0004)
     open_key         TEXT,
+    -- 1: an older delivery of its ordering key was unfinished when this row
+    -- was written, so the claim need not read it; never 1 on the oldest
+    -- unfinished delivery of a key (the triggers below keep that) (0005)
+    key_waits        INTEGER NOT NULL DEFAULT 0,
     UNIQUE (event_id, destination)
 );
 
 -- claim: claimable rows in submission order; only rows that can become due
--- are in it, so finished deliveries cost the claim nothing
+-- are in it, so finished deliveries cost the claim nothing, and the claim
+-- reads only its key_waits = 0 part, so rows waiting behind their key cost
+-- it nothing either (0005)
 CREATE INDEX resilient_sync_deliveries_due
-    ON resilient_sync_deliveries (seq, due_at, destination)
+    ON resilient_sync_deliveries (key_waits, seq, due_at, destination)
     WHERE due_at IS NOT NULL;
 
 -- claim: "is there an older unfinished delivery with my ordering key?"; on
@@ -61,6 +67,47 @@ CREATE INDEX resilient_sync_deliveries_key
 CREATE INDEX resilient_sync_deliveries_key_in_flight
     ON resilient_sync_deliveries (destination, ordering_key)
     WHERE ordering_key IS NOT NULL AND status = 'in_flight';
+
+-- the flag key_waits: cleared on the next delivery of a key when one leaves it (0005)
+-- a delivery left its key (open_key went from the key to NULL or another key):
+-- the oldest unfinished delivery of the key may go
+CREATE TRIGGER resilient_sync_key_left
+AFTER UPDATE OF open_key ON resilient_sync_deliveries
+WHEN OLD.open_key IS NOT NULL AND NEW.open_key IS NOT OLD.open_key
+BEGIN
+    UPDATE resilient_sync_deliveries SET key_waits = 0
+    WHERE seq = (
+        SELECT o.seq FROM resilient_sync_deliveries AS o
+        WHERE o.destination = OLD.destination
+          AND o.open_key = OLD.open_key
+          AND o.open_key IS NOT NULL
+        ORDER BY o.seq
+        LIMIT 1)
+      AND key_waits = 1;
+END;
+-- a delivery joined a key again (an operator retried a finished one, or an
+-- edit moved it here): it may be the oldest of its key, so it never waits
+CREATE TRIGGER resilient_sync_key_joined
+AFTER UPDATE OF open_key ON resilient_sync_deliveries
+WHEN NEW.open_key IS NOT NULL AND NEW.open_key IS NOT OLD.open_key AND NEW.key_waits = 1
+BEGIN
+    UPDATE resilient_sync_deliveries SET key_waits = 0 WHERE seq = NEW.seq;
+END;
+-- an unfinished delivery removed (the purge removes finished ones only)
+CREATE TRIGGER resilient_sync_key_removed
+AFTER DELETE ON resilient_sync_deliveries
+WHEN OLD.open_key IS NOT NULL
+BEGIN
+    UPDATE resilient_sync_deliveries SET key_waits = 0
+    WHERE seq = (
+        SELECT o.seq FROM resilient_sync_deliveries AS o
+        WHERE o.destination = OLD.destination
+          AND o.open_key = OLD.open_key
+          AND o.open_key IS NOT NULL
+        ORDER BY o.seq
+        LIMIT 1)
+      AND key_waits = 1;
+END;
 
 -- the operator queue: list(status=NEEDS_ACTION) without scanning the history
 CREATE INDEX resilient_sync_deliveries_needs_action
