@@ -283,7 +283,7 @@ class PostgresKeyHeads(KeyHeadsMachine):
 
 KeyHeadsMachine.TestCase.settings = _settings(200)
 SQLiteKeyHeads.TestCase.settings = _settings(200)
-PostgresKeyHeads.TestCase.settings = _settings(10)
+PostgresKeyHeads.TestCase.settings = _settings(25)
 test_memory_key_heads = KeyHeadsMachine.TestCase
 test_sqlite_key_heads = SQLiteKeyHeads.TestCase
 test_postgres_key_heads = pytest.mark.postgres(PostgresKeyHeads.TestCase)

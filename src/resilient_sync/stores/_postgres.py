@@ -34,7 +34,7 @@ import logging
 import re
 import threading
 import uuid
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from datetime import datetime, timedelta, timezone
 from importlib import resources
 from typing import Any, TypeVar
@@ -772,23 +772,24 @@ class PostgresQueueStore(_PostgresBase):
         """Lock the ordering keys, insert, save the cursor and notify: one round
         trip (one statement when the enqueue is its own transaction, with no
         key to lock and no cursor; else one pipelined transaction)."""
-        locks = sorted(
+        keyed = sorted(
             {
-                _lock_id(self.schema, d.destination, d.event.ordering_key)
+                (d.destination, d.event.ordering_key)
                 for d in deliveries
                 if d.event.ordering_key is not None
             }
         )
         insert = self._cursor(conn)
-        if own_transaction and not locks and cursor is None and conn.autocommit:
+        if own_transaction and not keyed and cursor is None and conn.autocommit:
             params: dict[str, Any] = {**self._enqueue_params(deliveries), "channel": self.channel}
             insert.execute(self._queries["enqueue_and_notify"], params)
         else:
             transaction = conn.transaction() if own_transaction else contextlib.nullcontext()
             with conn.pipeline(), transaction:
-                if locks:
+                if keyed:
                     self._cursor(conn).execute(
-                        self._queries["lock_ordering_keys"], {"locks": locks}
+                        self._queries["lock_ordering_keys"],
+                        {"destinations": [d for d, _ in keyed], "keys": [k for _, k in keyed]},
                     )
                 if deliveries:
                     insert.execute(self._queries["enqueue"], self._enqueue_params(deliveries))
@@ -877,11 +878,14 @@ class PostgresQueueStore(_PostgresBase):
         }
 
         def lease(conn: Connection) -> builtins.list[Delivery]:
+            # one pipelined transaction: the claim's settings, then the claim,
             # unprepared: planned for these values every time (see queries.sql)
-            rows = (
-                self._cursor(conn).execute(self._queries["claim"], params, prepare=False).fetchall()
-            )
-            return [_delivery(row) for row in rows]
+            cur = self._cursor(conn)
+            idle = conn.info.transaction_status == IDLE
+            with conn.pipeline(), conn.transaction() if idle else contextlib.nullcontext():
+                self._cursor(conn).execute(self._queries["claim_settings"])
+                cur.execute(self._queries["claim"], params, prepare=False)
+            return [_delivery(row) for row in cur.fetchall()]
 
         return self._run("claim deliveries", lease, atomic=False, retry_conflicts=True)
 
@@ -902,14 +906,18 @@ class PostgresQueueStore(_PostgresBase):
             sent.append(c)
             index.append(len(sent))
         params = {**self._complete_params(sent), "channel": self.channel}
+        ids = {"ids": [c.delivery_id for c in sent]}
 
         tries = 0
 
         def apply(conn: Connection) -> set[int]:
             nonlocal tries
             tries += 1
-            rows = self._cursor(conn).execute(self._queries["complete"], params).fetchall()
-            return {row[0] for row in rows if row[0] is not None}
+            done = self._cursor(conn)
+            with conn.pipeline(), self._keys_locked(conn, ids):
+                self._cursor(conn).execute(self._queries["keys_handled"])
+                done.execute(self._queries["complete"], params)
+            return {row[0] for row in done.fetchall() if row[0] is not None}
 
         applied = self._run("complete deliveries", apply, atomic=False)
         if tries > 1 and len(applied) < len(sent):
@@ -976,6 +984,20 @@ class PostgresQueueStore(_PostgresBase):
             "records": _ROWS_ENCODE(records),
         }
 
+    @contextlib.contextmanager
+    def _keys_locked(self, conn: Connection, ids: dict[str, Any]) -> Iterator[None]:
+        """A transaction at READ COMMITTED holding the ordering-key locks of
+        the listed deliveries: what a statement that may let a key's next
+        delivery go runs in (see migration 0003). The transaction ``_run``
+        has just begun, or one of its own outside a transaction block; these
+        are its first statements either way."""
+        idle = conn.info.transaction_status == IDLE
+        with conn.transaction() if idle else contextlib.nullcontext():
+            cur = self._cursor(conn)
+            cur.execute(self._queries["read_committed"])
+            cur.execute(self._queries["lock_keys_of"], ids)
+            yield
+
     def transition(
         self,
         ids: Sequence[str],
@@ -1011,7 +1033,8 @@ class PostgresQueueStore(_PostgresBase):
 
         def move(conn: Connection) -> builtins.list[str]:
             cur = self._cursor(conn)
-            rows = cur.execute(self._queries["transition"], params).fetchall()
+            with self._keys_locked(conn, {"ids": wanted}):
+                rows = cur.execute(self._queries["transition"], params).fetchall()
             moved = {row[0]: _delivery(row) for row in rows}
             order = [i for i in wanted if i in moved]
             if order:

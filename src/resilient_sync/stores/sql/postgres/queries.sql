@@ -25,12 +25,38 @@ INSERT INTO {schema}.schema_migrations (version, name) VALUES (%(version)s, %(na
 SELECT to_regclass(%(table)s) IS NOT NULL;
 
 -- name: lock_ordering_keys
--- Serialises enqueues of one (destination, ordering_key) until commit, so that
--- `seq` order per key is also commit order: a claim that sees a delivery
--- also sees every older one of its key.
+-- Serialises the writers of one (destination, ordering_key) until commit:
+-- enqueues, so that `seq` order per key is also commit order (a claim that
+-- sees a delivery also sees every older one of its key), and the statements
+-- that let the next delivery of a key go (0003). Taken in one order, before
+-- the statement that writes, so that two writers of several keys never wait
+-- for each other in a circle.
 SELECT pg_advisory_xact_lock(k.lock)
-FROM unnest(%(locks)b::bigint[]) WITH ORDINALITY AS k(lock, ord)
-ORDER BY k.ord;
+FROM (SELECT DISTINCT {schema}.ordering_key_lock(u.destination, u.ordering_key) AS lock
+      FROM unnest(%(destinations)b::text[], %(keys)b::text[]) AS u(destination, ordering_key)
+     ) AS k
+ORDER BY k.lock;
+
+-- name: lock_keys_of
+-- lock_ordering_keys for the current keys of the listed deliveries (those
+-- that are unfinished and have one)
+SELECT pg_advisory_xact_lock(k.lock)
+FROM (SELECT DISTINCT {schema}.ordering_key_lock(d.destination, d.ordering_key) AS lock
+      FROM {schema}.deliveries AS d
+      WHERE d.id = ANY(%(ids)b::text[])
+        AND d.ordering_key IS NOT NULL
+        AND d.status IN ('pending', 'in_flight', 'retry_scheduled', 'needs_action')) AS k
+ORDER BY k.lock;
+
+-- name: keys_handled
+-- the complete statement lets the next delivery of each key it finishes go
+-- itself: the per-row trigger of 0003 stands aside in this transaction
+SELECT set_config('resilient_sync.keys_handled', 'on', true);
+
+-- name: read_committed
+-- the statements that let a key's next delivery go must see every commit
+-- before their lock (0003)
+SET TRANSACTION ISOLATION LEVEL READ COMMITTED;
 
 -- name: enqueue
 -- Insert new deliveries (a repeated id or (event id, destination) is skipped)
@@ -92,6 +118,20 @@ ON CONFLICT (source) DO UPDATE SET value = EXCLUDED.value;
 -- name: notify
 SELECT pg_notify(%(channel)s, '');
 
+-- name: claim_settings
+-- Sent before the claim, in its transaction. The claim walks each
+-- destination's deliveries through an index with a LIMIT, which costs a few
+-- milliseconds, but the planner prices each walk at what the whole index
+-- could cost, times every destination, and above jit_above_cost (100,000
+-- by default) it compiled the claim to machine code first: 45 ms of JIT
+-- for a claim that ran in 2 ms. And with every queued delivery under one
+-- ordering key (the statistics say so once analysed), it answered "is an
+-- older delivery of this key unfinished?" by a sequential scan that would
+-- stop at the first match, but the oldest delivery of a key has none, so
+-- it read the whole table: 20 ms per candidate at 100,000 rows. Every
+-- question the claim asks has an index; it never scans a table.
+SELECT set_config('jit', 'off', true), set_config('enable_seqscan', 'off', true);
+
 -- name: claim
 -- Lease up to %(limit)s due deliveries, oldest first, and write a
 -- "lease_expired" audit record for each one reclaimed from a worker whose
@@ -99,45 +139,86 @@ SELECT pg_notify(%(channel)s, '');
 -- older delivery of its (destination, key) is unfinished and none is in
 -- flight (an expired one is reclaimed first); rows another claimer holds are
 -- skipped, never waited for.
+-- Each destination asked for (or, for all of them, each destination with a
+-- claimable delivery, found by one descent of the index per name) that is
+-- neither paused nor held gives its oldest due deliveries through its part
+-- of deliveries_claim_heads, which returns them in seq order and leaves out
+-- those waiting behind their key (key_waits): no plan has to read or sort
+-- more rows than it hands out, whatever the planner's statistics say (a
+-- walk of all destinations at once was read whole and sorted while the
+-- statistics said the queue was nearly empty: 175 ms a claim at 100,000
+-- queued, against 3 ms).
 -- The store sends it unprepared (prepare=False): PostgreSQL plans it for the
 -- values at hand at every claim (about 1 ms). A reused generic plan, tried
 -- with the limit and the names written into the text, could not estimate
 -- how many rows are due (the time is a parameter): at depth it costed the
 -- claim at the whole index and JIT-compiled it, 1.3 s a claim at 100k
 -- waiting rows against 10 ms planned per call.
-WITH candidates AS (
-    SELECT d.id, d.status AS old_status, d.attempts AS old_attempts,
-           d.lease_owner AS old_owner, d.lease_expires_at AS old_expires_at
-    FROM {schema}.deliveries AS d
-    WHERE d.status IN ('pending', 'retry_scheduled', 'in_flight')
-      AND CASE WHEN d.status = 'in_flight'
-               THEN d.lease_expires_at <= %(now)s
-               ELSE d.next_attempt_at IS NULL OR d.next_attempt_at <= %(now)s END
-      AND (%(all_destinations)s OR d.destination = ANY(%(destinations)b::text[]))
-      AND NOT EXISTS (
-          SELECT 1 FROM {schema}.destinations AS x
-          WHERE x.name = d.destination AND (x.paused OR x.hold_until > %(now)s))
-      AND (d.ordering_key IS NULL
-           -- an expired in-flight delivery holds its key: it may always be reclaimed
-           OR d.status = 'in_flight'
-           OR (NOT EXISTS (  -- an older unfinished delivery of the key
-                   SELECT 1 FROM {schema}.deliveries AS o
-                   WHERE o.destination = d.destination
-                     AND o.ordering_key = d.ordering_key
-                     AND o.status IN ('pending', 'in_flight', 'retry_scheduled', 'needs_action')
-                     AND o.seq < d.seq)
-               AND NOT EXISTS (  -- another delivery of the key in flight, even if expired
-                   -- ("ordering_key IS NOT NULL" lets the planner read the partial
-                   -- index deliveries_one_in_flight_per_key, also when it hashes
-                   -- this subquery; without it, it scanned the whole table)
-                   SELECT 1 FROM {schema}.deliveries AS f
-                   WHERE f.destination = d.destination
-                     AND f.ordering_key = d.ordering_key
-                     AND f.ordering_key IS NOT NULL
-                     AND f.status = 'in_flight')))
-    ORDER BY d.seq
+WITH RECURSIVE open_destinations(name) AS (
+    (SELECT d.destination FROM {schema}.deliveries AS d
+     WHERE %(all_destinations)s
+       AND d.status IN ('pending', 'retry_scheduled', 'in_flight') AND NOT d.key_waits
+     ORDER BY d.destination
+     LIMIT 1)
+    UNION ALL
+    SELECT (SELECT d.destination FROM {schema}.deliveries AS d
+            WHERE d.status IN ('pending', 'retry_scheduled', 'in_flight') AND NOT d.key_waits
+              AND d.destination > o.name
+            ORDER BY d.destination
+            LIMIT 1)
+    FROM open_destinations AS o
+    WHERE o.name IS NOT NULL
+),
+names AS (
+    SELECT n.name
+    FROM (SELECT name FROM open_destinations WHERE name IS NOT NULL
+          UNION
+          SELECT unnest(%(destinations)b::text[])) AS n
+    WHERE NOT EXISTS (
+        SELECT 1 FROM {schema}.destinations AS x
+        WHERE x.name = n.name AND (x.paused OR x.hold_until > %(now)s))
+),
+candidates AS (
+    SELECT c.*
+    FROM names AS n CROSS JOIN LATERAL (
+        SELECT d.id, d.seq, d.status AS old_status, d.attempts AS old_attempts,
+               d.lease_owner AS old_owner, d.lease_expires_at AS old_expires_at
+        FROM {schema}.deliveries AS d
+        WHERE d.destination = n.name
+          AND d.status IN ('pending', 'retry_scheduled', 'in_flight')
+          AND NOT d.key_waits
+          AND CASE WHEN d.status = 'in_flight'
+                   THEN d.lease_expires_at <= %(now)s
+                   ELSE d.next_attempt_at IS NULL OR d.next_attempt_at <= %(now)s END
+          AND (d.ordering_key IS NULL
+               -- an expired in-flight delivery holds its key: it may always be reclaimed
+               OR d.status = 'in_flight'
+               OR (d.seq = (  -- the oldest unfinished delivery of its key
+                       -- (asked as "the first one", not "is there an older one":
+                       -- the planner priced a walk of the table in seq order up
+                       -- to this row as cheap as the key's index, and that walk
+                       -- read the whole history before the oldest delivery)
+                       SELECT o.seq FROM {schema}.deliveries AS o
+                       WHERE o.destination = d.destination
+                         AND o.ordering_key = d.ordering_key
+                         AND o.status IN ('pending', 'in_flight', 'retry_scheduled', 'needs_action')
+                       ORDER BY o.seq
+                       LIMIT 1)
+                   AND NOT EXISTS (  -- another delivery of the key in flight, even if expired
+                       -- ("ordering_key IS NOT NULL" lets the planner read the partial
+                       -- index deliveries_one_in_flight_per_key, also when it hashes
+                       -- this subquery; without it, it scanned the whole table)
+                       SELECT 1 FROM {schema}.deliveries AS f
+                       WHERE f.destination = d.destination
+                         AND f.ordering_key = d.ordering_key
+                         AND f.ordering_key IS NOT NULL
+                         AND f.status = 'in_flight')))
+        ORDER BY d.seq
+        LIMIT %(limit)s
+        FOR UPDATE OF d SKIP LOCKED
+    ) AS c
+    ORDER BY c.seq
     LIMIT %(limit)s
-    FOR UPDATE OF d SKIP LOCKED
 ),
 claimed AS (
     UPDATE {schema}.deliveries AS t
@@ -201,6 +282,12 @@ WITH c AS (
         json_array_elements_text(%(events)s::json)
     ) WITH ORDINALITY AS u(e, result, event, ci)
 ),
+-- the keyed deliveries as they were before this statement (its snapshot)
+before AS (
+    SELECT t.id, t.destination, t.ordering_key, t.seq
+    FROM {schema}.deliveries AS t JOIN c ON t.id = c.id
+    WHERE t.ordering_key IS NOT NULL AND t.status = 'in_flight' AND t.lease_token = c.token
+),
 applied AS (
     UPDATE {schema}.deliveries AS t
     SET status = c.status,
@@ -219,7 +306,25 @@ applied AS (
         updated_at = c.finished_at
     FROM c
     WHERE t.id = c.id AND t.status = 'in_flight' AND t.lease_token = c.token
-    RETURNING c.ci, c.status, t.destination
+    RETURNING c.ci, c.status, t.destination, t.id, t.ordering_key
+),
+-- a delivery that finished (or moved to another key) lets the next one of its
+-- key go (key_waits, 0003); the caller holds the keys' locks, so an enqueue of
+-- the key committed before this statement began, and its snapshot has it
+let_go AS (
+    UPDATE {schema}.deliveries AS u SET key_waits = false
+    FROM before AS b JOIN applied AS a ON a.id = b.id
+    WHERE (a.status IN ('succeeded', 'resolved', 'discarded')
+           OR a.ordering_key IS DISTINCT FROM b.ordering_key)
+      AND u.id = (
+          SELECT o.id FROM {schema}.deliveries AS o
+          WHERE o.destination = b.destination
+            AND o.ordering_key = b.ordering_key
+            AND o.status IN ('pending', 'in_flight', 'retry_scheduled', 'needs_action')
+            AND o.seq > b.seq
+          ORDER BY o.seq
+          LIMIT 1)
+      AND u.key_waits
 ),
 counted AS (
     INSERT INTO {schema}.finished_counts AS f (destination, status, shard, count)

@@ -11,7 +11,7 @@ CREATE TABLE {schema}.schema_migrations (
     applied_at timestamptz NOT NULL DEFAULT now()
 );
 INSERT INTO {schema}.schema_migrations (version, name) VALUES
-    (1, 'initial'), (2, 'retention_and_flat_reads');
+    (1, 'initial'), (2, 'retention_and_flat_reads'), (3, 'key_waits');
 
 CREATE SEQUENCE {schema}.delivery_seq;
 CREATE SEQUENCE {schema}.lease_tokens;
@@ -37,6 +37,10 @@ CREATE TABLE {schema}.deliveries (
     lease_token      bigint      NOT NULL DEFAULT 0,
     lease_owner      text,
     lease_expires_at timestamptz,
+    -- true: an older delivery of its ordering key was unfinished when this
+    -- row was written, so the claim need not read it; never true on the
+    -- oldest unfinished delivery of a key (the triggers below keep that) (0003)
+    key_waits        boolean     NOT NULL DEFAULT false,
     CONSTRAINT deliveries_event_destination_key UNIQUE (event_id, destination)
 );
 
@@ -123,3 +127,127 @@ CREATE TABLE {schema}.finished_counts (
     count       bigint   NOT NULL,
     PRIMARY KEY (destination, status, shard)
 );
+
+-- The claim's index and the key_waits flag's triggers (0003).
+-- the claim: per destination, in submission order, without the rows that wait
+-- behind their key
+CREATE INDEX deliveries_claim_heads ON {schema}.deliveries (destination, seq)
+    WHERE status IN ('pending', 'retry_scheduled', 'in_flight') AND NOT key_waits;
+
+-- the advisory lock of one (destination, ordering key) in this schema
+CREATE FUNCTION {schema}.ordering_key_lock(destination text, ordering_key text)
+RETURNS bigint LANGUAGE sql IMMUTABLE PARALLEL SAFE
+AS $$ SELECT hashtextextended(destination || chr(31) || ordering_key,
+                              hashtextextended('{schema}', 0)) $$;
+
+-- a new delivery waits if an older one of its key is unfinished; only under
+-- READ COMMITTED, where the check after the lock sees every commit before it
+-- (under a stricter isolation the snapshot may predate one: it never waits)
+CREATE FUNCTION {schema}.deliveries_key_waits_on_insert()
+RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.status NOT IN ('pending', 'retry_scheduled') THEN
+        NEW.key_waits := false;
+        RETURN NEW;
+    END IF;
+    PERFORM pg_advisory_xact_lock({schema}.ordering_key_lock(NEW.destination, NEW.ordering_key));
+    -- (ordered and limited, so that deliveries_open_by_key answers it: a plan
+    -- that stops at the first match may read the whole history first)
+    NEW.key_waits := current_setting('transaction_isolation') = 'read committed'
+        AND EXISTS (
+            SELECT 1 FROM {schema}.deliveries AS o
+            WHERE o.destination = NEW.destination
+              AND o.ordering_key = NEW.ordering_key
+              AND o.status IN ('pending', 'in_flight', 'retry_scheduled', 'needs_action')
+            ORDER BY o.destination, o.ordering_key, o.seq
+            LIMIT 1);
+    RETURN NEW;
+END
+$$;
+
+CREATE TRIGGER deliveries_key_waits_insert
+BEFORE INSERT ON {schema}.deliveries
+FOR EACH ROW WHEN (NEW.ordering_key IS NOT NULL)
+EXECUTE FUNCTION {schema}.deliveries_key_waits_on_insert();
+
+-- the delivery p_seq left (destination, ordering key): the next unfinished
+-- delivery of the key may go (if p_seq was the oldest, that one is the oldest
+-- now; if not, the oldest never waited, and letting one more go costs only a
+-- read). The lock waits for an insert of the key still in progress, and the
+-- update after it (a new snapshot under READ COMMITTED) sees that insert.
+-- The row comparison bounds deliveries_open_by_key from the leaving row on:
+-- no other index can answer it, so no plan walks the table in seq order.
+CREATE FUNCTION {schema}.key_head_may_go(
+    p_destination text, p_ordering_key text, p_seq bigint)
+RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_advisory_xact_lock({schema}.ordering_key_lock(p_destination, p_ordering_key));
+    IF current_setting('transaction_isolation') <> 'read committed' THEN
+        RAISE EXCEPTION 'a delivery with an ordering key left its key in a transaction at '
+            'isolation level %; resilient_sync needs READ COMMITTED there, or the next '
+            'delivery of the key could go on waiting', current_setting('transaction_isolation');
+    END IF;
+    UPDATE {schema}.deliveries SET key_waits = false
+    WHERE id = (
+        SELECT o.id FROM {schema}.deliveries AS o
+        WHERE o.destination = p_destination
+          AND o.ordering_key = p_ordering_key
+          AND o.status IN ('pending', 'in_flight', 'retry_scheduled', 'needs_action')
+          AND (o.destination, o.ordering_key, o.seq) > (p_destination, p_ordering_key, p_seq)
+        ORDER BY o.destination, o.ordering_key, o.seq
+        LIMIT 1)
+      AND key_waits;
+END
+$$;
+
+-- a delivery that joins a key again (re-sent, or moved here by an edit) may be
+-- its oldest: it never waits
+CREATE FUNCTION {schema}.deliveries_key_joined()
+RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    NEW.key_waits := false;
+    RETURN NEW;
+END
+$$;
+
+CREATE TRIGGER deliveries_key_joined
+BEFORE UPDATE ON {schema}.deliveries
+FOR EACH ROW WHEN (
+    NEW.key_waits
+    AND NEW.ordering_key IS NOT NULL
+    AND NEW.status IN ('pending', 'in_flight', 'retry_scheduled', 'needs_action')
+    AND (OLD.status NOT IN ('pending', 'in_flight', 'retry_scheduled', 'needs_action')
+         OR OLD.ordering_key IS DISTINCT FROM NEW.ordering_key))
+EXECUTE FUNCTION {schema}.deliveries_key_joined();
+
+-- a delivery left its key (it finished, moved to another key, or was deleted).
+-- The library's statements took the key's lock before they wrote (in one
+-- order, so that writers of several keys never wait for each other in a
+-- circle); another writer takes it here. The completion of a batch lets the
+-- next deliveries go in its own statement, all at once (a row at a time
+-- here cost five times as much), and says so for its transaction with
+-- resilient_sync.keys_handled.
+CREATE FUNCTION {schema}.deliveries_key_left()
+RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM {schema}.key_head_may_go(OLD.destination, OLD.ordering_key, OLD.seq);
+    RETURN NULL;
+END
+$$;
+
+CREATE TRIGGER deliveries_key_left
+AFTER UPDATE ON {schema}.deliveries
+FOR EACH ROW WHEN (
+    current_setting('resilient_sync.keys_handled', true) IS DISTINCT FROM 'on'
+    AND OLD.ordering_key IS NOT NULL
+    AND OLD.status IN ('pending', 'in_flight', 'retry_scheduled', 'needs_action')
+    AND (NEW.status NOT IN ('pending', 'in_flight', 'retry_scheduled', 'needs_action')
+         OR NEW.ordering_key IS DISTINCT FROM OLD.ordering_key))
+EXECUTE FUNCTION {schema}.deliveries_key_left();
+
+CREATE TRIGGER deliveries_key_removed
+AFTER DELETE ON {schema}.deliveries
+FOR EACH ROW WHEN (
+    OLD.ordering_key IS NOT NULL
+    AND OLD.status IN ('pending', 'in_flight', 'retry_scheduled', 'needs_action'))
+EXECUTE FUNCTION {schema}.deliveries_key_left();
