@@ -40,11 +40,11 @@ CATALOG = {
     "migrations": "SELECT version, name FROM {schema}.schema_migrations ORDER BY version",
     "triggers": """
         SELECT event_object_table, trigger_name, action_timing, event_manipulation,
-               action_orientation, action_statement
+               action_orientation, action_condition, action_statement
         FROM information_schema.triggers WHERE trigger_schema = %(s)s
         ORDER BY 1, 2, 4""",
     "functions": """
-        SELECT p.proname, pg_get_function_result(p.oid)
+        SELECT p.proname, pg_get_functiondef(p.oid)
         FROM pg_proc AS p WHERE p.pronamespace = to_regnamespace(%(s)s)
         ORDER BY 1""",
 }

@@ -101,6 +101,8 @@ _MIGRATION_FILE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 _RECONNECT_RETRIES = 3
 #: How often a claim is retried when it lost a race for an ordering key.
 _CONFLICT_RETRIES = 5
+#: how many times a transaction PostgreSQL rolled back to break a deadlock is sent again
+_DEADLOCK_RETRIES = 3
 IDLE = psycopg.pq.TransactionStatus.IDLE
 
 
@@ -453,7 +455,7 @@ class _PostgresBase:
         repeated is refused by its fencing token, an enqueue repeated inserts
         nothing new, the idempotency calls and reads are idempotent).
         """
-        lost = conflicts = 0
+        lost = conflicts = deadlocks = 0
         while True:
             if self._closed:
                 raise StoreError(f"{self!r} is closed; cannot {action}")
@@ -488,6 +490,22 @@ class _PostgresBase:
                     and conflicts < _CONFLICT_RETRIES
                 ):
                     conflicts += 1
+                    continue
+                if (
+                    isinstance(exc, psycopg.errors.DeadlockDetected)
+                    and deadlocks < _DEADLOCK_RETRIES
+                ):
+                    # PostgreSQL broke a wait in a circle (the ordering-key locks of
+                    # an application's transaction taken in another order) by
+                    # rolling this transaction back: nothing of it was written
+                    deadlocks += 1
+                    logger.warning(
+                        "%s: deadlock on %s, rolled back; trying again (%d of %d)",
+                        action,
+                        self._where,
+                        deadlocks,
+                        _DEADLOCK_RETRIES,
+                    )
                     continue
                 if isinstance(exc, PoolTimeout):
                     raise self._error(action, exc, why=self._why_no_connection()) from exc
@@ -533,6 +551,8 @@ class _PostgresBase:
 
         def apply(conn: Connection) -> None:
             cur = self._cursor(conn)
+            # a backfill must see every commit before the migration's lock
+            cur.execute(self._queries["read_committed"])
             cur.execute(
                 self._queries["migration_lock"],
                 {"lock": _lock_id("resilient_sync", "migrate", self.schema)},
@@ -906,7 +926,10 @@ class PostgresQueueStore(_PostgresBase):
             sent.append(c)
             index.append(len(sent))
         params = {**self._complete_params(sent), "channel": self.channel}
-        ids = {"ids": [c.delivery_id for c in sent]}
+        ids = {
+            "ids": [c.delivery_id for c in sent],
+            "keys": [None if c.event is None else c.event.ordering_key for c in sent],
+        }
 
         tries = 0
 
@@ -1033,7 +1056,8 @@ class PostgresQueueStore(_PostgresBase):
 
         def move(conn: Connection) -> builtins.list[str]:
             cur = self._cursor(conn)
-            with self._keys_locked(conn, {"ids": wanted}):
+            moved_to = None if event is None else event.ordering_key
+            with self._keys_locked(conn, {"ids": wanted, "keys": [moved_to] * len(wanted)}):
                 rows = cur.execute(self._queries["transition"], params).fetchall()
             moved = {row[0]: _delivery(row) for row in rows}
             order = [i for i in wanted if i in moved]

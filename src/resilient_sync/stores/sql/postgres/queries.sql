@@ -39,13 +39,19 @@ ORDER BY k.lock;
 
 -- name: lock_keys_of
 -- lock_ordering_keys for the current keys of the listed deliveries (those
--- that are unfinished and have one)
+-- that are unfinished and have one) and the keys they move to (keys, one
+-- per id, NULL for none: a corrected or edited event's), all in one order
 SELECT pg_advisory_xact_lock(k.lock)
 FROM (SELECT DISTINCT {schema}.ordering_key_lock(d.destination, d.ordering_key) AS lock
       FROM {schema}.deliveries AS d
       WHERE d.id = ANY(%(ids)b::text[])
         AND d.ordering_key IS NOT NULL
-        AND d.status IN ('pending', 'in_flight', 'retry_scheduled', 'needs_action')) AS k
+        AND d.status IN ('pending', 'in_flight', 'retry_scheduled', 'needs_action')
+      UNION
+      SELECT {schema}.ordering_key_lock(d.destination, u.ordering_key)
+      FROM unnest(%(ids)b::text[], %(keys)b::text[]) AS u(id, ordering_key)
+      JOIN {schema}.deliveries AS d ON d.id = u.id
+      WHERE u.ordering_key IS NOT NULL) AS k
 ORDER BY k.lock;
 
 -- name: keys_handled
@@ -193,17 +199,9 @@ candidates AS (
           AND (d.ordering_key IS NULL
                -- an expired in-flight delivery holds its key: it may always be reclaimed
                OR d.status = 'in_flight'
-               OR (d.seq = (  -- the oldest unfinished delivery of its key
-                       -- (asked as "the first one", not "is there an older one":
-                       -- the planner priced a walk of the table in seq order up
-                       -- to this row as cheap as the key's index, and that walk
-                       -- read the whole history before the oldest delivery)
-                       SELECT o.seq FROM {schema}.deliveries AS o
-                       WHERE o.destination = d.destination
-                         AND o.ordering_key = d.ordering_key
-                         AND o.status IN ('pending', 'in_flight', 'retry_scheduled', 'needs_action')
-                       ORDER BY o.seq
-                       LIMIT 1)
+               OR (d.seq = {schema}.key_head_seq(d.destination, d.ordering_key, NULL)
+                   -- (the oldest unfinished delivery of its key, through the key's
+                   -- index alone: see key_head_seq in 0003)
                    AND NOT EXISTS (  -- another delivery of the key in flight, even if expired
                        -- ("ordering_key IS NOT NULL" lets the planner read the partial
                        -- index deliveries_one_in_flight_per_key, also when it hashes
@@ -316,14 +314,9 @@ let_go AS (
     FROM before AS b JOIN applied AS a ON a.id = b.id
     WHERE (a.status IN ('succeeded', 'resolved', 'discarded')
            OR a.ordering_key IS DISTINCT FROM b.ordering_key)
-      AND u.id = (
-          SELECT o.id FROM {schema}.deliveries AS o
-          WHERE o.destination = b.destination
-            AND o.ordering_key = b.ordering_key
-            AND o.status IN ('pending', 'in_flight', 'retry_scheduled', 'needs_action')
-            AND o.seq > b.seq
-          ORDER BY o.seq
-          LIMIT 1)
+      -- the key's oldest unfinished delivery but the one that left (this
+      -- statement's snapshot still shows it unfinished)
+      AND u.seq = {schema}.key_head_seq(b.destination, b.ordering_key, b.id)
       AND u.key_waits
 ),
 counted AS (
@@ -612,20 +605,17 @@ FROM {schema}.deliveries WHERE id = ANY(%(ids)b::text[]);
 -- a due time or a lease expiry. Deliveries that wait for something else (a
 -- paused destination, an older delivery of their ordering key) are left
 -- out, so an idle worker does not spin on them; a held destination's
--- deliveries count from the end of the hold.
+-- deliveries count from the end of the hold. Those marked as waiting behind
+-- their key (key_waits) are not even read.
 SELECT min(CASE WHEN d.status = 'in_flight' THEN d.lease_expires_at
                 ELSE greatest(d.next_attempt_at, x.hold_until) END)
 FROM {schema}.deliveries AS d
 LEFT JOIN {schema}.destinations AS x ON x.name = d.destination
 WHERE d.status IN ('pending', 'retry_scheduled', 'in_flight')
+  AND NOT d.key_waits
   AND (d.status = 'in_flight' OR x.paused IS NOT TRUE)
   AND (d.status = 'in_flight' OR d.ordering_key IS NULL OR (
-      NOT EXISTS (
-          SELECT 1 FROM {schema}.deliveries AS o
-          WHERE o.destination = d.destination
-            AND o.ordering_key = d.ordering_key
-            AND o.status IN ('pending', 'in_flight', 'retry_scheduled', 'needs_action')
-            AND o.seq < d.seq)
+      d.seq = {schema}.key_head_seq(d.destination, d.ordering_key, NULL)
       AND NOT EXISTS (  -- the in-flight one's lease expiry counts instead
           SELECT 1 FROM {schema}.deliveries AS f
           WHERE f.destination = d.destination

@@ -140,6 +140,27 @@ RETURNS bigint LANGUAGE sql IMMUTABLE PARALLEL SAFE
 AS $$ SELECT hashtextextended(destination || chr(31) || ordering_key,
                               hashtextextended('{schema}', 0)) $$;
 
+-- The seq of the oldest unfinished delivery of (destination, ordering key)
+-- other than the one with id p_not (NULL: none). Asked as the first entry of
+-- deliveries_open_by_key from (destination, key) on, with no condition on
+-- the columns alone: only that index returns rows in this order, so no plan
+-- walks the table in seq order instead (with the statistics saying one key
+-- holds every delivery, "is there an older one?" was planned as such a walk,
+-- which read the whole history before the oldest delivery of the key).
+CREATE FUNCTION {schema}.key_head_seq(p_destination text, p_ordering_key text, p_not text)
+RETURNS bigint LANGUAGE sql STABLE
+AS $$
+    SELECT CASE WHEN h.destination = p_destination AND h.ordering_key = p_ordering_key
+                THEN h.seq END
+    FROM (SELECT o.destination, o.ordering_key, o.seq FROM {schema}.deliveries AS o
+          WHERE (o.destination, o.ordering_key, o.seq) >= (p_destination, p_ordering_key, -1)
+            AND o.ordering_key IS NOT NULL
+            AND o.status IN ('pending', 'in_flight', 'retry_scheduled', 'needs_action')
+            AND o.id IS DISTINCT FROM p_not
+          ORDER BY o.destination, o.ordering_key, o.seq
+          LIMIT 1) AS h
+$$;
+
 -- a new delivery waits if an older one of its key is unfinished; only under
 -- READ COMMITTED, where the check after the lock sees every commit before it
 -- (under a stricter isolation the snapshot may predate one: it never waits)
@@ -151,16 +172,9 @@ BEGIN
         RETURN NEW;
     END IF;
     PERFORM pg_advisory_xact_lock({schema}.ordering_key_lock(NEW.destination, NEW.ordering_key));
-    -- (ordered and limited, so that deliveries_open_by_key answers it: a plan
-    -- that stops at the first match may read the whole history first)
     NEW.key_waits := current_setting('transaction_isolation') = 'read committed'
-        AND EXISTS (
-            SELECT 1 FROM {schema}.deliveries AS o
-            WHERE o.destination = NEW.destination
-              AND o.ordering_key = NEW.ordering_key
-              AND o.status IN ('pending', 'in_flight', 'retry_scheduled', 'needs_action')
-            ORDER BY o.destination, o.ordering_key, o.seq
-            LIMIT 1);
+        AND coalesce({schema}.key_head_seq(NEW.destination, NEW.ordering_key, NEW.id) < NEW.seq,
+                     false);
     RETURN NEW;
 END
 $$;
@@ -170,15 +184,10 @@ BEFORE INSERT ON {schema}.deliveries
 FOR EACH ROW WHEN (NEW.ordering_key IS NOT NULL)
 EXECUTE FUNCTION {schema}.deliveries_key_waits_on_insert();
 
--- the delivery p_seq left (destination, ordering key): the next unfinished
--- delivery of the key may go (if p_seq was the oldest, that one is the oldest
--- now; if not, the oldest never waited, and letting one more go costs only a
--- read). The lock waits for an insert of the key still in progress, and the
+-- a delivery left (destination, ordering key): its oldest unfinished delivery
+-- may go. The lock waits for an insert of the key still in progress, and the
 -- update after it (a new snapshot under READ COMMITTED) sees that insert.
--- The row comparison bounds deliveries_open_by_key from the leaving row on:
--- no other index can answer it, so no plan walks the table in seq order.
-CREATE FUNCTION {schema}.key_head_may_go(
-    p_destination text, p_ordering_key text, p_seq bigint)
+CREATE FUNCTION {schema}.key_head_may_go(p_destination text, p_ordering_key text)
 RETURNS void LANGUAGE plpgsql AS $$
 BEGIN
     PERFORM pg_advisory_xact_lock({schema}.ordering_key_lock(p_destination, p_ordering_key));
@@ -188,24 +197,25 @@ BEGIN
             'delivery of the key could go on waiting', current_setting('transaction_isolation');
     END IF;
     UPDATE {schema}.deliveries SET key_waits = false
-    WHERE id = (
-        SELECT o.id FROM {schema}.deliveries AS o
-        WHERE o.destination = p_destination
-          AND o.ordering_key = p_ordering_key
-          AND o.status IN ('pending', 'in_flight', 'retry_scheduled', 'needs_action')
-          AND (o.destination, o.ordering_key, o.seq) > (p_destination, p_ordering_key, p_seq)
-        ORDER BY o.destination, o.ordering_key, o.seq
-        LIMIT 1)
-      AND key_waits;
+    WHERE seq = {schema}.key_head_seq(p_destination, p_ordering_key, NULL) AND key_waits;
 END
 $$;
 
--- a delivery that joins a key again (re-sent, or moved here by an edit) may be
--- its oldest: it never waits
+-- a delivery that joins a key again (re-sent, or moved here by an edit or a
+-- corrected event) waits if an older one of the key is unfinished, as a new
+-- one does (a re-sent backlog passes under the claim again); in flight, or
+-- at a stricter isolation, it never waits
 CREATE FUNCTION {schema}.deliveries_key_joined()
 RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    NEW.key_waits := false;
+    IF NEW.status NOT IN ('pending', 'retry_scheduled')
+       OR current_setting('transaction_isolation') <> 'read committed' THEN
+        NEW.key_waits := false;
+        RETURN NEW;
+    END IF;
+    PERFORM pg_advisory_xact_lock({schema}.ordering_key_lock(NEW.destination, NEW.ordering_key));
+    NEW.key_waits := coalesce(
+        {schema}.key_head_seq(NEW.destination, NEW.ordering_key, NEW.id) < NEW.seq, false);
     RETURN NEW;
 END
 $$;
@@ -213,8 +223,7 @@ $$;
 CREATE TRIGGER deliveries_key_joined
 BEFORE UPDATE ON {schema}.deliveries
 FOR EACH ROW WHEN (
-    NEW.key_waits
-    AND NEW.ordering_key IS NOT NULL
+    NEW.ordering_key IS NOT NULL
     AND NEW.status IN ('pending', 'in_flight', 'retry_scheduled', 'needs_action')
     AND (OLD.status NOT IN ('pending', 'in_flight', 'retry_scheduled', 'needs_action')
          OR OLD.ordering_key IS DISTINCT FROM NEW.ordering_key))
@@ -230,7 +239,7 @@ EXECUTE FUNCTION {schema}.deliveries_key_joined();
 CREATE FUNCTION {schema}.deliveries_key_left()
 RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    PERFORM {schema}.key_head_may_go(OLD.destination, OLD.ordering_key, OLD.seq);
+    PERFORM {schema}.key_head_may_go(OLD.destination, OLD.ordering_key);
     RETURN NULL;
 END
 $$;

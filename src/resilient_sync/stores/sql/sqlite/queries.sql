@@ -328,9 +328,11 @@ VALUES (?1, ?2, ?3)
 ON CONFLICT (destination, status) DO UPDATE SET count = count + excluded.count;
 
 -- name: next_due
+-- (not the deliveries marked as waiting behind their key: time alone does
+-- not release them)
 SELECT MIN(CASE WHEN status = 'in_flight' THEN lease_expires_at ELSE next_attempt_at END)
 FROM resilient_sync_deliveries
-WHERE due_at IS NOT NULL;
+WHERE key_waits = 0 AND due_at IS NOT NULL;
 
 -- ------------------------------------------------------------ idempotency
 

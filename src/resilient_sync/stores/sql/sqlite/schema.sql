@@ -85,13 +85,23 @@ BEGIN
         LIMIT 1)
       AND key_waits = 1;
 END;
--- a delivery joined a key again (an operator retried a finished one, or an
--- edit moved it here): it may be the oldest of its key, so it never waits
+-- a delivery joined a key (an operator sent a finished one again, or an edit
+-- or a corrected event moved it here): it waits if an older delivery of the
+-- key is unfinished, as a new one does, so a backlog sent again passes under
+-- the claim again
 CREATE TRIGGER resilient_sync_key_joined
 AFTER UPDATE OF open_key ON resilient_sync_deliveries
-WHEN NEW.open_key IS NOT NULL AND NEW.open_key IS NOT OLD.open_key AND NEW.key_waits = 1
+WHEN NEW.open_key IS NOT NULL AND NEW.open_key IS NOT OLD.open_key
 BEGIN
-    UPDATE resilient_sync_deliveries SET key_waits = 0 WHERE seq = NEW.seq;
+    UPDATE resilient_sync_deliveries SET key_waits = (
+        (NEW.status = 'pending' OR NEW.status = 'retry_scheduled')
+        AND EXISTS (
+            SELECT 1 FROM resilient_sync_deliveries AS o
+            WHERE o.destination = NEW.destination
+              AND o.open_key = NEW.open_key
+              AND o.seq < NEW.seq
+              AND o.open_key IS NOT NULL))
+    WHERE seq = NEW.seq;
 END;
 -- an unfinished delivery removed (the purge removes finished ones only)
 CREATE TRIGGER resilient_sync_key_removed
