@@ -199,9 +199,17 @@ candidates AS (
           AND (d.ordering_key IS NULL
                -- an expired in-flight delivery holds its key: it may always be reclaimed
                OR d.status = 'in_flight'
-               OR (d.seq = {schema}.key_head_seq(d.destination, d.ordering_key, NULL)
-                   -- (the oldest unfinished delivery of its key, through the key's
-                   -- index alone: see key_head_seq in 0003)
+               -- the oldest unfinished delivery of its key (the first entry of the
+               -- key's index; asked as key_head_seq in 0003 asks it)
+               OR ((d.destination, d.ordering_key, d.seq) = (
+                       SELECT o.destination, o.ordering_key, o.seq
+                       FROM {schema}.deliveries AS o
+                       WHERE (o.destination, o.ordering_key, o.seq)
+                             >= (d.destination, d.ordering_key, -1)
+                         AND o.ordering_key IS NOT NULL
+                         AND o.status IN ('pending', 'in_flight', 'retry_scheduled', 'needs_action')
+                       ORDER BY o.destination, o.ordering_key, o.seq
+                       LIMIT 1)
                    AND NOT EXISTS (  -- another delivery of the key in flight, even if expired
                        -- ("ordering_key IS NOT NULL" lets the planner read the partial
                        -- index deliveries_one_in_flight_per_key, also when it hashes
@@ -280,12 +288,6 @@ WITH c AS (
         json_array_elements_text(%(events)s::json)
     ) WITH ORDINALITY AS u(e, result, event, ci)
 ),
--- the keyed deliveries as they were before this statement (its snapshot)
-before AS (
-    SELECT t.id, t.destination, t.ordering_key, t.seq
-    FROM {schema}.deliveries AS t JOIN c ON t.id = c.id
-    WHERE t.ordering_key IS NOT NULL AND t.status = 'in_flight' AND t.lease_token = c.token
-),
 applied AS (
     UPDATE {schema}.deliveries AS t
     SET status = c.status,
@@ -302,21 +304,33 @@ applied AS (
         lease_owner = NULL,
         lease_expires_at = NULL,
         updated_at = c.finished_at
-    FROM c
+    -- p: the delivery as it was before this statement (its ordering key)
+    FROM c JOIN {schema}.deliveries AS p ON p.id = c.id
     WHERE t.id = c.id AND t.status = 'in_flight' AND t.lease_token = c.token
-    RETURNING c.ci, c.status, t.destination, t.id, t.ordering_key
+    RETURNING c.ci, c.status, t.destination, t.id, t.ordering_key, p.ordering_key AS old_key
 ),
 -- a delivery that finished (or moved to another key) lets the next one of its
 -- key go (key_waits, 0003); the caller holds the keys' locks, so an enqueue of
 -- the key committed before this statement began, and its snapshot has it
 let_go AS (
     UPDATE {schema}.deliveries AS u SET key_waits = false
-    FROM before AS b JOIN applied AS a ON a.id = b.id
-    WHERE (a.status IN ('succeeded', 'resolved', 'discarded')
-           OR a.ordering_key IS DISTINCT FROM b.ordering_key)
+    FROM applied AS a
+    WHERE a.old_key IS NOT NULL
+      AND (a.status IN ('succeeded', 'resolved', 'discarded')
+           OR a.ordering_key IS DISTINCT FROM a.old_key)
       -- the key's oldest unfinished delivery but the one that left (this
-      -- statement's snapshot still shows it unfinished)
-      AND u.seq = {schema}.key_head_seq(b.destination, b.ordering_key, b.id)
+      -- statement's snapshot still shows it unfinished), asked as
+      -- key_head_seq in 0003 asks it
+      AND u.destination = a.destination
+      AND u.ordering_key = a.old_key
+      AND u.seq = (
+          SELECT o.seq FROM {schema}.deliveries AS o
+          WHERE (o.destination, o.ordering_key, o.seq) >= (a.destination, a.old_key, -1)
+            AND o.ordering_key IS NOT NULL
+            AND o.status IN ('pending', 'in_flight', 'retry_scheduled', 'needs_action')
+            AND o.id <> a.id
+          ORDER BY o.destination, o.ordering_key, o.seq
+          LIMIT 1)
       AND u.key_waits
 ),
 counted AS (
@@ -615,7 +629,14 @@ WHERE d.status IN ('pending', 'retry_scheduled', 'in_flight')
   AND NOT d.key_waits
   AND (d.status = 'in_flight' OR x.paused IS NOT TRUE)
   AND (d.status = 'in_flight' OR d.ordering_key IS NULL OR (
-      d.seq = {schema}.key_head_seq(d.destination, d.ordering_key, NULL)
+      (d.destination, d.ordering_key, d.seq) = (  -- the key's oldest (see the claim)
+          SELECT o.destination, o.ordering_key, o.seq
+          FROM {schema}.deliveries AS o
+          WHERE (o.destination, o.ordering_key, o.seq) >= (d.destination, d.ordering_key, -1)
+            AND o.ordering_key IS NOT NULL
+            AND o.status IN ('pending', 'in_flight', 'retry_scheduled', 'needs_action')
+          ORDER BY o.destination, o.ordering_key, o.seq
+          LIMIT 1)
       AND NOT EXISTS (  -- the in-flight one's lease expiry counts instead
           SELECT 1 FROM {schema}.deliveries AS f
           WHERE f.destination = d.destination
