@@ -8,15 +8,18 @@
 -- delivery of its key was unfinished when it was written. The claim still
 -- checks every row it reads as before; the flag may be false on a row that
 -- waits (that costs a read), but never true on the oldest unfinished row of
--- a key (that would hide it). The insert trigger sets it; the triggers below
--- clear it on the next row of a key when a delivery leaves the key (it
--- finishes, an edit moves it to another key, it is deleted), and on a
--- delivery that joins a key again. Their conditions are checked for each
--- row before any function runs, so deliveries without a key, and claims,
--- which keep a delivery in its key, cost nothing more. Writers of
--- one key take one advisory lock (ordering_key_lock), so that a delivery
--- marked as waiting behind one that is finishing at that moment is seen by
--- the statement that lets the next one go.
+-- a key (that would hide it). The insert trigger sets it, and so does the
+-- update trigger on a delivery that joins a key (sent again, or moved there
+-- by an edit or a corrected event); when a delivery leaves its key (it
+-- finishes, moves to another key, is deleted), the key's oldest unfinished
+-- delivery is let go: by the completion statement itself for a batch (see
+-- queries.sql), by the triggers below for every other writer. Their
+-- conditions are checked for each row before any function runs, so
+-- deliveries without a key, and claims, which keep a delivery in its key,
+-- cost nothing more. Writers of one key take one advisory lock
+-- (ordering_key_lock), so that a delivery marked as waiting behind one that
+-- is finishing at that moment is seen by the statement that lets the next
+-- one go.
 --
 -- 2. Planned right whatever the statistics say. The claim walked the
 -- claimable rows of all destinations in seq order, and a planner whose

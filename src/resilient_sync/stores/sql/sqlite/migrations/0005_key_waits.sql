@@ -7,9 +7,11 @@
 -- written. The claim reads only the key_waits = 0 part of its index, and
 -- still checks every row it reads as before: the flag may be 0 on a row that
 -- waits (that costs a read), but never 1 on the oldest unfinished row of a
--- key (that would hide it). The insert sets the flag; the triggers below
--- clear it on the next row of a key when a delivery leaves the key (it
--- finishes, or an edit moves it to another key), whichever statement does it.
+-- key (that would hide it). The insert sets the flag; the triggers below let
+-- the key's oldest unfinished delivery go when a delivery leaves the key (it
+-- finishes, an edit moves it to another key, it is deleted) and set the flag
+-- of a delivery that joins a key (sent again, or moved there), whichever
+-- statement does it.
 ALTER TABLE resilient_sync_deliveries ADD COLUMN key_waits INTEGER NOT NULL DEFAULT 0;
 UPDATE resilient_sync_deliveries AS d SET key_waits = 1
 WHERE d.open_key IS NOT NULL
