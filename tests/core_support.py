@@ -28,6 +28,18 @@ POLICY = RetryPolicy(
 )
 
 
+def every_delivery(queue: Any) -> list[Delivery]:
+    """Every delivery of ``queue``, in submission order (walks every page)."""
+    out: list[Delivery] = []
+    cursor: str | None = None
+    while True:
+        page = queue.list(limit=100, cursor=cursor)
+        out.extend(page.items)
+        if page.next_cursor is None:
+            return out
+        cursor = page.next_cursor
+
+
 @attrs.define
 class Harness:
     """A dispatcher on memory stores with a fake clock, and an operator on the same queue."""
@@ -50,14 +62,7 @@ class Harness:
 
     def all(self) -> list[Delivery]:
         """Every delivery, in submission order (walks every page)."""
-        out: list[Delivery] = []
-        cursor: str | None = None
-        while True:
-            page = self.queue.list(limit=100, cursor=cursor)
-            out.extend(page.items)
-            if page.next_cursor is None:
-                return out
-            cursor = page.next_cursor
+        return every_delivery(self.queue)
 
     def status(self, event_id: str, destination: str | None = None) -> DeliveryStatus:
         return self.delivery(event_id, destination).status

@@ -24,11 +24,12 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, settings
+from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
-from fuzz_strategies import LONG, LONG_FACTOR
+from core_support import every_delivery
+from fuzz_strategies import LONG, fuzz_settings
 from resilient_sync import Attempt, Delivery, DeliveryStatus, Event
 from resilient_sync.stores import Completion, MemoryQueueStore, open_stores
 from resilient_sync.testing.contract import LEASE, T0, make_delivery
@@ -103,14 +104,7 @@ class KeyHeadsMachine(RuleBasedStateMachine):
             shutil.rmtree(self.tmp, ignore_errors=True)
 
     def rows(self) -> list[Delivery]:
-        out: list[Delivery] = []
-        cursor = None
-        while True:
-            page = self.queue.list(limit=100, cursor=cursor)
-            out.extend(page.items)
-            if page.next_cursor is None:
-                return out
-            cursor = page.next_cursor
+        return every_delivery(self.queue)
 
     def audit(self, action: str) -> Attempt:
         return Attempt(
@@ -272,14 +266,7 @@ class KeyHeadsMachine(RuleBasedStateMachine):
 
 
 def _settings(examples: int) -> settings:
-    return settings(
-        max_examples=examples * LONG_FACTOR if LONG else examples,
-        stateful_step_count=50 if LONG else 30,
-        deadline=None,
-        derandomize=not LONG,
-        database=None if not LONG else settings.default.database,
-        suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
-    )
+    return fuzz_settings(examples, stateful_step_count=50 if LONG else 30)
 
 
 class SQLiteKeyHeads(KeyHeadsMachine):
