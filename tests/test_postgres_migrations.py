@@ -136,3 +136,101 @@ def test_a_schema_newer_than_the_library_is_refused(pg_dsn: str, pg_schema: str)
         )
     with pytest.raises(StoreError, match="newer than this resilient_sync knows"):
         PostgresQueueStore(pg_dsn, schema=pg_schema)
+
+
+def test_a_schema_2_queue_keeps_its_ordering_keys_after_migrating(
+    pg_dsn: str, pg_schema: str
+) -> None:
+    """Schema 3 marks the deliveries waiting behind their ordering key: a
+    queue written by the release before it (schema 2), with keys parked,
+    in flight and waiting, is marked as if written today, and each key goes
+    on in order."""
+    from datetime import datetime, timedelta, timezone
+
+    from resilient_sync import Attempt, DeliveryStatus
+    from resilient_sync.stores import Completion
+    from resilient_sync.stores._postgres import PostgresQueueStore, _load_queries, migrations
+
+    q = _load_queries(pg_schema)
+    s = f'"{pg_schema}"'
+    now = datetime.now(timezone.utc)
+    rows = [  # (event id, destination, key, status)
+        ("a0", "pos", "A", "succeeded"),
+        ("a1", "pos", "A", "needs_action"),
+        ("a2", "pos", "A", "pending"),
+        ("a3", "pos", "A", "retry_scheduled"),
+        ("b1", "pos", "B", "in_flight"),  # its worker died: the lease has run out
+        ("b2", "pos", "B", "pending"),
+        ("c1", "crm", "A", "pending"),  # the same key at another destination
+        ("u1", "pos", None, "pending"),
+    ]
+    with admin_connection() as conn:
+        conn.execute(q["bootstrap"])
+        for version, name, text in migrations(pg_schema)[:2]:
+            conn.execute(text)
+            conn.execute(q["record_migration"], {"version": version, "name": name})
+        for seq, (event_id, destination, key, status) in enumerate(rows, start=1):
+            conn.execute(
+                f"""INSERT INTO {s}.deliveries (id, seq, event_id, destination, ordering_key,
+                event, status, idempotency_key, attempts, created_at, updated_at, lease_token,
+                lease_owner, lease_expires_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, 1, %s,
+                %s, %s, %s, %s)""",
+                [
+                    f"id-{event_id}",
+                    seq,
+                    event_id,
+                    destination,
+                    key,
+                    f'{{"id": "{event_id}", "type": "t", "payload": {{}}, "ordering_key": '
+                    + ("null" if key is None else f'"{key}"')
+                    + "}",
+                    status,
+                    f"k-{event_id}",
+                    now,
+                    now,
+                    7 if status == "in_flight" else 0,
+                    "dead-worker" if status == "in_flight" else None,
+                    now - timedelta(minutes=1) if status == "in_flight" else None,
+                ],
+            )
+        conn.execute(f"SELECT setval('{pg_schema}.delivery_seq', 100)")
+
+    queue = PostgresQueueStore(pg_dsn, schema=pg_schema)  # migrates to the newest
+    try:
+        with admin_connection() as conn:
+            flags = dict(conn.execute(f"SELECT event_id, key_waits FROM {s}.deliveries"))
+        assert {e for e, waits in flags.items() if waits} == {"a2", "a3", "b2"}
+
+        def claim() -> list[Any]:
+            lease = now + timedelta(minutes=5)
+            return list(queue.claim(now=now, limit=10, lease_until=lease, worker="w"))
+
+        first = claim()
+        assert sorted(d.event.id for d in first) == ["b1", "c1", "u1"]
+        b1 = next(d for d in first if d.event.id == "b1")
+        done = Completion(
+            delivery_id=b1.id,
+            lease_token=b1.lease_token,
+            status=DeliveryStatus.SUCCEEDED,
+            finished_at=now,
+        )
+        assert queue.complete([done]) == [True]
+        assert [d.event.id for d in claim()] == ["b2"]
+        resolved = queue.transition(
+            ["id-a1"],
+            from_status={DeliveryStatus.NEEDS_ACTION},
+            to_status=DeliveryStatus.RESOLVED,
+            audit=Attempt(
+                delivery_id=None,
+                destination="",
+                action="resolve",
+                actor="operator",
+                started_at=now,
+                finished_at=now,
+            ),
+            now=now,
+        )
+        assert resolved == ["id-a1"]
+        assert [d.event.id for d in claim()] == ["a2"]  # a3 waits for a2 in turn
+    finally:
+        queue.close()
