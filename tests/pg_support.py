@@ -20,9 +20,12 @@ import selectors
 import socket
 import threading
 import uuid
+from datetime import datetime, timezone
 from typing import Any
 
 import pytest
+
+from resilient_sync import Attempt
 
 PG_DSN = os.environ.get("RESILIENT_SYNC_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 IN_CI = os.environ.get("CI", "").lower() == "true"
@@ -169,3 +172,16 @@ class TcpProxy:
         self._stop.set()
         self._thread.join(5)
         self._listener.close()
+
+
+def operator_audit(action: str, at: datetime | None = None) -> Attempt:
+    """The audit record template of an operator's action (for ``transition``)."""
+    when = at if at is not None else datetime(2024, 1, 1, tzinfo=timezone.utc)
+    return Attempt(
+        delivery_id=None,
+        destination="",
+        action=action,
+        actor="ops",
+        started_at=when,
+        finished_at=when,
+    )

@@ -14,6 +14,7 @@ from pg_support import (
     admin_connection,
     drop_schema,
     new_schema_name,
+    operator_audit,
 )
 from resilient_sync import StoreError
 
@@ -147,7 +148,7 @@ def test_a_schema_2_queue_keeps_its_ordering_keys_after_migrating(
     on in order."""
     from datetime import datetime, timedelta, timezone
 
-    from resilient_sync import Attempt, DeliveryStatus
+    from resilient_sync import DeliveryStatus
     from resilient_sync.stores import Completion
     from resilient_sync.stores._postgres import PostgresQueueStore, _load_queries, migrations
 
@@ -220,14 +221,7 @@ def test_a_schema_2_queue_keeps_its_ordering_keys_after_migrating(
             ["id-a1"],
             from_status={DeliveryStatus.NEEDS_ACTION},
             to_status=DeliveryStatus.RESOLVED,
-            audit=Attempt(
-                delivery_id=None,
-                destination="",
-                action="resolve",
-                actor="operator",
-                started_at=now,
-                finished_at=now,
-            ),
+            audit=operator_audit("resolve", now),
             now=now,
         )
         assert resolved == ["id-a1"]

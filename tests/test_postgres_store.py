@@ -18,11 +18,11 @@ import pytest
 from pg_support import (
     PG_DSN,
     admin_connection,
+    operator_audit,
     terminate_backends,
     with_params,
 )
 from resilient_sync import (
-    Attempt,
     Delivery,
     DeliveryStatus,
     Dispatcher,
@@ -56,17 +56,6 @@ def claim(queue: Any, worker: str = "w1", limit: int = 10, at: datetime = T0) ->
         now=at, limit=limit, lease_until=at + timedelta(seconds=60), worker=worker
     )
     return result
-
-
-def operator_audit(action: str) -> Attempt:
-    return Attempt(
-        delivery_id=None,
-        destination="",
-        action=action,
-        actor="ops",
-        started_at=T0,
-        finished_at=T0,
-    )
 
 
 # -- packaging ----------------------------------------------------------------------
