@@ -189,6 +189,66 @@ def test_a_lone_surrogate_handed_to_a_sql_store_is_refused_by_name(stores: Pair)
     assert queue.attempts(row.id) == before
 
 
+@pytest.mark.parametrize(
+    "key",
+    ["cust\x00-1", "cust-\ud800", "\x1b[31mcust\x1b[0m", "c" * 5_000_000],
+    ids=["nul", "lone-surrogate", "ansi-escape", "5MB"],
+)
+@pytest.mark.parametrize("how", ["corrected by complete", "edited by transition"])
+def test_a_replacing_event_with_a_hostile_ordering_key_is_refused_by_every_store(
+    stores: Pair, key: str, how: str
+) -> None:
+    """A corrected or edited event replaces the stored one, and its ordering
+    key steers the ordering of its key (the key_waits flags, the key locks):
+    handed to a store directly, it meets the same gate as an enqueue, and
+    nothing is written. The key's deliveries go on in order."""
+    from pg_support import operator_audit
+    from resilient_sync import InvalidEventError
+    from resilient_sync.stores import Completion
+    from resilient_sync.testing.contract import LEASE, T0, make_delivery
+
+    queue, _ = stores
+    queue.enqueue([make_delivery("e1", ordering_key="A"), make_delivery("e2", ordering_key="A")])
+    (held,) = queue.claim(now=T0, limit=5, lease_until=T0 + LEASE, worker="w")
+    hostile = Event("e1", "customer.created", {"id": "e1"}, ordering_key=key)
+    waiting = next(d for d in queue.list().items if d.event.id == "e2")
+    corrected = Completion(
+        delivery_id=held.id,
+        lease_token=held.lease_token,
+        status=DeliveryStatus.RETRY_SCHEDULED,
+        finished_at=T0,
+        next_attempt_at=T0,
+        event=hostile,
+    )
+    replace = {
+        "corrected by complete": lambda: queue.complete([corrected]),
+        "edited by transition": lambda: queue.transition(
+            [waiting.id],
+            from_status=[DeliveryStatus.PENDING],
+            to_status=DeliveryStatus.PENDING,
+            audit=operator_audit("edit"),
+            now=T0,
+            event=hostile,
+        ),
+    }[how]
+    with pytest.raises(InvalidEventError, match=r"ordering_key.*nothing was written") as info:
+        replace()
+    assert info.value.field == "ordering_key"
+    assert "\x1b" not in str(info.value)
+    assert len(str(info.value)) < 1000
+    rows = [(d.event.id, d.status, d.event.ordering_key) for d in queue.list().items]
+    assert rows == [("e1", DeliveryStatus.IN_FLIGHT, "A"), ("e2", DeliveryStatus.PENDING, "A")]
+    done = Completion(
+        delivery_id=held.id,
+        lease_token=held.lease_token,
+        status=DeliveryStatus.SUCCEEDED,
+        finished_at=T0,
+    )
+    assert queue.complete([done]) == [True]
+    claimed = queue.claim(now=T0, limit=5, lease_until=T0 + LEASE, worker="w")
+    assert [d.event.id for d in claimed] == ["e2"]
+
+
 def test_text_the_client_encoding_lacks_is_not_called_a_surrogate() -> None:
     """The store's encoding error names the character and, for a LATIN1
     client encoding, says so rather than blaming a lone surrogate."""

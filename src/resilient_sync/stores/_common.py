@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextvars
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
@@ -12,7 +12,14 @@ from typing import Any
 import attrs
 
 from .._errors import InvalidEventError
-from .._json import check_json, event_keys, event_to_json, identifier_problem, ids_look_fine
+from .._json import (
+    check_event,
+    check_json,
+    event_keys,
+    event_to_json,
+    identifier_problem,
+    ids_look_fine,
+)
 from .._model import Attempt, Delivery
 
 __all__ = [
@@ -144,6 +151,26 @@ def check_deliveries(deliveries: Sequence[Delivery], *, payloads: bool = True) -
                 )
         if payloads:
             _check_event_fields(event)
+
+
+def check_new_events(events: Iterable[Any]) -> None:
+    """Refuse, before anything is written, an event that replaces a stored
+    one (a corrected event in a ``Completion``, an edited one in
+    ``transition``) and that ``submit()`` would refuse: ids and keys that are
+    not printable text or are too long (a NUL, an ESC, a lone surrogate, a
+    5 MB ordering key), a payload that is not JSON. The dispatcher and the
+    operator check these events already; a store called directly holds to
+    the same rules, as ``check_deliveries`` does for ``enqueue``. ``None``
+    (no replacement) passes. Raises :class:`InvalidEventError`."""
+    for event in events:
+        if event is None:
+            continue
+        try:
+            check_event(event)
+        except InvalidEventError as exc:
+            raise InvalidEventError(
+                f"the replacing event: {exc}; nothing was written", field=exc.field
+            ) from exc
 
 
 def invalid_payload(d: Delivery, exc: Exception) -> InvalidEventError:

@@ -37,6 +37,7 @@ from .._model import (
 )
 from ._common import (
     check_deliveries,
+    check_new_events,
     check_page_args,
     checked_event_json,
     decode_cursor,
@@ -495,6 +496,7 @@ class MemoryQueueStore:
             return claimed
 
     def complete(self, completions: Sequence[Completion]) -> builtins.list[bool]:
+        check_new_events(c.event for c in completions)
         events = [
             (c.event, checked_event_json(_as_delivery(c.event))) if c.event is not None else None
             for c in completions
@@ -557,6 +559,7 @@ class MemoryQueueStore:
         idempotency_key: str | None = None,
         if_unchanged: Delivery | None = None,
     ) -> builtins.list[str]:
+        check_new_events([event])
         replacement = (event, checked_event_json(_as_delivery(event))) if event else None
         with self._lock:
             moved: builtins.list[str] = []

@@ -74,6 +74,7 @@ from .._model import (
 from .._redact import redact
 from ._common import (
     check_deliveries,
+    check_new_events,
     check_page_args,
     checked_event_json,
     decode_cursor,
@@ -914,6 +915,7 @@ class PostgresQueueStore(_PostgresBase):
         completions = list(completions)
         if not completions:
             return []
+        check_new_events(c.event for c in completions)
         sent: builtins.list[Completion] = []
         index: builtins.list[int | None] = []  # per completion: its 1-based row in `sent`
         seen: set[tuple[str, int]] = set()
@@ -1035,6 +1037,7 @@ class PostgresQueueStore(_PostgresBase):
         if_unchanged: Delivery | None = None,
     ) -> builtins.list[str]:
         """See :meth:`resilient_sync.QueueStore.transition`."""
+        check_new_events([event])
         wanted = list(dict.fromkeys(ids))
         if not wanted:
             return []

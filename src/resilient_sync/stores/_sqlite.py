@@ -92,6 +92,7 @@ from .._model import (
 )
 from ._common import (
     check_deliveries,
+    check_new_events,
     check_page_args,
     checked_event_json,
     decode_cursor,
@@ -1386,6 +1387,7 @@ class SQLiteQueueStore(_SQLiteStore):
         """See :meth:`QueueStore.complete`: one transaction, fenced by lease token."""
         if not completions:
             return []
+        check_new_events(c.event for c in completions)
         rows = [_completion_row(c) for c in completions]
         audits = [[_audit_row(a) for a in c.audit] for c in completions]
         ids = json.dumps([c.delivery_id for c in completions])
@@ -1439,6 +1441,7 @@ class SQLiteQueueStore(_SQLiteStore):
         if_unchanged: Delivery | None = None,
     ) -> builtins.list[str]:
         """See :meth:`QueueStore.transition`: one transaction."""
+        check_new_events([event])
         allowed = frozenset(from_status)
         moved: builtins.list[str] = []
         now_us = _us(now)
