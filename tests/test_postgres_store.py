@@ -1006,6 +1006,73 @@ def test_a_burst_is_claimed_through_the_index_whatever_the_statistics(
         queue.close()
 
 
+@pytest.mark.parametrize("analysed", [False, True])
+def test_a_completion_reads_only_the_deliveries_it_completes_whatever_the_statistics(
+    pg_dsn: str, pg_schema: str, analysed: bool
+) -> None:
+    """20,000 deliveries queued, 100 of them claimed: the statement that
+    records their outcomes finds each by its id. Before autovacuum had
+    analysed the burst, the planner believed few deliveries were open and
+    found the 100 in flight by reading every open one through a bitmap of
+    ``deliveries_claimable``; analysed while few were in flight, it read the
+    whole table. Either way it kept 100 of the 20,000 rows it read (11 ms a
+    batch), a cost that grew with the queue."""
+    import psycopg
+
+    from resilient_sync import Attempt, DeliveryStatus
+    from resilient_sync.stores import Completion
+    from resilient_sync.stores._postgres import PostgresQueueStore
+
+    queue = PostgresQueueStore(pg_dsn, schema=pg_schema)
+    now = datetime.now(timezone.utc)
+    try:
+        with psycopg.connect(pg_dsn, autocommit=True) as conn:
+            _insert_deliveries(conn, pg_schema, 20000)
+            if analysed:
+                conn.execute(f'ANALYZE "{pg_schema}".deliveries')
+        claimed = queue.claim(
+            now=now, limit=100, lease_until=now + timedelta(minutes=5), worker="w"
+        )
+        assert len(claimed) == 100
+        done = [
+            Completion(
+                delivery_id=d.id,
+                lease_token=d.lease_token,
+                status=DeliveryStatus.SUCCEEDED,
+                finished_at=now,
+                audit=(
+                    Attempt(
+                        delivery_id=d.id,
+                        destination=d.destination,
+                        action="deliver",
+                        actor="worker:w",
+                        started_at=now,
+                        finished_at=now,
+                        number=1,
+                        outcome=DeliveryStatus.SUCCEEDED,
+                    ),
+                ),
+            )
+            for d in claimed
+        ]
+        params = {**queue._complete_params(done), "channel": queue.channel}
+        with psycopg.connect(pg_dsn, autocommit=True) as conn:
+            with conn.transaction(force_rollback=True):
+                conn.execute(queue._queries["complete_settings"])
+                rows = conn.execute(
+                    "EXPLAIN (ANALYZE, TIMING OFF) " + queue._queries["complete"], params
+                ).fetchall()
+        plan = "\n".join(row[0] for row in rows)
+        assert "Index Scan using deliveries_pkey on deliveries t " in plan, plan
+        assert "Bitmap Heap Scan on deliveries" not in plan, plan
+        assert "Seq Scan on deliveries" not in plan, plan
+        removed = [int(n) for n in re.findall(r"Rows Removed by (?:Join )?Filter: (\d+)", plan)]
+        assert sum(removed) < 1000, plan  # the 100 among 20,000 open ones: 19,900
+        assert queue.complete(done) == [True] * 100
+    finally:
+        queue.close()
+
+
 @pytest.mark.parametrize("history", [False, True])
 def test_a_claim_reads_none_of_the_deliveries_waiting_behind_one_key(
     pg_dsn: str, pg_schema: str, history: bool

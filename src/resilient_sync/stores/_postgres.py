@@ -940,7 +940,7 @@ class PostgresQueueStore(_PostgresBase):
             tries += 1
             done = self._cursor(conn)
             with conn.pipeline(), self._keys_locked(conn, ids):
-                self._cursor(conn).execute(self._queries["keys_handled"])
+                self._cursor(conn).execute(self._queries["complete_settings"])
                 done.execute(self._queries["complete"], params)
             return {row[0] for row in done.fetchall() if row[0] is not None}
 
