@@ -1056,12 +1056,14 @@ def test_a_completion_reads_only_the_deliveries_it_completes_whatever_the_statis
             for d in claimed
         ]
         params = {**queue._complete_params(done), "channel": queue.channel}
-        with psycopg.connect(pg_dsn, autocommit=True) as conn:
-            with conn.transaction(force_rollback=True):
-                conn.execute(queue._queries["complete_settings"])
-                rows = conn.execute(
-                    "EXPLAIN (ANALYZE, TIMING OFF) " + queue._queries["complete"], params
-                ).fetchall()
+        with (
+            psycopg.connect(pg_dsn, autocommit=True) as conn,
+            conn.transaction(force_rollback=True),
+        ):
+            conn.execute(queue._queries["complete_settings"])
+            rows = conn.execute(
+                "EXPLAIN (ANALYZE, TIMING OFF) " + queue._queries["complete"], params
+            ).fetchall()
         plan = "\n".join(row[0] for row in rows)
         assert "Index Scan using deliveries_pkey on deliveries t " in plan, plan
         assert "Bitmap Heap Scan on deliveries" not in plan, plan
@@ -1071,6 +1073,73 @@ def test_a_completion_reads_only_the_deliveries_it_completes_whatever_the_statis
         assert queue.complete(done) == [True] * 100
     finally:
         queue.close()
+
+
+def test_key_locks_wait_for_no_fsync_and_claims_and_outcomes_do(
+    pg_dsn: str, pg_schema: str
+) -> None:
+    """An idempotency begin and a release commit without waiting for the WAL
+    to reach the disk (what a crash of the server undoes, the lease and the
+    lock's end handle, as after a worker's crash); a claim (its lease token
+    must never be handed out twice), an enqueue, a finish and a completion
+    wait for it. Counted by the server's own WAL fsyncs: 100 begins and
+    releases took 100 when each waited, a few now."""
+    import time
+
+    import psycopg
+
+    from resilient_sync.stores import Completion, PostgresIdempotencyStore, PostgresQueueStore
+
+    name = f"rs_fsync_{uuid.uuid4().hex[:8]}"
+    dsn = with_params(pg_dsn, application_name=name)
+    now = datetime.now(timezone.utc)
+    lease = {"now": now, "lease_until": now + timedelta(minutes=5), "worker": "w"}
+
+    def fsyncs(work: Any) -> int:
+        """WAL fsyncs while ``work`` runs on stores of its own (closed after it,
+        so that their server processes exit and report what they did)."""
+        with psycopg.connect(pg_dsn, autocommit=True) as admin:
+            before = admin.execute("SELECT wal_sync FROM pg_stat_wal").fetchone()
+            queue = PostgresQueueStore(dsn, schema=pg_schema, pool_max_size=1)
+            keys = PostgresIdempotencyStore(dsn, schema=pg_schema, pool_max_size=1)
+            try:
+                work(queue, keys)
+            finally:
+                queue.close()
+                keys.close()
+            for _ in range(100):
+                (left,) = admin.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s", [name]
+                ).fetchone()
+                if left == 0:
+                    break
+                time.sleep(0.05)
+            after = admin.execute("SELECT wal_sync FROM pg_stat_wal").fetchone()
+        return int(after[0]) - int(before[0])
+
+    def lock(queue: Any, keys: Any) -> None:
+        for i in range(50):
+            keys.begin([(f"pos\x1fk{i}", "f")], now=now, lock_until=lease["lease_until"])
+            keys.release([f"pos\x1fk{i}"])
+
+    def record(queue: Any, keys: Any) -> None:
+        queue.enqueue([delivery(f"r{i}") for i in range(30)])
+        claimed = queue.claim(limit=100, **lease)
+        assert len(claimed) == 30
+        for d in claimed:
+            keys.finish([(f"pos\x1f{d.id}", "f", None)], now=now, expires_at=lease["lease_until"])
+            done = Completion(
+                delivery_id=d.id,
+                lease_token=d.lease_token,
+                status=DeliveryStatus.SUCCEEDED,
+                finished_at=now,
+            )
+            assert queue.complete([done]) == [True]
+
+    relaxed = fsyncs(lock)  # 100 commits
+    assert relaxed < 25, relaxed
+    durable = fsyncs(record)  # 62 durable commits: the enqueue, the claim, 30 of each
+    assert durable >= 50, durable
 
 
 @pytest.mark.parametrize("history", [False, True])

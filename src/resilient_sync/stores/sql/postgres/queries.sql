@@ -149,7 +149,24 @@ SELECT pg_notify(%(channel)s, '');
 -- stop at the first match, but the oldest delivery of a key has none, so
 -- it read the whole table: 20 ms per candidate at 100,000 rows. Every
 -- question the claim asks has an index; it never scans a table.
+-- (The claim's commit waits for its fsync: committed without it, a claim
+-- lost to a crash of the server would take the lease-token sequence's
+-- advance with it, and a new claim could be handed the token of a lost one
+-- whose worker still runs, which fencing cannot tell apart.)
 SELECT set_config('jit', 'off', true), set_config('enable_seqscan', 'off', true);
+
+-- name: relaxed_commit
+-- Sent first in the transactions of idempotency begin and release: their
+-- commit returns without waiting for the WAL to reach the disk (an fsync,
+-- on the path from submit to delivery). What a crash of the server can
+-- undo is a lock on a key not taken (its delivery is in flight under a
+-- durable claim, so no other worker gets it before its lease ends, and
+-- finish completes the key whatever the lock) or a lock not dropped (held
+-- until its end, the lease's, as after a worker's crash). No more than that
+-- can be lost: PostgreSQL writes the WAL in order, so the durable commit
+-- that records an outcome makes every lock before it durable too. The
+-- SQLite store commits the same steps without an fsync.
+SELECT set_config('synchronous_commit', 'off', true);
 
 -- name: claim
 -- Lease up to %(limit)s due deliveries, oldest first, and write a
