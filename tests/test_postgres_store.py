@@ -1007,11 +1007,13 @@ def test_a_burst_is_claimed_through_the_index_whatever_the_statistics(
 
 
 @pytest.mark.parametrize("analysed", [False, True])
-def test_a_completion_reads_only_the_deliveries_it_completes_whatever_the_statistics(
+def test_outcomes_and_heartbeats_find_their_deliveries_by_id_whatever_the_statistics(
     pg_dsn: str, pg_schema: str, analysed: bool
 ) -> None:
     """20,000 deliveries queued, 100 of them claimed: the statement that
-    records their outcomes finds each by its id. Before autovacuum had
+    records their outcomes, and the lease heartbeat's, find each by its id
+    (the plans read in the transaction the store sends them in, rolled
+    back). Before autovacuum had
     analysed the burst, the planner believed few deliveries were open and
     found the 100 in flight by reading every open one through a bitmap of
     ``deliveries_claimable``; analysed while few were in flight, it read the
@@ -1060,16 +1062,31 @@ def test_a_completion_reads_only_the_deliveries_it_completes_whatever_the_statis
             psycopg.connect(pg_dsn, autocommit=True) as conn,
             conn.transaction(force_rollback=True),
         ):
-            conn.execute(queue._queries["complete_settings"])
+            conn.execute(queue._queries["keys_handled"])
+            conn.execute(queue._queries["by_id_settings"])
             rows = conn.execute(
                 "EXPLAIN (ANALYZE, TIMING OFF) " + queue._queries["complete"], params
             ).fetchall()
+            beat = {
+                "ids": [d.id for d in claimed],
+                "tokens": [d.lease_token for d in claimed],
+                "until": now + timedelta(minutes=10),
+            }
+            rows += [("--",)]
+            rows += conn.execute(
+                "EXPLAIN (ANALYZE, TIMING OFF) " + queue._queries["extend_leases"], beat
+            ).fetchall()
         plan = "\n".join(row[0] for row in rows)
-        assert "Index Scan using deliveries_pkey on deliveries t " in plan, plan
-        assert "Bitmap Heap Scan on deliveries" not in plan, plan
-        assert "Seq Scan on deliveries" not in plan, plan
-        removed = [int(n) for n in re.findall(r"Rows Removed by (?:Join )?Filter: (\d+)", plan)]
-        assert sum(removed) < 1000, plan  # the 100 among 20,000 open ones: 19,900
+        complete_plan, heartbeat_plan = plan.split("\n--\n")
+        for each in (complete_plan, heartbeat_plan):
+            assert "Index Scan using deliveries_pkey on deliveries t " in each, each
+            assert "Bitmap Heap Scan on deliveries" not in each, each
+            assert "Seq Scan on deliveries" not in each, each
+            removed = [int(n) for n in re.findall(r"Rows Removed by (?:Join )?Filter: (\d+)", each)]
+            assert sum(removed) < 1000, each  # the 100 among 20,000 open ones: 19,900
+        until = now + timedelta(minutes=10)
+        leases = [(d.id, d.lease_token) for d in claimed]
+        assert queue.extend_leases(leases, until=until) == [True] * 100
         assert queue.complete(done) == [True] * 100
     finally:
         queue.close()

@@ -967,7 +967,8 @@ class PostgresQueueStore(_PostgresBase):
             tries += 1
             done = self._cursor(conn)
             with self._one_trip(conn), self._keys_locked(conn, ids):
-                self._cursor(conn).execute(self._queries["complete_settings"])
+                self._cursor(conn).execute(self._queries["keys_handled"])
+                self._cursor(conn).execute(self._queries["by_id_settings"])
                 done.execute(self._queries["complete"], params)
             return {row[0] for row in done.fetchall() if row[0] is not None}
 
@@ -1139,7 +1140,15 @@ class PostgresQueueStore(_PostgresBase):
         if not leases:
             return []
         params = {"ids": [i for i, _ in leases], "tokens": [t for _, t in leases], "until": until}
-        moved = {(row[0], row[1]) for row in self._fetch("extend leases", "extend_leases", params)}
+
+        def extend(conn: Connection) -> builtins.list[TupleRow]:
+            cur = self._cursor(conn)
+            with self._one_trip(conn):  # found by their ids (by_id_settings)
+                self._cursor(conn).execute(self._queries["by_id_settings"])
+                cur.execute(self._queries["extend_leases"], params)
+            return cur.fetchall()
+
+        moved = {(row[0], row[1]) for row in self._run("extend leases", extend, atomic=False)}
         return [(i, t) in moved for i, t in leases]
 
     def add_audit(self, records: Sequence[Attempt]) -> None:

@@ -54,19 +54,23 @@ FROM (SELECT DISTINCT {schema}.ordering_key_lock(d.destination, d.ordering_key) 
       WHERE u.ordering_key IS NOT NULL) AS k
 ORDER BY k.lock;
 
--- name: complete_settings
--- Sent before complete, in its transaction. The complete statement lets the
--- next delivery of each key it finishes go itself: the per-row trigger of
--- 0003 stands aside in this transaction. And it finds each delivery by its
--- id: the planner, which believes few deliveries are in flight (true) and
--- misjudges how many are open (a burst before autovacuum analysed it, or a
--- count analysed while few were in flight), found the batch by reading every
--- open delivery through a bitmap of deliveries_claimable, or the whole table,
--- and keeping the 100 in flight: 11 ms a batch at 20,000 queued, growing
--- with the queue. Hash and merge joins would need such a scan; without them,
--- each outcome is one lookup in the primary key.
-SELECT set_config('resilient_sync.keys_handled', 'on', true),
-       set_config('jit', 'off', true),
+-- name: keys_handled
+-- Sent before complete, in its transaction: the complete statement lets the
+-- next delivery of each key it finishes go itself, so the per-row trigger
+-- of 0003 stands aside in this transaction.
+SELECT set_config('resilient_sync.keys_handled', 'on', true);
+
+-- name: by_id_settings
+-- Sent before complete and extend_leases, in their transaction: each finds
+-- the deliveries it is given by their ids. The planner, which believes few
+-- deliveries are in flight (true) and misjudges how many are open (a burst
+-- before autovacuum analysed it, or a count analysed while few were in
+-- flight), found the batch by reading every open delivery through a bitmap
+-- of deliveries_claimable, or the whole table, and kept the 100 in flight:
+-- 11 ms a batch at 20,000 queued, growing with the queue. Hash and merge
+-- joins would need such a scan; without them, each is one lookup in the
+-- primary key.
+SELECT set_config('jit', 'off', true),
        set_config('enable_seqscan', 'off', true),
        set_config('enable_bitmapscan', 'off', true),
        set_config('enable_hashjoin', 'off', true),
@@ -339,7 +343,7 @@ applied AS (
     -- (written "IS TRUE" so that the planner cannot read it as the predicate
     -- of deliveries_claimable and scan that index for the batch: each
     -- outcome is found by its id, whatever the statistics; see
-    -- complete_settings)
+    -- by_id_settings)
     WHERE t.id = c.id AND (t.status = 'in_flight') IS TRUE AND t.lease_token = c.token
     RETURNING c.ci, c.status, t.destination, t.id, t.ordering_key, p.ordering_key AS old_key
 ),
@@ -746,8 +750,10 @@ WHERE key = %(key)s;
 
 -- name: extend_leases
 -- move the lease end of deliveries still held under their token; never earlier
+-- (by_id_settings before it, and the fence written as in complete: each
+-- delivery is found by its id)
 UPDATE {schema}.deliveries AS t
 SET lease_expires_at = greatest(t.lease_expires_at, %(until)s)
 FROM unnest(%(ids)b::text[], %(tokens)b::bigint[]) AS u(id, token)
-WHERE t.id = u.id AND t.status = 'in_flight' AND t.lease_token = u.token
+WHERE t.id = u.id AND (t.status = 'in_flight') IS TRUE AND t.lease_token = u.token
 RETURNING t.id, t.lease_token;
