@@ -1092,6 +1092,80 @@ def test_outcomes_and_heartbeats_find_their_deliveries_by_id_whatever_the_statis
         queue.close()
 
 
+def test_a_statement_failing_in_a_round_trip_leaves_the_connection_usable(
+    pg_dsn: str, pg_schema: str
+) -> None:
+    """A completion and a keyed enqueue send their statements as one
+    transaction in one round trip. psycopg prepares a statement at its sixth
+    use and, in a pipeline, counts it as prepared before the server answers;
+    when an earlier statement of the trip fails (here: a key's lock held
+    elsewhere past ``lock_timeout``), the server skips the preparation.
+    Without a rollback resetting psycopg's record, every later completion on
+    that connection failed with "prepared statement does not exist" (found by
+    a red-team pass). And no statement of a trip draws a warning."""
+    import psycopg
+
+    from resilient_sync.stores import Completion
+    from resilient_sync.stores._postgres import PostgresQueueStore
+
+    dsn = with_params(pg_dsn, options="-c lock_timeout=300")
+    queue = PostgresQueueStore(dsn, schema=pg_schema, pool_min_size=1, pool_max_size=1)
+    now = datetime.now(timezone.utc)
+    lease = {"now": now, "lease_until": now + timedelta(minutes=5), "worker": "w"}
+
+    def done(d: Delivery) -> Completion:
+        return Completion(
+            delivery_id=d.id,
+            lease_token=d.lease_token,
+            status=DeliveryStatus.SUCCEEDED,
+            finished_at=now,
+        )
+
+    def hold(key: str) -> Any:
+        """Another session holding the key's lock (an outbox transaction, say)."""
+        blocker = psycopg.connect(pg_dsn)
+        blocker.execute(
+            f'SELECT pg_advisory_xact_lock("{pg_schema}".ordering_key_lock(%s, %s))', ["pos", key]
+        )
+        return blocker
+
+    notices: list[str] = []
+    with queue.pool.connection() as conn:  # the pool's one connection
+        conn.add_notice_handler(lambda diag: notices.append(str(diag.message_primary)))
+    try:
+        queue.enqueue([delivery(f"e{i}", key=f"k{i}") for i in range(10)])
+        claimed = queue.claim(limit=100, **lease)
+        assert len(claimed) == 10
+        for d in claimed[:5]:
+            assert queue.complete([done(d)]) == [True]
+        blocker = hold(claimed[5].event.ordering_key or "")
+        try:
+            with pytest.raises(StoreError, match="lock timeout"):
+                queue.complete([done(claimed[5])])
+        finally:
+            blocker.close()
+        assert [queue.complete([done(d)]) for d in claimed[5:]] == [[True]] * 5
+        for i in range(10, 15):  # the keyed enqueue, used five times by now
+            assert len(queue.enqueue([delivery(f"e{i}", key="k")])) == 1
+        blocker = hold("k")
+        try:
+            with pytest.raises(StoreError, match="lock timeout"):
+                queue.enqueue([delivery("e15", key="k")])
+        finally:
+            blocker.close()
+        assert len(queue.enqueue([delivery("e16", key="k")])) == 1
+        with psycopg.connect(pg_dsn) as conn:
+            (count,) = conn.execute(
+                f'SELECT count(*) FROM "{pg_schema}".deliveries WHERE ordering_key = %s', ["k"]
+            ).fetchone()
+        assert count == 6  # five, then e16: nothing of the failed e15
+        # each trip is a transaction block: no "SET TRANSACTION can only be
+        # used in transaction blocks" warning in the server's log per completion
+        assert notices == []
+    finally:
+        queue.close()
+
+
 def test_key_locks_wait_for_no_fsync_and_claims_and_outcomes_do(
     pg_dsn: str, pg_schema: str
 ) -> None:
