@@ -861,7 +861,8 @@ def test_hot_queries_never_scan_the_history(pg_dsn: str, pg_schema: str) -> None
             conn.execute(f'ANALYZE "{pg_schema}".deliveries')
             conn.execute(f'ANALYZE "{pg_schema}".audit')
             lease = {"now": now, "limit": 100, "lease_until": now, "worker": "w"}
-            # the claim is never prepared (prepare=False): only its plan for the values counts
+            # the claim and next_due are never prepared (prepare=False): only their
+            # plans for the values count
             for name, some in (("claim", None), ("claim of some destinations", ["crm", "pos"])):
                 plans = _plans(
                     conn,
@@ -870,6 +871,8 @@ def test_hot_queries_never_scan_the_history(pg_dsn: str, pg_schema: str) -> None
                     setup=q["claim_settings"],
                 )
                 _assert_flat(name, {"custom": plans["custom"]})
+            plans = _plans(conn, q["next_due"], {"window": 1000}, setup=q["claim_settings"])
+            _assert_flat("next_due", {"custom": plans["custom"]})
             checks = {
                 "operator queue": (
                     "\n".join([q["list"], q["list_where_needs_action"], q["list_order"]]),
@@ -878,10 +881,70 @@ def test_hot_queries_never_scan_the_history(pg_dsn: str, pg_schema: str) -> None
                 "stats_open": (q["stats_open"], {}),
                 "stats_oldest_waiting": (q["stats_oldest_waiting"], {}),
                 "error_counts": (q["error_counts"], {"since": now, "until": now, "width": 3600}),
-                "next_due": (q["next_due"], {}),
             }
             for name, (sql, params) in checks.items():
                 _assert_flat(name, _plans(conn, sql, params))
+    finally:
+        queue.close()
+
+
+@pytest.mark.parametrize("layout", ["unkeyed", "keyed", "rare destination"])
+def test_an_idle_poll_reads_a_window_of_the_queue_not_all_of_it(
+    pg_dsn: str, pg_schema: str, layout: str
+) -> None:
+    """100,000 deliveries scheduled for a retry in ten minutes (under 1,000
+    ordering keys, or with 1,000 more for a second destination behind them):
+    ``next_due``, which an idle worker asks at every empty claim, reads the
+    oldest ``NEXT_DUE_WINDOW`` (reading them all took 225 ms a call, growing
+    with the queue). One due sooner further back is not seen: the worker
+    claims it at its next poll."""
+    import psycopg
+
+    from resilient_sync.stores._common import NEXT_DUE_WINDOW
+    from resilient_sync.stores._postgres import PostgresQueueStore
+
+    queue = PostgresQueueStore(pg_dsn, schema=pg_schema)
+    later = datetime.now(timezone.utc) + timedelta(minutes=10)
+    key = "'k' || mod(g, 1000)" if layout == "keyed" else "NULL"
+    destination = "CASE WHEN g > 100000 THEN 'rare' ELSE 'pos' END"
+    total = 101000 if layout == "rare destination" else 100000
+    try:
+        with psycopg.connect(pg_dsn, autocommit=True) as conn:
+            conn.execute(
+                f"""INSERT INTO "{pg_schema}".deliveries (id, seq, event_id, destination,
+                event, status, idempotency_key, ordering_key, next_attempt_at, created_at,
+                updated_at)
+                SELECT md5(g::text), g, 'e' || g, {destination},
+                '{{"id":"x","type":"t","payload":{{}}}}', 'retry_scheduled', 'k' || g, {key},
+                %s + g * interval '1 millisecond', now(), now()
+                FROM generate_series(1, {total}) AS g""",
+                [later],
+            )
+            # further back than the window: due in a minute
+            conn.execute(
+                f'UPDATE "{pg_schema}".deliveries SET next_attempt_at = %s WHERE seq = 90000',
+                [later - timedelta(minutes=9)],
+            )
+            conn.execute(f'ANALYZE "{pg_schema}".deliveries')
+            plan = _plans(
+                conn,
+                queue._queries["next_due"],
+                {"window": NEXT_DUE_WINDOW},
+                analyze=True,
+                setup=queue._queries["claim_settings"],
+            )["custom"]
+        # the window's rows (and per keyed one, its key's head): not the 100,000
+        read = re.findall(
+            r"Index Scan using deliveries_\w+ on deliveries w .*?actual rows=(\d+) loops=(\d+)",
+            plan,
+        )
+        assert read, plan
+        assert sum(int(n) * int(loops) for n, loops in read) <= NEXT_DUE_WINDOW, plan
+        removed = [int(n) for n in re.findall(r"Rows Removed by (?:Join )?Filter: (\d+)", plan)]
+        assert sum(removed) < 100, plan
+        assert "Seq Scan on deliveries" not in plan, plan
+        # the oldest is due first (seq 90,000's earlier time is out of the window)
+        assert queue.next_due() == later + timedelta(milliseconds=1)
     finally:
         queue.close()
 

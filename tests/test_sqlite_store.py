@@ -36,6 +36,7 @@ from resilient_sync import (
     StoreError,
 )
 from resilient_sync.stores import Completion, SQLiteIdempotencyStore, SQLiteQueueStore, open_stores
+from resilient_sync.stores._common import NEXT_DUE_WINDOW
 from resilient_sync.stores._open import sqlite_path
 from resilient_sync.stores._sqlite import (
     Q,
@@ -371,7 +372,7 @@ def test_hot_queries_use_their_indexes(queue: SQLiteQueueStore) -> None:
         ("stats_oldest_waiting", {}),
         ("stats_finished", {}),
         ("error_counts", {"since": 0, "until": 1, "width": 1}),
-        ("next_due", {}),
+        ("next_due", {"window": 1000}),
         ("in_flight_tokens", ("[]",)),
     ):
         text = plan(getattr(Q, name), params)
@@ -448,6 +449,64 @@ def test_a_claim_reads_none_of_the_deliveries_waiting_behind_their_key(
     queue.enqueue([make_delivery(f"f{i}", ordering_key="A") for i in range(5000)])
     deep = _claim_steps(queue)
     assert deep <= shallow + 2, (shallow, deep)
+
+
+def _next_due_steps(queue: SQLiteQueueStore) -> int:
+    """SQLite virtual-machine steps (in thousands) of one ``next_due``."""
+    steps = 0
+
+    def tick() -> int:
+        nonlocal steps
+        steps += 1
+        return 0
+
+    with queue._db.read("test") as conn:
+        conn.set_progress_handler(tick, 1000)
+        try:
+            conn.execute(Q.next_due, {"window": NEXT_DUE_WINDOW}).fetchone()
+        finally:
+            conn.set_progress_handler(None, 0)
+    return steps
+
+
+def test_an_idle_poll_reads_a_window_of_the_queue_not_all_of_it(
+    queue: SQLiteQueueStore,
+) -> None:
+    """``next_due``, which an idle worker asks at every empty claim, reads
+    the oldest ``NEXT_DUE_WINDOW`` open deliveries, however many are queued
+    (reading them all took 22 ms a call at 100,000 scheduled for a retry).
+    One due sooner further back is not seen: the worker claims it at its
+    next poll."""
+    later = T0 + timedelta(minutes=10)
+    queue.enqueue(
+        [
+            make_delivery(f"e{i}", next_attempt_at=later + timedelta(milliseconds=i))
+            for i in range(2 * NEXT_DUE_WINDOW)
+        ]
+    )
+    shallow = _next_due_steps(queue)
+    queue.enqueue(
+        [
+            make_delivery(f"f{i}", next_attempt_at=later + timedelta(milliseconds=i))
+            for i in range(10 * NEXT_DUE_WINDOW)
+        ]
+    )
+    deep = _next_due_steps(queue)
+    assert deep <= shallow + 2, (shallow, deep)
+    sooner = T0 + timedelta(minutes=1)
+
+    def make_sooner(which: str) -> None:
+        with queue._db.write("test", durable=True) as conn:
+            conn.execute(
+                "UPDATE resilient_sync_deliveries SET next_attempt_at = ?1, due_at = ?1 "
+                f"WHERE seq = (SELECT {which}(seq) FROM resilient_sync_deliveries)",
+                (_us(sooner),),
+            )
+
+    make_sooner("max")  # the newest, beyond the window: not seen
+    assert queue.next_due() == later
+    make_sooner("min")  # the oldest: seen
+    assert queue.next_due() == sooner
 
 
 @pytest.mark.parametrize(

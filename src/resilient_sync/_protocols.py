@@ -320,7 +320,13 @@ class QueueStore(Protocol):
 
     def next_due(self) -> datetime | None:
         """The earliest time a non-final delivery may become claimable
-        (``next_attempt_at``, ``lease_expires_at``), or None if none is waiting."""
+        (``next_attempt_at``, ``lease_expires_at``), or None if none is waiting.
+
+        An idle worker asks it after every empty claim, to sleep until then
+        (at most ``poll_interval``), so it must not cost more as the queue
+        grows: a store may look at only its oldest open deliveries (the SQL
+        stores read ``NEXT_DUE_WINDOW``, 1,000). A delivery further back that
+        falls due sooner is then claimed at the worker's next poll."""
         ...
 
     def close(self) -> None:

@@ -24,6 +24,7 @@ from .._model import Attempt, Delivery
 
 __all__ = [
     "MAX_PAGE",
+    "NEXT_DUE_WINDOW",
     "already_checked",
     "check_deliveries",
     "check_page_args",
@@ -37,6 +38,13 @@ __all__ = [
     "unencodable",
     "unmatchable",
 ]
+
+
+#: How many of the oldest open deliveries ``next_due`` looks at on the SQL
+#: stores: its cost stays flat as the queue grows, and a delivery further
+#: back that falls due sooner is claimed at the worker's next poll
+#: (``poll_interval``) rather than at its due time.
+NEXT_DUE_WINDOW = 1000
 
 
 def _looks_fine(d: Delivery, event: Any) -> bool:

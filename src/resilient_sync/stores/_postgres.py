@@ -73,6 +73,7 @@ from .._model import (
 )
 from .._redact import redact
 from ._common import (
+    NEXT_DUE_WINDOW,
     check_deliveries,
     check_new_events,
     check_page_args,
@@ -1350,9 +1351,22 @@ class PostgresQueueStore(_PostgresBase):
 
         Deliveries waiting for something other than time (a paused
         destination, an older delivery of their ordering key) are left out,
-        so an idle worker sleeps instead of spinning on them.
+        so an idle worker sleeps instead of spinning on them. Only the
+        oldest ``NEXT_DUE_WINDOW`` open deliveries are looked at (see
+        queries.sql), so the cost of an idle poll does not grow with the
+        queue.
         """
-        rows = self._fetch("read the next due time", "next_due", {})
+        params = {"window": NEXT_DUE_WINDOW}
+
+        def read(conn: Connection) -> builtins.list[TupleRow]:
+            cur = self._cursor(conn)
+            # planned for the window at hand, as the claim (see claim_settings)
+            with self._one_trip(conn):
+                self._cursor(conn).execute(self._queries["claim_settings"])
+                cur.execute(self._queries["next_due"], params, prepare=False)
+            return cur.fetchall()
+
+        rows = self._run("read the next due time", read, atomic=False)
         return _utc(rows[0][0]) if rows else None
 
     # -- waking up -----------------------------------------------------------------

@@ -91,6 +91,7 @@ from .._model import (
     QueueStats,
 )
 from ._common import (
+    NEXT_DUE_WINDOW,
     check_deliveries,
     check_new_events,
     check_page_args,
@@ -1746,7 +1747,7 @@ class SQLiteQueueStore(_SQLiteStore):
     def next_due(self) -> datetime | None:
         """See :meth:`QueueStore.next_due`."""
         with self._reading("next_due") as conn:
-            (value,) = conn.execute(Q.next_due).fetchone()
+            (value,) = conn.execute(Q.next_due, {"window": NEXT_DUE_WINDOW}).fetchone()
         return _dt(value)
 
 

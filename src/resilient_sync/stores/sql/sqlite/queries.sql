@@ -328,11 +328,18 @@ VALUES (?1, ?2, ?3)
 ON CONFLICT (destination, status) DO UPDATE SET count = count + excluded.count;
 
 -- name: next_due
--- (not the deliveries marked as waiting behind their key: time alone does
--- not release them)
+-- Among the :window oldest claimable deliveries (through the claim's index):
+-- an idle worker asks this at every empty claim, and reading every open
+-- delivery cost 22 ms a call at 100,000 scheduled for a retry. A delivery
+-- further back that falls due sooner is claimed at the worker's next poll
+-- instead of at its due time. (Not the deliveries marked as waiting behind
+-- their key: time alone does not release them.)
 SELECT MIN(CASE WHEN status = 'in_flight' THEN lease_expires_at ELSE next_attempt_at END)
-FROM resilient_sync_deliveries
-WHERE key_waits = 0 AND due_at IS NOT NULL;
+FROM (SELECT status, lease_expires_at, next_attempt_at
+      FROM resilient_sync_deliveries
+      WHERE key_waits = 0 AND due_at IS NOT NULL
+      ORDER BY seq
+      LIMIT :window);
 
 -- ------------------------------------------------------------ idempotency
 
