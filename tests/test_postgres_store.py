@@ -1168,21 +1168,12 @@ def test_a_statement_failing_in_a_round_trip_leaves_the_connection_usable(
     a red-team pass). And no statement of a trip draws a warning."""
     import psycopg
 
-    from resilient_sync.stores import Completion
     from resilient_sync.stores._postgres import PostgresQueueStore
 
     dsn = with_params(pg_dsn, options="-c lock_timeout=300")
     queue = PostgresQueueStore(dsn, schema=pg_schema, pool_min_size=1, pool_max_size=1)
     now = datetime.now(timezone.utc)
     lease = {"now": now, "lease_until": now + timedelta(minutes=5), "worker": "w"}
-
-    def done(d: Delivery) -> Completion:
-        return Completion(
-            delivery_id=d.id,
-            lease_token=d.lease_token,
-            status=DeliveryStatus.SUCCEEDED,
-            finished_at=now,
-        )
 
     def hold(key: str) -> Any:
         """Another session holding the key's lock (an outbox transaction, say)."""
@@ -1200,14 +1191,16 @@ def test_a_statement_failing_in_a_round_trip_leaves_the_connection_usable(
         claimed = queue.claim(limit=100, **lease)
         assert len(claimed) == 10
         for d in claimed[:5]:
-            assert queue.complete([done(d)]) == [True]
+            assert queue.complete([_done(d, DeliveryStatus.SUCCEEDED)]) == [True]
         blocker = hold(claimed[5].event.ordering_key or "")
         try:
             with pytest.raises(StoreError, match="lock timeout"):
-                queue.complete([done(claimed[5])])
+                queue.complete([_done(claimed[5], DeliveryStatus.SUCCEEDED)])
         finally:
             blocker.close()
-        assert [queue.complete([done(d)]) for d in claimed[5:]] == [[True]] * 5
+        assert [queue.complete([_done(d, DeliveryStatus.SUCCEEDED)]) for d in claimed[5:]] == [
+            [True]
+        ] * 5
         for i in range(10, 15):  # the keyed enqueue, used five times by now
             assert len(queue.enqueue([delivery(f"e{i}", key="k")])) == 1
         blocker = hold("k")
@@ -1242,7 +1235,7 @@ def test_key_locks_wait_for_no_fsync_and_claims_and_outcomes_do(
 
     import psycopg
 
-    from resilient_sync.stores import Completion, PostgresIdempotencyStore, PostgresQueueStore
+    from resilient_sync.stores import PostgresIdempotencyStore, PostgresQueueStore
 
     name = f"rs_fsync_{uuid.uuid4().hex[:8]}"
     dsn = with_params(pg_dsn, application_name=name)
@@ -1282,13 +1275,7 @@ def test_key_locks_wait_for_no_fsync_and_claims_and_outcomes_do(
         assert len(claimed) == 30
         for d in claimed:
             keys.finish([(f"pos\x1f{d.id}", "f", None)], now=now, expires_at=lease["lease_until"])
-            done = Completion(
-                delivery_id=d.id,
-                lease_token=d.lease_token,
-                status=DeliveryStatus.SUCCEEDED,
-                finished_at=now,
-            )
-            assert queue.complete([done]) == [True]
+            assert queue.complete([_done(d, DeliveryStatus.SUCCEEDED)]) == [True]
 
     relaxed = fsyncs(lock)  # 100 commits
     assert relaxed < 25, relaxed

@@ -415,9 +415,9 @@ def test_a_claim_writes_no_page_of_the_ordering_key_index(queue: SQLiteQueueStor
     assert "resilient_sync_deliveries_key" in _written_indexes(queue, Q.transition_delivery)
 
 
-def _claim_steps(queue: SQLiteQueueStore) -> int:
-    """SQLite virtual-machine steps (in thousands) of one claim's candidate
-    query: a count of the work done that no machine's speed changes."""
+def _vm_steps(queue: SQLiteQueueStore, sql: str, params: Any) -> tuple[int, list[Any]]:
+    """SQLite virtual-machine steps (in thousands) of one query, and its rows:
+    a count of the work done that no machine's speed changes."""
     steps = 0
 
     def tick() -> int:
@@ -428,11 +428,16 @@ def _claim_steps(queue: SQLiteQueueStore) -> int:
     with queue._db.read("test") as conn:
         conn.set_progress_handler(tick, 1000)
         try:
-            rows = conn.execute(
-                Q.claim_candidates, {"now": _us(T0 + LEASE), "destinations": None, "limit": 100}
-            ).fetchall()
+            rows = conn.execute(sql, params).fetchall()
         finally:
             conn.set_progress_handler(None, 0)
+    return steps, rows
+
+
+def _claim_steps(queue: SQLiteQueueStore) -> int:
+    """Steps of one claim's candidate query (see ``_vm_steps``)."""
+    params = {"now": _us(T0 + LEASE), "destinations": None, "limit": 100}
+    steps, rows = _vm_steps(queue, Q.claim_candidates, params)
     assert len(rows) == 1
     return steps
 
@@ -451,24 +456,6 @@ def test_a_claim_reads_none_of_the_deliveries_waiting_behind_their_key(
     assert deep <= shallow + 2, (shallow, deep)
 
 
-def _next_due_steps(queue: SQLiteQueueStore) -> int:
-    """SQLite virtual-machine steps (in thousands) of one ``next_due``."""
-    steps = 0
-
-    def tick() -> int:
-        nonlocal steps
-        steps += 1
-        return 0
-
-    with queue._db.read("test") as conn:
-        conn.set_progress_handler(tick, 1000)
-        try:
-            conn.execute(Q.next_due, {"window": NEXT_DUE_WINDOW}).fetchone()
-        finally:
-            conn.set_progress_handler(None, 0)
-    return steps
-
-
 def test_an_idle_poll_reads_a_window_of_the_queue_not_all_of_it(
     queue: SQLiteQueueStore,
 ) -> None:
@@ -484,14 +471,14 @@ def test_an_idle_poll_reads_a_window_of_the_queue_not_all_of_it(
             for i in range(2 * NEXT_DUE_WINDOW)
         ]
     )
-    shallow = _next_due_steps(queue)
+    shallow, _ = _vm_steps(queue, Q.next_due, {"window": NEXT_DUE_WINDOW})
     queue.enqueue(
         [
             make_delivery(f"f{i}", next_attempt_at=later + timedelta(milliseconds=i))
             for i in range(10 * NEXT_DUE_WINDOW)
         ]
     )
-    deep = _next_due_steps(queue)
+    deep, _ = _vm_steps(queue, Q.next_due, {"window": NEXT_DUE_WINDOW})
     assert deep <= shallow + 2, (shallow, deep)
     sooner = T0 + timedelta(minutes=1)
 
