@@ -552,7 +552,10 @@ class _PostgresBase:
         On an autocommit connection outside a transaction block, ``BEGIN``
         and ``COMMIT`` go in the pipeline as statements, around the block's:
         one round trip, where psycopg's ``conn.transaction()`` in a pipeline
-        cost three more (0.4 ms against 0.1). When a statement fails, the
+        cost three more (0.4 ms against 0.1). The transaction runs at READ
+        COMMITTED whatever the server's default: at REPEATABLE READ (a
+        database or role may default to it), claims that met each other's
+        updates failed with a serialization error. When a statement fails, the
         server skips the rest, ``COMMIT`` included, and the transaction is
         rolled back here with ``conn.rollback()``, which also resets
         psycopg's record of the statements it prepared (a statement it
@@ -567,7 +570,8 @@ class _PostgresBase:
         try:
             with conn.pipeline():
                 if own:
-                    self._cursor(conn).execute(b"BEGIN", prepare=False)
+                    begin = b"BEGIN ISOLATION LEVEL READ COMMITTED"
+                    self._cursor(conn).execute(begin, prepare=False)
                 yield
                 if own:
                     self._cursor(conn).execute(b"COMMIT", prepare=False)
@@ -1557,7 +1561,8 @@ class PostgresIdempotencyStore(_PostgresBase):
         }
 
         def write(conn: Connection) -> None:
-            self._cursor(conn).execute(self._queries["idempotency_finish"], params)
+            with self._one_trip(conn):  # at READ COMMITTED, as a completion
+                self._cursor(conn).execute(self._queries["idempotency_finish"], params)
 
         self._run("finish idempotency keys", write, atomic=False)
 
