@@ -333,6 +333,18 @@ def test_a_waiting_delivery_edited_into_an_empty_key_goes(machine: Any) -> None:
     assert sorted(d.event.id for d in machine.held) == ["e1", "e2"]
 
 
+def test_a_waiting_delivery_whose_key_is_removed_goes(machine: Any) -> None:
+    """e2 waited behind e1 when an operator's edit removed its ordering key:
+    it waits behind nothing now. The SQL stores kept it marked as waiting,
+    and their claims, which never read such rows, never handed it out again
+    (found by this file's machine in its long mode)."""
+    machine.enqueue(["A", "A"], "pos")
+    edit = ("edit", {PENDING}, PENDING)
+    machine.operator_acts(_Pick(_row(machine, "e2")), edit, None)
+    machine.claim(5, None)  # compares with the rule
+    assert sorted(d.event.id for d in machine.held) == ["e1", "e2"]
+
+
 def test_the_next_delivery_of_a_key_goes_once_the_first_is_delivered(machine: Any) -> None:
     machine.enqueue(["A", "A", "A"], "pos")
     machine.claim(5, None)

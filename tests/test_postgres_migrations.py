@@ -228,3 +228,36 @@ def test_a_schema_2_queue_keeps_its_ordering_keys_after_migrating(
         assert [d.event.id for d in claim()] == ["a2"]  # a3 waits for a2 in turn
     finally:
         queue.close()
+
+
+def test_a_delivery_left_marked_waiting_without_a_key_is_claimed_after_migrating(
+    pg_dsn: str, pg_schema: str
+) -> None:
+    """Before schema 4, an edit that removed the ordering key of a delivery
+    waiting behind its key left it marked as waiting, and the claim never
+    handed it out. A schema-3 queue holding such a delivery is cleared when
+    it migrates."""
+    from datetime import datetime, timedelta, timezone
+
+    from resilient_sync.stores._postgres import PostgresQueueStore, _load_queries, migrations
+
+    q = _load_queries(pg_schema)
+    now = datetime.now(timezone.utc)
+    with admin_connection() as conn:
+        conn.execute(q["bootstrap"])
+        for version, name, text in migrations(pg_schema)[:3]:
+            conn.execute(text)
+            conn.execute(q["record_migration"], {"version": version, "name": name})
+        conn.execute(
+            f"""INSERT INTO "{pg_schema}".deliveries (id, seq, event_id, destination, event,
+            status, idempotency_key, created_at, updated_at, key_waits)
+            VALUES ('d1', 1, 'e1', 'pos', '{{"id": "e1", "type": "t", "payload": {{}}}}',
+            'pending', 'k1', %s, %s, true)""",
+            [now, now],
+        )
+    queue = PostgresQueueStore(pg_dsn, schema=pg_schema)  # migrates to the newest
+    try:
+        claimed = queue.claim(now=now, limit=10, lease_until=now + timedelta(minutes=5), worker="w")
+        assert [d.id for d in claimed] == ["d1"]
+    finally:
+        queue.close()

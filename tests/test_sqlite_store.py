@@ -415,6 +415,35 @@ def test_a_claim_writes_no_page_of_the_ordering_key_index(queue: SQLiteQueueStor
     assert "resilient_sync_deliveries_key" in _written_indexes(queue, Q.transition_delivery)
 
 
+def test_a_delivery_left_marked_waiting_without_a_key_is_claimed_after_migrating(
+    db: Path,
+) -> None:
+    """Before schema 6, an edit that removed the ordering key of a delivery
+    waiting behind its key left it marked as waiting, and the claim never
+    handed it out. A file at schema 5 holding such a delivery is cleared
+    when it migrates."""
+    old = sqlite3.connect(db, isolation_level=None)
+    for migration in migrations()[:5]:
+        for statement in migration.statements:
+            old.execute(statement)
+        old.execute(Q.record_migration, {"version": migration.version, "name": migration.name})
+    t0 = _us(T0)
+    old.execute(
+        "INSERT INTO resilient_sync_deliveries (id, event_id, destination, ordering_key, event,"
+        " status, idempotency_key, next_attempt_at, due_at, created_at, updated_at, open_key,"
+        " key_waits) VALUES ('d1', 'e1', 'pos', NULL, ?1, 'pending', 'k1', ?2, ?2, ?2, ?2,"
+        " NULL, 1)",
+        ('{"id": "e1", "type": "t", "payload": {}}', t0),
+    )
+    old.close()
+    queue = SQLiteQueueStore(db)
+    try:
+        claimed = queue.claim(now=T0, limit=10, lease_until=T0 + LEASE, worker="w")
+        assert [d.id for d in claimed] == ["d1"]
+    finally:
+        queue.close()
+
+
 def _vm_steps(queue: SQLiteQueueStore, sql: str, params: Any) -> tuple[int, list[Any]]:
     """SQLite virtual-machine steps (in thousands) of one query, and its rows:
     a count of the work done that no machine's speed changes."""

@@ -11,7 +11,7 @@ CREATE TABLE {schema}.schema_migrations (
     applied_at timestamptz NOT NULL DEFAULT now()
 );
 INSERT INTO {schema}.schema_migrations (version, name) VALUES
-    (1, 'initial'), (2, 'retention_and_flat_reads'), (3, 'key_waits');
+    (1, 'initial'), (2, 'retention_and_flat_reads'), (3, 'key_waits'), (4, 'key_dropped');
 
 CREATE SEQUENCE {schema}.delivery_seq;
 CREATE SEQUENCE {schema}.lease_tokens;
@@ -269,3 +269,18 @@ FOR EACH ROW WHEN (
     OLD.ordering_key IS NOT NULL
     AND OLD.status IN ('pending', 'in_flight', 'retry_scheduled', 'needs_action'))
 EXECUTE FUNCTION {schema}.deliveries_key_left();
+
+-- 0004: a delivery that no longer has an ordering key (an edit removed it)
+-- waits behind none: without this, the claim never handed it out again
+CREATE FUNCTION {schema}.deliveries_key_dropped()
+RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    NEW.key_waits := false;
+    RETURN NEW;
+END
+$$;
+
+CREATE TRIGGER deliveries_key_dropped
+BEFORE UPDATE ON {schema}.deliveries
+FOR EACH ROW WHEN (NEW.ordering_key IS NULL AND NEW.key_waits)
+EXECUTE FUNCTION {schema}.deliveries_key_dropped();

@@ -103,6 +103,16 @@ BEGIN
               AND o.open_key IS NOT NULL))
     WHERE seq = NEW.seq;
 END;
+-- a delivery left every key (an edit removed its ordering key, or it
+-- finished): it waits behind none (0006; before, an edit that removed the
+-- key of a waiting delivery left it marked, and it was never claimed)
+CREATE TRIGGER resilient_sync_key_dropped
+AFTER UPDATE OF open_key ON resilient_sync_deliveries
+WHEN OLD.open_key IS NOT NULL AND NEW.open_key IS NULL
+BEGIN
+    UPDATE resilient_sync_deliveries SET key_waits = 0
+    WHERE seq = NEW.seq AND key_waits = 1;
+END;
 -- an unfinished delivery removed (the purge removes finished ones only)
 CREATE TRIGGER resilient_sync_key_removed
 AFTER DELETE ON resilient_sync_deliveries
