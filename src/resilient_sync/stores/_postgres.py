@@ -579,13 +579,10 @@ class _PostgresBase:
             if own and not conn.closed and conn.info.transaction_status != IDLE:
                 try:
                     conn.rollback()
-                except psycopg.Error:
-                    logger.warning(
-                        "could not roll back the failed transaction on %s (the connection "
-                        "is likely lost; the error that failed it follows)",
-                        self._where,
-                        exc_info=True,
-                    )
+                except psycopg.Error as lost:
+                    # through _error, as every store error: the password redacted
+                    failed = self._error("roll back a failed transaction", lost)
+                    logger.warning("%s (the connection is likely lost)", failed)
             raise
 
     @contextlib.contextmanager
@@ -992,7 +989,8 @@ class PostgresQueueStore(_PostgresBase):
             nonlocal tries
             tries += 1
             done = self._cursor(conn)
-            with self._one_trip(conn), self._keys_locked(conn, ids):
+            with self._one_trip(conn):
+                self._lock_keys(conn, ids)
                 self._cursor(conn).execute(self._queries["keys_handled"])
                 self._cursor(conn).execute(self._queries["by_id_settings"])
                 done.execute(self._queries["complete"], params)
@@ -1063,17 +1061,15 @@ class PostgresQueueStore(_PostgresBase):
             "records": _ROWS_ENCODE(records),
         }
 
-    @contextlib.contextmanager
-    def _keys_locked(self, conn: Connection, ids: dict[str, Any]) -> Iterator[None]:
-        """The transaction at READ COMMITTED, holding the ordering-key locks of
-        the listed deliveries, that a statement that may let a key's next
-        delivery go runs in (see migration 0003): the first statements of the
-        transaction ``_run`` has just begun, or of a ``_one_trip`` on an
-        autocommit connection outside a transaction block."""
+    def _lock_keys(self, conn: Connection, ids: dict[str, Any]) -> None:
+        """Set the current transaction to READ COMMITTED and take the
+        ordering-key locks of the listed deliveries, which a statement that
+        may let a key's next delivery go needs (see migration 0003). Send as
+        the first statements of the transaction ``_run`` has just begun, or
+        of a ``_one_trip``."""
         cur = self._cursor(conn)
         cur.execute(self._queries["read_committed"])
         cur.execute(self._queries["lock_keys_of"], ids)
-        yield
 
     def transition(
         self,
@@ -1112,8 +1108,8 @@ class PostgresQueueStore(_PostgresBase):
         def move(conn: Connection) -> builtins.list[str]:
             cur = self._cursor(conn)
             moved_to = None if event is None else event.ordering_key
-            with self._keys_locked(conn, {"ids": wanted, "keys": [moved_to] * len(wanted)}):
-                rows = cur.execute(self._queries["transition"], params).fetchall()
+            self._lock_keys(conn, {"ids": wanted, "keys": [moved_to] * len(wanted)})
+            rows = cur.execute(self._queries["transition"], params).fetchall()
             moved = {row[0]: _delivery(row) for row in rows}
             order = [i for i in wanted if i in moved]
             if order:
