@@ -108,7 +108,7 @@ END;
 -- key of a waiting delivery left it marked, and it was never claimed)
 CREATE TRIGGER resilient_sync_key_dropped
 AFTER UPDATE OF open_key ON resilient_sync_deliveries
-WHEN OLD.open_key IS NOT NULL AND NEW.open_key IS NULL
+WHEN OLD.open_key IS NOT NULL AND NEW.open_key IS NULL AND NEW.key_waits = 1
 BEGIN
     UPDATE resilient_sync_deliveries SET key_waits = 0
     WHERE seq = NEW.seq AND key_waits = 1;
