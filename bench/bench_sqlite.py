@@ -125,7 +125,7 @@ def raw(path: Path, total: int, batch: int, synchronous: str) -> float:
                     json.dumps({"id": f"order-{n}", "type": "order.paid", "payload": PAYLOAD}),
                     key,
                     now,
-                    now,
+                    -now,  # due_at: ready since now, as the store writes it (schema 7)
                     now,
                     now,
                 )

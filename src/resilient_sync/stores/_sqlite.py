@@ -237,6 +237,11 @@ _US = timedelta(microseconds=1)
 _STATUS = {s.value: s for s in DeliveryStatus}
 _FINAL = frozenset(s for s in DeliveryStatus if s.is_final)
 _WAITING = (DeliveryStatus.PENDING, DeliveryStatus.RETRY_SCHEDULED)
+#: At most this many deliveries whose time has come (a retry, a lease's end)
+#: a claim makes ready before it claims: a mass of retries falling due
+#: together is spread over the next claims, each holding the write lock for
+#: a few milliseconds, instead of the first one for all of them.
+PROMOTE_PER_CLAIM = 1000
 
 
 @overload
@@ -265,10 +270,16 @@ def _loads(text: str | None) -> Any:
     return None if text is None else json.loads(text)
 
 
-def _due_at(status: DeliveryStatus, next_attempt_at: int | None, lease: int | None) -> int | None:
-    """When a row in ``status`` may next be claimed (NULL: not by time)."""
+def _due_at(
+    status: DeliveryStatus, next_attempt_at: int | None, lease: int | None, written: int
+) -> int | None:
+    """When a row in ``status``, written at ``written``, may next be claimed
+    (schema 7): > 0, waiting for that time (in the timed index); <= 0, ready
+    since minus that time (0: at once; in the ready index); NULL, not by time."""
     if status is DeliveryStatus.PENDING or status is DeliveryStatus.RETRY_SCHEDULED:
-        return 0 if next_attempt_at is None else next_attempt_at
+        if next_attempt_at is None:
+            return 0
+        return -next_attempt_at if next_attempt_at <= written else next_attempt_at
     if status is DeliveryStatus.IN_FLIGHT:
         return lease
     return None
@@ -1097,7 +1108,7 @@ def _insert_row(d: Delivery) -> tuple[Any, ...]:
         d.idempotency_key,
         d.attempts,
         next_at,
-        _due_at(d.status, next_at, lease),
+        _due_at(d.status, next_at, lease, _us(d.updated_at)),
         error_to_json(d.last_error),
         _category(d.last_error),
         _dumps(d.result),
@@ -1220,7 +1231,7 @@ def _completion_row(c: Completion) -> tuple[Any, ...]:
     return (
         c.status.value,
         next_at,
-        _due_at(c.status, next_at, None),
+        _due_at(c.status, next_at, None, _us(c.finished_at)),
         error_to_json(c.error),
         _category(c.error),
         _dumps(c.result) if c.status is DeliveryStatus.SUCCEEDED else None,
@@ -1367,6 +1378,7 @@ class SQLiteQueueStore(_SQLiteStore):
         # machine live; after a power loss it is claimed again (under the same
         # idempotency key), and no outcome is ever lost (complete is durable)
         with self._writing("claim", durable=False) as conn:
+            conn.execute(Q.claim_promote, {"now": now_us, "promote": PROMOTE_PER_CLAIM})
             rows = conn.execute(
                 Q.claim_candidates, {"now": now_us, "destinations": wanted, "limit": limit}
             ).fetchall()
@@ -1480,7 +1492,7 @@ class SQLiteQueueStore(_SQLiteStore):
                     (
                         to_status.value,
                         next_us,
-                        _due_at(to_status, next_us, None),
+                        _due_at(to_status, next_us, None, now_us),
                         new.attempts,
                         event_to_json(new.event),
                         new.event.ordering_key,
@@ -1677,11 +1689,12 @@ class SQLiteQueueStore(_SQLiteStore):
         with self._reading("stats", snapshot=True) as conn:
             open_rows = conn.execute(Q.stats_open).fetchall()
             finished = conn.execute(Q.stats_finished).fetchall()
-            oldest = conn.execute(Q.stats_oldest_waiting).fetchone()
+            waiting = [row[4] for row in open_rows if _STATUS[row[1]] in _WAITING]
+            oldest = conn.execute(Q.created_at, (min(waiting),)).fetchone() if waiting else None
             states = conn.execute(Q.all_destinations).fetchall()
         by_destination: dict[str, dict[DeliveryStatus, int]] = {}
         needs_action: dict[str, dict[ErrorCategory, int]] = {}
-        for destination, status_text, category, count in open_rows:
+        for destination, status_text, category, count, _oldest in open_rows:
             status = _STATUS[status_text]
             counts = by_destination.setdefault(destination, {})
             counts[status] = counts.get(status, 0) + count

@@ -331,6 +331,45 @@ class QueueStoreContract:
         clock.advance(1)
         assert self.ids(self.claim(store, clock)) == ["later"]
 
+    def test_a_delivery_that_falls_due_keeps_its_place_in_line(
+        self, store: QueueStore, clock: FakeClock
+    ) -> None:
+        """Among due deliveries the oldest go first, whenever each fell due: an
+        older one whose time has just come is claimed before newer ones that
+        were due all along, and a retry's lease end counts the same way."""
+        self.enqueue(
+            store,
+            make_delivery("later", next_attempt_at=T0 + timedelta(seconds=30)),
+            make_delivery("now1"),
+            make_delivery("now2"),
+        )
+        clock.advance(30)
+        assert self.ids(self.claim(store, clock, limit=1)) == ["later"]
+        assert self.ids(self.claim(store, clock, limit=1)) == ["now1"]
+        (leased,) = self.claim(store, clock, limit=1, lease=timedelta(seconds=10))
+        self.enqueue(store, make_delivery("newer"))
+        clock.advance(10)  # now2's lease ran out: it is older than "newer"
+        assert self.ids(self.claim(store, clock, limit=1)) == [leased.event.id] == ["now2"]
+        assert self.ids(self.claim(store, clock, limit=1)) == ["newer"]
+
+    def test_each_claim_judges_due_by_its_own_clock(
+        self, store: QueueStore, clock: FakeClock
+    ) -> None:
+        """A claim whose clock runs behind another's does not take a delivery
+        the other's clock found due, however the store keeps track."""
+        self.enqueue(
+            store,
+            make_delivery("e1", next_attempt_at=T0 + timedelta(seconds=30)),
+            make_delivery("e2", next_attempt_at=T0 + timedelta(seconds=40)),
+        )
+        ahead = T0 + timedelta(seconds=60)
+        claimed = store.claim(now=ahead, limit=1, lease_until=ahead + LEASE, worker="ahead")
+        assert self.ids(claimed) == ["e1"]
+        behind = T0 + timedelta(seconds=35)
+        assert store.claim(now=behind, limit=10, lease_until=behind + LEASE, worker="behind") == []
+        clock.advance(40)
+        assert self.ids(self.claim(store, clock)) == ["e2"]
+
     def test_a_leased_delivery_is_not_claimed_again_while_the_lease_lasts(
         self, store: QueueStore, clock: FakeClock
     ) -> None:

@@ -52,42 +52,87 @@ SELECT value FROM resilient_sync_cursors WHERE source = ?1;
 
 -- ------------------------------------------------------------------ claim
 
+-- name: claim_promote
+-- the rows whose time has come (a retry, a lease's end) become ready: the
+-- earliest first, at most :promote of them per claim (a mass of retries
+-- falling due together is spread over the next claims instead of holding
+-- the write lock for all of them at once); rows due later are not read
+UPDATE resilient_sync_deliveries SET due_at = -due_at
+WHERE seq IN (
+    SELECT seq FROM resilient_sync_deliveries INDEXED BY resilient_sync_deliveries_timed
+    WHERE key_waits = 0 AND due_at > 0 AND due_at <= :now
+    ORDER BY due_at
+    LIMIT :promote);
+
 -- name: claim_candidates
--- due rows oldest first, skipping unwanted, paused and held destinations and
--- every row that is not the head (oldest unfinished row) of its ordering key;
--- the rows known to wait behind their key (key_waits = 1) are not even read
+-- the ready rows oldest first: each destination asked for (or each with a
+-- ready row, found by one descent of the index per name) that is neither
+-- paused nor held gives its oldest ones through its part of
+-- resilient_sync_deliveries_ready, so a paused or held destination's backlog
+-- is never read; a ready row that is not the head (oldest unfinished row) of
+-- its ordering key is skipped, and the rows known to wait behind their key
+-- (key_waits = 1) are not even read; a row made ready by a claimer whose
+-- clock runs ahead waits for this one's (-due_at <= :now)
+WITH RECURSIVE names(name) AS (
+    SELECT (SELECT destination
+            FROM resilient_sync_deliveries INDEXED BY resilient_sync_deliveries_ready
+            WHERE key_waits = 0 AND due_at <= 0
+            ORDER BY destination
+            LIMIT 1)
+    WHERE :destinations IS NULL
+    UNION ALL
+    SELECT (SELECT destination
+            FROM resilient_sync_deliveries INDEXED BY resilient_sync_deliveries_ready
+            WHERE key_waits = 0 AND due_at <= 0 AND destination > names.name
+            ORDER BY destination
+            LIMIT 1)
+    FROM names
+    WHERE names.name IS NOT NULL
+),
+wanted(name) AS (
+    SELECT name FROM (
+        SELECT name FROM names WHERE name IS NOT NULL
+        UNION
+        SELECT value FROM json_each(:destinations) WHERE :destinations IS NOT NULL)
+    WHERE name NOT IN (
+        SELECT name FROM resilient_sync_destinations
+        WHERE paused = 1 OR hold_until > :now)
+)
 SELECT seq, id, event, destination, status, idempotency_key, attempts,
        next_attempt_at, last_error, result, created_at, updated_at,
        lease_token, lease_owner, lease_expires_at
-FROM resilient_sync_deliveries AS d
-WHERE d.key_waits = 0
-  AND d.due_at IS NOT NULL
-  AND d.due_at <= :now
-  AND (:destinations IS NULL
-       OR d.destination IN (SELECT value FROM json_each(:destinations)))
-  AND d.destination NOT IN (
-      SELECT name FROM resilient_sync_destinations
-      WHERE paused = 1 OR hold_until > :now)
-  AND (d.ordering_key IS NULL
-       -- an expired in-flight delivery holds its key: it may always be reclaimed
-       OR d.status = 'in_flight'
-       OR (NOT EXISTS (  -- an older unfinished delivery of the key
-               SELECT 1 FROM resilient_sync_deliveries AS o
-               WHERE o.destination = d.destination
-                 AND o.open_key = d.ordering_key
-                 AND o.seq < d.seq
-                 AND o.open_key IS NOT NULL)
-           AND NOT EXISTS (  -- another delivery of the key in flight, even if expired
-               -- (the conditions repeat resilient_sync_deliveries_key_in_flight's
-               -- word for word, so that SQLite reads that small index)
-               SELECT 1 FROM resilient_sync_deliveries AS f INDEXED BY
-                   resilient_sync_deliveries_key_in_flight
-               WHERE f.destination = d.destination
-                 AND f.ordering_key = d.ordering_key
-                 AND f.ordering_key IS NOT NULL
-                 AND f.status = 'in_flight')))
-ORDER BY d.seq
-LIMIT :limit;
+FROM resilient_sync_deliveries
+WHERE seq IN (
+    SELECT seq FROM wanted AS w, resilient_sync_deliveries AS d
+    WHERE d.seq IN (
+        SELECT r.seq FROM resilient_sync_deliveries AS r INDEXED BY resilient_sync_deliveries_ready
+        WHERE r.key_waits = 0
+          AND r.destination = w.name
+          AND r.due_at <= 0
+          AND -r.due_at <= :now
+          AND (r.ordering_key IS NULL
+               -- an expired in-flight delivery holds its key: it may always be reclaimed
+               OR r.status = 'in_flight'
+               OR (NOT EXISTS (  -- an older unfinished delivery of the key
+                       SELECT 1 FROM resilient_sync_deliveries AS o
+                       WHERE o.destination = r.destination
+                         AND o.open_key = r.ordering_key
+                         AND o.seq < r.seq
+                         AND o.open_key IS NOT NULL)
+                   AND NOT EXISTS (  -- another delivery of the key in flight, even if expired
+                       -- (the conditions repeat resilient_sync_deliveries_key_in_flight's
+                       -- word for word, so that SQLite reads that small index)
+                       SELECT 1 FROM resilient_sync_deliveries AS f INDEXED BY
+                           resilient_sync_deliveries_key_in_flight
+                       WHERE f.destination = r.destination
+                         AND f.ordering_key = r.ordering_key
+                         AND f.ordering_key IS NOT NULL
+                         AND f.status = 'in_flight')))
+        ORDER BY r.seq
+        LIMIT :limit)
+    ORDER BY d.seq
+    LIMIT :limit)
+ORDER BY seq;
 
 -- name: take_tokens
 -- reserve ?1 fencing tokens; read the last one with last_token
@@ -285,14 +330,20 @@ LIMIT :limit;
 
 -- name: stats_open
 -- the open deliveries through their partial indexes: the claimable ones
--- (due_at set) and the operator queue; as many rows as the queue is deep,
--- never the history
-SELECT destination, status, NULL, COUNT(*)
-FROM resilient_sync_deliveries INDEXED BY resilient_sync_deliveries_due
-WHERE due_at IS NOT NULL
+-- (ready or waiting for their time) and the operator queue; as many rows as
+-- the queue is deep, never the history; with the oldest (lowest seq) of each
+-- group, for the oldest waiting delivery
+SELECT destination, status, NULL, COUNT(*), MIN(seq)
+FROM resilient_sync_deliveries INDEXED BY resilient_sync_deliveries_ready
+WHERE due_at <= 0
 GROUP BY destination, status
 UNION ALL
-SELECT destination, status, error_category, COUNT(*)
+SELECT destination, status, NULL, COUNT(*), MIN(seq)
+FROM resilient_sync_deliveries INDEXED BY resilient_sync_deliveries_timed
+WHERE due_at > 0
+GROUP BY destination, status
+UNION ALL
+SELECT destination, status, error_category, COUNT(*), MIN(seq)
 FROM resilient_sync_deliveries INDEXED BY resilient_sync_deliveries_needs_action
 WHERE status = 'needs_action'
 GROUP BY destination, error_category;
@@ -301,25 +352,8 @@ GROUP BY destination, error_category;
 -- the finished deliveries, counted by the store as they finish
 SELECT destination, status, count FROM resilient_sync_finished_counts WHERE count > 0;
 
--- name: stats_oldest_waiting
--- the oldest waiting delivery: the lowest seq among the claimable ones, read
--- from each part of their index (rows free to go, rows behind their key)
-SELECT created_at FROM (
-    SELECT * FROM (
-        SELECT seq, created_at
-        FROM resilient_sync_deliveries INDEXED BY resilient_sync_deliveries_due
-        WHERE key_waits = 0 AND due_at IS NOT NULL AND status IN ('pending', 'retry_scheduled')
-        ORDER BY seq
-        LIMIT 1)
-    UNION ALL
-    SELECT * FROM (
-        SELECT seq, created_at
-        FROM resilient_sync_deliveries INDEXED BY resilient_sync_deliveries_due
-        WHERE key_waits = 1 AND due_at IS NOT NULL AND status IN ('pending', 'retry_scheduled')
-        ORDER BY seq
-        LIMIT 1))
-ORDER BY seq
-LIMIT 1;
+-- name: created_at
+SELECT created_at FROM resilient_sync_deliveries WHERE seq = ?1;
 
 -- name: count_finished
 -- ?1 destination, ?2 status, ?3 how many more (or fewer) finished deliveries
@@ -328,18 +362,24 @@ VALUES (?1, ?2, ?3)
 ON CONFLICT (destination, status) DO UPDATE SET count = count + excluded.count;
 
 -- name: next_due
--- Among the :window oldest claimable deliveries (through the claim's index):
--- an idle worker asks this at every empty claim, and reading every open
--- delivery cost 22 ms a call at 100,000 scheduled for a retry. A delivery
--- further back that falls due sooner is claimed at the worker's next poll
--- instead of at its due time. (Not the deliveries marked as waiting behind
--- their key: time alone does not release them.)
-SELECT MIN(CASE WHEN status = 'in_flight' THEN lease_expires_at ELSE next_attempt_at END)
-FROM (SELECT status, lease_expires_at, next_attempt_at
-      FROM resilient_sync_deliveries
-      WHERE key_waits = 0 AND due_at IS NOT NULL
-      ORDER BY seq
-      LIMIT :window);
+-- The earliest time a delivery may become claimable: the first of the rows
+-- waiting for their time (exact, one step into its index, however many are
+-- scheduled), or the time a ready row fell due, among :window of them (in
+-- the past: a ready row left after a claim is not claimable by time alone,
+-- it is behind its key or its destination is paused or held). Not the
+-- deliveries marked as waiting behind their key: time alone does not
+-- release them.
+SELECT MIN(t) FROM (
+    SELECT due_at AS t FROM (
+        SELECT due_at FROM resilient_sync_deliveries INDEXED BY resilient_sync_deliveries_timed
+        WHERE key_waits = 0 AND due_at > 0
+        ORDER BY due_at
+        LIMIT 1)
+    UNION ALL
+    SELECT -due_at FROM (
+        SELECT due_at FROM resilient_sync_deliveries INDEXED BY resilient_sync_deliveries_ready
+        WHERE key_waits = 0 AND due_at <= 0 AND due_at < 0
+        LIMIT :window));
 
 -- ------------------------------------------------------------ idempotency
 

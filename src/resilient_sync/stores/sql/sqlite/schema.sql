@@ -26,9 +26,10 @@ CREATE TABLE resilient_sync_deliveries (
     idempotency_key  TEXT    NOT NULL,
     attempts         INTEGER NOT NULL DEFAULT 0,
     next_attempt_at  INTEGER,
-    -- when the row may next be claimed: next_attempt_at (0 when unset) while
-    -- PENDING or RETRY_SCHEDULED, lease_expires_at while IN_FLIGHT, NULL
-    -- otherwise (NEEDS_ACTION and the final states never are)
+    -- when the row may next be claimed: next_attempt_at while PENDING or
+    -- RETRY_SCHEDULED, lease_expires_at while IN_FLIGHT, NULL otherwise
+    -- (NEEDS_ACTION and the final states never are); negated once that time
+    -- has come, 0 for "at once": > 0 waiting for its time, <= 0 ready (0007)
     due_at           INTEGER,
     last_error       TEXT,                               -- JSON of the ErrorInfo
     error_category   TEXT,                               -- copy of last_error.category
@@ -48,13 +49,20 @@ CREATE TABLE resilient_sync_deliveries (
     UNIQUE (event_id, destination)
 );
 
--- claim: claimable rows in submission order; only rows that can become due
--- are in it, so finished deliveries cost the claim nothing, and the claim
--- reads only its key_waits = 0 part, so rows waiting behind their key cost
--- it nothing either (0005)
-CREATE INDEX resilient_sync_deliveries_due
-    ON resilient_sync_deliveries (key_waits, seq, due_at, destination)
-    WHERE due_at IS NOT NULL;
+-- claim: the ready rows of each destination in submission order; only rows
+-- that can be claimed are in it, so finished deliveries cost the claim
+-- nothing, and the claim reads only its key_waits = 0 part, so rows waiting
+-- behind their key cost it nothing either (0005), nor do rows waiting for
+-- their time, or those of a destination it skips (0007)
+CREATE INDEX resilient_sync_deliveries_ready
+    ON resilient_sync_deliveries (key_waits, destination, seq)
+    WHERE due_at <= 0;
+
+-- claim: the rows waiting for their time, by time: a claim makes those whose
+-- time has come ready, without reading those due later (0007)
+CREATE INDEX resilient_sync_deliveries_timed
+    ON resilient_sync_deliveries (key_waits, due_at)
+    WHERE due_at > 0;
 
 -- claim: "is there an older unfinished delivery with my ordering key?"; on
 -- open_key, which the claim does not change, so a claim writes no page of it
