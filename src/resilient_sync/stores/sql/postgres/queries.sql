@@ -762,40 +762,123 @@ FROM {schema}.deliveries WHERE id = ANY(%(ids)b::text[]);
 
 -- name: next_due
 -- The earliest time a delivery may become claimable without anyone acting:
--- a due time or a lease expiry, among the %(window)s oldest open deliveries
--- (one walk of deliveries_claimable): an idle worker asks this at every
--- empty claim, and reading every open delivery cost 225 ms a call at
--- 100,000 scheduled for a retry. A delivery further back that falls due
--- sooner is claimed at the worker's next poll (poll_interval) instead of at
--- its due time. Deliveries that wait for something else (a paused
+-- per destination that is not paused (found as the claim finds them), the
+-- due time of the first delivery the claim would take from each of its
+-- claim indexes: the oldest of those due when written (its due time, none
+-- if it has none: due now), and the first to fall due of the others (a due
+-- time or a lease end). A held destination's deliveries count from the end
+-- of the hold (in flight too: the claim passes over the destination until
+-- then). Deliveries that wait for something other than time (a paused
 -- destination, an older delivery of their ordering key) are left out, so an
--- idle worker does not spin on them; a held destination's deliveries count
--- from the end of the hold.
-SELECT min(CASE WHEN d.status = 'in_flight' THEN d.lease_expires_at
-                ELSE greatest(d.next_attempt_at, x.hold_until) END)
-FROM (SELECT w.status, w.lease_expires_at, w.next_attempt_at, w.destination,
-             w.ordering_key, w.seq, w.key_waits
-      FROM {schema}.deliveries AS w
-      WHERE w.status IN ('pending', 'retry_scheduled', 'in_flight')
-      ORDER BY w.seq
-      LIMIT %(window)s) AS d
-LEFT JOIN {schema}.destinations AS x ON x.name = d.destination
-WHERE NOT d.key_waits
-  AND (d.status = 'in_flight' OR x.paused IS NOT TRUE)
-  AND (d.status = 'in_flight' OR d.ordering_key IS NULL OR (
-      (d.destination, d.ordering_key, d.seq) = (  -- the key's oldest (see the claim)
-          SELECT o.destination, o.ordering_key, o.seq
-          FROM {schema}.deliveries AS o
-          WHERE (o.destination, o.ordering_key, o.seq) >= (d.destination, d.ordering_key, -1)
-            AND o.ordering_key IS NOT NULL
-            AND o.status IN ('pending', 'in_flight', 'retry_scheduled', 'needs_action')
-          ORDER BY o.destination, o.ordering_key, o.seq
-          LIMIT 1)
-      AND NOT EXISTS (  -- the in-flight one's lease expiry counts instead
-          SELECT 1 FROM {schema}.deliveries AS f
-          WHERE f.destination = d.destination
-            AND f.ordering_key = d.ordering_key
-            AND f.status = 'in_flight')));
+-- idle worker does not spin on them. An idle worker asks this at every
+-- empty claim: it reads a few entries per destination, however deep the
+-- queue (before 0005 it read the oldest 1,000 open deliveries, and missed
+-- one due sooner behind them).
+WITH RECURSIVE ready_destinations(name) AS (
+    (SELECT d.destination FROM {schema}.deliveries AS d
+     WHERE d.status IN ('pending', 'retry_scheduled')
+       AND (d.next_attempt_at IS NULL OR d.next_attempt_at <= d.updated_at)
+       AND NOT d.key_waits
+     ORDER BY d.destination
+     LIMIT 1)
+    UNION ALL
+    SELECT (SELECT d.destination FROM {schema}.deliveries AS d
+            WHERE d.status IN ('pending', 'retry_scheduled')
+              AND (d.next_attempt_at IS NULL OR d.next_attempt_at <= d.updated_at)
+              AND NOT d.key_waits
+              AND d.destination > o.name
+            ORDER BY d.destination
+            LIMIT 1)
+    FROM ready_destinations AS o
+    WHERE o.name IS NOT NULL
+),
+timed_destinations(name) AS (
+    (SELECT d.destination FROM {schema}.deliveries AS d
+     WHERE d.status IN ('pending', 'retry_scheduled', 'in_flight')
+       AND (d.status = 'in_flight' OR d.next_attempt_at > d.updated_at)
+       AND NOT d.key_waits
+     ORDER BY d.destination
+     LIMIT 1)
+    UNION ALL
+    SELECT (SELECT d.destination FROM {schema}.deliveries AS d
+            WHERE d.status IN ('pending', 'retry_scheduled', 'in_flight')
+              AND (d.status = 'in_flight' OR d.next_attempt_at > d.updated_at)
+              AND NOT d.key_waits
+              AND d.destination > o.name
+            ORDER BY d.destination
+            LIMIT 1)
+    FROM timed_destinations AS o
+    WHERE o.name IS NOT NULL
+),
+names AS (
+    SELECT n.name, x.hold_until
+    FROM (SELECT name FROM ready_destinations WHERE name IS NOT NULL
+          UNION
+          SELECT name FROM timed_destinations WHERE name IS NOT NULL) AS n
+    LEFT JOIN {schema}.destinations AS x ON x.name = n.name
+    WHERE x.paused IS NOT TRUE
+)
+SELECT min(least(CASE WHEN r.found THEN greatest(r.due, n.hold_until) END,
+                 CASE WHEN t.due IS NOT NULL THEN greatest(t.due, n.hold_until) END))
+FROM names AS n
+LEFT JOIN LATERAL (
+    -- the oldest the claim would take of those due when written (its conditions)
+    SELECT true AS found, d.next_attempt_at AS due
+    FROM {schema}.deliveries AS d
+    WHERE d.destination = n.name
+      AND d.status IN ('pending', 'retry_scheduled')
+      AND (d.next_attempt_at IS NULL OR d.next_attempt_at <= d.updated_at)
+      AND NOT d.key_waits
+      AND (d.ordering_key IS NULL
+           OR ((d.destination, d.ordering_key, d.seq) = (
+                   SELECT o.destination, o.ordering_key, o.seq
+                   FROM {schema}.deliveries AS o
+                   WHERE (o.destination, o.ordering_key, o.seq)
+                         >= (d.destination, d.ordering_key, -1)
+                     AND o.ordering_key IS NOT NULL
+                     AND o.status IN ('pending', 'in_flight', 'retry_scheduled', 'needs_action')
+                   ORDER BY o.destination, o.ordering_key, o.seq
+                   LIMIT 1)
+               AND NOT EXISTS (
+                   SELECT 1 FROM {schema}.deliveries AS f
+                   WHERE f.destination = d.destination
+                     AND f.ordering_key = d.ordering_key
+                     AND f.ordering_key IS NOT NULL
+                     AND f.status = 'in_flight')))
+    ORDER BY d.seq
+    LIMIT 1
+) AS r ON true
+LEFT JOIN LATERAL (
+    -- the first to fall due that the claim would take then
+    SELECT CASE WHEN d.status = 'in_flight' THEN d.lease_expires_at
+                ELSE d.next_attempt_at END AS due
+    FROM {schema}.deliveries AS d
+    WHERE d.destination = n.name
+      AND d.status IN ('pending', 'retry_scheduled', 'in_flight')
+      AND (d.status = 'in_flight' OR d.next_attempt_at > d.updated_at)
+      AND NOT d.key_waits
+      AND (d.ordering_key IS NULL
+           OR d.status = 'in_flight'
+           OR ((d.destination, d.ordering_key, d.seq) = (
+                   SELECT o.destination, o.ordering_key, o.seq
+                   FROM {schema}.deliveries AS o
+                   WHERE (o.destination, o.ordering_key, o.seq)
+                         >= (d.destination, d.ordering_key, -1)
+                     AND o.ordering_key IS NOT NULL
+                     AND o.status IN ('pending', 'in_flight', 'retry_scheduled', 'needs_action')
+                   ORDER BY o.destination, o.ordering_key, o.seq
+                   LIMIT 1)
+               AND NOT EXISTS (
+                   SELECT 1 FROM {schema}.deliveries AS f
+                   WHERE f.destination = d.destination
+                     AND f.ordering_key = d.ordering_key
+                     AND f.ordering_key IS NOT NULL
+                     AND f.status = 'in_flight')))
+    ORDER BY CASE WHEN d.status = 'in_flight' THEN d.lease_expires_at
+                  ELSE d.next_attempt_at END,
+             d.seq
+    LIMIT 1
+) AS t ON true;
 
 -- name: idempotency_begin
 -- Take each key that is absent, expired or abandoned; report the others as
