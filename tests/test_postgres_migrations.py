@@ -261,3 +261,89 @@ def test_a_delivery_left_marked_waiting_without_a_key_is_claimed_after_migrating
         assert [d.id for d in claimed] == ["d1"]
     finally:
         queue.close()
+
+
+def test_a_schema_4_queue_claims_what_is_due_after_migrating(pg_dsn: str, pg_schema: str) -> None:
+    """Schema 5 reads the claimable deliveries through two indexes instead of
+    one (those waiting with no due time in seq order, the others in the
+    order they fall due). A queue written at schema 4, with deliveries of
+    every kind, is claimed as before after migrating: what is due, oldest
+    first, and next_due is the first time one of the others falls due."""
+    from datetime import datetime, timedelta, timezone
+
+    from resilient_sync import DeliveryStatus
+    from resilient_sync.stores import Completion
+    from resilient_sync.stores._postgres import PostgresQueueStore, _load_queries, migrations
+
+    q = _load_queries(pg_schema)
+    s = f'"{pg_schema}"'
+    now = datetime.now(timezone.utc)
+    minute = timedelta(minutes=1)
+    rows = [  # (event id, destination, key, status, next_attempt_at, lease_expires_at)
+        ("p-none", "pos", None, "pending", None, None),
+        ("p-due", "pos", None, "pending", now - minute, None),
+        ("r-later", "pos", None, "retry_scheduled", now + 60 * minute, None),
+        ("r-due", "pos", None, "retry_scheduled", now - timedelta(seconds=1), None),
+        ("f-expired", "pos", None, "in_flight", None, now - minute),
+        ("f-live", "pos", None, "in_flight", None, now + 30 * minute),
+        ("k1", "pos", "K", "retry_scheduled", now + 10 * minute, None),  # the key's head
+        ("k2", "pos", "K", "pending", now - minute, None),  # due, but waits behind k1
+        ("c-none", "crm", None, "retry_scheduled", None, None),
+        ("done", "pos", None, "succeeded", None, None),
+    ]
+    with admin_connection() as conn:
+        conn.execute(q["bootstrap"])
+        for version, name, text in migrations(pg_schema)[:4]:
+            conn.execute(text)
+            conn.execute(q["record_migration"], {"version": version, "name": name})
+        for seq, (event_id, destination, key, status, due, lease_end) in enumerate(rows, 1):
+            conn.execute(
+                f"""INSERT INTO {s}.deliveries (id, seq, event_id, destination, ordering_key,
+                event, status, idempotency_key, attempts, next_attempt_at, created_at,
+                updated_at, lease_token, lease_owner, lease_expires_at) VALUES (%s, %s, %s, %s,
+                %s, %s, %s, %s, 1, %s, %s, %s, %s, %s, %s)""",
+                [
+                    f"id-{event_id}",
+                    seq,
+                    event_id,
+                    destination,
+                    key,
+                    f'{{"id": "{event_id}", "type": "t", "payload": {{}}, "ordering_key": '
+                    + ("null" if key is None else f'"{key}"')
+                    + "}",
+                    status,
+                    f"k-{event_id}",
+                    due,
+                    now - 60 * minute,
+                    now - 60 * minute,  # written an hour ago
+                    7 if lease_end else 0,
+                    "dead-worker" if lease_end else None,
+                    lease_end,
+                ],
+            )
+        conn.execute(f"SELECT setval('{pg_schema}.delivery_seq', 100)")
+
+    queue = PostgresQueueStore(pg_dsn, schema=pg_schema)  # migrates to the newest
+    try:
+        indexes = {name for _, name, _ in catalog(pg_schema)["indexes"]}
+        assert {"deliveries_claim_ready", "deliveries_claim_timed"} <= indexes
+        assert "deliveries_claim_heads" not in indexes
+        lease = now + timedelta(minutes=5)
+        claimed = queue.claim(now=now, limit=10, lease_until=lease, worker="w")
+        assert [d.event.id for d in claimed] == ["p-none", "p-due", "r-due", "f-expired", "c-none"]
+        assert queue.attempts("id-f-expired")[-1].action == "lease_expired"
+        assert queue.next_due() == lease  # the leases just taken
+        done = [
+            Completion(
+                delivery_id=d.id,
+                lease_token=d.lease_token,
+                status=DeliveryStatus.SUCCEEDED,
+                finished_at=now,
+            )
+            for d in claimed
+        ]
+        assert queue.complete(done) == [True] * 5
+        assert queue.next_due() == now + 10 * minute  # k1 (k2 waits behind it)
+        assert queue.claim(now=lease, limit=10, lease_until=lease, worker="w") == []
+    finally:
+        queue.close()

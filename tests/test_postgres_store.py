@@ -13,6 +13,7 @@ import uuid
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+import attrs
 import pytest
 
 from pg_support import (
@@ -213,23 +214,39 @@ def _done(d: Delivery, status: DeliveryStatus) -> Any:
     return Completion(delivery_id=d.id, lease_token=d.lease_token, status=status, finished_at=T0)
 
 
+@pytest.mark.parametrize("kind", ["new", "retries that fell due"])
 @pytest.mark.parametrize("isolation", ["read committed", "repeatable read"])
 def test_concurrent_claimers_never_share_a_delivery_or_a_key(
-    pg_dsn: str, pg_schema: str, isolation: str
+    pg_dsn: str, pg_schema: str, isolation: str, kind: str
 ) -> None:
     """Four stores claim and complete 300 deliveries at once. With the
     server's default isolation at repeatable read (a database or role set
     so), claims that met each other's updates failed with a serialization
     error (found by a red-team pass): a claim runs at read committed, as a
-    completion does."""
+    completion does. The deliveries are new (read through the claim's index
+    in seq order) or retries that fell due (through its index by due time,
+    then each row by its seq)."""
     from resilient_sync.stores._postgres import PostgresQueueStore
 
     escaped = isolation.replace(" ", "\\ ")  # libpq options: a space is escaped
     dsn = with_params(pg_dsn, options=f"-c default_transaction_isolation={escaped}")
     stores = [PostgresQueueStore(dsn, schema=pg_schema) for _ in range(4)]
     try:
+        written = T0 - timedelta(hours=1) if kind == "retries that fell due" else T0
         stores[0].enqueue(
-            [delivery(f"e{i}", key=f"k{i % 7}" if i % 3 else None) for i in range(300)]
+            [
+                attrs.evolve(
+                    delivery(f"e{i}", key=f"k{i % 7}" if i % 3 else None),
+                    status=(
+                        DeliveryStatus.RETRY_SCHEDULED
+                        if kind == "retries that fell due"
+                        else DeliveryStatus.PENDING
+                    ),
+                    updated_at=written,
+                    next_attempt_at=T0 - timedelta(seconds=i % 50),
+                )
+                for i in range(300)
+            ]
         )
         seen: dict[str, str] = {}
         lock = threading.Lock()
@@ -773,15 +790,33 @@ def test_the_async_dispatcher_runs_on_the_sync_store_including_run_forever(
 
 
 def _insert_deliveries(
-    conn: Any, schema: str, count: int, *, destination: str = "'pos'", status: str = "'pending'"
+    conn: Any,
+    schema: str,
+    count: int,
+    *,
+    destination: str = "'pos'",
+    status: str = "'pending'",
+    next_attempt_at: str = "NULL",
+    lease_expires_at: str = "NULL",
+    updated_at: str = "now()",
+    first: int = 1,
 ) -> None:
-    """``count`` rows straight into the deliveries table (``g`` is the row
-    number in the SQL expressions for the destination and the status)."""
+    """``count`` rows straight into the deliveries table, numbered (and their
+    seq) from ``first`` on (``g`` is the row number in the SQL expressions
+    for the destination, the status and the times; a row with a lease end
+    is leased by "w0")."""
     conn.execute(
         f'''INSERT INTO "{schema}".deliveries (id, seq, event_id, destination, event,
-        status, idempotency_key, created_at, updated_at)
+        status, idempotency_key, next_attempt_at, lease_token, lease_owner, lease_expires_at,
+        created_at, updated_at)
         SELECT md5(g::text), g, 'e' || g, {destination}, '{{"id":"x","type":"t","payload":{{}}}}',
-        {status}, 'k' || g, now(), now() FROM generate_series(1, {count}) AS g'''
+        {status}, 'k' || g, x.next_attempt_at,
+        CASE WHEN x.lease_expires_at IS NULL THEN 0 ELSE 1 END,
+        CASE WHEN x.lease_expires_at IS NOT NULL THEN 'w0' END, x.lease_expires_at, now(),
+        {updated_at}
+        FROM generate_series({first}, {first + count - 1}) AS g,
+        LATERAL (SELECT ({next_attempt_at})::timestamptz AS next_attempt_at,
+                        ({lease_expires_at})::timestamptz AS lease_expires_at) AS x'''
     )
 
 
@@ -881,7 +916,7 @@ def test_hot_queries_never_scan_the_history(pg_dsn: str, pg_schema: str) -> None
                     setup=q["claim_settings"],
                 )
                 _assert_flat(name, {"custom": plans["custom"]})
-            plans = _plans(conn, q["next_due"], {"window": 1000}, setup=q["claim_settings"])
+            plans = _plans(conn, q["next_due"], {}, setup=q["claim_settings"])
             _assert_flat("next_due", {"custom": plans["custom"]})
             checks = {
                 "operator queue": (
@@ -898,19 +933,24 @@ def test_hot_queries_never_scan_the_history(pg_dsn: str, pg_schema: str) -> None
         queue.close()
 
 
-@pytest.mark.parametrize("layout", ["unkeyed", "keyed", "rare destination"])
-def test_an_idle_poll_reads_a_window_of_the_queue_not_all_of_it(
-    pg_dsn: str, pg_schema: str, layout: str
+@pytest.mark.parametrize(
+    ("layout", "analysed"),
+    [("unkeyed", False), ("unkeyed", True), ("keyed", True), ("rare destination", True)],
+)
+def test_an_idle_poll_finds_the_first_due_time_without_reading_the_queue(
+    pg_dsn: str, pg_schema: str, layout: str, analysed: bool
 ) -> None:
     """100,000 deliveries scheduled for a retry in ten minutes (under 1,000
-    ordering keys, or with 1,000 more for a second destination behind them):
-    ``next_due``, which an idle worker asks at every empty claim, reads the
-    oldest ``NEXT_DUE_WINDOW`` (reading them all took 225 ms a call, growing
-    with the queue). One due sooner further back is not seen: the worker
-    claims it at its next poll."""
+    ordering keys, or with 1,000 more for a second destination behind them),
+    and one of them, the 90,000th, due sooner: ``next_due``, which an idle
+    worker asks at every empty claim, reports it (keyed, it waits behind its
+    key's head, so the oldest head's time), reading a few pages. It
+    read the oldest 1,000 (``NEXT_DUE_WINDOW``; all of them took 225 ms a
+    call, growing with the queue), so it missed that one (the worker claimed
+    it at its next poll); before the statistics were analysed, it read 4,800
+    pages (30 ms) for that."""
     import psycopg
 
-    from resilient_sync.stores._common import NEXT_DUE_WINDOW
     from resilient_sync.stores._postgres import PostgresQueueStore
 
     queue = PostgresQueueStore(pg_dsn, schema=pg_schema)
@@ -930,33 +970,47 @@ def test_an_idle_poll_reads_a_window_of_the_queue_not_all_of_it(
                 FROM generate_series(1, {total}) AS g""",
                 [later],
             )
-            # further back than the window: due in a minute
+            # further back than the oldest 1,000 (a key's head when keyed): due in a minute
+            sooner = later - timedelta(minutes=9)
             conn.execute(
                 f'UPDATE "{pg_schema}".deliveries SET next_attempt_at = %s WHERE seq = 90000',
-                [later - timedelta(minutes=9)],
+                [sooner],
             )
-            conn.execute(f'ANALYZE "{pg_schema}".deliveries')
-            plan = _plans(
-                conn,
-                queue._queries["next_due"],
-                {"window": NEXT_DUE_WINDOW},
-                analyze=True,
-                setup=queue._queries["claim_settings"],
-            )["custom"]
-        # the window's rows (and per keyed one, its key's head): not the 100,000
-        read = re.findall(
-            r"Index Scan using deliveries_\w+ on deliveries w .*?actual rows=(\d+) loops=(\d+)",
-            plan,
-        )
-        assert read, plan
-        assert sum(int(n) * int(loops) for n, loops in read) <= NEXT_DUE_WINDOW, plan
-        removed = [int(n) for n in re.findall(r"Rows Removed by (?:Join )?Filter: (\d+)", plan)]
-        assert sum(removed) < 100, plan
+            if analysed:
+                conn.execute(f'ANALYZE "{pg_schema}".deliveries')
+            with conn.transaction(force_rollback=True):
+                conn.execute(queue._queries["claim_settings"])
+                rows = conn.execute(
+                    "EXPLAIN (ANALYZE, BUFFERS, TIMING OFF) " + queue._queries["next_due"]
+                ).fetchall()
+            plan = "\n".join(row[0] for row in rows)
+        found = re.search(r"Buffers: shared hit=(\d+)(?: read=(\d+))?", plan)
+        assert found is not None, plan
+        assert int(found.group(1)) + int(found.group(2) or 0) < 100, plan
         assert "Seq Scan on deliveries" not in plan, plan
-        # the oldest is due first (seq 90,000's earlier time is out of the window)
-        assert queue.next_due() == later + timedelta(milliseconds=1)
+        # keyed, it waits behind the oldest of its key, which time alone does not release
+        assert queue.next_due() == (later + timedelta(milliseconds=1) if key != "NULL" else sooner)
     finally:
         queue.close()
+
+
+def test_next_due_counts_a_held_destinations_deliveries_from_the_end_of_the_hold(
+    pg_stores: Any,
+) -> None:
+    """The claim passes over a held destination until the hold ends: its
+    deliveries, due or not, in flight or not, count from then."""
+    queue, _ = pg_stores
+    hold_end = T0 + timedelta(minutes=10)
+    queue.enqueue([delivery("e1")])
+    assert len(claim(queue)) == 1  # in flight until T0 + 60 s
+    queue.set_destination("pos", now=T0, hold_until=hold_end, hold_reason="rate limited")
+    assert queue.next_due() == hold_end  # it was the lease's end, T0 + 60 s
+    queue.enqueue([_waiting("e2", DeliveryStatus.PENDING, None)])
+    assert queue.next_due() == hold_end
+    queue.enqueue([_waiting("e3", DeliveryStatus.RETRY_SCHEDULED, hold_end + LEASE_5M)])
+    assert queue.next_due() == hold_end
+    queue.enqueue([_waiting("e4", DeliveryStatus.RETRY_SCHEDULED, T0, destination="crm")])
+    assert queue.next_due() == T0  # another destination
 
 
 def test_the_claim_is_planned_for_its_values_every_time(pg_dsn: str, pg_schema: str) -> None:
@@ -1029,17 +1083,21 @@ def test_a_rare_destinations_claim_skips_the_others_backlog(pg_dsn: str, pg_sche
         queue.close()
 
 
-def _claim_buffers(conn: Any, queue: Any, now: datetime) -> tuple[int, str]:
+def _claim_buffers(
+    conn: Any, queue: Any, now: datetime, destinations: tuple[str, ...] | None = ("pos",)
+) -> tuple[int, str]:
     """Pages the claim of 100 reads to choose what it hands out (its
     ``candidates``, in EXPLAIN ANALYZE, rolled back; the update of the rows
-    it takes comes on top), and its plan."""
+    it takes comes on top), and its plan. ``destinations`` None: a claim
+    for all of them (their names found in the claim's indexes, which counts
+    among the pages)."""
     params = {
         "now": now,
         "limit": 100,
         "lease_until": now + timedelta(minutes=5),
         "worker": "w",
-        "all_destinations": False,
-        "destinations": ["pos"],
+        "all_destinations": destinations is None,
+        "destinations": list(destinations or ()),
     }
     with conn.transaction(force_rollback=True):
         conn.execute(queue._queries["claim_settings"])
@@ -1052,16 +1110,20 @@ def _claim_buffers(conn: Any, queue: Any, now: datetime) -> tuple[int, str]:
     return int(found.group(1)) + int(found.group(2) or 0), plan
 
 
+@pytest.mark.parametrize("due", ["no due time", "due when written", "overdue retries"])
 @pytest.mark.parametrize("analysed", [False, True])
 def test_a_burst_is_claimed_through_the_index_whatever_the_statistics(
-    pg_dsn: str, pg_schema: str, analysed: bool
+    pg_dsn: str, pg_schema: str, analysed: bool, due: str
 ) -> None:
     """20,000 deliveries arrive at once: before autovacuum has analysed them,
     the planner believes the queue is nearly empty, and a claim that walked
     every destination's deliveries at once read them all through a bitmap
     and sorted them (175 ms a claim at 100,000 rows, 3 ms analysed). Each
     destination's own index hands them out in order: a claim of 100 reads a
-    few pages, analysed or not."""
+    few pages, analysed or not, whether they wait with no due time (an
+    operator's retry), with one (as submitted: due when created), or are
+    retries that fell due since (then it reads the 1,000 due longest ago,
+    in the order they fell due, and hands out the oldest of them)."""
     import psycopg
 
     from resilient_sync.stores._postgres import PostgresQueueStore
@@ -1069,14 +1131,198 @@ def test_a_burst_is_claimed_through_the_index_whatever_the_statistics(
     queue = PostgresQueueStore(pg_dsn, schema=pg_schema)
     try:
         with psycopg.connect(pg_dsn, autocommit=True) as conn:
-            _insert_deliveries(conn, pg_schema, 20000)
+            _insert_deliveries(
+                conn,
+                pg_schema,
+                20000,
+                next_attempt_at="NULL" if due == "no due time" else "now() - interval '1 second'",
+                updated_at="now() - interval '1 hour'" if due == "overdue retries" else "now()",
+                status="'retry_scheduled'" if due == "overdue retries" else "'pending'",
+            )
             if analysed:
                 conn.execute(f'ANALYZE "{pg_schema}".deliveries')
             pages, plan = _claim_buffers(conn, queue, datetime.now(timezone.utc))
         assert "Bitmap Heap Scan on deliveries" not in plan, plan
-        assert pages < 300, plan  # reading the 20,000 rows takes about 1,000
+        # reading the 20,000 rows takes about 1,000; of overdue retries, the claim
+        # reads the 1,000 due longest ago (about 450)
+        assert pages < (600 if due == "overdue retries" else 300), plan
     finally:
         queue.close()
+
+
+_NOT_YET_DUE = {
+    # 100,000 deliveries in front of the due ones, due in an hour: retries
+    # scheduled after an outage, or deliveries in flight on live leases
+    "scheduled retries": {
+        "status": "'retry_scheduled'",
+        "next_attempt_at": "now() + interval '1 hour'",
+    },
+    "live leases": {"status": "'in_flight'", "lease_expires_at": "now() + interval '1 hour'"},
+}
+
+
+@pytest.mark.parametrize("front", list(_NOT_YET_DUE))
+@pytest.mark.parametrize("analysed", [False, True])
+def test_a_claim_reads_none_of_the_deliveries_not_yet_due(
+    pg_dsn: str, pg_schema: str, analysed: bool, front: str
+) -> None:
+    """100,000 deliveries due in an hour in front of 100 due ones (with no due
+    time, due when written, and retries that fell due). The claim walked each
+    destination's deliveries in seq order and kept the due ones, so it read
+    the 100,000 at every claim: an empty claim read 2,900 pages (27 ms), and
+    so did one of the 100 behind them, growing with the backlog. It reads
+    each destination's deliveries with a due time in the order they fall
+    due, up to now: a few pages, analysed or not, for all destinations or
+    one, and the 100 due are handed out, oldest first."""
+    import psycopg
+
+    from resilient_sync.stores._postgres import PostgresQueueStore
+
+    queue = PostgresQueueStore(pg_dsn, schema=pg_schema)
+    try:
+        with psycopg.connect(pg_dsn, autocommit=True) as conn:
+            _insert_deliveries(conn, pg_schema, 100000, **_NOT_YET_DUE[front])
+            if analysed:
+                conn.execute(f'ANALYZE "{pg_schema}".deliveries')
+            for destinations in (("pos",), None):
+                pages, plan = _claim_buffers(conn, queue, datetime.now(timezone.utc), destinations)
+                handed_out = plan.split("CTE candidates\n")[1].splitlines()[0]
+                assert "actual rows=0 " in handed_out, plan
+                assert pages < 100, plan  # reading the 100,000 took 2,900
+            _insert_deliveries(
+                conn,
+                pg_schema,
+                100,
+                first=100001,
+                next_attempt_at="CASE WHEN g % 3 > 0 THEN now() - interval '1 second' END",
+                updated_at="CASE WHEN g % 3 = 2 THEN now() - interval '1 hour' ELSE now() END",
+            )
+            if analysed:
+                conn.execute(f'ANALYZE "{pg_schema}".deliveries')
+            for destinations in (("pos",), None):
+                pages, plan = _claim_buffers(conn, queue, datetime.now(timezone.utc), destinations)
+                assert pages < 300, plan  # 3,000 before
+        now = datetime.now(timezone.utc)
+        claimed = queue.claim(now=now, limit=200, lease_until=now + LEASE_5M, worker="w")
+        assert [d.seq for d in claimed] == list(range(100001, 100101))
+    finally:
+        queue.close()
+
+
+def _retry(d: Delivery, at: datetime) -> Any:
+    from resilient_sync.stores import Completion
+
+    return Completion(
+        delivery_id=d.id,
+        lease_token=d.lease_token,
+        status=DeliveryStatus.RETRY_SCHEDULED,
+        finished_at=T0,
+        next_attempt_at=at,
+    )
+
+
+def _waiting(
+    event_id: str,
+    status: DeliveryStatus,
+    due: datetime | None,
+    key: str | None = None,
+    destination: str = "pos",
+) -> Delivery:
+    return attrs.evolve(delivery(event_id, key, destination), status=status, next_attempt_at=due)
+
+
+def test_due_deliveries_from_both_claim_indexes_are_claimed_oldest_first(
+    pg_stores: Any,
+) -> None:
+    """Deliveries due when written (no due time, or one no later than when
+    they were written) and the others (a retry scheduled for later) come
+    from the claim's two indexes: handed out together, in seq order, and cut
+    to the limit in that order."""
+    queue, _ = pg_stores
+    at = T0 + timedelta(minutes=1)
+    rows = queue.enqueue(
+        [
+            _waiting("e1", DeliveryStatus.RETRY_SCHEDULED, T0 + timedelta(seconds=30)),
+            _waiting("e2", DeliveryStatus.PENDING, None),
+            _waiting("e3", DeliveryStatus.PENDING, T0),
+            _waiting("e4", DeliveryStatus.RETRY_SCHEDULED, None),
+            _waiting("e5", DeliveryStatus.RETRY_SCHEDULED, at + timedelta(seconds=1)),
+            _waiting("e6", DeliveryStatus.PENDING, T0 - timedelta(seconds=1)),
+        ]
+    )
+    assert [d.id for d in claim(queue, limit=3, at=at)] == [rows[0].id, rows[1].id, rows[2].id]
+    assert [d.id for d in claim(queue, limit=3, at=at)] == [rows[3].id, rows[5].id]
+    assert [d.id for d in claim(queue, at=at + timedelta(seconds=1))] == [rows[4].id]
+
+
+def test_the_oldest_due_goes_first_whenever_it_fell_due(pg_stores: Any) -> None:
+    """Of the deliveries with a due time, the claim reads those that fell due
+    first, and hands out the oldest of them: a lease that ran out after a
+    newer delivery's retry time is still reclaimed first, and an older retry
+    due later goes before a newer one due sooner (found by the key-heads
+    fuzz test when the claim took those due longest ago)."""
+    queue, _ = pg_stores
+    (stalled,) = queue.enqueue([delivery("e1")])
+    assert len(claim(queue, worker="crashed")) == 1  # a lease until T0 + 60 s
+    older, newer = queue.enqueue(
+        [
+            _waiting("e2", DeliveryStatus.RETRY_SCHEDULED, T0 + timedelta(seconds=50)),
+            _waiting("e3", DeliveryStatus.RETRY_SCHEDULED, T0 + timedelta(seconds=10)),
+        ]
+    )
+    at = T0 + timedelta(seconds=61)
+    assert [d.id for d in claim(queue, limit=1, at=at)] == [stalled.id]
+    assert [d.id for d in claim(queue, limit=1, at=at)] == [older.id]
+    assert [d.id for d in claim(queue, limit=1, at=at)] == [newer.id]
+
+
+def test_a_delivery_is_claimable_exactly_when_its_time_comes(pg_stores: Any) -> None:
+    """A retry is claimed from its due time on, not a microsecond before; a
+    lease that ran out is reclaimed from its end on, with its audit record."""
+    queue, _ = pg_stores
+    tick = timedelta(microseconds=1)
+    retry_at = T0 + timedelta(seconds=30)
+    (d,) = queue.enqueue([_waiting("e1", DeliveryStatus.RETRY_SCHEDULED, retry_at)])
+    assert claim(queue, at=retry_at - tick) == []
+    (leased,) = claim(queue, worker="crashed", at=retry_at)  # a lease of 60 s
+    assert leased.id == d.id
+    lease_end = retry_at + timedelta(seconds=60)
+    assert claim(queue, worker="w2", at=lease_end - tick) == []
+    (again,) = claim(queue, worker="w2", at=lease_end)
+    assert again.id == d.id
+    assert again.attempts == 2
+    (record,) = queue.attempts(d.id)
+    assert record.action == "lease_expired"
+    assert "crashed" in (record.reason or "")
+
+
+@pytest.mark.parametrize("flag", ["marked waiting", "not marked"])
+def test_a_head_waiting_for_its_retry_holds_back_its_key_from_the_due_time_index(
+    pg_stores: Any, flag: str
+) -> None:
+    """The head of a key is a retry scheduled for later; the next delivery
+    of the key is due: it is not claimed until the head has gone. The flag
+    that keeps it out of the claim's indexes may be false on a delivery
+    that waits (an enqueue at a stricter isolation leaves it so): then the
+    claim's check of the key's head stops it."""
+    queue, _ = pg_stores
+    head, second = queue.enqueue([delivery("e1", "k"), delivery("e2", "k")])
+    if flag == "not marked":
+        with admin_connection() as conn:
+            conn.execute(
+                f'UPDATE "{queue.schema}".deliveries SET key_waits = false WHERE id = %s',
+                [second.id],
+            )
+    (held,) = claim(queue)
+    retry_at = T0 + timedelta(seconds=30)
+    assert queue.complete([_retry(held, retry_at)]) == [True]
+    assert claim(queue, at=T0 + timedelta(seconds=10)) == []
+    assert queue.next_due() == retry_at
+    (again,) = claim(queue, at=retry_at)
+    assert again.id == head.id
+    assert claim(queue, at=retry_at) == []
+    assert queue.complete([_done(again, DeliveryStatus.SUCCEEDED)]) == [True]
+    assert [d.id for d in claim(queue, at=retry_at)] == [second.id]
 
 
 @pytest.mark.parametrize("analysed", [False, True])

@@ -73,7 +73,6 @@ from .._model import (
 )
 from .._redact import redact
 from ._common import (
-    NEXT_DUE_WINDOW,
     check_deliveries,
     check_new_events,
     check_page_args,
@@ -1351,19 +1350,18 @@ class PostgresQueueStore(_PostgresBase):
 
         Deliveries waiting for something other than time (a paused
         destination, an older delivery of their ordering key) are left out,
-        so an idle worker sleeps instead of spinning on them. Only the
-        oldest ``NEXT_DUE_WINDOW`` open deliveries are looked at (see
-        queries.sql), so the cost of an idle poll does not grow with the
-        queue.
+        so an idle worker sleeps instead of spinning on them. Exact: each
+        destination's first due time is read from the claim's indexes (see
+        queries.sql), so the cost of an idle poll grows with the number of
+        destinations, not with the queue.
         """
-        params = {"window": NEXT_DUE_WINDOW}
 
         def read(conn: Connection) -> builtins.list[TupleRow]:
             cur = self._cursor(conn)
-            # planned for the window at hand, as the claim (see claim_settings)
+            # planned as the claim is (see claim_settings)
             with self._one_trip(conn):
                 self._cursor(conn).execute(self._queries["claim_settings"])
-                cur.execute(self._queries["next_due"], params, prepare=False)
+                cur.execute(self._queries["next_due"], prepare=False)
             return cur.fetchall()
 
         rows = self._run("read the next due time", read, atomic=False)

@@ -11,7 +11,8 @@ CREATE TABLE {schema}.schema_migrations (
     applied_at timestamptz NOT NULL DEFAULT now()
 );
 INSERT INTO {schema}.schema_migrations (version, name) VALUES
-    (1, 'initial'), (2, 'retention_and_flat_reads'), (3, 'key_waits'), (4, 'key_dropped');
+    (1, 'initial'), (2, 'retention_and_flat_reads'), (3, 'key_waits'), (4, 'key_dropped'),
+    (5, 'timed_claim');
 
 CREATE SEQUENCE {schema}.delivery_seq;
 CREATE SEQUENCE {schema}.lease_tokens;
@@ -128,11 +129,23 @@ CREATE TABLE {schema}.finished_counts (
     PRIMARY KEY (destination, status, shard)
 );
 
--- The claim's index and the key_waits flag's triggers (0003).
--- the claim: per destination, in submission order, without the rows that wait
--- behind their key
-CREATE INDEX deliveries_claim_heads ON {schema}.deliveries (destination, seq)
-    WHERE status IN ('pending', 'retry_scheduled', 'in_flight') AND NOT key_waits;
+-- The claim's indexes (0005) and the key_waits flag's triggers (0003).
+-- the claim, per destination, without the rows that wait behind their key:
+-- those due when last written (no due time, or one no later than
+-- updated_at) in submission order, and the others (a due time to come when
+-- written, or in flight until the lease ends) in the order they fall due,
+-- so that the claim never reads one due later
+CREATE INDEX deliveries_claim_ready ON {schema}.deliveries (destination, seq)
+    WHERE status IN ('pending', 'retry_scheduled')
+      AND (next_attempt_at IS NULL OR next_attempt_at <= updated_at)
+      AND NOT key_waits;
+CREATE INDEX deliveries_claim_timed ON {schema}.deliveries (
+        destination,
+        (CASE WHEN status = 'in_flight' THEN lease_expires_at ELSE next_attempt_at END),
+        seq)
+    WHERE status IN ('pending', 'retry_scheduled', 'in_flight')
+      AND (status = 'in_flight' OR next_attempt_at > updated_at)
+      AND NOT key_waits;
 
 -- the advisory lock of one (destination, ordering key) in this schema
 CREATE FUNCTION {schema}.ordering_key_lock(destination text, ordering_key text)
