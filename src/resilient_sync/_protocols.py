@@ -174,6 +174,18 @@ class QueueStore(Protocol):
         ``lease_owner=worker`` and ``lease_expires_at=lease_until``, and are
         returned oldest first. Two concurrent claims never return the same
         delivery.
+
+        Oldest first also decides which due deliveries a claim takes: the
+        lowest ``seq``, whenever each fell due (an older delivery whose retry
+        time has just come goes before newer ones due all along), each judged
+        by this claim's ``now``. The cost must not grow with what the claim
+        cannot take (deliveries due later, leased, waiting behind their key,
+        of paused or held destinations). The SQL stores bound the work of
+        one claim among the deliveries that fell due at a time of their own
+        (a retry's time, a lease's end): they consider the 1,000 that fell
+        due first (per destination on PostgreSQL, per claim on SQLite), so
+        when more than that fall due at once, an older one may wait for a
+        later claim.
         """
         ...
 
@@ -323,10 +335,12 @@ class QueueStore(Protocol):
         (``next_attempt_at``, ``lease_expires_at``), or None if none is waiting.
 
         An idle worker asks it after every empty claim, to sleep until then
-        (at most ``poll_interval``), so it must not cost more as the queue
-        grows: a store may look at only its oldest open deliveries (the SQL
-        stores read ``NEXT_DUE_WINDOW``, 1,000). A delivery further back that
-        falls due sooner is then claimed at the worker's next poll."""
+        (at most ``poll_interval``; a time already past is not waited for),
+        so it must not cost more as the queue grows: keep the deliveries
+        that wait for a time in an index or heap by that time, as the
+        stores here do. A store that can only look at part of its queue
+        makes a delivery further back that falls due sooner wait for the
+        worker's next poll."""
         ...
 
     def close(self) -> None:

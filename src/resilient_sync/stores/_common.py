@@ -40,10 +40,11 @@ __all__ = [
 ]
 
 
-#: How many of the oldest open deliveries ``next_due`` looks at on the SQL
-#: stores: its cost stays flat as the queue grows, and a delivery further
-#: back that falls due sooner is claimed at the worker's next poll
-#: (``poll_interval``) rather than at its due time.
+#: How many ready deliveries (due already, yet left by a claim: behind
+#: their key, or their destination paused or held) SQLite's ``next_due``
+#: reads for the time they fell due, a time in the past that an idle worker
+#: does not wait for. What falls due later it finds exactly, in one step of
+#: its time index, however deep the queue.
 NEXT_DUE_WINDOW = 1000
 
 
