@@ -464,6 +464,7 @@ def test_a_file_at_schema_6_keeps_every_delivery_claimable_at_its_time(db: Path)
         ("leased", "in_flight", None, far, far),
         ("expired", "in_flight", None, t0, t0),
         ("at-once", "pending", None, 0, None),
+        ("ancient", "pending", -t0, -t0, None),  # due in 1916: long past, not "from 2032"
     ]
     for event_id, status, next_at, due_at, lease in rows:
         old.execute(
@@ -488,11 +489,18 @@ def test_a_file_at_schema_6_keeps_every_delivery_claimable_at_its_time(db: Path)
     try:
         assert queue.next_due() == T0
         claimed = queue.claim(now=T0, limit=10, lease_until=T0 + LEASE, worker="w")
-        assert [d.id for d in claimed] == ["due", "expired", "at-once"]
+        assert [d.id for d in claimed] == ["due", "expired", "at-once", "ancient"]
         assert queue.next_due() == T0 + LEASE
         end = datetime(2100, 1, 1, tzinfo=timezone.utc)
         claimed = queue.claim(now=end, limit=10, lease_until=end + LEASE, worker="w")
-        assert [d.id for d in claimed] == ["scheduled", "due", "leased", "expired", "at-once"]
+        assert [d.id for d in claimed] == [
+            "scheduled",
+            "due",
+            "leased",
+            "expired",
+            "at-once",
+            "ancient",
+        ]
     finally:
         queue.close()
 

@@ -814,7 +814,17 @@ class MemoryQueueStore:
             times: builtins.list[datetime] = []
             for destination in self._ready:
                 top = self._top(destination)
-                if top is not None and top[3] is not _MIN_TIME:
+                if top is None:
+                    continue
+                # ready already: a paused destination's wait for no time (a past
+                # time would hide the next one to come), a held one's to its end
+                state = self._destinations.get(destination)
+                if state is not None and state.paused:
+                    continue
+                hold = None if state is None else state.hold_until
+                if hold is not None and (top[3] is _MIN_TIME or hold > top[3]):
+                    times.append(hold)
+                elif top[3] is not _MIN_TIME:
                     times.append(top[3])
             timed = self._timed
             while timed:

@@ -277,11 +277,11 @@ def _due_at(
     (schema 7): > 0, waiting for that time (in the timed index); <= 0, ready
     since minus that time (0: at once; in the ready index); NULL, not by time."""
     if status is DeliveryStatus.PENDING or status is DeliveryStatus.RETRY_SCHEDULED:
-        if next_attempt_at is None:
+        if next_attempt_at is None or next_attempt_at <= 0:  # (a time before 1970: at once)
             return 0
         return -next_attempt_at if next_attempt_at <= written else next_attempt_at
     if status is DeliveryStatus.IN_FLIGHT:
-        return lease
+        return None if lease is None else max(lease, 1)  # > 0: waiting for its time
     return None
 
 

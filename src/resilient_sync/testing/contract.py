@@ -370,6 +370,19 @@ class QueueStoreContract:
         clock.advance(40)
         assert self.ids(self.claim(store, clock)) == ["e2"]
 
+    def test_a_delivery_due_before_1970_is_due(self, store: QueueStore, clock: FakeClock) -> None:
+        """A due time before the epoch is long past, when enqueued and when an
+        outcome hands a delivery back with it (a store that stores times as
+        numbers must not read its sign as anything else)."""
+        early = datetime(1900, 1, 1, tzinfo=timezone.utc)
+        self.enqueue(store, make_delivery("e1", next_attempt_at=early))
+        (claimed,) = self.claim(store, clock)
+        oldest = datetime.min.replace(tzinfo=timezone.utc)
+        store.complete(
+            [self.outcome(claimed, clock, PENDING, next_attempt_at=oldest, count_attempt=False)]
+        )
+        assert self.ids(self.claim(store, clock)) == ["e1"]
+
     def test_a_leased_delivery_is_not_claimed_again_while_the_lease_lasts(
         self, store: QueueStore, clock: FakeClock
     ) -> None:
@@ -1208,6 +1221,28 @@ class QueueStoreContract:
         store.complete([self.outcome(last, clock)])
         assert store.next_due() is None
 
+    def test_next_due_leaves_out_paused_destinations_and_waits_out_holds(
+        self, store: QueueStore, clock: FakeClock
+    ) -> None:
+        """A paused destination's deliveries wait for no time, so they give
+        none (a time already past would hide the next one to come from an
+        idle worker, which does not wait for a past time); a held one's are
+        due when its hold ends."""
+        self.enqueue(
+            store,
+            make_delivery("paused", destination="pos"),
+            make_delivery("held", destination="mail"),
+            make_delivery("later", destination="crm", next_attempt_at=T0 + timedelta(seconds=60)),
+        )
+        store.set_destination("pos", now=clock.now(), paused=True, paused_reason="401")
+        until = T0 + timedelta(seconds=30)
+        store.set_destination("mail", now=clock.now(), hold_until=until, hold_reason="429")
+        assert self.claim(store, clock) == []
+        assert store.next_due() == until
+        clock.advance(30)
+        assert self.ids(self.claim(store, clock)) == ["held"]
+        assert store.next_due() == T0 + timedelta(seconds=60)
+
     def test_list_filters_by_event_type_text_and_time_range(
         self, store: QueueStore, clock: FakeClock
     ) -> None:
@@ -1427,6 +1462,33 @@ class QueueStoreContract:
         assert held.lease_expires_at == later
         clock.advance(4 * LEASE)
         assert self.ids(self.claim(store, clock)) == ["e1"]
+
+    def test_a_heartbeat_never_frees_a_lease_a_claim_found_ended(
+        self, store: QueueStore, clock: FakeClock
+    ) -> None:
+        """(Optional method.) A claim whose clock reads a lease as ended, a
+        heartbeat from a clock behind that asks for an earlier end (it never
+        shortens the lease), then a claim whose clock reads the lease as live:
+        the delivery stays with its worker."""
+        extend = getattr(store, "extend_leases", None)
+        if extend is None:
+            pytest.skip("this store has no extend_leases (optional)")
+        self.enqueue(store, make_delivery("e1"))
+        (d,) = self.claim(store, clock, lease=timedelta(seconds=100))
+        ended = T0 + timedelta(seconds=100)
+        assert (
+            store.claim(
+                now=ended, limit=10, lease_until=ended + LEASE, worker="w2", destinations=["crm"]
+            )
+            == []
+        )
+        assert extend([(d.id, d.lease_token)], until=T0 + timedelta(seconds=80)) == [True]
+        live = T0 + timedelta(seconds=90)
+        assert store.claim(now=live, limit=10, lease_until=live + LEASE, worker="w3") == []
+        stored = store.get(d.id)
+        assert stored is not None
+        assert (stored.lease_owner, stored.lease_expires_at) == ("w1", ended)
+        assert store.next_due() == ended
 
     def test_close_is_idempotent(self, store: QueueStore) -> None:
         """close() may be called twice."""

@@ -144,7 +144,7 @@ SELECT value FROM resilient_sync_counters WHERE name = 'lease_token';
 -- name: claim_delivery
 UPDATE resilient_sync_deliveries
 SET status = 'in_flight', attempts = attempts + 1, lease_token = ?1, lease_owner = ?2,
-    lease_expires_at = ?3, due_at = ?3, updated_at = ?4
+    lease_expires_at = ?3, due_at = max(?3, 1), updated_at = ?4
 WHERE seq = ?5;
 
 -- --------------------------------------------------------------- complete
@@ -363,12 +363,29 @@ ON CONFLICT (destination, status) DO UPDATE SET count = count + excluded.count;
 
 -- name: next_due
 -- The earliest time a delivery may become claimable: the first of the rows
--- waiting for their time (exact, one step into its index, however many are
--- scheduled), or the time a ready row fell due, among :window of them (in
--- the past: a ready row left after a claim is not claimable by time alone,
--- it is behind its key or its destination is paused or held). Not the
--- deliveries marked as waiting behind their key: time alone does not
--- release them.
+-- waiting for their time (one step into its index, however many are
+-- scheduled), and for each destination with ready rows (one descent of
+-- their index per name) the time the earliest of :window of them fell due,
+-- or the end of the destination's hold if later; not a paused
+-- destination's (time alone does not release them, and a time in the past
+-- would hide the next one to come from an idle worker, which does not wait
+-- for a past time). Not the deliveries marked as waiting behind their key
+-- either.
+WITH RECURSIVE names(name) AS (
+    SELECT (SELECT destination
+            FROM resilient_sync_deliveries INDEXED BY resilient_sync_deliveries_ready
+            WHERE key_waits = 0 AND due_at <= 0
+            ORDER BY destination
+            LIMIT 1)
+    UNION ALL
+    SELECT (SELECT destination
+            FROM resilient_sync_deliveries INDEXED BY resilient_sync_deliveries_ready
+            WHERE key_waits = 0 AND due_at <= 0 AND destination > names.name
+            ORDER BY destination
+            LIMIT 1)
+    FROM names
+    WHERE names.name IS NOT NULL
+)
 SELECT MIN(t) FROM (
     SELECT due_at AS t FROM (
         SELECT due_at FROM resilient_sync_deliveries INDEXED BY resilient_sync_deliveries_timed
@@ -376,10 +393,17 @@ SELECT MIN(t) FROM (
         ORDER BY due_at
         LIMIT 1)
     UNION ALL
-    SELECT -due_at FROM (
-        SELECT due_at FROM resilient_sync_deliveries INDEXED BY resilient_sync_deliveries_ready
-        WHERE key_waits = 0 AND due_at <= 0 AND due_at < 0
-        LIMIT :window));
+    SELECT NULLIF(max(
+        COALESCE(x.hold_until, 0),
+        COALESCE((SELECT MIN(-r.due_at) FROM (
+                      SELECT due_at
+                      FROM resilient_sync_deliveries INDEXED BY resilient_sync_deliveries_ready
+                      WHERE key_waits = 0 AND destination = n.name AND due_at <= 0
+                        AND due_at < 0  -- (0, "at once", gives no time)
+                      LIMIT :window) AS r), 0)), 0)
+    FROM names AS n
+    LEFT JOIN resilient_sync_destinations AS x ON x.name = n.name
+    WHERE n.name IS NOT NULL AND x.paused IS NOT 1);
 
 -- ------------------------------------------------------------ idempotency
 
@@ -480,7 +504,10 @@ SELECT COUNT(*) FROM sqlite_master
 WHERE type = 'table' AND name IN ('resilient_sync_migrations', 'resilient_sync_deliveries');
 
 -- name: extend_lease
--- ?1 new lease end, ?2 id, ?3 lease token; never shortens a lease
+-- ?1 new lease end, ?2 id, ?3 lease token; never shortens a lease; the row
+-- waits for its lease's end again, even if a claim had found that end
+-- passed and made it ready (due_at from the lease, never from a due_at that
+-- is negative once ready)
 UPDATE resilient_sync_deliveries
-SET lease_expires_at = max(lease_expires_at, ?1), due_at = max(due_at, ?1)
+SET lease_expires_at = max(lease_expires_at, ?1), due_at = max(lease_expires_at, ?1, 1)
 WHERE id = ?2 AND status = 'in_flight' AND lease_token = ?3;

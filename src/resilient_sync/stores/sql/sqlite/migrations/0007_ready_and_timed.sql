@@ -24,6 +24,8 @@
 -- skips, are never read. The rows due at the time of migrating are marked
 -- ready here.
 DROP INDEX resilient_sync_deliveries_due;
+-- a time before 1970 (negative) would read as "ready since" a time to come
+UPDATE resilient_sync_deliveries SET due_at = 0 WHERE due_at < 0;
 UPDATE resilient_sync_deliveries SET due_at = -due_at
 WHERE due_at > 0
   AND due_at <= CAST((julianday('now') - 2440587.5) * 86400000000 AS INTEGER);
