@@ -950,11 +950,12 @@ class PostgresQueueStore(_PostgresBase):
 
         def lease(conn: Connection) -> builtins.list[Delivery]:
             # one transaction in one round trip: the claim's settings, then the
-            # claim, unprepared: planned for these values every time (see queries.sql)
+            # claim, prepared but planned for these values every time (the
+            # settings force a custom plan; see queries.sql)
             cur = self._cursor(conn)
             with self._one_trip(conn):
                 self._cursor(conn).execute(self._queries["claim_settings"])
-                cur.execute(self._queries["claim"], params, prepare=False)
+                cur.execute(self._queries["claim"], params, prepare=True)
             return [_delivery(row) for row in cur.fetchall()]
 
         return self._run("claim deliveries", lease, atomic=False, retry_conflicts=True)
@@ -1358,10 +1359,11 @@ class PostgresQueueStore(_PostgresBase):
 
         def read(conn: Connection) -> builtins.list[TupleRow]:
             cur = self._cursor(conn)
-            # planned as the claim is (see claim_settings)
+            # prepared: without parameters its plan is the same every time
+            # (see next_due_settings)
             with self._one_trip(conn):
-                self._cursor(conn).execute(self._queries["claim_settings"])
-                cur.execute(self._queries["next_due"], prepare=False)
+                self._cursor(conn).execute(self._queries["next_due_settings"])
+                cur.execute(self._queries["next_due"], prepare=True)
             return cur.fetchall()
 
         rows = self._run("read the next due time", read, atomic=False)
