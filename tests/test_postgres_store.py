@@ -1082,6 +1082,37 @@ def test_an_idle_poll_is_planned_once_per_connection(pg_dsn: str, pg_schema: str
         queue.close()
 
 
+def test_a_pool_without_prepared_statements_gets_none(pg_dsn: str, pg_schema: str) -> None:
+    """A pool made with ``prepare_threshold=None`` (for a PgBouncer older
+    than 1.21 in transaction mode, as the many-workers guide says) gets no
+    prepared statement, not even the claim's or the idle poll's, which the
+    store otherwise prepares at their first run (psycopg lets the pool's
+    setting win over ``prepare=True``)."""
+    from psycopg_pool import ConnectionPool
+
+    from resilient_sync.stores._postgres import PostgresQueueStore
+
+    pool: ConnectionPool[Any] = ConnectionPool(
+        pg_dsn,
+        min_size=1,
+        max_size=1,
+        kwargs={"autocommit": True, "prepare_threshold": None},
+        open=True,
+    )
+    queue = PostgresQueueStore(pool, schema=pg_schema)
+    try:
+        queue.enqueue([delivery(f"e{i}") for i in range(3)])
+        now = datetime.now(timezone.utc)
+        for _ in range(3):
+            queue.claim(now=now, limit=1, lease_until=now + timedelta(minutes=5), worker="w")
+            queue.next_due()
+        with pool.connection() as conn:
+            assert conn.execute("SELECT count(*) FROM pg_prepared_statements").fetchone() == (0,)
+    finally:
+        queue.close()
+        pool.close()
+
+
 def test_a_rare_destinations_claim_skips_the_others_backlog(pg_dsn: str, pg_schema: str) -> None:
     """100,000 deliveries wait for "pos", 1,000 for "rare": a worker serving
     "rare" claims without walking the "pos" backlog. (A reused generic plan,
