@@ -333,6 +333,8 @@ class QueueStore(Protocol):
     def next_due(self) -> datetime | None:
         """The earliest time a non-final delivery may become claimable
         (``next_attempt_at``, ``lease_expires_at``), or None if none is waiting.
+        A paused destination's deliveries give no time (time alone does not
+        release them); a held destination's count from the end of the hold.
 
         An idle worker asks it after every empty claim, to sleep until then
         (at most ``poll_interval``; a time already past is not waited for),
