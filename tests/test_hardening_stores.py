@@ -189,6 +189,25 @@ def test_a_lone_surrogate_handed_to_a_sql_store_is_refused_by_name(stores: Pair)
     assert queue.attempts(row.id) == before
 
 
+def test_a_claim_for_destinations_no_store_can_hold_finds_nothing(stores: Pair) -> None:
+    """A worker's destination filter holding a NUL or a lone surrogate (which
+    no destination name can hold), a 5 MB name, an ANSI escape or a token
+    claims nothing, on every store alike, and leaves the queue as it was (a
+    NUL reached PostgreSQL, which refused it as a StoreError)."""
+    from resilient_sync.testing.contract import LEASE, T0, make_delivery
+
+    queue, _ = stores
+    queue.enqueue([make_delivery("e1")])
+    lease = {"now": T0, "lease_until": T0 + LEASE, "worker": "w"}
+    hostile = ["\udc80", "a\x00b", "x" * 5_000_000, "\x1b[31mpos", "Bearer sk_live_abc"]
+    for name in hostile:
+        assert queue.claim(limit=5, destinations=[name], **lease) == [], repr(name[:12])
+    assert queue.claim(limit=5, destinations=hostile, **lease) == []
+    assert [d.event.id for d in queue.claim(limit=5, destinations=[*hostile, "pos"], **lease)] == [
+        "e1"
+    ]
+
+
 @pytest.mark.parametrize(
     "key",
     ["cust\x00-1", "cust-\ud800", "\x1b[31mcust\x1b[0m", "c" * 5_000_000],

@@ -945,7 +945,13 @@ class PostgresQueueStore(_PostgresBase):
             "lease_until": lease_until,
             "worker": worker,
             "all_destinations": destinations is None,
-            "destinations": sorted(destinations) if destinations is not None else [],
+            # a name no destination can hold (a NUL, a lone surrogate) matches
+            # none, as on the other stores; the driver would refuse to send it
+            "destinations": (
+                sorted(d for d in destinations if not unmatchable(d))
+                if destinations is not None
+                else []
+            ),
         }
 
         def lease(conn: Connection) -> builtins.list[Delivery]:
