@@ -600,6 +600,8 @@ class _BaseDispatcher(_Submitter):
 
     def _circuit_gate(self, delivery: Delivery) -> bool:
         """Whether the destination's circuit lets this delivery through now."""
+        if self.circuits.settings.get(delivery.destination) is None:
+            return True  # no circuit breaker for this destination: no clock reading
         return self.circuits.admit(delivery.destination, self.clock.now())
 
     def _circuit_verdict(self, delivery: Delivery, result: FlowResult) -> FlowResult:

@@ -290,7 +290,7 @@ def _audit_row(r: Attempt, ci: int = 0) -> list[Any]:
         _iso(r.started_at),
         _iso(r.finished_at),
         r.number,
-        None if r.outcome is None else r.outcome.value,
+        None if r.outcome is None else r.outcome._value_,
         r.reason,
         *_error_columns(r.error),
         canonical_dumps(dict(r.details)),
@@ -303,7 +303,7 @@ def _audit_params(records: Iterable[Attempt]) -> dict[str, str]:
 
 
 def _error_columns(error: ErrorInfo | None) -> tuple[str | None, str | None]:
-    return error_to_json(error), (error.category.value if error is not None else None)
+    return error_to_json(error), (error.category._value_ if error is not None else None)
 
 
 # -- connections ------------------------------------------------------------------
@@ -911,7 +911,7 @@ class PostgresQueueStore(_PostgresBase):
             p["destinations"].append(d.destination)
             p["ordering_keys"].append(d.event.ordering_key)
             p["events"].append(checked_event_json(d))
-            p["statuses"].append(d.status.value)
+            p["statuses"].append(d.status._value_)
             p["idempotency_keys"].append(d.idempotency_key)
             p["attempts"].append(d.attempts)
             p["next_attempt_at"].append(d.next_attempt_at)
@@ -1048,7 +1048,7 @@ class PostgresQueueStore(_PostgresBase):
                 [
                     c.delivery_id,
                     c.lease_token,
-                    c.status.value,
+                    c.status._value_,
                     _iso(c.finished_at),
                     None if next_at is None else _iso(next_at),
                     *_error_columns(error),

@@ -306,19 +306,21 @@ def _delivery(row: Sequence[Any]) -> Delivery:
 
 
 def _audit_row(record: Attempt) -> tuple[Any, ...]:
+    finished = _us(record.finished_at)
+    error = record.error
     return (
         record.delivery_id,
         record.destination,
         record.action,
         record.actor,
-        _us(record.started_at),
-        _us(record.finished_at),
+        finished if record.started_at is record.finished_at else _us(record.started_at),
+        finished,
         record.number,
-        record.outcome.value if record.outcome is not None else None,
+        record.outcome._value_ if record.outcome is not None else None,
         record.reason,
-        error_to_json(record.error),
+        error_to_json(error),
         _dumps(dict(record.details)) if record.details else None,
-        record.error.category.value if record.error is not None else None,
+        error.category._value_ if error is not None else None,
     )
 
 
@@ -351,7 +353,8 @@ def _destination_state(row: Sequence[Any]) -> DestinationState:
 
 
 def _category(error: ErrorInfo | None) -> str | None:
-    return error.category.value if error is not None else None
+    # (``_value_``: the member's value without the ``value`` property's descriptor call)
+    return error.category._value_ if error is not None else None
 
 
 # --- the database file ----------------------------------------------------------
@@ -1096,7 +1099,10 @@ def open_pair(
 
 def _insert_row(d: Delivery) -> tuple[Any, ...]:
     event = d.event
-    next_at = _us(d.next_attempt_at)
+    # (a new delivery's three times are one object: converted once)
+    updated = _us(d.updated_at)
+    created = updated if d.created_at is d.updated_at else _us(d.created_at)
+    next_at = updated if d.next_attempt_at is d.updated_at else _us(d.next_attempt_at)
     lease = _us(d.lease_expires_at)
     return (
         d.id,
@@ -1104,16 +1110,16 @@ def _insert_row(d: Delivery) -> tuple[Any, ...]:
         d.destination,
         event.ordering_key,
         checked_event_json(d),
-        d.status.value,
+        d.status._value_,
         d.idempotency_key,
         d.attempts,
         next_at,
-        _due_at(d.status, next_at, lease, _us(d.updated_at)),
+        _due_at(d.status, next_at, lease, updated),
         error_to_json(d.last_error),
         _category(d.last_error),
         _dumps(d.result),
-        _us(d.created_at),
-        _us(d.updated_at),
+        created,
+        updated,
         d.lease_token,
         d.lease_owner,
         lease,
@@ -1226,12 +1232,13 @@ def _claimed(
 
 
 def _completion_row(c: Completion) -> tuple[Any, ...]:
-    next_at = _us(c.next_attempt_at)
+    finished = _us(c.finished_at)
+    next_at = finished if c.next_attempt_at is c.finished_at else _us(c.next_attempt_at)
     event = c.event
     return (
-        c.status.value,
+        c.status._value_,
         next_at,
-        _due_at(c.status, next_at, None, _us(c.finished_at)),
+        _due_at(c.status, next_at, None, finished),
         error_to_json(c.error),
         _category(c.error),
         _dumps(c.result) if c.status is DeliveryStatus.SUCCEEDED else None,
@@ -1239,7 +1246,7 @@ def _completion_row(c: Completion) -> tuple[Any, ...]:
         event.ordering_key if event is not None else None,
         c.idempotency_key or None,
         0 if c.count_attempt else 1,
-        _us(c.finished_at),
+        finished,
         c.delivery_id,
         c.lease_token,
     )
