@@ -409,3 +409,36 @@ def test_search_folds_case_alike_on_every_store(
         for kind, queue in every_store.items()
     }
     assert len(set(found.values())) == 1, found
+
+
+@fuzz_settings(200)
+@given(events(valid=True))
+def test_the_stored_text_and_the_fingerprint_are_those_of_the_standard_encoder(
+    event: Event,
+) -> None:
+    """The library encodes checked events with the C encoder called directly
+    (and decodes stored text with the C scanner): the stored text must stay
+    the standard library's, and the fingerprint exactly what earlier versions
+    computed: a completed idempotency key is compared by its fingerprint, and
+    one that changed across an upgrade would park every replay as a mismatch."""
+    import hashlib
+    import json
+
+    from resilient_sync._json import check_event, event_from_json, event_to_json, fingerprint
+
+    checked = check_event(event)
+    text = event_to_json(checked)
+    standard = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    assert text == standard.encode(json.loads(text))
+    assert canonical(checked.payload) in text
+    sorted_encoder = json.JSONEncoder(
+        sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    )
+    body = sorted_encoder.encode({"type": checked.type, "payload": checked.payload})
+    assert fingerprint(checked) == hashlib.sha256(body.encode()).hexdigest()
+    back = event_from_json(text)
+    assert canonical(back.payload) == canonical(checked.payload)
+    assert back == checked
+    assert event_from_json(f" {text}\n") == checked  # spaces around it: the full decoder
+    with pytest.raises(json.JSONDecodeError, match="Extra data"):
+        event_from_json(text + "x")

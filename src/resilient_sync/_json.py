@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import json.scanner
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -249,15 +250,61 @@ def canonical_dumps(value: Any) -> str:
     return _CANONICAL_ENCODE(value)
 
 
+def _checked_encoder(*, sort_keys: bool) -> Callable[[Any], str]:
+    """Compact JSON of values already checked (by :func:`check_json`, or
+    decoded from a store): the C encoder, made once, called without the set-up
+    ``JSONEncoder.encode`` repeats on every call (a third of its time on a
+    small event). It skips the cycle check: checked values have no cycles,
+    and one would end in ``RecursionError``. Where the C encoder is missing,
+    the plain one."""
+    plain = json.JSONEncoder(
+        sort_keys=sort_keys, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    )
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:  # pragma: no cover - CPython has it
+        return plain.encode
+    encode = make(
+        None, plain.default, json.encoder.encode_basestring, None, ":", ",", sort_keys, False, False
+    )
+    join = "".join
+
+    def dumps(value: Any) -> str:
+        return join(encode(value, 0))
+
+    return dumps
+
+
+_CANONICAL_CHECKED = _checked_encoder(sort_keys=True)
+_STORE_CHECKED = _checked_encoder(sort_keys=False)
+
+
 def fingerprint(event: Event) -> str:
-    """A hash of what a destination receives (type and payload)."""
-    body = _CANONICAL_ENCODE({"type": event.type, "payload": event.payload})
+    """A hash of what a destination receives (type and payload), of an event
+    that passed :func:`check_event` or came from a store."""
+    body = _CANONICAL_CHECKED({"type": event.type, "payload": event.payload})
     return hashlib.sha256(body.encode()).hexdigest()
 
 
 #: Compact JSON for stored values (payload keys keep their order).
 _STORE_ENCODE = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
-_STORE_DECODE = json.JSONDecoder().decode
+_PLAIN_DECODE = json.JSONDecoder().decode
+_SCAN = getattr(json.scanner, "c_make_scanner", None)
+_SCAN_ONCE = _SCAN(json.JSONDecoder()) if _SCAN is not None else None
+
+
+def _store_decode(text: str) -> Any:
+    """``json.loads`` of a stored text: the C scanner called directly, without
+    the whitespace steps of ``JSONDecoder.decode`` (stored JSON is compact);
+    any other text (spaces around it, trailing data, invalid) goes through
+    the full decoder, which decodes it or raises as ``json.loads`` does."""
+    if _SCAN_ONCE is not None:
+        try:
+            value, end = _SCAN_ONCE(text, 0)
+        except StopIteration:
+            return _PLAIN_DECODE(text)
+        if end == len(text):
+            return value
+    return _PLAIN_DECODE(text)
 
 
 def compact_dumps(value: Any) -> str:
@@ -266,8 +313,12 @@ def compact_dumps(value: Any) -> str:
 
 
 def event_to_json(event: Event) -> str:
-    """Serialise an event for a store (compact; payload keys in their order)."""
-    return _STORE_ENCODE(
+    """Serialise an event for a store (compact; payload keys in their order).
+
+    For events that passed :func:`check_event` or came from a store: a cycle
+    raises ``RecursionError`` (``checked_event_json`` turns any failure into
+    an :class:`InvalidEventError` naming the path)."""
+    return _STORE_CHECKED(
         {
             "id": event.id,
             "type": event.type,
@@ -282,7 +333,7 @@ def event_to_json(event: Event) -> str:
 
 def event_from_json(text: str | bytes) -> Event:
     """Inverse of :func:`event_to_json`."""
-    data = _STORE_DECODE(text if isinstance(text, str) else text.decode())
+    data = _store_decode(text if isinstance(text, str) else text.decode())
     occurred = data.get("occurred_at")
     return Event(
         data["id"],
