@@ -67,6 +67,11 @@ _OPEN = frozenset(
     }
 )
 _WAITING = (DeliveryStatus.PENDING, DeliveryStatus.RETRY_SCHEDULED)
+#: an audit record as the queue keeps it: ``[record, id, details]`` as written
+#: (the caller's record, the id it gets, a copy of its details), then
+#: ``[Attempt with its id, None, None]`` once read. Writes are hot and reads
+#: rare, so the record with its id is built on the first read only.
+_Audit = builtins.list[Any]
 _ENCODE = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
 _DECODE = json.JSONDecoder().decode
 
@@ -220,8 +225,8 @@ class MemoryQueueStore:
         self._waiting: builtins.list[tuple[int, str, int]] = []
         self._counts: dict[str, dict[DeliveryStatus, int]] = {}
         self._needs: dict[str, dict[ErrorCategory, int]] = {}
-        self._audit: builtins.list[Attempt] = []
-        self._audit_of: dict[str, builtins.list[Attempt]] = {}
+        self._audit: builtins.list[_Audit] = []
+        self._audit_of: dict[str, builtins.list[_Audit]] = {}
         self._cursors: dict[str, str | None] = {}
         self._destinations: dict[str, DestinationState] = {}
         self._seq = itertools.count(1)
@@ -234,23 +239,17 @@ class MemoryQueueStore:
     # -- bookkeeping -------------------------------------------------------
 
     def _append_audit(self, record: Attempt) -> None:
-        stored = Attempt(
-            delivery_id=record.delivery_id,
-            destination=record.destination,
-            action=record.action,
-            actor=record.actor,
-            started_at=record.started_at,
-            finished_at=record.finished_at,
-            number=record.number,
-            outcome=record.outcome,
-            reason=record.reason,
-            error=record.error,
-            details=record.details,
-            id=next(self._audit_ids),
-        )
+        # the record's fields are frozen; its details (a dict) are copied now,
+        # as building the stored Attempt would (see _Audit)
+        stored = [record, next(self._audit_ids), dict(record.details)]
         self._audit.append(stored)
-        if stored.delivery_id is not None:
-            self._audit_of.setdefault(stored.delivery_id, []).append(stored)
+        delivery_id = record.delivery_id
+        if delivery_id is not None:
+            of = self._audit_of.get(delivery_id)
+            if of is None:
+                self._audit_of[delivery_id] = [stored]
+            else:
+                of.append(stored)
 
     def _count(self, row: _Row, sign: int) -> None:
         counts = self._counts.setdefault(row.destination, {})
@@ -718,19 +717,20 @@ class MemoryQueueStore:
 
     def attempts(self, delivery_id: str) -> builtins.list[Attempt]:
         with self._lock:
-            return list(self._audit_of.get(delivery_id, ()))
+            return [_attempt(stored) for stored in self._audit_of.get(delivery_id, ())]
 
     def audit(
         self, *, since: datetime | None = None, errors_only: bool = False, limit: int | None = None
     ) -> builtins.list[Attempt]:
         with self._lock:
             out: builtins.list[Attempt] = []
-            for record in reversed(self._audit):
+            for stored in reversed(self._audit):
+                record = stored[0]
                 if since is not None and record.finished_at < since:
                     continue
                 if errors_only and record.error is None:
                     continue
-                out.append(record)
+                out.append(_attempt(stored))
                 if limit is not None and len(out) >= limit:
                     break
             return out
@@ -772,7 +772,8 @@ class MemoryQueueStore:
             raise ValueError(f"bucket must be > 0, got {bucket!r}")
         counts: dict[tuple[int, ErrorCategory], int] = {}
         with self._lock:
-            for record in self._audit:
+            for stored in self._audit:
+                record = stored[0]
                 if record.error is None or not since <= record.finished_at < until:
                     continue
                 key = ((record.finished_at - since) // bucket, record.error.category)
@@ -796,10 +797,10 @@ class MemoryQueueStore:
                 self._by_event.pop((row.event_id, row.destination), None)
                 self._audit_of.pop(row.id, None)
             self._audit = [
-                a
-                for a in self._audit
-                if a.delivery_id not in gone
-                and not (a.delivery_id is None and a.finished_at < before)
+                stored
+                for stored in self._audit
+                if stored[0].delivery_id not in gone
+                and not (stored[0].delivery_id is None and stored[0].finished_at < before)
             ]
             self._purged += len(gone)
             if self._purged > len(self._order) // 2:
@@ -845,6 +846,30 @@ class MemoryQueueStore:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+def _attempt(stored: _Audit) -> Attempt:
+    """A stored audit record as read: the Attempt with its id, built on the
+    first read and kept, so every read hands out the same record (as before)."""
+    if stored[1] is None:
+        return stored[0]  # type: ignore[no-any-return]
+    record, audit_id, details = stored
+    built = Attempt(
+        delivery_id=record.delivery_id,
+        destination=record.destination,
+        action=record.action,
+        actor=record.actor,
+        started_at=record.started_at,
+        finished_at=record.finished_at,
+        number=record.number,
+        outcome=record.outcome,
+        reason=record.reason,
+        error=record.error,
+        details=details,
+        id=audit_id,
+    )
+    stored[:] = [built, None, None]
+    return built
 
 
 def _as_delivery(event: Event) -> Delivery:
