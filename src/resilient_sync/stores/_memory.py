@@ -255,9 +255,12 @@ class MemoryQueueStore:
         counts = self._counts.setdefault(row.destination, {})
         counts[row.status] = counts.get(row.status, 0) + sign
         if row.status is DeliveryStatus.NEEDS_ACTION and row.last_error is not None:
-            cats = self._needs.setdefault(row.destination, {})
-            category = row.last_error.category
-            cats[category] = cats.get(category, 0) + sign
+            self._count_needs(row.destination, row.last_error.category, sign)
+
+    def _count_needs(self, destination: str, category: ErrorCategory, sign: int) -> None:
+        """The count of NEEDS_ACTION deliveries by error category."""
+        cats = self._needs.setdefault(destination, {})
+        cats[category] = cats.get(category, 0) + sign
 
     def _eligible(self, row: _Row) -> bool:
         """Whether ``row`` may be claimed once due (ordering keys aside from time)."""
@@ -328,25 +331,37 @@ class MemoryQueueStore:
         self, row: _Row, status: DeliveryStatus, error: ErrorInfo | _Same | None = _SAME
     ) -> None:
         """Change a row's status (and ``error``, its last error, unless the same),
-        keeping the counts (by status and error category) and its key's membership."""
-        self._count(row, -1)
-        key = None
-        if row.status in _OPEN and status in _OPEN and row.ordering_key is not None:
-            key = self._keys.get((row.destination, row.ordering_key))
+        keeping the counts (by status and error category) and its key's membership.
+
+        What ``_count(row, -1)`` before the change and ``_count(row, 1)``
+        after it would do, in one look-up of the destination's counts (a
+        stored row's destination has them, from ``enqueue``)."""
+        old = row.status
+        counts = self._counts[row.destination]
+        counts[old] = counts.get(old, 0) - 1
+        if old is DeliveryStatus.NEEDS_ACTION and row.last_error is not None:
+            self._count_needs(row.destination, row.last_error.category, -1)
+        ordering_key = row.ordering_key  # without one, nothing to leave or join
         stays = False
-        if key is not None and key.members.get(row.seq) is row:
-            # still open under the same key: only the key's in-flight count changes
-            stays = True
-            key.in_flight += (status is DeliveryStatus.IN_FLIGHT) - (
-                row.status is DeliveryStatus.IN_FLIGHT
-            )
-        elif row.status in _OPEN:
-            self._leave_key(row)  # with its old status (the in-flight count)
+        if ordering_key is not None:
+            key = None
+            if old in _OPEN and status in _OPEN:
+                key = self._keys.get((row.destination, ordering_key))
+            if key is not None and key.members.get(row.seq) is row:
+                # still open under the same key: only the key's in-flight count changes
+                stays = True
+                key.in_flight += (status is DeliveryStatus.IN_FLIGHT) - (
+                    old is DeliveryStatus.IN_FLIGHT
+                )
+            elif old in _OPEN:
+                self._leave_key(row)  # with its old status (the in-flight count)
         if error is not _SAME:
             row.last_error = error
         row.status = status
-        self._count(row, 1)
-        if status in _OPEN and not stays:
+        counts[status] = counts.get(status, 0) + 1
+        if status is DeliveryStatus.NEEDS_ACTION and row.last_error is not None:
+            self._count_needs(row.destination, row.last_error.category, 1)
+        if ordering_key is not None and status in _OPEN and not stays:
             self._join_key(row)
 
     # -- writing ---------------------------------------------------------
