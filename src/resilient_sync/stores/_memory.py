@@ -279,14 +279,18 @@ class MemoryQueueStore:
         """Invalidate what is scheduled for ``row`` and schedule it anew if it can
         be claimed: at its due time (lease end while in flight)."""
         row.version += 1
-        if row.status in _WAITING:
+        status = row.status
+        if status in _WAITING:
             heapq.heappush(self._waiting, (row.seq, row.id, row.version))
-        if not self._eligible(row):
-            return
-        if row.status is DeliveryStatus.IN_FLIGHT:
+        # _eligible, without a call for a row that has no ordering key
+        if status is DeliveryStatus.IN_FLIGHT:
             due = row.lease_expires_at or _MIN_TIME
-        else:
+        elif (status is DeliveryStatus.PENDING or status is DeliveryStatus.RETRY_SCHEDULED) and (
+            row.ordering_key is None or self._eligible(row)
+        ):
             due = row.next_attempt_at or _MIN_TIME
+        else:
+            return
         heapq.heappush(self._timed, (due, row.seq, row.id, row.version))
 
     def _rekey(self, row: _Row, old_key: str | None = None) -> None:
@@ -295,6 +299,8 @@ class MemoryQueueStore:
         not grow with how many wait behind it), and the head of ``old_key``
         when a corrected event moved the row to another key."""
         self._schedule(row)
+        if old_key is None and row.ordering_key is None:
+            return  # no key: no head to reschedule
         for ordering_key in {row.ordering_key, old_key}:
             if ordering_key is None:
                 continue
@@ -464,23 +470,36 @@ class MemoryQueueStore:
                 else [n for n in destinations if n in self._ready]
             )
             names = [n for n in names if not self._blocked(n, now)]
+            # the ready heaps stay the same lists while the lock is held
+            heaps = [self._ready[n] for n in names]
+            rows = self._rows
+            heappop = heapq.heappop
             claimed: builtins.list[Delivery] = []
             while len(claimed) < limit:
                 best: tuple[int, str, int, datetime] | None = None
-                for name in names:
-                    top = self._top(name)
-                    if top is not None and (best is None or top[0] < best[0]):
-                        best = top
-                if best is None:
+                row = None
+                for heap in heaps:
+                    while heap:  # _top, inline: the oldest valid entry (stale ones dropped)
+                        entry = heap[0]
+                        top_row = rows.get(entry[1])
+                        if top_row is not None and top_row.version == entry[2]:
+                            if best is None or entry[0] < best[0]:
+                                best, row = entry, top_row
+                            break
+                        heappop(heap)
+                if best is None or row is None:
                     break
-                row = self._rows[best[1]]
-                heapq.heappop(self._ready[row.destination])
+                heappop(self._ready[row.destination])
                 if best[3] > now:  # due later for this caller's clock: back to waiting
                     heapq.heappush(self._timed, (best[3], best[0], best[1], best[2]))
                     continue
-                if not self._eligible(row):  # an older delivery of its key came back
+                status = row.status
+                if status is not DeliveryStatus.IN_FLIGHT and not (
+                    (status is DeliveryStatus.PENDING or status is DeliveryStatus.RETRY_SCHEDULED)
+                    and (row.ordering_key is None or self._eligible(row))
+                ):  # _eligible: not waiting, or an older delivery of its key came back
                     continue
-                if row.status is DeliveryStatus.IN_FLIGHT:
+                if status is DeliveryStatus.IN_FLIGHT:
                     self._append_audit(
                         Attempt(
                             delivery_id=row.id,
