@@ -149,12 +149,13 @@ class _Row:
     )
 
     def __init__(self, d: Delivery, seq: int, event_json: str, result_json: str | None) -> None:
+        event = d.event
         self.id = d.id
         self.seq = seq
         self.event_json = event_json
-        self.event_id = d.event.id
-        self.event_type = d.event.type
-        self.ordering_key = d.event.ordering_key
+        self.event_id = event.id
+        self.event_type = event.type
+        self.ordering_key = event.ordering_key
         self.destination = d.destination
         self.status = d.status
         self.idempotency_key = d.idempotency_key
@@ -392,20 +393,38 @@ class MemoryQueueStore:
         results = [None if d.result is None else _ENCODE(d.result) for d in deliveries]
         with self._lock:
             inserted: builtins.list[Delivery] = []
+            rows, by_event, counts_of, seqs = self._rows, self._by_event, self._counts, self._seq
+            order, order_seqs = self._order, self._order_seqs
             for delivery, text, result in zip(deliveries, texts, results, strict=True):
-                ident = (delivery.event.id, delivery.destination)
-                if ident in self._by_event or delivery.id in self._rows:
+                event = delivery.event
+                ident = (event.id, delivery.destination)
+                if ident in by_event or delivery.id in rows:
                     continue
-                row = _Row(delivery, next(self._seq), text, result)
-                self._rows[row.id] = row
-                self._by_event[ident] = row.id
-                self._order.append(row.id)
-                self._order_seqs.append(row.seq)
-                self._count(row, 1)
-                if row.status in _OPEN:
-                    self._join_key(row)
-                self._schedule(row)
-                inserted.append(row.view(delivery.event))
+                row = _Row(delivery, next(seqs), text, result)
+                row_id, status = row.id, row.status
+                rows[row_id] = row
+                by_event[ident] = row_id
+                order.append(row_id)
+                order_seqs.append(row.seq)
+                # _count(row, 1)
+                counts = counts_of.get(row.destination)
+                if counts is None:
+                    counts = counts_of[row.destination] = {}
+                counts[status] = counts.get(status, 0) + 1
+                if status is DeliveryStatus.NEEDS_ACTION and row.last_error is not None:
+                    self._count_needs(row.destination, row.last_error.category, 1)
+                if row.ordering_key is None and status is DeliveryStatus.PENDING:
+                    # _schedule of a new row that no key holds back: waiting, due
+                    row.version = 1
+                    heapq.heappush(self._waiting, (row.seq, row_id, 1))
+                    heapq.heappush(
+                        self._timed, (row.next_attempt_at or _MIN_TIME, row.seq, row_id, 1)
+                    )
+                else:
+                    if status in _OPEN:
+                        self._join_key(row)
+                    self._schedule(row)
+                inserted.append(row.view(event))
             if cursor is not None:
                 self._cursors[cursor[0]] = cursor[1]
             if inserted:
