@@ -453,13 +453,17 @@ class MemoryQueueStore:
 
     def _promote(self, now: datetime) -> None:
         """Move what became due by ``now`` from the time heap to the ready heaps."""
-        timed = self._timed
+        timed, rows, ready = self._timed, self._rows, self._ready
+        heappop, heappush = heapq.heappop, heapq.heappush
         while timed and timed[0][0] <= now:
-            due, seq, row_id, version = heapq.heappop(timed)
-            row = self._rows.get(row_id)
+            due, seq, row_id, version = heappop(timed)
+            row = rows.get(row_id)
             if row is None or row.version != version:
                 continue
-            heapq.heappush(self._ready.setdefault(row.destination, []), (seq, row_id, version, due))
+            heap = ready.get(row.destination)
+            if heap is None:
+                heap = ready[row.destination] = []
+            heappush(heap, (seq, row_id, version, due))
 
     def _top(self, destination: str) -> tuple[int, str, int, datetime] | None:
         """The oldest valid ready entry of a destination (stale ones dropped)."""
@@ -543,7 +547,14 @@ class MemoryQueueStore:
                 row.lease_owner = worker
                 row.lease_expires_at = lease_until
                 row.updated_at = now
-                self._rekey(row)
+                if row.ordering_key is None:
+                    # _rekey of a row in flight without a key: due again when its lease ends
+                    row.version += 1
+                    heapq.heappush(
+                        self._timed, (lease_until or _MIN_TIME, row.seq, row.id, row.version)
+                    )
+                else:
+                    self._rekey(row)
                 claimed.append(row.view())
             return claimed
 
@@ -590,7 +601,10 @@ class MemoryQueueStore:
                 row.lease_owner = None
                 row.lease_expires_at = None
                 row.updated_at = c.finished_at
-                self._rekey(row, old_key)
+                if old_key is None and row.ordering_key is None:
+                    self._schedule(row)  # _rekey: no key, no head to reschedule
+                else:
+                    self._rekey(row, old_key)
                 for record in c.audit:
                     self._append_audit(record)
                 applied.append(True)
