@@ -540,6 +540,12 @@ class MemoryQueueStore:
                             ),
                         )
                     )
+                elif row.ordering_key is None:
+                    # _move from a waiting status to IN_FLIGHT, without a key to update
+                    counts = self._counts[row.destination]
+                    counts[status] = counts.get(status, 0) - 1
+                    row.status = DeliveryStatus.IN_FLIGHT
+                    counts[DeliveryStatus.IN_FLIGHT] = counts.get(DeliveryStatus.IN_FLIGHT, 0) + 1
                 else:
                     self._move(row, DeliveryStatus.IN_FLIGHT)
                 row.attempts += 1
@@ -559,10 +565,11 @@ class MemoryQueueStore:
             return claimed
 
     def complete(self, completions: Sequence[Completion]) -> builtins.list[bool]:
-        check_new_events(c.event for c in completions)
+        replaced = [c.event for c in completions]
+        check_new_events(replaced)
         events = [
-            (c.event, checked_event_json(_as_delivery(c.event))) if c.event is not None else None
-            for c in completions
+            (event, checked_event_json(_as_delivery(event))) if event is not None else None
+            for event in replaced
         ]
         results = [  # encoded before anything changes (see enqueue)
             None
@@ -572,8 +579,9 @@ class MemoryQueueStore:
         ]
         with self._lock:
             applied: builtins.list[bool] = []
+            rows = self._rows
             for c, replacement, result in zip(completions, events, results, strict=True):
-                row = self._rows.get(c.delivery_id)
+                row = rows.get(c.delivery_id)
                 if (
                     row is None
                     or row.status is not DeliveryStatus.IN_FLIGHT
@@ -581,15 +589,12 @@ class MemoryQueueStore:
                 ):
                     applied.append(False)
                     continue
-                if c.status is DeliveryStatus.SUCCEEDED:
+                status = c.status
+                if status is DeliveryStatus.SUCCEEDED:
                     row.result_json = result
-                self._move(
-                    row,
-                    c.status,
-                    _SAME
-                    if c.error is None and c.status is not DeliveryStatus.SUCCEEDED
-                    else c.error,
-                )
+                    self._move(row, status, c.error)
+                else:
+                    self._move(row, status, _SAME if c.error is None else c.error)
                 row.next_attempt_at = c.next_attempt_at
                 old_key = row.ordering_key
                 if replacement is not None:
@@ -608,7 +613,7 @@ class MemoryQueueStore:
                 for record in c.audit:
                     self._append_audit(record)
                 applied.append(True)
-                if c.status is DeliveryStatus.PENDING:
+                if status is DeliveryStatus.PENDING:
                     self._wake()  # handed back: another worker may take it
             return applied
 
