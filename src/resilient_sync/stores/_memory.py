@@ -67,6 +67,11 @@ _OPEN = frozenset(
     }
 )
 _WAITING = (DeliveryStatus.PENDING, DeliveryStatus.RETRY_SCHEDULED)
+#: an audit record as the queue keeps it: ``[record, id, details]`` as written
+#: (the caller's record, the id it gets, a copy of its details), then
+#: ``[Attempt with its id, None, None]`` once read. Writes are hot and reads
+#: rare, so the record with its id is built on the first read only.
+_Audit = builtins.list[Any]
 _ENCODE = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
 _DECODE = json.JSONDecoder().decode
 
@@ -144,12 +149,13 @@ class _Row:
     )
 
     def __init__(self, d: Delivery, seq: int, event_json: str, result_json: str | None) -> None:
+        event = d.event
         self.id = d.id
         self.seq = seq
         self.event_json = event_json
-        self.event_id = d.event.id
-        self.event_type = d.event.type
-        self.ordering_key = d.event.ordering_key
+        self.event_id = event.id
+        self.event_type = event.type
+        self.ordering_key = event.ordering_key
         self.destination = d.destination
         self.status = d.status
         self.idempotency_key = d.idempotency_key
@@ -220,8 +226,8 @@ class MemoryQueueStore:
         self._waiting: builtins.list[tuple[int, str, int]] = []
         self._counts: dict[str, dict[DeliveryStatus, int]] = {}
         self._needs: dict[str, dict[ErrorCategory, int]] = {}
-        self._audit: builtins.list[Attempt] = []
-        self._audit_of: dict[str, builtins.list[Attempt]] = {}
+        self._audit: builtins.list[_Audit] = []
+        self._audit_of: dict[str, builtins.list[_Audit]] = {}
         self._cursors: dict[str, str | None] = {}
         self._destinations: dict[str, DestinationState] = {}
         self._seq = itertools.count(1)
@@ -234,31 +240,28 @@ class MemoryQueueStore:
     # -- bookkeeping -------------------------------------------------------
 
     def _append_audit(self, record: Attempt) -> None:
-        stored = Attempt(
-            delivery_id=record.delivery_id,
-            destination=record.destination,
-            action=record.action,
-            actor=record.actor,
-            started_at=record.started_at,
-            finished_at=record.finished_at,
-            number=record.number,
-            outcome=record.outcome,
-            reason=record.reason,
-            error=record.error,
-            details=record.details,
-            id=next(self._audit_ids),
-        )
+        # the record's fields are frozen; its details (a dict) are copied now,
+        # as building the stored Attempt would (see _Audit)
+        stored = [record, next(self._audit_ids), dict(record.details)]
         self._audit.append(stored)
-        if stored.delivery_id is not None:
-            self._audit_of.setdefault(stored.delivery_id, []).append(stored)
+        delivery_id = record.delivery_id
+        if delivery_id is not None:
+            of = self._audit_of.get(delivery_id)
+            if of is None:
+                self._audit_of[delivery_id] = [stored]
+            else:
+                of.append(stored)
 
     def _count(self, row: _Row, sign: int) -> None:
         counts = self._counts.setdefault(row.destination, {})
         counts[row.status] = counts.get(row.status, 0) + sign
         if row.status is DeliveryStatus.NEEDS_ACTION and row.last_error is not None:
-            cats = self._needs.setdefault(row.destination, {})
-            category = row.last_error.category
-            cats[category] = cats.get(category, 0) + sign
+            self._count_needs(row.destination, row.last_error.category, sign)
+
+    def _count_needs(self, destination: str, category: ErrorCategory, sign: int) -> None:
+        """The count of NEEDS_ACTION deliveries by error category."""
+        cats = self._needs.setdefault(destination, {})
+        cats[category] = cats.get(category, 0) + sign
 
     def _eligible(self, row: _Row) -> bool:
         """Whether ``row`` may be claimed once due (ordering keys aside from time)."""
@@ -277,14 +280,18 @@ class MemoryQueueStore:
         """Invalidate what is scheduled for ``row`` and schedule it anew if it can
         be claimed: at its due time (lease end while in flight)."""
         row.version += 1
-        if row.status in _WAITING:
+        status = row.status
+        if status in _WAITING:
             heapq.heappush(self._waiting, (row.seq, row.id, row.version))
-        if not self._eligible(row):
-            return
-        if row.status is DeliveryStatus.IN_FLIGHT:
+        # _eligible, without a call for a row that has no ordering key
+        if status is DeliveryStatus.IN_FLIGHT:
             due = row.lease_expires_at or _MIN_TIME
-        else:
+        elif (status is DeliveryStatus.PENDING or status is DeliveryStatus.RETRY_SCHEDULED) and (
+            row.ordering_key is None or self._eligible(row)
+        ):
             due = row.next_attempt_at or _MIN_TIME
+        else:
+            return
         heapq.heappush(self._timed, (due, row.seq, row.id, row.version))
 
     def _rekey(self, row: _Row, old_key: str | None = None) -> None:
@@ -293,6 +300,8 @@ class MemoryQueueStore:
         not grow with how many wait behind it), and the head of ``old_key``
         when a corrected event moved the row to another key."""
         self._schedule(row)
+        if old_key is None and row.ordering_key is None:
+            return  # no key: no head to reschedule
         for ordering_key in {row.ordering_key, old_key}:
             if ordering_key is None:
                 continue
@@ -329,25 +338,37 @@ class MemoryQueueStore:
         self, row: _Row, status: DeliveryStatus, error: ErrorInfo | _Same | None = _SAME
     ) -> None:
         """Change a row's status (and ``error``, its last error, unless the same),
-        keeping the counts (by status and error category) and its key's membership."""
-        self._count(row, -1)
-        key = None
-        if row.status in _OPEN and status in _OPEN and row.ordering_key is not None:
-            key = self._keys.get((row.destination, row.ordering_key))
+        keeping the counts (by status and error category) and its key's membership.
+
+        What ``_count(row, -1)`` before the change and ``_count(row, 1)``
+        after it would do, in one look-up of the destination's counts (a
+        stored row's destination has them, from ``enqueue``)."""
+        old = row.status
+        counts = self._counts[row.destination]
+        counts[old] = counts.get(old, 0) - 1
+        if old is DeliveryStatus.NEEDS_ACTION and row.last_error is not None:
+            self._count_needs(row.destination, row.last_error.category, -1)
+        ordering_key = row.ordering_key  # without one, nothing to leave or join
         stays = False
-        if key is not None and key.members.get(row.seq) is row:
-            # still open under the same key: only the key's in-flight count changes
-            stays = True
-            key.in_flight += (status is DeliveryStatus.IN_FLIGHT) - (
-                row.status is DeliveryStatus.IN_FLIGHT
-            )
-        elif row.status in _OPEN:
-            self._leave_key(row)  # with its old status (the in-flight count)
+        if ordering_key is not None:
+            key = None
+            if old in _OPEN and status in _OPEN:
+                key = self._keys.get((row.destination, ordering_key))
+            if key is not None and key.members.get(row.seq) is row:
+                # still open under the same key: only the key's in-flight count changes
+                stays = True
+                key.in_flight += (status is DeliveryStatus.IN_FLIGHT) - (
+                    old is DeliveryStatus.IN_FLIGHT
+                )
+            elif old in _OPEN:
+                self._leave_key(row)  # with its old status (the in-flight count)
         if error is not _SAME:
             row.last_error = error
         row.status = status
-        self._count(row, 1)
-        if status in _OPEN and not stays:
+        counts[status] = counts.get(status, 0) + 1
+        if status is DeliveryStatus.NEEDS_ACTION and row.last_error is not None:
+            self._count_needs(row.destination, row.last_error.category, 1)
+        if ordering_key is not None and status in _OPEN and not stays:
             self._join_key(row)
 
     # -- writing ---------------------------------------------------------
@@ -372,20 +393,38 @@ class MemoryQueueStore:
         results = [None if d.result is None else _ENCODE(d.result) for d in deliveries]
         with self._lock:
             inserted: builtins.list[Delivery] = []
+            rows, by_event, counts_of, seqs = self._rows, self._by_event, self._counts, self._seq
+            order, order_seqs = self._order, self._order_seqs
             for delivery, text, result in zip(deliveries, texts, results, strict=True):
-                ident = (delivery.event.id, delivery.destination)
-                if ident in self._by_event or delivery.id in self._rows:
+                event = delivery.event
+                ident = (event.id, delivery.destination)
+                if ident in by_event or delivery.id in rows:
                     continue
-                row = _Row(delivery, next(self._seq), text, result)
-                self._rows[row.id] = row
-                self._by_event[ident] = row.id
-                self._order.append(row.id)
-                self._order_seqs.append(row.seq)
-                self._count(row, 1)
-                if row.status in _OPEN:
-                    self._join_key(row)
-                self._schedule(row)
-                inserted.append(row.view(delivery.event))
+                row = _Row(delivery, next(seqs), text, result)
+                row_id, status = row.id, row.status
+                rows[row_id] = row
+                by_event[ident] = row_id
+                order.append(row_id)
+                order_seqs.append(row.seq)
+                # _count(row, 1)
+                counts = counts_of.get(row.destination)
+                if counts is None:
+                    counts = counts_of[row.destination] = {}
+                counts[status] = counts.get(status, 0) + 1
+                if status is DeliveryStatus.NEEDS_ACTION and row.last_error is not None:
+                    self._count_needs(row.destination, row.last_error.category, 1)
+                if row.ordering_key is None and status is DeliveryStatus.PENDING:
+                    # _schedule of a new row that no key holds back: waiting, due
+                    row.version = 1
+                    heapq.heappush(self._waiting, (row.seq, row_id, 1))
+                    heapq.heappush(
+                        self._timed, (row.next_attempt_at or _MIN_TIME, row.seq, row_id, 1)
+                    )
+                else:
+                    if status in _OPEN:
+                        self._join_key(row)
+                    self._schedule(row)
+                inserted.append(row.view(event))
             if cursor is not None:
                 self._cursors[cursor[0]] = cursor[1]
             if inserted:
@@ -414,13 +453,17 @@ class MemoryQueueStore:
 
     def _promote(self, now: datetime) -> None:
         """Move what became due by ``now`` from the time heap to the ready heaps."""
-        timed = self._timed
+        timed, rows, ready = self._timed, self._rows, self._ready
+        heappop, heappush = heapq.heappop, heapq.heappush
         while timed and timed[0][0] <= now:
-            due, seq, row_id, version = heapq.heappop(timed)
-            row = self._rows.get(row_id)
+            due, seq, row_id, version = heappop(timed)
+            row = rows.get(row_id)
             if row is None or row.version != version:
                 continue
-            heapq.heappush(self._ready.setdefault(row.destination, []), (seq, row_id, version, due))
+            heap = ready.get(row.destination)
+            if heap is None:
+                heap = ready[row.destination] = []
+            heappush(heap, (seq, row_id, version, due))
 
     def _top(self, destination: str) -> tuple[int, str, int, datetime] | None:
         """The oldest valid ready entry of a destination (stale ones dropped)."""
@@ -450,23 +493,36 @@ class MemoryQueueStore:
                 else [n for n in destinations if n in self._ready]
             )
             names = [n for n in names if not self._blocked(n, now)]
+            # the ready heaps stay the same lists while the lock is held
+            heaps = [self._ready[n] for n in names]
+            rows = self._rows
+            heappop = heapq.heappop
             claimed: builtins.list[Delivery] = []
             while len(claimed) < limit:
                 best: tuple[int, str, int, datetime] | None = None
-                for name in names:
-                    top = self._top(name)
-                    if top is not None and (best is None or top[0] < best[0]):
-                        best = top
-                if best is None:
+                row = None
+                for heap in heaps:
+                    while heap:  # _top, inline: the oldest valid entry (stale ones dropped)
+                        entry = heap[0]
+                        top_row = rows.get(entry[1])
+                        if top_row is not None and top_row.version == entry[2]:
+                            if best is None or entry[0] < best[0]:
+                                best, row = entry, top_row
+                            break
+                        heappop(heap)
+                if best is None or row is None:
                     break
-                row = self._rows[best[1]]
-                heapq.heappop(self._ready[row.destination])
+                heappop(self._ready[row.destination])
                 if best[3] > now:  # due later for this caller's clock: back to waiting
                     heapq.heappush(self._timed, (best[3], best[0], best[1], best[2]))
                     continue
-                if not self._eligible(row):  # an older delivery of its key came back
+                status = row.status
+                if status is not DeliveryStatus.IN_FLIGHT and not (
+                    (status is DeliveryStatus.PENDING or status is DeliveryStatus.RETRY_SCHEDULED)
+                    and (row.ordering_key is None or self._eligible(row))
+                ):  # _eligible: not waiting, or an older delivery of its key came back
                     continue
-                if row.status is DeliveryStatus.IN_FLIGHT:
+                if status is DeliveryStatus.IN_FLIGHT:
                     self._append_audit(
                         Attempt(
                             delivery_id=row.id,
@@ -484,6 +540,12 @@ class MemoryQueueStore:
                             ),
                         )
                     )
+                elif row.ordering_key is None:
+                    # _move from a waiting status to IN_FLIGHT, without a key to update
+                    counts = self._counts[row.destination]
+                    counts[status] = counts.get(status, 0) - 1
+                    row.status = DeliveryStatus.IN_FLIGHT
+                    counts[DeliveryStatus.IN_FLIGHT] = counts.get(DeliveryStatus.IN_FLIGHT, 0) + 1
                 else:
                     self._move(row, DeliveryStatus.IN_FLIGHT)
                 row.attempts += 1
@@ -491,15 +553,23 @@ class MemoryQueueStore:
                 row.lease_owner = worker
                 row.lease_expires_at = lease_until
                 row.updated_at = now
-                self._rekey(row)
+                if row.ordering_key is None:
+                    # _rekey of a row in flight without a key: due again when its lease ends
+                    row.version += 1
+                    heapq.heappush(
+                        self._timed, (lease_until or _MIN_TIME, row.seq, row.id, row.version)
+                    )
+                else:
+                    self._rekey(row)
                 claimed.append(row.view())
             return claimed
 
     def complete(self, completions: Sequence[Completion]) -> builtins.list[bool]:
-        check_new_events(c.event for c in completions)
+        replaced = [c.event for c in completions]
+        check_new_events(replaced)
         events = [
-            (c.event, checked_event_json(_as_delivery(c.event))) if c.event is not None else None
-            for c in completions
+            (event, checked_event_json(_as_delivery(event))) if event is not None else None
+            for event in replaced
         ]
         results = [  # encoded before anything changes (see enqueue)
             None
@@ -509,8 +579,9 @@ class MemoryQueueStore:
         ]
         with self._lock:
             applied: builtins.list[bool] = []
+            rows = self._rows
             for c, replacement, result in zip(completions, events, results, strict=True):
-                row = self._rows.get(c.delivery_id)
+                row = rows.get(c.delivery_id)
                 if (
                     row is None
                     or row.status is not DeliveryStatus.IN_FLIGHT
@@ -518,15 +589,12 @@ class MemoryQueueStore:
                 ):
                     applied.append(False)
                     continue
-                if c.status is DeliveryStatus.SUCCEEDED:
+                status = c.status
+                if status is DeliveryStatus.SUCCEEDED:
                     row.result_json = result
-                self._move(
-                    row,
-                    c.status,
-                    _SAME
-                    if c.error is None and c.status is not DeliveryStatus.SUCCEEDED
-                    else c.error,
-                )
+                    self._move(row, status, c.error)
+                else:
+                    self._move(row, status, _SAME if c.error is None else c.error)
                 row.next_attempt_at = c.next_attempt_at
                 old_key = row.ordering_key
                 if replacement is not None:
@@ -538,11 +606,14 @@ class MemoryQueueStore:
                 row.lease_owner = None
                 row.lease_expires_at = None
                 row.updated_at = c.finished_at
-                self._rekey(row, old_key)
+                if old_key is None and row.ordering_key is None:
+                    self._schedule(row)  # _rekey: no key, no head to reschedule
+                else:
+                    self._rekey(row, old_key)
                 for record in c.audit:
                     self._append_audit(record)
                 applied.append(True)
-                if c.status is DeliveryStatus.PENDING:
+                if status is DeliveryStatus.PENDING:
                     self._wake()  # handed back: another worker may take it
             return applied
 
@@ -718,19 +789,20 @@ class MemoryQueueStore:
 
     def attempts(self, delivery_id: str) -> builtins.list[Attempt]:
         with self._lock:
-            return list(self._audit_of.get(delivery_id, ()))
+            return [_attempt(stored) for stored in self._audit_of.get(delivery_id, ())]
 
     def audit(
         self, *, since: datetime | None = None, errors_only: bool = False, limit: int | None = None
     ) -> builtins.list[Attempt]:
         with self._lock:
             out: builtins.list[Attempt] = []
-            for record in reversed(self._audit):
+            for stored in reversed(self._audit):
+                record = stored[0]
                 if since is not None and record.finished_at < since:
                     continue
                 if errors_only and record.error is None:
                     continue
-                out.append(record)
+                out.append(_attempt(stored))
                 if limit is not None and len(out) >= limit:
                     break
             return out
@@ -772,7 +844,8 @@ class MemoryQueueStore:
             raise ValueError(f"bucket must be > 0, got {bucket!r}")
         counts: dict[tuple[int, ErrorCategory], int] = {}
         with self._lock:
-            for record in self._audit:
+            for stored in self._audit:
+                record = stored[0]
                 if record.error is None or not since <= record.finished_at < until:
                     continue
                 key = ((record.finished_at - since) // bucket, record.error.category)
@@ -796,10 +869,10 @@ class MemoryQueueStore:
                 self._by_event.pop((row.event_id, row.destination), None)
                 self._audit_of.pop(row.id, None)
             self._audit = [
-                a
-                for a in self._audit
-                if a.delivery_id not in gone
-                and not (a.delivery_id is None and a.finished_at < before)
+                stored
+                for stored in self._audit
+                if stored[0].delivery_id not in gone
+                and not (stored[0].delivery_id is None and stored[0].finished_at < before)
             ]
             self._purged += len(gone)
             if self._purged > len(self._order) // 2:
@@ -845,6 +918,30 @@ class MemoryQueueStore:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+def _attempt(stored: _Audit) -> Attempt:
+    """A stored audit record as read: the Attempt with its id, built on the
+    first read and kept, so every read hands out the same record (as before)."""
+    if stored[1] is None:
+        return stored[0]  # type: ignore[no-any-return]
+    record, audit_id, details = stored
+    built = Attempt(
+        delivery_id=record.delivery_id,
+        destination=record.destination,
+        action=record.action,
+        actor=record.actor,
+        started_at=record.started_at,
+        finished_at=record.finished_at,
+        number=record.number,
+        outcome=record.outcome,
+        reason=record.reason,
+        error=record.error,
+        details=details,
+        id=audit_id,
+    )
+    stored[:] = [built, None, None]
+    return built
 
 
 def _as_delivery(event: Event) -> Delivery:

@@ -1,0 +1,81 @@
+"""The memory store's audit trail: records keep what they were when written.
+
+The store keeps the caller's record and builds the stored one (with its id)
+on the first read; these pin what every read hands out all the same.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+from resilient_sync import Attempt, ErrorCategory, ErrorInfo
+from resilient_sync.stores import MemoryQueueStore
+
+T0 = datetime(2024, 1, 1, tzinfo=timezone.utc)
+
+
+def record(delivery_id: str | None, action: str, *, at: datetime = T0, **kw: object) -> Attempt:
+    return Attempt(
+        delivery_id=delivery_id,
+        destination="pos",
+        action=action,
+        actor="ops",
+        started_at=at,
+        finished_at=at,
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+def test_records_get_ids_in_order_and_reads_agree() -> None:
+    store = MemoryQueueStore()
+    store.add_audit([record("d1", "a"), record(None, "pause"), record("d1", "b", id=99)])
+    newest_first = store.audit()
+    assert [(a.action, a.id) for a in newest_first] == [("b", 3), ("pause", 2), ("a", 1)]
+    assert store.attempts("d1") == [newest_first[2], newest_first[0]]
+    # the same records on every read, whichever read came first
+    assert store.attempts("d1")[0] is store.audit()[2]
+    assert store.audit(limit=1)[0] is store.attempts("d1")[1]
+    assert store.attempts("nobody") == []
+
+
+def test_a_record_keeps_the_details_it_was_written_with() -> None:
+    store = MemoryQueueStore()
+    written = record("d1", "edit", details={"changed": ["payload.email"]})
+    store.add_audit([written])
+    written.details["changed"] = ["mutated later"]  # type: ignore[index]
+    (stored,) = store.attempts("d1")
+    assert stored.details == {"changed": ["payload.email"]}
+    assert stored.details is not written.details
+    assert stored == Attempt(
+        delivery_id="d1",
+        destination="pos",
+        action="edit",
+        actor="ops",
+        started_at=T0,
+        finished_at=T0,
+        details={"changed": ["payload.email"]},
+        id=1,
+    )
+
+
+def test_unread_records_are_counted_filtered_and_purged_as_written() -> None:
+    store = MemoryQueueStore()
+    failed = ErrorInfo(category=ErrorCategory.TRANSIENT, message="503")
+    store.add_audit(
+        [
+            record(None, "rate_limited", at=T0, error=failed),
+            record(None, "pause", at=T0 + timedelta(hours=2)),
+            record("d1", "deliver", at=T0 + timedelta(hours=1), error=failed),
+        ]
+    )
+    assert store.error_counts(
+        since=T0, until=T0 + timedelta(days=1), bucket=timedelta(hours=1)
+    ) == [
+        (0, ErrorCategory.TRANSIENT, 1),
+        (1, ErrorCategory.TRANSIENT, 1),
+    ]
+    assert [a.action for a in store.audit(errors_only=True)] == ["deliver", "rate_limited"]
+    assert [a.action for a in store.audit(since=T0 + timedelta(hours=1))] == ["deliver", "pause"]
+    # a destination's records older than ``before`` go; the others stay, ids kept
+    assert store.purge(before=T0 + timedelta(hours=1)) == 0
+    assert [(a.action, a.id) for a in store.audit()] == [("deliver", 3), ("pause", 2)]
