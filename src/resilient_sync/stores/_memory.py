@@ -122,8 +122,10 @@ class _Row:
     The event and the result are kept as JSON text, as a durable store keeps
     them: every read hands out fresh objects, so nobody can change the queue
     by changing what they were given. ``version`` changes with every change
-    of the row; entries of the scheduling heaps that carry an older version
-    are stale and skipped.
+    of the row, to a number no row of the store had before (a store-wide
+    counter: a row purged and enqueued again under the same id never matches
+    the heap entries of the row that went); entries of the scheduling heaps
+    that carry another version are stale and skipped.
     """
 
     __slots__ = (
@@ -233,6 +235,8 @@ class MemoryQueueStore:
         self._seq = itertools.count(1)
         self._tokens = itertools.count(1)
         self._audit_ids = itertools.count(1)
+        #: row versions, store-wide (see _Row)
+        self._versions = itertools.count(1)
 
     def __repr__(self) -> str:
         return f"MemoryQueueStore({len(self._rows)} deliveries)"
@@ -279,10 +283,10 @@ class MemoryQueueStore:
     def _schedule(self, row: _Row) -> None:
         """Invalidate what is scheduled for ``row`` and schedule it anew if it can
         be claimed: at its due time (lease end while in flight)."""
-        row.version += 1
+        row.version = version = next(self._versions)
         status = row.status
         if status in _WAITING:
-            heapq.heappush(self._waiting, (row.seq, row.id, row.version))
+            heapq.heappush(self._waiting, (row.seq, row.id, version))
         # _eligible, without a call for a row that has no ordering key
         if status is DeliveryStatus.IN_FLIGHT:
             due = row.lease_expires_at or _MIN_TIME
@@ -292,7 +296,7 @@ class MemoryQueueStore:
             due = row.next_attempt_at or _MIN_TIME
         else:
             return
-        heapq.heappush(self._timed, (due, row.seq, row.id, row.version))
+        heapq.heappush(self._timed, (due, row.seq, row.id, version))
 
     def _rekey(self, row: _Row, old_key: str | None = None) -> None:
         """After ``row`` changed: reschedule it and the head of its key (only
@@ -415,10 +419,10 @@ class MemoryQueueStore:
                     self._count_needs(row.destination, row.last_error.category, 1)
                 if row.ordering_key is None and status is DeliveryStatus.PENDING:
                     # _schedule of a new row that no key holds back: waiting, due
-                    row.version = 1
-                    heapq.heappush(self._waiting, (row.seq, row_id, 1))
+                    row.version = version = next(self._versions)
+                    heapq.heappush(self._waiting, (row.seq, row_id, version))
                     heapq.heappush(
-                        self._timed, (row.next_attempt_at or _MIN_TIME, row.seq, row_id, 1)
+                        self._timed, (row.next_attempt_at or _MIN_TIME, row.seq, row_id, version)
                     )
                 else:
                     if status in _OPEN:
@@ -555,9 +559,9 @@ class MemoryQueueStore:
                 row.updated_at = now
                 if row.ordering_key is None:
                     # _rekey of a row in flight without a key: due again when its lease ends
-                    row.version += 1
+                    row.version = version = next(self._versions)
                     heapq.heappush(
-                        self._timed, (lease_until or _MIN_TIME, row.seq, row.id, row.version)
+                        self._timed, (lease_until or _MIN_TIME, row.seq, row.id, version)
                     )
                 else:
                     self._rekey(row)

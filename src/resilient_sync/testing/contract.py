@@ -1376,6 +1376,29 @@ class QueueStoreContract:
         assert len(store.attempts(failed.id)) == 1
         assert len(store.enqueue([make_delivery("done-0")])) == 1  # unknown again
 
+    def test_a_purged_delivery_id_enqueued_again_is_a_new_delivery_with_its_own_lease(
+        self, store: QueueStore, clock: FakeClock
+    ) -> None:
+        """A delivery id that was purged may be enqueued again (a store caller
+        re-importing its own ids): nothing of the purged delivery's claim (its
+        lease's end) carries over to the new one, which is claimed once and
+        whose lease holds until its own end."""
+        first = make_delivery("e1")
+        self.enqueue(store, first)
+        (claimed,) = self.claim(store, clock, lease=timedelta(minutes=5))
+        clock.advance(timedelta(seconds=1))
+        assert store.complete([self.outcome(claimed, clock)]) == [True]
+        clock.advance(timedelta(seconds=1))
+        assert store.purge(before=clock.now()) == 1
+        again = attrs.evolve(make_delivery("e2", now=clock.now()), id=first.id)
+        self.enqueue(store, again)
+        (taken,) = self.claim(store, clock, lease=timedelta(hours=1))
+        assert taken.event.id == "e2"
+        clock.advance(timedelta(minutes=10))  # past the purged claim's lease, not this one's
+        assert self.claim(store, clock) == []
+        assert [a.action for a in store.attempts(first.id)] == []
+        assert store.complete([self.outcome(taken, clock)]) == [True]
+
     def test_stats_counts_deliveries_that_leave_and_reenter_a_final_state(
         self, store: QueueStore, clock: FakeClock
     ) -> None:
