@@ -961,12 +961,23 @@ def _as_delivery(event: Event) -> Delivery:
     )
 
 
+def _held(key: str, lock: tuple[str, datetime]) -> IdempotencyRecord:
+    """The record of a key a worker holds (``begin``'s lock, as kept)."""
+    return IdempotencyRecord(
+        key=key, state=IdempotencyState.IN_PROGRESS, fingerprint=lock[0], locked_until=lock[1]
+    )
+
+
 class MemoryIdempotencyStore:
     """An :class:`~resilient_sync.IdempotencyStore` in a dict, guarded by a lock."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._records: dict[str, IdempotencyRecord] = {}
+        #: per key: its completed record, or the lock a worker took with
+        #: ``begin`` as ``(fingerprint, locked_until)`` (locks are taken and
+        #: dropped once per delivery and rarely read: their record is built
+        #: when one is read, by _held)
+        self._records: dict[str, IdempotencyRecord | tuple[str, datetime]] = {}
 
     def __repr__(self) -> str:
         return f"MemoryIdempotencyStore({len(self._records)} keys)"
@@ -975,27 +986,19 @@ class MemoryIdempotencyStore:
         self, entries: Sequence[tuple[str, str]], *, now: datetime, lock_until: datetime
     ) -> builtins.list[IdempotencyRecord]:
         with self._lock:
+            records = self._records
             out: builtins.list[IdempotencyRecord] = []
             for key, fp in entries:
-                rec = self._records.get(key)
-                live = rec is not None and (
-                    (
-                        rec.state is IdempotencyState.COMPLETED
-                        and (rec.expires_at is None or rec.expires_at > now)
-                    )
-                    or (
-                        rec.state is IdempotencyState.IN_PROGRESS
-                        and rec.locked_until is not None
-                        and rec.locked_until > now
-                    )
-                )
-                if rec is None or not live:
-                    self._records[key] = IdempotencyRecord(
-                        key=key,
-                        state=IdempotencyState.IN_PROGRESS,
-                        fingerprint=fp,
-                        locked_until=lock_until,
-                    )
+                rec = records.get(key)
+                if rec is None:
+                    live = False
+                elif type(rec) is tuple:
+                    live = rec[1] > now  # a lock, still held
+                else:
+                    assert isinstance(rec, IdempotencyRecord)  # noqa: S101 - for mypy
+                    live = rec.expires_at is None or rec.expires_at > now
+                if not live:
+                    records[key] = (fp, lock_until)
                     out.append(
                         IdempotencyRecord(
                             key=key,
@@ -1004,12 +1007,14 @@ class MemoryIdempotencyStore:
                             locked_until=lock_until,
                         )
                     )
-                elif rec.state is IdempotencyState.IN_PROGRESS:
-                    out.append(rec)
-                elif rec.fingerprint != fp:
-                    out.append(attrs.evolve(rec, state=IdempotencyState.MISMATCH))
+                elif type(rec) is tuple:
+                    out.append(_held(key, rec))
                 else:
-                    out.append(rec)
+                    assert isinstance(rec, IdempotencyRecord)  # noqa: S101 - for mypy
+                    if rec.fingerprint != fp:
+                        out.append(attrs.evolve(rec, state=IdempotencyState.MISMATCH))
+                    else:
+                        out.append(rec)
             return out
 
     def finish(
@@ -1034,14 +1039,10 @@ class MemoryIdempotencyStore:
             moved: builtins.list[bool] = []
             for key in keys:
                 rec = self._records.get(key)
-                held = (
-                    rec is not None
-                    and rec.state is IdempotencyState.IN_PROGRESS
-                    and rec.locked_until == locked_until
-                )
+                held = type(rec) is tuple and rec[1] == locked_until
                 if held:
-                    assert rec is not None  # noqa: S101 - for mypy
-                    self._records[key] = attrs.evolve(rec, locked_until=until)
+                    assert isinstance(rec, tuple)  # noqa: S101 - for mypy
+                    self._records[key] = (rec[0], until)
                 moved.append(held)
             return moved
 
@@ -1049,11 +1050,7 @@ class MemoryIdempotencyStore:
         with self._lock:
             for key in keys:
                 rec = self._records.get(key)
-                if (
-                    rec is not None
-                    and rec.state is IdempotencyState.IN_PROGRESS
-                    and (locked_until is None or rec.locked_until == locked_until)
-                ):
+                if type(rec) is tuple and (locked_until is None or rec[1] == locked_until):
                     del self._records[key]
 
     def purge(self, *, now: datetime, limit: int = 1000) -> int:
@@ -1062,16 +1059,12 @@ class MemoryIdempotencyStore:
             expired = [
                 key
                 for key, rec in self._records.items()
-                if rec.state is IdempotencyState.COMPLETED
-                and rec.expires_at is not None
-                and rec.expires_at <= now
+                if type(rec) is not tuple
+                and rec.expires_at is not None  # type: ignore[union-attr]
+                and rec.expires_at <= now  # type: ignore[union-attr]
             ][:limit]
             abandoned = [
-                key
-                for key, rec in self._records.items()
-                if rec.state is IdempotencyState.IN_PROGRESS
-                and rec.locked_until is not None
-                and rec.locked_until <= now
+                key for key, rec in self._records.items() if type(rec) is tuple and rec[1] <= now
             ]
             for key in expired + abandoned:
                 del self._records[key]
@@ -1082,17 +1075,9 @@ class MemoryIdempotencyStore:
             rec = self._records.get(key)
         if rec is None:
             return None
-        if (
-            rec.state is IdempotencyState.COMPLETED
-            and rec.expires_at is not None
-            and rec.expires_at <= now
-        ):
-            return None
-        if (
-            rec.state is IdempotencyState.IN_PROGRESS
-            and rec.locked_until is not None
-            and rec.locked_until <= now
-        ):
+        if isinstance(rec, tuple):
+            return _held(key, rec) if rec[1] > now else None
+        if rec.expires_at is not None and rec.expires_at <= now:
             return None
         return rec
 
