@@ -1266,3 +1266,50 @@ def test_a_claim_whose_keys_cannot_be_taken_is_undone_with_them(tmp_path: Path) 
     )
     queue.close()
     idempotency.close()
+
+
+def test_none_is_bound_through_one_adapter_and_an_applications_own_is_kept(db: Path) -> None:
+    """The store registers a ``None -> None`` adapter with the sqlite3 module
+    (without one, every ``None`` bound costs two failed attribute look-ups
+    and a formatted ``AttributeError``): empty columns are still NULL, the
+    application's own sqlite3 use binds None as before, and an adapter for
+    None the application registered first is kept. In a subprocess: the
+    registry belongs to the process."""
+    script = textwrap.dedent(
+        f"""
+        import sqlite3, sys
+        from resilient_sync.stores import SQLiteQueueStore
+        from resilient_sync.testing.contract import make_delivery
+
+        key = (type(None), sqlite3.PrepareProtocol)
+        if sys.argv[1] == "theirs":
+            def theirs(value):
+                return None
+            sqlite3.register_adapter(type(None), theirs)
+        path = {str(db)!r} + "." + sys.argv[1]
+        store = SQLiteQueueStore(path)
+        (stored,) = store.enqueue([make_delivery("e1")])
+        store.close()
+        conn = sqlite3.connect(path)
+        row = conn.execute(
+            "SELECT typeof(last_error), typeof(result), typeof(lease_owner)"
+            " FROM resilient_sync_deliveries"
+        ).fetchone()
+        assert row == ("null", "null", "null"), row
+        conn.execute("CREATE TABLE mine (a)")
+        conn.execute("INSERT INTO mine VALUES (?)", (None,))
+        assert conn.execute("SELECT typeof(a) FROM mine").fetchone() == ("null",)
+        adapter = sqlite3.adapters[key]
+        print(adapter.__name__ if sys.argv[1] == "theirs" else adapter(None))
+        """
+    )
+    ours = subprocess.run(
+        [sys.executable, "-c", script, "ours"], capture_output=True, text=True, check=False
+    )
+    assert ours.returncode == 0, ours.stderr
+    assert ours.stdout.strip() == "None"
+    theirs = subprocess.run(
+        [sys.executable, "-c", script, "theirs"], capture_output=True, text=True, check=False
+    )
+    assert theirs.returncode == 0, theirs.stderr
+    assert theirs.stdout.strip() == "theirs"
