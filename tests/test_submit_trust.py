@@ -142,3 +142,18 @@ def test_a_wrapper_stores_rewritten_deliveries_are_checked(
     # a well-behaved tenant goes through the same wrapper
     Producer(TenantStore(queue, "acme", in_place), ["pos"]).submit(Event("order-1", "t", {}))  # type: ignore[arg-type]
     assert [d.event.id for d in _stored(queue)] == ["acme/order-1"]
+
+
+@pytest.mark.parametrize("code", [*range(0x100), 0x2028, 0x202E, 0x2066, 0xD800, 0xFEFF])
+def test_the_one_pass_look_at_ids_agrees_with_the_detailed_check(code: int) -> None:
+    """``ids_look_fine`` (the one-pass look submit() and the stores give every
+    id, key and name) and ``identifier_problem`` (the detailed check that
+    says what is wrong) accept exactly the same texts: every character up to
+    U+00FF (the one-pass look tells ASCII text by ``isprintable``) and the
+    refused invisible ones above, alone and among other ids."""
+    from resilient_sync._json import identifier_problem, ids_look_fine
+
+    text = f"id-{chr(code)}-x"
+    for values in ((text,), ("order-1", text, "pos"), ("café", text)):
+        expected = all(identifier_problem(value) is None for value in values)
+        assert ids_look_fine(*values) is expected, (hex(code), values)

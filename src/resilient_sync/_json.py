@@ -193,7 +193,11 @@ def ids_look_fine(*values: Any) -> bool:
     for value in values:
         if type(value) is not str or not 0 < len(value) <= MAX_ID or value.isspace():
             return False
-    return BAD_ID_CHAR.search(" ".join(values)) is None
+    joined = " ".join(values)
+    if joined.isascii():
+        # the refused ASCII characters are exactly the unprintable ones (C0, DEL)
+        return joined.isprintable()
+    return BAD_ID_CHAR.search(joined) is None
 
 
 def event_keys(event: Any) -> tuple[Any, Any, Any, Any]:
