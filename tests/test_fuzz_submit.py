@@ -442,3 +442,55 @@ def test_the_stored_text_and_the_fingerprint_are_those_of_the_standard_encoder(
     assert event_from_json(f" {text}\n") == checked  # spaces around it: the full decoder
     with pytest.raises(json.JSONDecodeError, match="Extra data"):
         event_from_json(text + "x")
+
+
+def _cyclic_event() -> Event:
+    payload: dict[str, Any] = {"a": 1}
+    payload["self"] = payload
+    return Event("e1", "t", payload)
+
+
+def test_an_event_with_a_cycle_past_the_checks_fails_to_encode_with_a_value_error() -> None:
+    """The fast encoder skips the cycle check (checked events have none); a
+    cycle that got past the checks (a custom store's claim, a direct call)
+    still fails with the standard encoder's ValueError naming it, not with a
+    RecursionError. (Found by a red-team pass of the fast path.)"""
+    from resilient_sync._json import event_to_json, fingerprint
+
+    with pytest.raises(ValueError, match="Circular reference detected"):
+        fingerprint(_cyclic_event())
+    with pytest.raises(ValueError, match="Circular reference detected"):
+        event_to_json(_cyclic_event())
+
+
+def test_a_claimed_event_that_cannot_be_fingerprinted_is_parked_naming_the_cycle() -> None:
+    """A wrapper store whose claim hands back an event with a cycle: that
+    delivery alone is parked, its error naming the encoder's complaint."""
+    from resilient_sync import Dispatcher, Producer
+    from resilient_sync.stores import MemoryIdempotencyStore, MemoryQueueStore
+    from resilient_sync.testing import FakeClock, RecordingDestination
+
+    class CyclicOnClaim:
+        def __init__(self, inner: MemoryQueueStore) -> None:
+            self._inner = inner
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self._inner, name)
+
+        def claim(self, **kw: Any) -> list[Any]:
+            return [attrs.evolve(d, event=_cyclic_event()) for d in self._inner.claim(**kw)]
+
+    clock = FakeClock()
+    inner = MemoryQueueStore()
+    Producer(inner, ["pos"], clock=clock).submit(Event("e1", "t", {"a": 1}))
+    dispatcher = Dispatcher(
+        CyclicOnClaim(inner),  # type: ignore[arg-type]
+        MemoryIdempotencyStore(),
+        [RecordingDestination("pos")],
+        clock=clock,
+    )
+    dispatcher.run_once()
+    (parked,) = inner.list().items
+    assert parked.status is DeliveryStatus.NEEDS_ACTION
+    assert parked.last_error is not None
+    assert "(ValueError: Circular reference detected)" in parked.last_error.message

@@ -149,7 +149,8 @@ def _bind_none_directly() -> None:
     one dict look-up. The result is the same NULL; the registry is the
     process's (``sqlite3.adapters``), so an adapter for ``None`` registered
     by the application first is kept, and one it registers later replaces
-    this one."""
+    this one. Visible to the application: ``sqlite3.adapt(None)`` returns
+    None instead of raising ``ProgrammingError`` (docs: choose-a-store)."""
     key = (type(None), sqlite3.PrepareProtocol)
     if key not in sqlite3.adapters:
         sqlite3.register_adapter(type(None), _NONE_AS_IS)
