@@ -397,7 +397,7 @@ class MemoryQueueStore:
         results = [None if d.result is None else _ENCODE(d.result) for d in deliveries]
         with self._lock:
             inserted: builtins.list[Delivery] = []
-            rows, by_event, counts_of, seqs = self._rows, self._by_event, self._counts, self._seq
+            rows, by_event, seqs = self._rows, self._by_event, self._seq
             order, order_seqs = self._order, self._order_seqs
             for delivery, text, result in zip(deliveries, texts, results, strict=True):
                 event = delivery.event
@@ -410,24 +410,10 @@ class MemoryQueueStore:
                 by_event[ident] = row_id
                 order.append(row_id)
                 order_seqs.append(row.seq)
-                # _count(row, 1)
-                counts = counts_of.get(row.destination)
-                if counts is None:
-                    counts = counts_of[row.destination] = {}
-                counts[status] = counts.get(status, 0) + 1
-                if status is DeliveryStatus.NEEDS_ACTION and row.last_error is not None:
-                    self._count_needs(row.destination, row.last_error.category, 1)
-                if row.ordering_key is None and status is DeliveryStatus.PENDING:
-                    # _schedule of a new row that no key holds back: waiting, due
-                    row.version = version = next(self._versions)
-                    heapq.heappush(self._waiting, (row.seq, row_id, version))
-                    heapq.heappush(
-                        self._timed, (row.next_attempt_at or _MIN_TIME, row.seq, row_id, version)
-                    )
-                else:
-                    if status in _OPEN:
-                        self._join_key(row)
-                    self._schedule(row)
+                self._count(row, 1)
+                if status in _OPEN:
+                    self._join_key(row)
+                self._schedule(row)
                 inserted.append(row.view(event))
             if cursor is not None:
                 self._cursors[cursor[0]] = cursor[1]
@@ -544,12 +530,6 @@ class MemoryQueueStore:
                             ),
                         )
                     )
-                elif row.ordering_key is None:
-                    # _move from a waiting status to IN_FLIGHT, without a key to update
-                    counts = self._counts[row.destination]
-                    counts[status] = counts.get(status, 0) - 1
-                    row.status = DeliveryStatus.IN_FLIGHT
-                    counts[DeliveryStatus.IN_FLIGHT] = counts.get(DeliveryStatus.IN_FLIGHT, 0) + 1
                 else:
                     self._move(row, DeliveryStatus.IN_FLIGHT)
                 row.attempts += 1
@@ -557,14 +537,7 @@ class MemoryQueueStore:
                 row.lease_owner = worker
                 row.lease_expires_at = lease_until
                 row.updated_at = now
-                if row.ordering_key is None:
-                    # _rekey of a row in flight without a key: due again when its lease ends
-                    row.version = version = next(self._versions)
-                    heapq.heappush(
-                        self._timed, (lease_until or _MIN_TIME, row.seq, row.id, version)
-                    )
-                else:
-                    self._rekey(row)
+                self._rekey(row)
                 claimed.append(row.view())
             return claimed
 
@@ -610,10 +583,7 @@ class MemoryQueueStore:
                 row.lease_owner = None
                 row.lease_expires_at = None
                 row.updated_at = c.finished_at
-                if old_key is None and row.ordering_key is None:
-                    self._schedule(row)  # _rekey: no key, no head to reschedule
-                else:
-                    self._rekey(row, old_key)
+                self._rekey(row, old_key)
                 for record in c.audit:
                     self._append_audit(record)
                 applied.append(True)
