@@ -67,11 +67,14 @@ _OPEN = frozenset(
     }
 )
 _WAITING = (DeliveryStatus.PENDING, DeliveryStatus.RETRY_SCHEDULED)
-#: an audit record as the queue keeps it: ``[record, id, details]`` as written
-#: (the caller's record, the id it gets, a copy of its details), then
-#: ``[Attempt with its id, None, None]`` once read. Writes are hot and reads
-#: rare, so the record with its id is built on the first read only.
-_Audit = builtins.list[Any]
+#: an audit record as the queue keeps it: a tuple of plain values (see
+#: _append_audit), read back into an ``Attempt`` by _attempt. Writes are hot
+#: and reads rare; and a tuple of strings, numbers and times is one object the
+#: garbage collector stops tracking, where an ``Attempt`` in a list was two it
+#: walked at every full collection: with 100,000 finished deliveries kept,
+#: those collections cost more than the rest of a delivery's bookkeeping.
+_Audit = tuple[Any, ...]
+_STATUSES = {status._value_: status for status in DeliveryStatus}
 _ENCODE = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
 _DECODE = json.JSONDecoder().decode
 
@@ -229,7 +232,7 @@ class MemoryQueueStore:
         self._counts: dict[str, dict[DeliveryStatus, int]] = {}
         self._needs: dict[str, dict[ErrorCategory, int]] = {}
         self._audit: builtins.list[_Audit] = []
-        self._audit_of: dict[str, builtins.list[_Audit]] = {}
+        self._audit_of: dict[str, tuple[_Audit, ...] | builtins.list[_Audit]] = {}
         self._cursors: dict[str, str | None] = {}
         self._destinations: dict[str, DestinationState] = {}
         self._seq = itertools.count(1)
@@ -244,17 +247,34 @@ class MemoryQueueStore:
     # -- bookkeeping -------------------------------------------------------
 
     def _append_audit(self, record: Attempt) -> None:
-        # the record's fields are frozen; its details (a dict) are copied now,
-        # as building the stored Attempt would (see _Audit)
-        stored = [record, next(self._audit_ids), dict(record.details)]
+        # the record's fields are frozen; its details (a dict) are copied now
+        outcome, details = record.outcome, record.details
+        stored = (
+            next(self._audit_ids),
+            record.delivery_id,
+            record.destination,
+            record.action,
+            record.actor,
+            record.started_at,
+            record.finished_at,
+            record.number,
+            None if outcome is None else outcome._value_,
+            record.reason,
+            record.error,
+            dict(details) if details else None,
+        )
         self._audit.append(stored)
         delivery_id = record.delivery_id
         if delivery_id is not None:
-            of = self._audit_of.get(delivery_id)
-            if of is None:
-                self._audit_of[delivery_id] = [stored]
-            else:
+            # a delivery's few records in a tuple too (see _Audit); a list once
+            # it has many (an operator's retries), so that adding stays cheap
+            of = self._audit_of.get(delivery_id, ())
+            if type(of) is builtins.list:
                 of.append(stored)
+            elif len(of) < 8:
+                self._audit_of[delivery_id] = (*of, stored)
+            else:
+                self._audit_of[delivery_id] = [*of, stored]
 
     def _count(self, row: _Row, sign: int) -> None:
         counts = self._counts.setdefault(row.destination, {})
@@ -771,10 +791,9 @@ class MemoryQueueStore:
         with self._lock:
             out: builtins.list[Attempt] = []
             for stored in reversed(self._audit):
-                record = stored[0]
-                if since is not None and record.finished_at < since:
+                if since is not None and stored[_FINISHED_AT] < since:
                     continue
-                if errors_only and record.error is None:
+                if errors_only and stored[_ERROR] is None:
                     continue
                 out.append(_attempt(stored))
                 if limit is not None and len(out) >= limit:
@@ -819,10 +838,10 @@ class MemoryQueueStore:
         counts: dict[tuple[int, ErrorCategory], int] = {}
         with self._lock:
             for stored in self._audit:
-                record = stored[0]
-                if record.error is None or not since <= record.finished_at < until:
+                error, finished_at = stored[_ERROR], stored[_FINISHED_AT]
+                if error is None or not since <= finished_at < until:
                     continue
-                key = ((record.finished_at - since) // bucket, record.error.category)
+                key = ((finished_at - since) // bucket, error.category)
                 counts[key] = counts.get(key, 0) + 1
         return [(index, category, n) for (index, category), n in sorted(counts.items())]
 
@@ -845,8 +864,8 @@ class MemoryQueueStore:
             self._audit = [
                 stored
                 for stored in self._audit
-                if stored[0].delivery_id not in gone
-                and not (stored[0].delivery_id is None and stored[0].finished_at < before)
+                if stored[_DELIVERY_ID] not in gone
+                and not (stored[_DELIVERY_ID] is None and stored[_FINISHED_AT] < before)
             ]
             self._purged += len(gone)
             if self._purged > len(self._order) // 2:
@@ -894,28 +913,41 @@ class MemoryQueueStore:
         self.close()
 
 
+#: where _append_audit puts the fields read without building the record
+_DELIVERY_ID, _FINISHED_AT, _ERROR = 1, 6, 10
+
+
 def _attempt(stored: _Audit) -> Attempt:
-    """A stored audit record as read: the Attempt with its id, built on the
-    first read and kept, so every read hands out the same record (as before)."""
-    if stored[1] is None:
-        return stored[0]  # type: ignore[no-any-return]
-    record, audit_id, details = stored
-    built = Attempt(
-        delivery_id=record.delivery_id,
-        destination=record.destination,
-        action=record.action,
-        actor=record.actor,
-        started_at=record.started_at,
-        finished_at=record.finished_at,
-        number=record.number,
-        outcome=record.outcome,
-        reason=record.reason,
-        error=record.error,
+    """A stored audit record as read (a new ``Attempt`` at every read, as
+    the SQL stores hand out)."""
+    (
+        audit_id,
+        delivery_id,
+        destination,
+        action,
+        actor,
+        started_at,
+        finished_at,
+        number,
+        outcome,
+        reason,
+        error,
+        details,
+    ) = stored
+    return Attempt(
+        delivery_id=delivery_id,
+        destination=destination,
+        action=action,
+        actor=actor,
+        started_at=started_at,
+        finished_at=finished_at,
+        number=number,
+        outcome=None if outcome is None else _STATUSES[outcome],
+        reason=reason,
+        error=error,
         details=details,
         id=audit_id,
     )
-    stored[:] = [built, None, None]
-    return built
 
 
 def _as_delivery(event: Event) -> Delivery:
@@ -931,10 +963,28 @@ def _as_delivery(event: Event) -> Delivery:
     )
 
 
-def _held(key: str, lock: tuple[str, datetime]) -> IdempotencyRecord:
+#: a key as the idempotency store keeps it: the lock a worker took with
+#: ``begin``, ``(fingerprint, locked_until)``, or a completed key,
+#: ``(fingerprint, result, expires_at)``. Tuples rather than records: locks
+#: are taken and dropped once per delivery and rarely read, and a completed
+#: key of plain values is an object the garbage collector stops tracking (see
+#: _Audit); the record is built when one is read.
+_Lock = tuple[str, datetime]
+_Done = tuple[str, Any, "datetime | None"]
+
+
+def _held(key: str, lock: _Lock) -> IdempotencyRecord:
     """The record of a key a worker holds (``begin``'s lock, as kept)."""
     return IdempotencyRecord(
         key=key, state=IdempotencyState.IN_PROGRESS, fingerprint=lock[0], locked_until=lock[1]
+    )
+
+
+def _completed(key: str, done: _Done, state: IdempotencyState) -> IdempotencyRecord:
+    """The record of a completed key (``state`` COMPLETED, or MISMATCH for a
+    ``begin`` with another fingerprint)."""
+    return IdempotencyRecord(
+        key=key, state=state, fingerprint=done[0], result=done[1], expires_at=done[2]
     )
 
 
@@ -943,11 +993,8 @@ class MemoryIdempotencyStore:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        #: per key: its completed record, or the lock a worker took with
-        #: ``begin`` as ``(fingerprint, locked_until)`` (locks are taken and
-        #: dropped once per delivery and rarely read: their record is built
-        #: when one is read, by _held)
-        self._records: dict[str, IdempotencyRecord | tuple[str, datetime]] = {}
+        #: per key: its lock or its completion (see _Lock)
+        self._records: dict[str, _Lock | _Done] = {}
 
     def __repr__(self) -> str:
         return f"MemoryIdempotencyStore({len(self._records)} keys)"
@@ -960,31 +1007,25 @@ class MemoryIdempotencyStore:
             out: builtins.list[IdempotencyRecord] = []
             for key, fp in entries:
                 rec = records.get(key)
-                if rec is None:
-                    live = False
-                elif type(rec) is tuple:
-                    live = rec[1] > now  # a lock, still held
-                else:
-                    assert isinstance(rec, IdempotencyRecord)  # noqa: S101 - for mypy
-                    live = rec.expires_at is None or rec.expires_at > now
-                if not live:
-                    records[key] = (fp, lock_until)
-                    out.append(
-                        IdempotencyRecord(
-                            key=key,
-                            state=IdempotencyState.NEW,
-                            fingerprint=fp,
-                            locked_until=lock_until,
-                        )
+                if rec is not None and len(rec) == 2:
+                    if rec[1] > now:  # a lock, still held
+                        out.append(_held(key, rec))
+                        continue
+                elif rec is not None and (rec[2] is None or rec[2] > now):
+                    state = (
+                        IdempotencyState.COMPLETED if rec[0] == fp else IdempotencyState.MISMATCH
                     )
-                elif type(rec) is tuple:
-                    out.append(_held(key, rec))
-                else:
-                    assert isinstance(rec, IdempotencyRecord)  # noqa: S101 - for mypy
-                    if rec.fingerprint != fp:
-                        out.append(attrs.evolve(rec, state=IdempotencyState.MISMATCH))
-                    else:
-                        out.append(rec)
+                    out.append(_completed(key, rec, state))
+                    continue
+                records[key] = (fp, lock_until)
+                out.append(
+                    IdempotencyRecord(
+                        key=key,
+                        state=IdempotencyState.NEW,
+                        fingerprint=fp,
+                        locked_until=lock_until,
+                    )
+                )
             return out
 
     def finish(
@@ -992,13 +1033,7 @@ class MemoryIdempotencyStore:
     ) -> None:
         with self._lock:
             for key, fp, result in entries:
-                self._records[key] = IdempotencyRecord(
-                    key=key,
-                    state=IdempotencyState.COMPLETED,
-                    fingerprint=fp,
-                    result=result,
-                    expires_at=expires_at,
-                )
+                self._records[key] = (fp, result, expires_at)
 
     def extend_locks(
         self, keys: Sequence[str], *, locked_until: datetime, until: datetime
@@ -1009,9 +1044,9 @@ class MemoryIdempotencyStore:
             moved: builtins.list[bool] = []
             for key in keys:
                 rec = self._records.get(key)
-                held = type(rec) is tuple and rec[1] == locked_until
+                held = rec is not None and len(rec) == 2 and rec[1] == locked_until
                 if held:
-                    assert isinstance(rec, tuple)  # noqa: S101 - for mypy
+                    assert rec is not None  # noqa: S101 - for mypy
                     self._records[key] = (rec[0], until)
                 moved.append(held)
             return moved
@@ -1020,7 +1055,11 @@ class MemoryIdempotencyStore:
         with self._lock:
             for key in keys:
                 rec = self._records.get(key)
-                if type(rec) is tuple and (locked_until is None or rec[1] == locked_until):
+                if (
+                    rec is not None
+                    and len(rec) == 2
+                    and (locked_until is None or rec[1] == locked_until)
+                ):
                     del self._records[key]
 
     def purge(self, *, now: datetime, limit: int = 1000) -> int:
@@ -1029,12 +1068,10 @@ class MemoryIdempotencyStore:
             expired = [
                 key
                 for key, rec in self._records.items()
-                if type(rec) is not tuple
-                and rec.expires_at is not None  # type: ignore[union-attr]
-                and rec.expires_at <= now  # type: ignore[union-attr]
+                if len(rec) == 3 and rec[2] is not None and rec[2] <= now
             ][:limit]
             abandoned = [
-                key for key, rec in self._records.items() if type(rec) is tuple and rec[1] <= now
+                key for key, rec in self._records.items() if len(rec) == 2 and rec[1] <= now
             ]
             for key in expired + abandoned:
                 del self._records[key]
@@ -1045,11 +1082,12 @@ class MemoryIdempotencyStore:
             rec = self._records.get(key)
         if rec is None:
             return None
-        if isinstance(rec, tuple):
+        if len(rec) == 2:
             return _held(key, rec) if rec[1] > now else None
-        if rec.expires_at is not None and rec.expires_at <= now:
+        expires_at = rec[2]
+        if expires_at is not None and expires_at <= now:
             return None
-        return rec
+        return _completed(key, rec, IdempotencyState.COMPLETED)
 
     def close(self) -> None:
         """Nothing to release."""
