@@ -115,3 +115,45 @@ def test_a_finished_delivery_leaves_one_object_for_the_garbage_collector() -> No
     assert kept < 2000 * 1.1, f"{kept / 2000:.2f} tracked objects per delivery"
     assert len(queue.attempts(queue.list(limit=1).items[0].id)) == 1
     dispatcher.close()
+
+
+def test_a_worker_that_purges_what_it_delivered_stays_the_same_size() -> None:
+    """A long-lived worker on the memory stores that purges finished
+    deliveries keeps no trace of them: each claim scheduled its lease's end
+    (minutes later) and each enqueue an entry for ``stats()``, and those
+    stayed until they came up, hundreds of thousands on a busy worker."""
+    import tracemalloc
+
+    from resilient_sync import Dispatcher, Event
+    from resilient_sync.stores import MemoryIdempotencyStore
+
+    class Accepts:
+        name = "pos"
+
+        def deliver(self, event: object, context: object) -> None:
+            return None
+
+    queue, keys = MemoryQueueStore(), MemoryIdempotencyStore()
+    dispatcher = Dispatcher(queue, keys, [Accepts()])
+    far = datetime.now(timezone.utc) + timedelta(days=3650)
+
+    def cycle(n: int) -> None:
+        events = [Event(f"order-{n}-{i}", "order.paid", {"i": i}) for i in range(500)]
+        dispatcher.submit_many(events)
+        assert dispatcher.run_until_idle().succeeded == 500
+        assert queue.purge(before=far, limit=1000) == 500
+        keys.purge(now=far, limit=1000)
+
+    tracemalloc.start()
+    try:
+        for n in range(5):
+            cycle(n)
+        before = tracemalloc.get_traced_memory()[0]
+        for n in range(5, 25):  # 10,000 deliveries more
+            cycle(n)
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert grown < 10_000 * 8, f"{grown / 10_000:.1f} bytes kept per delivery"
+    assert queue.stats().by_destination == {}
+    dispatcher.close()

@@ -67,6 +67,8 @@ _OPEN = frozenset(
     }
 )
 _WAITING = (DeliveryStatus.PENDING, DeliveryStatus.RETRY_SCHEDULED)
+#: a scheduling heap is never compacted below this length (see _compact)
+_COMPACT_FLOOR = 1024
 #: an audit record as the queue keeps it: a tuple of plain values (see
 #: _append_audit), read back into an ``Attempt`` by _attempt. Writes are hot
 #: and reads rare; and a tuple of strings, numbers and times is one object the
@@ -229,6 +231,8 @@ class MemoryQueueStore:
         self._keys: dict[tuple[str, str], _Key] = {}
         #: (seq, id, version) of waiting deliveries, for the oldest waiting one
         self._waiting: builtins.list[tuple[int, str, int]] = []
+        #: the lengths at which _timed and _waiting are next compacted (_compact)
+        self._timed_limit = self._waiting_limit = _COMPACT_FLOOR
         self._counts: dict[str, dict[DeliveryStatus, int]] = {}
         self._needs: dict[str, dict[ErrorCategory, int]] = {}
         self._audit: builtins.list[_Audit] = []
@@ -307,6 +311,8 @@ class MemoryQueueStore:
         status = row.status
         if status in _WAITING:
             heapq.heappush(self._waiting, (row.seq, row.id, version))
+            if len(self._waiting) > self._waiting_limit:
+                self._waiting_limit = self._compact(self._waiting, waiting=True)
         # _eligible, without a call for a row that has no ordering key
         if status is DeliveryStatus.IN_FLIGHT:
             due = row.lease_expires_at or _MIN_TIME
@@ -317,6 +323,33 @@ class MemoryQueueStore:
         else:
             return
         heapq.heappush(self._timed, (due, row.seq, row.id, version))
+        if len(self._timed) > self._timed_limit:
+            self._timed_limit = self._compact(self._timed)
+
+    def _compact(self, heap: builtins.list[Any], *, waiting: bool = False) -> int:
+        """Drop the stale entries of a scheduling heap, in place (callers may
+        hold it); returns the length at which to compact it next.
+
+        An entry goes stale when its row changes (another version), finishes
+        or is purged, and is otherwise dropped only when it comes up: each
+        claim leaves the entry of its lease's end, due minutes later, and each
+        enqueue an entry in ``_waiting``, which only ``stats()`` reads. A busy
+        worker would keep hundreds of thousands of them. Compacting when the
+        heap has doubled since the last time costs a constant per entry."""
+        rows = self._rows
+        live = []
+        for entry in heap:
+            # (due, seq, id, version) in _timed, (seq, id, version) in _waiting
+            row = rows.get(entry[-2])
+            if (
+                row is not None
+                and row.version == entry[-1]
+                and (not waiting or row.status in _WAITING)
+            ):
+                live.append(entry)
+        heapq.heapify(live)
+        heap[:] = live
+        return max(_COMPACT_FLOOR, 2 * len(live))
 
     def _rekey(self, row: _Row, old_key: str | None = None) -> None:
         """After ``row`` changed: reschedule it and the head of its key (only
