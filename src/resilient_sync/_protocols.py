@@ -144,6 +144,9 @@ class QueueStore(Protocol):
         skipped. The store assigns ``seq`` (strictly increasing submission
         order). ``cursor=(source_name, value)`` is saved in the same
         transaction. Returns the deliveries actually inserted, with ``seq``.
+        Deliveries may come in any status (an import); an ``IN_FLIGHT`` one
+        without ``lease_expires_at``, which no claim would ever take back, is
+        refused with ``ValueError`` and nothing of the call is enqueued.
 
         ``transaction`` is a store-specific handle on the caller's own open
         transaction (e.g. a psycopg connection): the rows are written in it

@@ -20,7 +20,7 @@ from .._json import (
     identifier_problem,
     ids_look_fine,
 )
-from .._model import Attempt, Delivery
+from .._model import Attempt, Delivery, DeliveryStatus
 
 __all__ = [
     "MAX_PAGE",
@@ -130,7 +130,9 @@ def check_deliveries(deliveries: Sequence[Delivery], *, payloads: bool = True) -
     same rules as ``submit()``, so every store behaves alike when it is
     called directly. For the very delivery objects that ``submit()`` has just
     checked and built, payloads are not walked again; their ids, keys and
-    names get the one-pass look still. Raises :class:`InvalidEventError`."""
+    names get the one-pass look still. Raises :class:`InvalidEventError`,
+    or ``ValueError`` for an ``IN_FLIGHT`` delivery without
+    ``lease_expires_at`` (no claim would ever take it back)."""
     # submit() has checked these very objects; their ids and names get the
     # one-pass look anyway (cheap): defence in depth, so that a future path
     # building a plan from unchecked values fails here
@@ -160,6 +162,14 @@ def check_deliveries(deliveries: Sequence[Delivery], *, payloads: bool = True) -
                 )
         if payloads:
             _check_event_fields(event)
+    for d in deliveries:  # (their ids are known to be fine now)
+        if d.status is DeliveryStatus.IN_FLIGHT and d.lease_expires_at is None:
+            # a claim takes an IN_FLIGHT delivery back when its lease ends:
+            # without an end, no store would ever hand it out again
+            raise ValueError(
+                f"delivery {d.id!r}: an IN_FLIGHT delivery needs lease_expires_at (when "
+                "its lease ends, after which a claim takes it back); nothing was enqueued"
+            )
 
 
 def check_new_events(events: Iterable[Any]) -> None:

@@ -296,6 +296,31 @@ class QueueStoreContract:
         assert store.stats().total == 0
         assert store.get_cursor("shop") is None
 
+    def test_an_in_flight_delivery_is_enqueued_only_with_the_end_of_its_lease(
+        self, store: QueueStore, clock: FakeClock
+    ) -> None:
+        """An import of a delivery already ``IN_FLIGHT`` names when its lease
+        ends, and a claim takes it back then; without an end no claim would
+        ever take it, so the store refuses it with ``ValueError`` and
+        enqueues nothing of the call."""
+        flying = attrs.evolve(
+            make_delivery("e1"),
+            status=IN_FLIGHT,
+            attempts=1,
+            lease_token=7,
+            lease_owner="importer",
+            next_attempt_at=None,
+        )
+        with pytest.raises(ValueError, match="lease_expires_at"):
+            store.enqueue([make_delivery("e0"), flying])
+        assert store.stats().total == 0
+        self.enqueue(store, attrs.evolve(flying, lease_expires_at=T0 + timedelta(minutes=5)))
+        assert self.claim(store, clock) == []
+        clock.advance(timedelta(minutes=6))
+        (taken,) = self.claim(store, clock)
+        assert (taken.id, taken.attempts) == (flying.id, 2)
+        assert [a.action for a in store.attempts(flying.id)] == ["lease_expired"]
+
     # -- claim -------------------------------------------------------------
 
     def test_claim_leases_due_deliveries_oldest_first(
