@@ -7,7 +7,9 @@ counts them with ``valgrind --tool=callgrind`` for one lifecycle:
 ``submit_many`` of N events in batches of 100, then ``run_until_idle`` to a
 no-op destination, on the memory stores and on a SQLite file
 (``synchronous=FULL``; the time spent waiting for the disk is not an
-instruction, so this is the library's CPU cost, not its I/O). Each figure is
+instruction, so this is the library's CPU cost, not its I/O), and with
+``--stores postgres`` on a scratch schema of the bench's PostgreSQL (the
+worker's own instructions: the server is another process). Each figure is
 ``(I(N2) - I(N1)) / (N2 - N1)``: start-up, imports and the first batch cancel
 out.
 
@@ -45,9 +47,15 @@ def child(store: str, total: int) -> None:
     from resilient_sync import Dispatcher, Event
     from resilient_sync.stores import MemoryIdempotencyStore, MemoryQueueStore, open_stores
 
-    with tempfile.TemporaryDirectory() as scratch:
+    with contextlib.ExitStack() as stack:
+        scratch = stack.enter_context(tempfile.TemporaryDirectory())
         if store == "memory":
             queue, idempotency = MemoryQueueStore(), MemoryIdempotencyStore()
+        elif store == "postgres":
+            from common import PG_DSN, pg_schema
+
+            schema = stack.enter_context(pg_schema("instr"))
+            queue, idempotency = open_stores(f"{PG_DSN}?schema={schema}")
         else:
             queue, idempotency = open_stores(f"sqlite:///{scratch}/queue.db")
         dispatcher = Dispatcher(queue, idempotency, [NoOp()])
@@ -127,9 +135,11 @@ def main() -> None:
     if not 0 < small < large:
         raise SystemExit(f"--sizes must be N1,N2 with 0 < N1 < N2, got {args.sizes!r}")
     stores = args.stores.split(",")
-    unknown = set(stores) - {"memory", "sqlite"}
+    unknown = set(stores) - {"memory", "sqlite", "postgres"}
     if unknown:
-        raise SystemExit(f"unknown store(s) {sorted(unknown)}; choose from memory, sqlite")
+        raise SystemExit(
+            f"unknown store(s) {sorted(unknown)}; choose from memory, sqlite, postgres"
+        )
     results: dict[str, dict[str, float]] = {}
     with worktree(args.against) if args.against else contextlib.nullcontext() as other:
         for store in stores:

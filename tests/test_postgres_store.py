@@ -1035,7 +1035,7 @@ def test_the_claim_is_planned_for_its_values_every_time(pg_dsn: str, pg_schema: 
             lambda conn: conn.execute(
                 "SELECT generic_plans, custom_plans FROM pg_prepared_statements"
                 " WHERE statement LIKE %s",
-                ["%Lease up to%"],
+                ["/* resilient_sync claim */%"],
             ).fetchall(),
             atomic=False,
         )
@@ -1073,7 +1073,7 @@ def test_an_idle_poll_is_planned_once_per_connection(pg_dsn: str, pg_schema: str
             lambda conn: conn.execute(
                 "SELECT generic_plans, custom_plans FROM pg_prepared_statements"
                 " WHERE statement LIKE %s",
-                ["%may become claimable without anyone acting%"],
+                ["/* resilient_sync next_due */%"],
             ).fetchall(),
             atomic=False,
         )
@@ -1725,3 +1725,21 @@ def test_a_deep_keyed_queue_is_claimed_through_indexes(pg_dsn: str, pg_schema: s
             _assert_flat("keyed claim", {"custom": plans["custom"]})
     finally:
         queue.close()
+
+
+def test_queries_are_sent_without_their_comments() -> None:
+    """The statements go out without the comments that explain them (psycopg
+    parses a text longer than 4 KiB again at every execution), with a tag
+    naming each; a ``--`` inside a string or a quoted name is not a comment,
+    and text this cannot read safely is sent as written."""
+    from resilient_sync.stores._postgres import _load_queries, _minify
+
+    queries = _load_queries("s")
+    assert queries["complete"].startswith("/* resilient_sync complete */ WITH c AS (")
+    assert all("\n--" not in sql and not sql.startswith("--") for sql in queries.values())
+    assert len(queries["complete"].encode()) <= 4096
+    assert _minify("SELECT 'a -- b', \"c--d\" -- gone\n  , 'it''s -- kept' -- gone\n\n-- x\n") == (
+        "SELECT 'a -- b', \"c--d\"\n, 'it''s -- kept'"
+    )
+    for odd in ("SELECT E'\\' -- x' -- y", "SELECT $$ -- $$ -- c", "SELECT 'open -- x"):
+        assert _minify(odd) == odd

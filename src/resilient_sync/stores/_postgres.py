@@ -145,20 +145,81 @@ def schema_sql(schema: str) -> str:
 
 
 def _load_queries(schema: str) -> dict[str, str]:
+    """The named queries of ``queries.sql``, as sent: their comments and
+    indentation left out (see ``_minify``), a tag naming each in front."""
     text = (_sql_dir() / "queries.sql").read_text(encoding="utf-8")
     queries: dict[str, str] = {}
     name: str | None = None
     lines: list[str] = []
+
+    def add() -> None:
+        if name is not None:
+            sql = _minify("\n".join(lines))
+            queries[name] = _render(f"/* resilient_sync {name} */ {sql}", schema)
+
     for line in text.splitlines():
         if line.startswith("-- name: "):
-            if name is not None:
-                queries[name] = _render("\n".join(lines).strip(), schema)
+            add()
             name, lines = line[len("-- name: ") :].strip(), []
         elif name is not None:
             lines.append(line)
-    if name is not None:
-        queries[name] = _render("\n".join(lines).strip(), schema)
+    add()
     return queries
+
+
+def _escape_string(sql: str, i: int) -> bool:
+    """Whether the quote at ``sql[i]`` opens an escape string (``E'...'``)."""
+    return (
+        i > 0
+        and sql[i - 1] in "Ee"
+        and (i == 1 or not (sql[i - 2].isalnum() or sql[i - 2] in "_$"))
+    )
+
+
+def _minify(sql: str) -> str:
+    """``sql`` without its ``--`` comments, indentation and blank lines.
+
+    The comments in ``queries.sql`` say why each statement is written as it
+    is; sent, they cost at every call: psycopg parses a statement's text for
+    its placeholders at every execution when the text is longer than 4 KiB
+    (it caches shorter ones), which the claim and the completion were with
+    their comments. A ``--`` inside a quoted string or identifier is kept.
+    Text with dollar quotes, escape strings (``E'...'``) or block comments
+    outside its comments, which this does not read, is returned as it is.
+    """
+    out: list[str] = []
+    line: list[str] = []
+    quote = ""  # the quote character we are inside, if any
+    i, n = 0, len(sql)
+    while i < n:
+        ch = sql[i]
+        if quote:
+            line.append(ch)
+            if ch == quote:
+                if i + 1 < n and sql[i + 1] == quote:  # a doubled quote: still inside
+                    line.append(quote)
+                    i += 1
+                else:
+                    quote = ""
+        elif ch == "$" or sql.startswith("/*", i) or (ch == "'" and _escape_string(sql, i)):
+            return sql.strip()
+        elif ch in "'\"":
+            quote = ch
+            line.append(ch)
+        elif ch == "-" and sql.startswith("--", i):
+            end = sql.find("\n", i)
+            i = n if end < 0 else end
+            continue
+        elif ch == "\n":
+            out.append("".join(line))
+            line = []
+        else:
+            line.append(ch)
+        i += 1
+    out.append("".join(line))
+    if quote:  # an unclosed quote: leave the text to the server, as written
+        return sql.strip()
+    return "\n".join(kept for kept in (text.strip() for text in out) if kept)
 
 
 # -- small helpers ---------------------------------------------------------------
@@ -293,7 +354,7 @@ def _audit_row(r: Attempt, ci: int = 0) -> list[Any]:
         None if r.outcome is None else r.outcome._value_,
         r.reason,
         *_error_columns(r.error),
-        canonical_dumps(dict(r.details)),
+        canonical_dumps(dict(r.details)) if r.details else "{}",  # mostly none: no encoder
     ]
 
 
