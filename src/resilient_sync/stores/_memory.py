@@ -67,6 +67,8 @@ _OPEN = frozenset(
     }
 )
 _WAITING = (DeliveryStatus.PENDING, DeliveryStatus.RETRY_SCHEDULED)
+#: the rows that may have an entry in the time heap (see _schedule)
+_SCHEDULED = (*_WAITING, DeliveryStatus.IN_FLIGHT)
 #: a scheduling heap is never compacted below this length (see _compact)
 _COMPACT_FLOOR = 1024
 #: an audit record as the queue keeps it: a tuple of plain values (see
@@ -312,7 +314,7 @@ class MemoryQueueStore:
         if status in _WAITING:
             heapq.heappush(self._waiting, (row.seq, row.id, version))
             if len(self._waiting) > self._waiting_limit:
-                self._waiting_limit = self._compact(self._waiting, waiting=True)
+                self._waiting_limit = self._compact(self._waiting, _WAITING, by_status=True)
         # _eligible, without a call for a row that has no ordering key
         if status is DeliveryStatus.IN_FLIGHT:
             due = row.lease_expires_at or _MIN_TIME
@@ -324,18 +326,36 @@ class MemoryQueueStore:
             return
         heapq.heappush(self._timed, (due, row.seq, row.id, version))
         if len(self._timed) > self._timed_limit:
-            self._timed_limit = self._compact(self._timed)
+            self._timed_limit = self._compact(self._timed, _SCHEDULED)
 
-    def _compact(self, heap: builtins.list[Any], *, waiting: bool = False) -> int:
+    def _compact(
+        self,
+        heap: builtins.list[Any],
+        statuses: tuple[DeliveryStatus, ...],
+        *,
+        by_status: bool = False,
+    ) -> int:
         """Drop the stale entries of a scheduling heap, in place (callers may
-        hold it); returns the length at which to compact it next.
+        hold it), once at least half of them are; returns the length at which
+        to look again.
 
         An entry goes stale when its row changes (another version), finishes
         or is purged, and is otherwise dropped only when it comes up: each
         claim leaves the entry of its lease's end, due minutes later, and each
         enqueue an entry in ``_waiting``, which only ``stats()`` reads. A busy
-        worker would keep hundreds of thousands of them. Compacting when the
-        heap has doubled since the last time costs a constant per entry."""
+        worker would keep hundreds of thousands of them. The rows in
+        ``statuses`` (counted in ``stats()``'s counts, without a walk) bound
+        the live entries, one each: a heap within twice that is left alone,
+        and a compaction, which walks the heap, drops at least as many
+        entries as it keeps, so that its cost per entry stays constant. An
+        entry is live as its readers judge it: by its row's version
+        (``_promote``, ``next_due``), and ``by_status`` by its row's status
+        too (``stats()``)."""
+        bound = sum(
+            counts.get(status, 0) for counts in self._counts.values() for status in statuses
+        )
+        if len(heap) <= 2 * bound + _COMPACT_FLOOR:
+            return 2 * bound + _COMPACT_FLOOR
         rows = self._rows
         live = []
         for entry in heap:
@@ -344,12 +364,12 @@ class MemoryQueueStore:
             if (
                 row is not None
                 and row.version == entry[-1]
-                and (not waiting or row.status in _WAITING)
+                and (not by_status or row.status in statuses)
             ):
                 live.append(entry)
         heapq.heapify(live)
         heap[:] = live
-        return max(_COMPACT_FLOOR, 2 * len(live))
+        return max(2 * bound, 2 * len(live)) + _COMPACT_FLOOR
 
     def _rekey(self, row: _Row, old_key: str | None = None) -> None:
         """After ``row`` changed: reschedule it and the head of its key (only
