@@ -55,7 +55,8 @@ def child(store: str, total: int) -> None:
             from common import PG_DSN, pg_schema
 
             schema = stack.enter_context(pg_schema("instr"))
-            queue, idempotency = open_stores(f"{PG_DSN}?schema={schema}")
+            joiner = "&" if "?" in PG_DSN else "?"  # the DSN may carry parameters already
+            queue, idempotency = open_stores(f"{PG_DSN}{joiner}schema={schema}")
         else:
             queue, idempotency = open_stores(f"sqlite:///{scratch}/queue.db")
         dispatcher = Dispatcher(queue, idempotency, [NoOp()])

@@ -1743,3 +1743,21 @@ def test_queries_are_sent_without_their_comments() -> None:
     )
     for odd in ("SELECT E'\\' -- x' -- y", "SELECT $$ -- $$ -- c", "SELECT 'open -- x"):
         assert _minify(odd) == odd
+
+
+def test_the_enqueue_that_wakes_the_workers_has_a_tag_of_its_own(
+    pg_dsn: str, pg_schema: str
+) -> None:
+    """Made of the enqueue and a fragment, it is told apart from the plain
+    enqueue in ``pg_stat_statements`` by its own tag."""
+    from resilient_sync.stores._postgres import PostgresQueueStore
+
+    queue = PostgresQueueStore(pg_dsn, schema=pg_schema, pool_max_size=1)
+    try:
+        sql = queue._queries["enqueue_and_notify"]
+        assert sql.startswith("/* resilient_sync enqueue_and_notify */ WITH inserted AS (")
+        assert sql.count("/* resilient_sync") == 1
+        assert "pg_notify" in sql
+        assert len(queue.enqueue([delivery("e1")])) == 1
+    finally:
+        queue.close()

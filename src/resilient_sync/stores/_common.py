@@ -21,6 +21,7 @@ from .._json import (
     ids_look_fine,
 )
 from .._model import Attempt, Delivery, DeliveryStatus
+from .._text import clean
 
 __all__ = [
     "MAX_PAGE",
@@ -234,6 +235,25 @@ def decode_cursor(cursor: str | None) -> int:
     if not isinstance(cursor, str) or _CURSOR.fullmatch(cursor) is None or int(cursor[1:]) >= 2**63:
         raise ValueError(f"invalid page cursor {cursor!r}; pass a next_cursor from a previous page")
     return int(cursor[1:])
+
+
+def outcome_value(outcome: Any) -> str | None:
+    """An audit record's ``outcome`` as stored: the value of a
+    :class:`DeliveryStatus` (the member, or its value), None for none.
+    Anything else raises ``ValueError`` naming it, before anything is
+    written (it could not be read back)."""
+    if outcome is None:
+        return None
+    if type(outcome) is DeliveryStatus:
+        return outcome._value_
+    try:
+        return DeliveryStatus(outcome)._value_
+    except (TypeError, ValueError):
+        shown = clean(repr(outcome), limit=60, single_line=True)
+        raise ValueError(
+            f"an audit record's outcome must be a DeliveryStatus or None, got {shown} "
+            f"({type(outcome).__name__}); nothing was written"
+        ) from None
 
 
 def fill_audit(template: Attempt, delivery: Delivery) -> Attempt:

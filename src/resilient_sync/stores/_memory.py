@@ -43,6 +43,7 @@ from ._common import (
     decode_cursor,
     encode_cursor,
     fill_audit,
+    outcome_value,
 )
 
 __all__ = ["MemoryIdempotencyStore", "MemoryQueueStore"]
@@ -71,8 +72,8 @@ _WAITING = (DeliveryStatus.PENDING, DeliveryStatus.RETRY_SCHEDULED)
 _SCHEDULED = (*_WAITING, DeliveryStatus.IN_FLIGHT)
 #: a scheduling heap is never compacted below this length (see _compact)
 _COMPACT_FLOOR = 1024
-#: an audit record as the queue keeps it: a tuple of plain values (see
-#: _append_audit), read back into an ``Attempt`` by _attempt. Writes are hot
+#: an audit record as the queue keeps it: a tuple of plain values (its id,
+#: then _audit_values), read back into an ``Attempt`` by _attempt. Writes are hot
 #: and reads rare; and a tuple of strings, numbers and times is one object the
 #: garbage collector stops tracking, where an ``Attempt`` in a list was two it
 #: walked at every full collection: with 100,000 finished deliveries kept,
@@ -252,25 +253,12 @@ class MemoryQueueStore:
 
     # -- bookkeeping -------------------------------------------------------
 
-    def _append_audit(self, record: Attempt) -> None:
-        # the record's fields are frozen; its details (a dict) are copied now
-        outcome, details = record.outcome, record.details
-        stored = (
-            next(self._audit_ids),
-            record.delivery_id,
-            record.destination,
-            record.action,
-            record.actor,
-            record.started_at,
-            record.finished_at,
-            record.number,
-            None if outcome is None else outcome._value_,
-            record.reason,
-            record.error,
-            dict(details) if details else None,
-        )
+    def _append_audit(self, values: tuple[Any, ...]) -> None:
+        """Keep an audit record (its values from _audit_values, made before
+        anything changed), with the next id."""
+        stored = (next(self._audit_ids), *values)
         self._audit.append(stored)
-        delivery_id = record.delivery_id
+        delivery_id = stored[_DELIVERY_ID]
         if delivery_id is not None:
             # a delivery's few records in a tuple too (see _Audit); a list once
             # it has many (an operator's retries), so that adding stays cheap
@@ -586,23 +574,23 @@ class MemoryQueueStore:
                 ):  # _eligible: not waiting, or an older delivery of its key came back
                     continue
                 if status is DeliveryStatus.IN_FLIGHT:
-                    self._append_audit(
-                        Attempt(
-                            delivery_id=row.id,
-                            destination=row.destination,
-                            action="lease_expired",
-                            actor=f"worker:{worker}",
-                            started_at=now,
-                            finished_at=now,
-                            number=row.attempts,
-                            outcome=DeliveryStatus.IN_FLIGHT,
-                            reason=(
-                                f"the lease of {row.lease_owner} expired at "
-                                f"{row.lease_expires_at}; attempt {row.attempts} had no recorded "
-                                "outcome (worker crashed or stalled)"
-                            ),
-                        )
+                    reason = (
+                        f"the lease of {row.lease_owner} expired at {row.lease_expires_at}; "
+                        f"attempt {row.attempts} had no recorded outcome (worker crashed or "
+                        "stalled)"
                     )
+                    expired = Attempt(
+                        delivery_id=row.id,
+                        destination=row.destination,
+                        action="lease_expired",
+                        actor=f"worker:{worker}",
+                        started_at=now,
+                        finished_at=now,
+                        number=row.attempts,
+                        outcome=DeliveryStatus.IN_FLIGHT,
+                        reason=reason,
+                    )
+                    self._append_audit(_audit_values(expired))
                 else:
                     self._move(row, DeliveryStatus.IN_FLIGHT)
                 row.attempts += 1
@@ -627,10 +615,13 @@ class MemoryQueueStore:
             else _ENCODE(c.result)
             for c in completions
         ]
+        audits = [[_audit_values(r) for r in c.audit] for c in completions]  # (the same)
         with self._lock:
             applied: builtins.list[bool] = []
             rows = self._rows
-            for c, replacement, result in zip(completions, events, results, strict=True):
+            for c, replacement, result, audit in zip(
+                completions, events, results, audits, strict=True
+            ):
                 row = rows.get(c.delivery_id)
                 if (
                     row is None
@@ -657,8 +648,8 @@ class MemoryQueueStore:
                 row.lease_expires_at = None
                 row.updated_at = c.finished_at
                 self._rekey(row, old_key)
-                for record in c.audit:
-                    self._append_audit(record)
+                for values in audit:
+                    self._append_audit(values)
                 applied.append(True)
                 if status is DeliveryStatus.PENDING:
                     self._wake()  # handed back: another worker may take it
@@ -705,7 +696,7 @@ class MemoryQueueStore:
                 row.lease_expires_at = None
                 row.updated_at = now
                 self._rekey(row, old_key)
-                self._append_audit(fill_audit(audit, row.view()))
+                self._append_audit(_audit_values(fill_audit(audit, row.view())))
                 moved.append(delivery_id)
             if moved and to_status is DeliveryStatus.PENDING:
                 self._wake()
@@ -722,6 +713,7 @@ class MemoryQueueStore:
         hold_reason: str | None = None,
         audit: Attempt | None = None,
     ) -> DestinationState:
+        record = None if audit is None else _audit_values(audit)  # before anything changes
         with self._lock:
             state = self._destinations.get(name) or DestinationState(name=name)
             if paused is not None:
@@ -734,8 +726,8 @@ class MemoryQueueStore:
                 state = attrs.evolve(state, hold_until=hold_until, hold_reason=hold_reason)
             state = attrs.evolve(state, updated_at=now)
             self._destinations[name] = state
-            if audit is not None:
-                self._append_audit(audit)
+            if record is not None:
+                self._append_audit(record)
             if paused is False:
                 self._wake()
             return state
@@ -761,9 +753,10 @@ class MemoryQueueStore:
             return out
 
     def add_audit(self, records: Sequence[Attempt]) -> None:
+        values = [_audit_values(record) for record in records]  # all, or none
         with self._lock:
-            for record in records:
-                self._append_audit(record)
+            for one in values:
+                self._append_audit(one)
 
     # -- reading ---------------------------------------------------------
 
@@ -964,6 +957,26 @@ class MemoryQueueStore:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+def _audit_values(record: Attempt) -> tuple[Any, ...]:
+    """An audit record's values as kept (see _Audit), without its id: its
+    details (a dict) copied, its outcome as its value (``ValueError`` for an
+    outcome that is not a status, before anything changes)."""
+    details = record.details
+    return (
+        record.delivery_id,
+        record.destination,
+        record.action,
+        record.actor,
+        record.started_at,
+        record.finished_at,
+        record.number,
+        outcome_value(record.outcome),
+        record.reason,
+        record.error,
+        dict(details) if details else None,
+    )
 
 
 #: where _append_audit puts the fields read without building the record

@@ -81,6 +81,7 @@ from ._common import (
     encode_cursor,
     fill_audit,
     like_pattern,
+    outcome_value,
     unencodable,
     unmatchable,
 )
@@ -154,8 +155,7 @@ def _load_queries(schema: str) -> dict[str, str]:
 
     def add() -> None:
         if name is not None:
-            sql = _minify("\n".join(lines))
-            queries[name] = _render(f"/* resilient_sync {name} */ {sql}", schema)
+            queries[name] = _render(_tagged(name, _minify("\n".join(lines))), schema)
 
     for line in text.splitlines():
         if line.startswith("-- name: "):
@@ -165,6 +165,16 @@ def _load_queries(schema: str) -> dict[str, str]:
             lines.append(line)
     add()
     return queries
+
+
+def _tagged(name: str, sql: str) -> str:
+    """``sql`` with the comment in front that names it in the server's views."""
+    return f"/* resilient_sync {name} */ {sql}"
+
+
+def _untagged(sql: str) -> str:
+    """``sql`` without the comment ``_tagged`` put in front."""
+    return sql.partition(" */ ")[2] if sql.startswith("/* resilient_sync ") else sql
 
 
 def _escape_string(sql: str, i: int) -> bool:
@@ -182,10 +192,11 @@ def _minify(sql: str) -> str:
     The comments in ``queries.sql`` say why each statement is written as it
     is; sent, they cost at every call: psycopg parses a statement's text for
     its placeholders at every execution when the text is longer than 4 KiB
-    (it caches shorter ones), which the claim and the completion were with
-    their comments. A ``--`` inside a quoted string or identifier is kept.
-    Text with dollar quotes, escape strings (``E'...'``) or block comments
-    outside its comments, which this does not read, is returned as it is.
+    (it caches shorter ones), which the completion was with its comments
+    (the claim still is without them). A ``--`` inside a quoted string or
+    identifier is kept. Text with dollar quotes, escape strings (``E'...'``)
+    or block comments outside its comments, which this does not read, is
+    returned as it is.
     """
     out: list[str] = []
     line: list[str] = []
@@ -351,7 +362,7 @@ def _audit_row(r: Attempt, ci: int = 0) -> list[Any]:
         _iso(r.started_at),
         _iso(r.finished_at),
         r.number,
-        None if r.outcome is None else r.outcome._value_,
+        outcome_value(r.outcome),
         r.reason,
         *_error_columns(r.error),
         canonical_dumps(dict(r.details)) if r.details else "{}",  # mostly none: no encoder
@@ -790,8 +801,9 @@ class PostgresQueueStore(_PostgresBase):
         enqueue = self._queries["enqueue"]
         if not enqueue.endswith(last):  # the two texts are joined: keep them in step
             raise RuntimeError(f"queries.sql: the enqueue statement must end with {last!r}")
-        self._queries["enqueue_and_notify"] = (
-            enqueue.removesuffix(last) + self._queries["enqueue_and_notify"]
+        self._queries["enqueue_and_notify"] = _tagged(
+            "enqueue_and_notify",
+            _untagged(enqueue).removesuffix(last) + _untagged(self._queries["enqueue_and_notify"]),
         )
         prefix = "resilient_sync_"
         channel = prefix + schema

@@ -100,6 +100,7 @@ from ._common import (
     encode_cursor,
     fill_audit,
     like_pattern,
+    outcome_value,
     unencodable,
     unmatchable,
 )
@@ -343,7 +344,7 @@ def _audit_row(record: Attempt) -> tuple[Any, ...]:
         finished if record.started_at is record.finished_at else _us(record.started_at),
         finished,
         record.number,
-        record.outcome._value_ if record.outcome is not None else None,
+        outcome_value(record.outcome),
         record.reason,
         error_to_json(error),
         _dumps(dict(record.details)) if record.details else None,

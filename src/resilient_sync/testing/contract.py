@@ -321,6 +321,29 @@ class QueueStoreContract:
         assert (taken.id, taken.attempts) == (flying.id, 2)
         assert [a.action for a in store.attempts(flying.id)] == ["lease_expired"]
 
+    def test_an_audit_record_whose_outcome_is_not_a_status_is_refused_with_nothing_changed(
+        self, store: QueueStore, clock: FakeClock
+    ) -> None:
+        """An audit record's ``outcome`` is a ``DeliveryStatus`` (or its
+        value, taken as the status) or None: another value could not be read
+        back, so ``complete`` and ``add_audit`` refuse it with ``ValueError``
+        and change nothing, the delivery's outcome included."""
+        self.enqueue(store, make_delivery("e1"))
+        (claimed,) = self.claim(store, clock)
+        record = _record(claimed, clock.now(), outcome=SUCCEEDED)
+        # an idempotency state's value, not a delivery's status
+        wrong = attrs.evolve(record, outcome="completed")  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match="outcome"):
+            store.complete([self.outcome(claimed, clock, audit=(record, wrong))])
+        assert store.get(claimed.id).status is IN_FLIGHT  # type: ignore[union-attr]
+        assert store.attempts(claimed.id) == []
+        with pytest.raises(ValueError, match="outcome"):
+            store.add_audit([record, wrong])
+        assert store.audit() == []
+        as_value = attrs.evolve(record, outcome="succeeded")  # type: ignore[arg-type]
+        assert store.complete([self.outcome(claimed, clock, audit=(as_value,))]) == [True]
+        assert [a.outcome for a in store.attempts(claimed.id)] == [SUCCEEDED]
+
     # -- claim -------------------------------------------------------------
 
     def test_claim_leases_due_deliveries_oldest_first(
