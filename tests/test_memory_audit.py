@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 
-from resilient_sync import Attempt, ErrorCategory, ErrorInfo
-from resilient_sync.stores import MemoryQueueStore
+from resilient_sync import Attempt, Dispatcher, ErrorCategory, ErrorInfo
+from resilient_sync.stores import MemoryIdempotencyStore, MemoryQueueStore
 
 T0 = datetime(2024, 1, 1, tzinfo=timezone.utc)
 
@@ -83,6 +83,20 @@ def test_unread_records_are_counted_filtered_and_purged_as_written() -> None:
     assert [(a.action, a.id) for a in store.audit()] == [("deliver", 3), ("pause", 2)]
 
 
+class _Accepts:
+    """A destination that accepts everything at once."""
+
+    name = "pos"
+
+    def deliver(self, event: object, context: object) -> None:
+        return None
+
+
+def _worker() -> tuple[MemoryQueueStore, MemoryIdempotencyStore, Dispatcher]:
+    queue, keys = MemoryQueueStore(), MemoryIdempotencyStore()
+    return queue, keys, Dispatcher(queue, keys, [_Accepts()])
+
+
 def test_a_finished_delivery_leaves_one_object_for_the_garbage_collector() -> None:
     """What the memory stores keep of a delivered event (its row, its audit
     record, its completed idempotency key) is walked by every full
@@ -91,17 +105,9 @@ def test_a_finished_delivery_leaves_one_object_for_the_garbage_collector() -> No
     are tuples of plain values, which the collector stops tracking."""
     import gc
 
-    from resilient_sync import Dispatcher, Event
-    from resilient_sync.stores import MemoryIdempotencyStore
+    from resilient_sync import Event
 
-    class Accepts:
-        name = "pos"
-
-        def deliver(self, event: object, context: object) -> None:
-            return None
-
-    queue, keys = MemoryQueueStore(), MemoryIdempotencyStore()
-    dispatcher = Dispatcher(queue, keys, [Accepts()])
+    queue, _, dispatcher = _worker()
     events = [
         Event(f"order-{n}", "order.paid", {"n": n, "email": "a@example.com"}) for n in range(2000)
     ]
@@ -124,17 +130,9 @@ def test_a_worker_that_purges_what_it_delivered_stays_the_same_size() -> None:
     stayed until they came up, hundreds of thousands on a busy worker."""
     import tracemalloc
 
-    from resilient_sync import Dispatcher, Event
-    from resilient_sync.stores import MemoryIdempotencyStore
+    from resilient_sync import Event
 
-    class Accepts:
-        name = "pos"
-
-        def deliver(self, event: object, context: object) -> None:
-            return None
-
-    queue, keys = MemoryQueueStore(), MemoryIdempotencyStore()
-    dispatcher = Dispatcher(queue, keys, [Accepts()])
+    queue, keys, dispatcher = _worker()
     far = datetime.now(timezone.utc) + timedelta(days=3650)
 
     def cycle(n: int) -> None:
