@@ -615,7 +615,8 @@ class MemoryQueueStore:
             else _ENCODE(c.result)
             for c in completions
         ]
-        audits = [[_audit_values(r) for r in c.audit] for c in completions]  # (the same)
+        # and the audit records' values, which may refuse one (an outcome)
+        audits = [[_audit_values(r) for r in c.audit] for c in completions]
         with self._lock:
             applied: builtins.list[bool] = []
             rows = self._rows
