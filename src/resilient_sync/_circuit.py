@@ -77,6 +77,11 @@ class Circuits:
         self._lock = threading.Lock()
         self._states: dict[str, CircuitState] = {}
 
+    def guards(self, destination: str) -> bool:
+        """Whether ``destination`` has a circuit breaker (without one, every
+        call here is a no-op, and callers need not read the clock for it)."""
+        return self.settings.get(destination) is not None
+
     def state(self, destination: str) -> CircuitState:
         with self._lock:
             return self._states.get(destination, CircuitState())
@@ -86,7 +91,7 @@ class Circuits:
 
         Closed: yes. Open: no. Half-open: yes for exactly one probe at a time.
         """
-        if self.settings.get(destination) is None:
+        if not self.guards(destination):
             return True
         with self._lock:
             state = self._states.get(destination, CircuitState())

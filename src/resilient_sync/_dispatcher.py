@@ -600,13 +600,13 @@ class _BaseDispatcher(_Submitter):
 
     def _circuit_gate(self, delivery: Delivery) -> bool:
         """Whether the destination's circuit lets this delivery through now."""
-        if self.circuits.settings.get(delivery.destination) is None:
+        if not self.circuits.guards(delivery.destination):
             return True  # no circuit breaker for this destination: no clock reading
         return self.circuits.admit(delivery.destination, self.clock.now())
 
     def _circuit_verdict(self, delivery: Delivery, result: FlowResult) -> FlowResult:
         """Feed the outcome to the circuit; open it (hold the destination) if due."""
-        if self.circuits.settings.get(delivery.destination) is None:
+        if not self.circuits.guards(delivery.destination):
             return result  # no circuit breaker for this destination
         completion = result.completion
         error = completion.error

@@ -348,7 +348,7 @@ def _audit_row(record: Attempt) -> tuple[Any, ...]:
         record.reason,
         error_to_json(error),
         _dumps(dict(record.details)) if record.details else None,
-        error.category._value_ if error is not None else None,
+        _category(error),
     )
 
 
