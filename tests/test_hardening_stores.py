@@ -869,3 +869,37 @@ def test_a_wake_up_never_writes_through_a_link_or_into_a_plain_file(tmp_path: Pa
     finally:
         queue.close()
         idem.close()
+
+
+@pytest.mark.parametrize(
+    "outcome",
+    [
+        "succeeded\x00",
+        "succeeded\ud800",
+        "\x1b[31msucceeded\x1b[0m",
+        "s" * 5_000_000,
+        "sk_live_" + "a" * 24,
+    ],
+    ids=["nul", "lone-surrogate", "ansi-escape", "5MB", "token"],
+)
+def test_an_audit_record_with_a_hostile_outcome_is_refused_by_every_store(
+    stores: Pair, outcome: str
+) -> None:
+    """An audit record's outcome is stored as a status's value and read back
+    as the status: anything else is refused before anything is written, and
+    the error shows the value escaped, capped and with tokens redacted."""
+    import attrs
+
+    from resilient_sync.testing.contract import T0, _record, make_delivery
+
+    queue, _ = stores
+    (delivery,) = queue.enqueue([make_delivery("e1")])
+    hostile = attrs.evolve(_record(delivery, T0), outcome=outcome)
+    with pytest.raises(ValueError, match="outcome must be a DeliveryStatus") as info:
+        queue.add_audit([_record(delivery, T0), hostile])
+    message = str(info.value)
+    for raw in ("\x1b", "\x00", "\ud800"):
+        assert raw not in message
+    assert len(message) < 400
+    assert "a" * 24 not in message
+    assert queue.audit() == []
