@@ -129,6 +129,10 @@ class QueueStore(Protocol):
     applies an outcome only if the delivery is still ``IN_FLIGHT`` under that
     token, so a worker whose lease expired (and whose delivery another worker
     claimed since) cannot complete or reschedule it.
+
+    Every time a store is handed (an argument, or a field of a delivery, a
+    completion or an audit record) is timezone-aware; a store refuses a
+    naive ``datetime`` with ``ValueError`` naming it, before doing anything.
     """
 
     def enqueue(
@@ -375,7 +379,8 @@ class IdempotencyStore(Protocol):
     The dispatcher calls ``begin`` before delivering, ``finish`` after a
     success (before completing the delivery in the queue store), and
     ``release`` after a failure. All three take batches and are atomic per
-    call.
+    call. Times are timezone-aware; a naive one is refused with
+    ``ValueError`` before anything changes.
     """
 
     def begin(

@@ -6,7 +6,7 @@ import contextvars
 import re
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any
 
 import attrs
@@ -27,8 +27,11 @@ __all__ = [
     "MAX_PAGE",
     "NEXT_DUE_WINDOW",
     "already_checked",
+    "check_attempt_times",
+    "check_completion_times",
     "check_deliveries",
     "check_page_args",
+    "check_time",
     "checked_event_json",
     "decode_cursor",
     "encode_cursor",
@@ -131,9 +134,11 @@ def check_deliveries(deliveries: Sequence[Delivery], *, payloads: bool = True) -
     same rules as ``submit()``, so every store behaves alike when it is
     called directly. For the very delivery objects that ``submit()`` has just
     checked and built, payloads are not walked again; their ids, keys and
-    names get the one-pass look still. Raises :class:`InvalidEventError`,
-    or ``ValueError`` for an ``IN_FLIGHT`` delivery without
-    ``lease_expires_at`` (no claim would ever take it back)."""
+    names get the one-pass look still. Raises :class:`InvalidEventError`;
+    ``ValueError`` for an ``IN_FLIGHT`` delivery without
+    ``lease_expires_at`` (no claim would ever take it back) or a naive time
+    (see :func:`check_time`), ``TypeError`` for a time that is not a
+    ``datetime``."""
     # submit() has checked these very objects; their ids and names get the
     # one-pass look anyway (cheap): defence in depth, so that a future path
     # building a plan from unchecked values fails here
@@ -164,6 +169,10 @@ def check_deliveries(deliveries: Sequence[Delivery], *, payloads: bool = True) -
         if payloads:
             _check_event_fields(event)
     for d in deliveries:  # (their ids are known to be fine now)
+        check_time(d.created_at, f"delivery {d.id!r}: created_at")
+        check_time(d.updated_at, f"delivery {d.id!r}: updated_at")
+        check_time(d.next_attempt_at, f"delivery {d.id!r}: next_attempt_at", optional=True)
+        check_time(d.lease_expires_at, f"delivery {d.id!r}: lease_expires_at", optional=True)
         if d.status is DeliveryStatus.IN_FLIGHT and d.lease_expires_at is None:
             # a claim takes an IN_FLIGHT delivery back when its lease ends:
             # without an end, no store would ever hand it out again
@@ -254,6 +263,52 @@ def outcome_value(outcome: Any) -> str | None:
             f"an audit record's outcome must be a DeliveryStatus or None, got {shown} "
             f"({type(outcome).__name__}); nothing was written"
         ) from None
+
+
+_UTC = timezone.utc
+
+
+def check_time(value: Any, name: str, *, optional: bool = False) -> None:
+    """Refuse a time no store can place, before the store does anything: a
+    naive ``datetime`` (``ValueError``: which moment it is depends on a
+    time zone the store would have to guess, and stores compare it with
+    the aware times they keep) or something that is not a ``datetime``
+    (``TypeError``). ``name`` names the argument; ``optional``: None is
+    fine. Every store calls it on every time it is handed, so that all of
+    them refuse alike: without it the memory store changed a delivery and
+    then failed to compare the time, SQLite failed with the arithmetic's
+    message, and PostgreSQL read the time in its session's time zone."""
+    if type(value) is datetime and value.tzinfo is _UTC:  # what clocks give: at once
+        return
+    if value is None and optional:
+        return
+    if not isinstance(value, datetime):
+        shown = clean(repr(value), limit=60, single_line=True)
+        raise TypeError(
+            f"{name} must be a timezone-aware datetime, got {type(value).__name__} {shown}; "
+            "nothing was done"
+        )
+    if value.utcoffset() is None:
+        raise ValueError(
+            f"{name} must be a timezone-aware datetime (such as datetime.now(timezone.utc)), "
+            f"got the naive {value.isoformat()}; nothing was done"
+        )
+
+
+def check_attempt_times(record: Attempt) -> None:
+    """:func:`check_time` for an audit record's two times."""
+    check_time(record.started_at, "an audit record's started_at")
+    if record.finished_at is not record.started_at:
+        check_time(record.finished_at, "an audit record's finished_at")
+
+
+def check_completion_times(completions: Iterable[Any]) -> None:
+    """:func:`check_time` for each completion's own times (a store's audit
+    encoder checks its records', with :func:`check_attempt_times`)."""
+    for c in completions:
+        check_time(c.finished_at, f"the completion of {c.delivery_id!r}: finished_at")
+        if c.next_attempt_at is not None:
+            check_time(c.next_attempt_at, f"the completion of {c.delivery_id!r}: next_attempt_at")
 
 
 def fill_audit(template: Attempt, delivery: Delivery) -> Attempt:

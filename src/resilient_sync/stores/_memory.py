@@ -36,9 +36,12 @@ from .._model import (
     QueueStats,
 )
 from ._common import (
+    check_attempt_times,
+    check_completion_times,
     check_deliveries,
     check_new_events,
     check_page_args,
+    check_time,
     checked_event_json,
     decode_cursor,
     encode_cursor,
@@ -536,6 +539,8 @@ class MemoryQueueStore:
         worker: str,
         destinations: Collection[str] | None = None,
     ) -> builtins.list[Delivery]:
+        check_time(now, "now")
+        check_time(lease_until, "lease_until")
         with self._lock:
             self._promote(now)
             names = (
@@ -603,6 +608,7 @@ class MemoryQueueStore:
             return claimed
 
     def complete(self, completions: Sequence[Completion]) -> builtins.list[bool]:
+        check_completion_times(completions)
         replaced = [c.event for c in completions]
         check_new_events(replaced)
         events = [
@@ -669,6 +675,8 @@ class MemoryQueueStore:
         idempotency_key: str | None = None,
         if_unchanged: Delivery | None = None,
     ) -> builtins.list[str]:
+        check_time(now, "now")
+        _audit_values(audit)  # its times and outcome, before anything changes
         check_new_events([event])
         replacement = (event, checked_event_json(_as_delivery(event))) if event else None
         with self._lock:
@@ -714,6 +722,8 @@ class MemoryQueueStore:
         hold_reason: str | None = None,
         audit: Attempt | None = None,
     ) -> DestinationState:
+        check_time(now, "now")
+        check_time(hold_until, "hold_until", optional=True)
         record = None if audit is None else _audit_values(audit)  # before anything changes
         with self._lock:
             state = self._destinations.get(name) or DestinationState(name=name)
@@ -736,6 +746,7 @@ class MemoryQueueStore:
     def extend_leases(
         self, leases: Sequence[tuple[str, int]], *, until: datetime
     ) -> builtins.list[bool]:
+        check_time(until, "until")
         with self._lock:
             out: builtins.list[bool] = []
             for delivery_id, token in leases:
@@ -792,6 +803,8 @@ class MemoryQueueStore:
         search: str | None = None,
     ) -> Page:
         check_page_args(limit)
+        check_time(since, "since", optional=True)
+        check_time(until, "until", optional=True)
         after = decode_cursor(cursor)
         statuses = set(status) if status is not None else None
         needle = search.lower() if search else None
@@ -835,6 +848,7 @@ class MemoryQueueStore:
     def audit(
         self, *, since: datetime | None = None, errors_only: bool = False, limit: int | None = None
     ) -> builtins.list[Attempt]:
+        check_time(since, "since", optional=True)
         with self._lock:
             out: builtins.list[Attempt] = []
             for stored in reversed(self._audit):
@@ -880,6 +894,8 @@ class MemoryQueueStore:
     def error_counts(
         self, *, since: datetime, until: datetime, bucket: timedelta
     ) -> builtins.list[tuple[int, ErrorCategory, int]]:
+        check_time(since, "since")
+        check_time(until, "until")
         if bucket <= timedelta(0):
             raise ValueError(f"bucket must be > 0, got {bucket!r}")
         counts: dict[tuple[int, ErrorCategory], int] = {}
@@ -894,6 +910,7 @@ class MemoryQueueStore:
 
     def purge(self, *, before: datetime, limit: int = 1000, dry_run: bool = False) -> int:
         check_page_args(limit)
+        check_time(before, "before")
         with self._lock:
             old = [
                 row
@@ -963,7 +980,9 @@ class MemoryQueueStore:
 def _audit_values(record: Attempt) -> tuple[Any, ...]:
     """An audit record's values as kept (see _Audit), without its id: its
     details (a dict) copied, its outcome as its value (``ValueError`` for an
-    outcome that is not a status, before anything changes)."""
+    outcome that is not a status, and for a naive time, before anything
+    changes)."""
+    check_attempt_times(record)
     details = record.details
     return (
         record.delivery_id,
@@ -1069,6 +1088,8 @@ class MemoryIdempotencyStore:
     def begin(
         self, entries: Sequence[tuple[str, str]], *, now: datetime, lock_until: datetime
     ) -> builtins.list[IdempotencyRecord]:
+        check_time(now, "now")
+        check_time(lock_until, "lock_until")
         with self._lock:
             records = self._records
             out: builtins.list[IdempotencyRecord] = []
@@ -1098,6 +1119,8 @@ class MemoryIdempotencyStore:
     def finish(
         self, entries: Sequence[tuple[str, str, Any]], *, now: datetime, expires_at: datetime
     ) -> None:
+        check_time(now, "now")
+        check_time(expires_at, "expires_at", optional=True)
         with self._lock:
             for key, fp, result in entries:
                 self._records[key] = (fp, result, expires_at)
@@ -1107,6 +1130,8 @@ class MemoryIdempotencyStore:
     ) -> builtins.list[bool]:
         """Move the locks still held under ``locked_until`` to ``until`` (the
         lease heartbeat)."""
+        check_time(locked_until, "locked_until")
+        check_time(until, "until")
         with self._lock:
             moved: builtins.list[bool] = []
             for key in keys:
@@ -1119,6 +1144,7 @@ class MemoryIdempotencyStore:
             return moved
 
     def release(self, keys: Sequence[str], *, locked_until: datetime | None = None) -> None:
+        check_time(locked_until, "locked_until", optional=True)
         with self._lock:
             for key in keys:
                 rec = self._records.get(key)
@@ -1131,6 +1157,7 @@ class MemoryIdempotencyStore:
 
     def purge(self, *, now: datetime, limit: int = 1000) -> int:
         check_page_args(limit)
+        check_time(now, "now")
         with self._lock:
             expired = [
                 key
@@ -1145,6 +1172,7 @@ class MemoryIdempotencyStore:
             return len(expired)
 
     def get(self, key: str, *, now: datetime) -> IdempotencyRecord | None:
+        check_time(now, "now")
         with self._lock:
             rec = self._records.get(key)
         if rec is None:

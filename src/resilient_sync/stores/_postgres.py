@@ -73,9 +73,12 @@ from .._model import (
 )
 from .._redact import redact
 from ._common import (
+    check_attempt_times,
+    check_completion_times,
     check_deliveries,
     check_new_events,
     check_page_args,
+    check_time,
     checked_event_json,
     decode_cursor,
     encode_cursor,
@@ -353,6 +356,7 @@ def _destination_state(row: Sequence[Any]) -> DestinationState:
 def _audit_row(r: Attempt, ci: int = 0) -> list[Any]:
     """One audit record as a JSON row (``ci``: the 1-based index of its
     outcome in ``complete``; 0 for ``insert_audit``)."""
+    check_attempt_times(r)
     return [
         ci,
         r.delivery_id,
@@ -1008,6 +1012,8 @@ class PostgresQueueStore(_PostgresBase):
         destinations: Collection[str] | None = None,
     ) -> builtins.list[Delivery]:
         """See :meth:`resilient_sync.QueueStore.claim` (one statement, ``SKIP LOCKED``)."""
+        check_time(now, "now")
+        check_time(lease_until, "lease_until")
         if isinstance(limit, bool) or not isinstance(limit, int):
             raise TypeError(f"limit must be an int, got {limit!r}")
         if limit < 1:
@@ -1041,6 +1047,7 @@ class PostgresQueueStore(_PostgresBase):
 
     def complete(self, completions: Sequence[Completion]) -> builtins.list[bool]:
         """See :meth:`resilient_sync.QueueStore.complete` (one statement for the batch)."""
+        check_completion_times(completions)
         completions = list(completions)
         if not completions:
             return []
@@ -1164,6 +1171,8 @@ class PostgresQueueStore(_PostgresBase):
         if_unchanged: Delivery | None = None,
     ) -> builtins.list[str]:
         """See :meth:`resilient_sync.QueueStore.transition`."""
+        check_time(now, "now")
+        check_attempt_times(audit)
         check_new_events([event])
         wanted = list(dict.fromkeys(ids))
         if not wanted:
@@ -1212,6 +1221,8 @@ class PostgresQueueStore(_PostgresBase):
         audit: Attempt | None = None,
     ) -> DestinationState:
         """See :meth:`resilient_sync.QueueStore.set_destination`."""
+        check_time(now, "now")
+        check_time(hold_until, "hold_until", optional=True)
         params = {
             "name": name,
             "now": now,
@@ -1238,6 +1249,7 @@ class PostgresQueueStore(_PostgresBase):
     ) -> builtins.list[bool]:
         """Move the lease end of deliveries still held under their token (the
         dispatcher's heartbeat), in one statement."""
+        check_time(until, "until")
         if not leases:
             return []
         params = {"ids": [i for i, _ in leases], "tokens": [t for _, t in leases], "until": until}
@@ -1307,6 +1319,8 @@ class PostgresQueueStore(_PostgresBase):
         search: str | None = None,
     ) -> Page:
         """See :meth:`resilient_sync.QueueStore.list`."""
+        check_time(since, "since", optional=True)
+        check_time(until, "until", optional=True)
         check_page_args(limit)
         if unmatchable(destination, event_type, search):
             return Page(items=[], next_cursor=None)
@@ -1353,6 +1367,7 @@ class PostgresQueueStore(_PostgresBase):
         self, *, since: datetime | None = None, errors_only: bool = False, limit: int | None = None
     ) -> builtins.list[Attempt]:
         """See :meth:`resilient_sync.QueueStore.audit`."""
+        check_time(since, "since", optional=True)
         params = {"since": since, "errors_only": errors_only, "limit": limit}
         return [_attempt(row) for row in self._fetch("read the audit trail", "audit", params)]
 
@@ -1404,6 +1419,8 @@ class PostgresQueueStore(_PostgresBase):
         self, *, since: datetime, until: datetime, bucket: timedelta
     ) -> builtins.list[tuple[int, ErrorCategory, int]]:
         """See :meth:`resilient_sync.QueueStore.error_counts` (``GROUP BY`` in SQL)."""
+        check_time(since, "since")
+        check_time(until, "until")
         width = bucket.total_seconds()
         if width <= 0:
             raise ValueError(f"bucket must be > 0, got {bucket!r}")
@@ -1413,6 +1430,7 @@ class PostgresQueueStore(_PostgresBase):
 
     def purge(self, *, before: datetime, limit: int = 1000, dry_run: bool = False) -> int:
         """See :meth:`resilient_sync.QueueStore.purge`: one short transaction."""
+        check_time(before, "before")
         check_page_args(limit)
         params = {"before": before, "limit": limit}
         if dry_run:
@@ -1567,6 +1585,8 @@ class PostgresIdempotencyStore(_PostgresBase):
         self, entries: Sequence[tuple[str, str]], *, now: datetime, lock_until: datetime
     ) -> builtins.list[IdempotencyRecord]:
         """See :meth:`resilient_sync.IdempotencyStore.begin`."""
+        check_time(now, "now")
+        check_time(lock_until, "lock_until")
         entries = list(entries)
         if not entries:
             return []
@@ -1622,6 +1642,8 @@ class PostgresIdempotencyStore(_PostgresBase):
         self, entries: Sequence[tuple[str, str, Any]], *, now: datetime, expires_at: datetime
     ) -> None:
         """See :meth:`resilient_sync.IdempotencyStore.finish`."""
+        check_time(now, "now")
+        check_time(expires_at, "expires_at", optional=True)
         last: dict[str, tuple[str, Any]] = {}
         for key, fp, result in entries:
             last[key] = (fp, result)
@@ -1646,6 +1668,8 @@ class PostgresIdempotencyStore(_PostgresBase):
     ) -> builtins.list[bool]:
         """Move the locks still held under ``locked_until`` to ``until`` (the
         lease heartbeat), in one statement."""
+        check_time(locked_until, "locked_until")
+        check_time(until, "until")
         unique = sorted(set(keys))
         if not unique:
             return [False] * len(keys)
@@ -1662,6 +1686,7 @@ class PostgresIdempotencyStore(_PostgresBase):
 
     def release(self, keys: Sequence[str], *, locked_until: datetime | None = None) -> None:
         """See :meth:`resilient_sync.IdempotencyStore.release`."""
+        check_time(locked_until, "locked_until", optional=True)
         unique = sorted(set(keys))
         if not unique:
             return
@@ -1677,6 +1702,7 @@ class PostgresIdempotencyStore(_PostgresBase):
 
     def purge(self, *, now: datetime, limit: int = 1000) -> int:
         """See :meth:`resilient_sync.IdempotencyStore.purge`."""
+        check_time(now, "now")
         check_page_args(limit)
         rows = self._fetch_idempotency("purge expired idempotency keys", now, limit)
         return sum(1 for (state,) in rows if state == "completed")
@@ -1692,6 +1718,7 @@ class PostgresIdempotencyStore(_PostgresBase):
 
     def get(self, key: str, *, now: datetime) -> IdempotencyRecord | None:
         """See :meth:`resilient_sync.IdempotencyStore.get`."""
+        check_time(now, "now")
 
         def read(conn: Connection) -> TupleRow | None:
             return (

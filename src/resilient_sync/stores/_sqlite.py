@@ -92,9 +92,12 @@ from .._model import (
 )
 from ._common import (
     NEXT_DUE_WINDOW,
+    check_attempt_times,
+    check_completion_times,
     check_deliveries,
     check_new_events,
     check_page_args,
+    check_time,
     checked_event_json,
     decode_cursor,
     encode_cursor,
@@ -277,10 +280,17 @@ def _us(value: datetime) -> int: ...
 @overload
 def _us(value: datetime | None) -> int | None: ...
 def _us(value: datetime | None) -> int | None:
-    """A timezone-aware datetime as integer microseconds since the epoch."""
+    """A timezone-aware datetime as integer microseconds since the epoch
+    (the store's methods have refused naive ones with ``check_time``;
+    should one get here, it is refused the same way, not with the
+    subtraction's message)."""
     if value is None:
         return None
-    return (value - _EPOCH) // _US
+    try:
+        return (value - _EPOCH) // _US
+    except TypeError:
+        check_time(value, "a time")
+        raise
 
 
 def _dt(value: int | None) -> datetime | None:
@@ -334,6 +344,7 @@ def _delivery(row: Sequence[Any]) -> Delivery:
 
 
 def _audit_row(record: Attempt) -> tuple[Any, ...]:
+    check_attempt_times(record)
     finished = _us(record.finished_at)
     error = record.error
     return (
@@ -1404,6 +1415,8 @@ class SQLiteQueueStore(_SQLiteStore):
         destinations: Collection[str] | None = None,
     ) -> builtins.list[Delivery]:
         """See :meth:`QueueStore.claim`: one ``BEGIN IMMEDIATE`` transaction."""
+        check_time(now, "now")
+        check_time(lease_until, "lease_until")
         if limit < 1:
             return []
         now_us = _us(now)
@@ -1433,6 +1446,7 @@ class SQLiteQueueStore(_SQLiteStore):
 
     def complete(self, completions: Sequence[Completion]) -> builtins.list[bool]:
         """See :meth:`QueueStore.complete`: one transaction, fenced by lease token."""
+        check_completion_times(completions)
         if not completions:
             return []
         check_new_events(c.event for c in completions)
@@ -1489,6 +1503,8 @@ class SQLiteQueueStore(_SQLiteStore):
         if_unchanged: Delivery | None = None,
     ) -> builtins.list[str]:
         """See :meth:`QueueStore.transition`: one transaction."""
+        check_time(now, "now")
+        check_attempt_times(audit)
         check_new_events([event])
         allowed = frozenset(from_status)
         moved: builtins.list[str] = []
@@ -1559,6 +1575,8 @@ class SQLiteQueueStore(_SQLiteStore):
         audit: Attempt | None = None,
     ) -> DestinationState:
         """See :meth:`QueueStore.set_destination`: one transaction."""
+        check_time(now, "now")
+        check_time(hold_until, "hold_until", optional=True)
         with self._writing("set_destination") as conn:
             row = conn.execute(Q.get_destination, (name,)).fetchone()
             state = _destination_state(row) if row else DestinationState(name=name)
@@ -1595,6 +1613,7 @@ class SQLiteQueueStore(_SQLiteStore):
         dispatcher's heartbeat); one transaction without an fsync (a lost
         extension only lets a lease end sooner: the delivery is tried again
         under the same key)."""
+        check_time(until, "until")
         if not leases:
             return []
         until_us = _us(until)
@@ -1652,6 +1671,8 @@ class SQLiteQueueStore(_SQLiteStore):
         search: str | None = None,
     ) -> Page:
         """See :meth:`QueueStore.list`."""
+        check_time(since, "since", optional=True)
+        check_time(until, "until", optional=True)
         check_page_args(limit)
         if unmatchable(destination, event_type, search):
             return Page(items=[], next_cursor=None)
@@ -1704,6 +1725,7 @@ class SQLiteQueueStore(_SQLiteStore):
         self, *, since: datetime | None = None, errors_only: bool = False, limit: int | None = None
     ) -> builtins.list[Attempt]:
         """See :meth:`QueueStore.audit`."""
+        check_time(since, "since", optional=True)
         params = {"since": _us(since), "limit": -1 if limit is None else max(limit, 0)}
         with self._reading("audit") as conn:
             rows = conn.execute(Q.audit_errors if errors_only else Q.audit, params).fetchall()
@@ -1750,6 +1772,8 @@ class SQLiteQueueStore(_SQLiteStore):
         self, *, since: datetime, until: datetime, bucket: timedelta
     ) -> builtins.list[tuple[int, ErrorCategory, int]]:
         """See :meth:`QueueStore.error_counts` (grouped by SQLite, through an index)."""
+        check_time(since, "since")
+        check_time(until, "until")
         width = bucket // _US
         if width <= 0:
             raise ValueError(f"bucket must be > 0, got {bucket!r}")
@@ -1763,6 +1787,7 @@ class SQLiteQueueStore(_SQLiteStore):
         submission order (oldest first, stopping at the first delivery created
         after the cutoff) outside any write lock; the write transaction then
         re-checks and deletes them: workers wait for a few milliseconds at most."""
+        check_time(before, "before")
         check_page_args(limit)
         cutoff = _us(before)
         picked: builtins.list[int] = []
@@ -1847,6 +1872,8 @@ class SQLiteIdempotencyStore(_SQLiteStore):
         self, entries: Sequence[tuple[str, str]], *, now: datetime, lock_until: datetime
     ) -> builtins.list[IdempotencyRecord]:
         """See :meth:`IdempotencyStore.begin`."""
+        check_time(now, "now")
+        check_time(lock_until, "lock_until")
         if not entries:
             return []
         now_us = _us(now)
@@ -1877,6 +1904,8 @@ class SQLiteIdempotencyStore(_SQLiteStore):
         self, entries: Sequence[tuple[str, str, Any]], *, now: datetime, expires_at: datetime
     ) -> None:
         """See :meth:`IdempotencyStore.finish`: the keys are completed and unlocked."""
+        check_time(now, "now")
+        check_time(expires_at, "expires_at", optional=True)
         if not entries:
             return
         expires = _us(expires_at)
@@ -1893,6 +1922,8 @@ class SQLiteIdempotencyStore(_SQLiteStore):
     ) -> builtins.list[bool]:
         """Move the locks still held under ``locked_until`` to ``until`` (the
         lease heartbeat), in one transaction."""
+        check_time(locked_until, "locked_until")
+        check_time(until, "until")
         if not keys:
             return []
         fence, end = _us(locked_until), _us(until)
@@ -1904,6 +1935,7 @@ class SQLiteIdempotencyStore(_SQLiteStore):
 
     def release(self, keys: Sequence[str], *, locked_until: datetime | None = None) -> None:
         """See :meth:`IdempotencyStore.release`."""
+        check_time(locked_until, "locked_until", optional=True)
         if not keys:
             return
         until = _us(locked_until)
@@ -1912,6 +1944,7 @@ class SQLiteIdempotencyStore(_SQLiteStore):
 
     def purge(self, *, now: datetime, limit: int = 1000) -> int:
         """See :meth:`IdempotencyStore.purge`: expired keys, one batch."""
+        check_time(now, "now")
         check_page_args(limit)
         now_us = _us(now)
         with self._writing("idempotency purge", durable=False) as conn:
@@ -1921,6 +1954,7 @@ class SQLiteIdempotencyStore(_SQLiteStore):
 
     def get(self, key: str, *, now: datetime) -> IdempotencyRecord | None:
         """See :meth:`IdempotencyStore.get`."""
+        check_time(now, "now")
         with self._reading("idempotency get") as conn:
             row = conn.execute(Q.idempotency_get, (key,)).fetchone()
         return _state(row, _us(now))

@@ -344,6 +344,107 @@ class QueueStoreContract:
         assert store.complete([self.outcome(claimed, clock, audit=(as_value,))]) == [True]
         assert [a.outcome for a in store.attempts(claimed.id)] == [SUCCEEDED]
 
+    def test_a_naive_time_is_refused_with_nothing_changed(
+        self, store: QueueStore, clock: FakeClock
+    ) -> None:
+        """Every time a store is handed is timezone-aware: a naive
+        ``datetime`` (no ``tzinfo``) names no moment, so every method that
+        takes a time refuses one with ``ValueError`` naming the argument, and
+        changes nothing (a delivery, its audit records, a destination)."""
+        self.enqueue(store, make_delivery("e1"), make_delivery("e2"), make_delivery("e3"))
+        first, second = self.claim(store, clock, limit=2)
+        naive = clock.now().replace(tzinfo=None)
+        record = _record(first, clock.now(), outcome=SUCCEEDED)
+
+        def state() -> Any:
+            deliveries = sorted(store.list(limit=100).items, key=lambda d: d.seq)
+            return deliveries, store.audit(), store.destinations()
+
+        before = state()
+        calls: list[tuple[str, Any]] = [
+            (
+                "created_at",
+                lambda: store.enqueue([attrs.evolve(make_delivery("n1"), created_at=naive)]),
+            ),
+            (
+                "next_attempt_at",
+                lambda: store.enqueue([make_delivery("n2", next_attempt_at=naive)]),
+            ),
+            (
+                "now",
+                lambda: store.claim(
+                    now=naive, limit=1, lease_until=clock.now() + LEASE, worker="w"
+                ),
+            ),
+            (
+                "lease_until",
+                lambda: store.claim(
+                    now=clock.now(), limit=1, lease_until=naive + LEASE, worker="w"
+                ),
+            ),
+            (
+                "finished_at",
+                lambda: store.complete(
+                    [attrs.evolve(self.outcome(first, clock), finished_at=naive)]
+                ),
+            ),
+            (
+                "next_attempt_at",
+                lambda: store.complete(
+                    [
+                        self.outcome(first, clock, audit=(record,)),
+                        self.outcome(second, clock, RETRY_SCHEDULED, next_attempt_at=naive),
+                    ]
+                ),
+            ),
+            (
+                "finished_at",
+                lambda: store.complete(
+                    [self.outcome(first, clock, audit=(attrs.evolve(record, finished_at=naive),))]
+                ),
+            ),
+            (
+                "started_at",
+                lambda: store.add_audit([record, attrs.evolve(record, started_at=naive)]),
+            ),
+            (
+                "now",
+                lambda: store.transition(
+                    [second.id], from_status={IN_FLIGHT}, to_status=PENDING, audit=record, now=naive
+                ),
+            ),
+            (
+                "started_at",
+                lambda: store.transition(
+                    [second.id],
+                    from_status={IN_FLIGHT},
+                    to_status=PENDING,
+                    audit=attrs.evolve(record, started_at=naive),
+                    now=clock.now(),
+                ),
+            ),
+            ("now", lambda: store.set_destination("pos", now=naive, paused=True)),
+            (
+                "hold_until",
+                lambda: store.set_destination("pos", now=clock.now(), hold_until=naive + LEASE),
+            ),
+            ("before", lambda: store.purge(before=naive)),
+            ("since", lambda: store.list(since=naive)),
+            ("until", lambda: store.list(until=naive)),
+            ("since", lambda: store.audit(since=naive)),
+            (
+                "since",
+                lambda: store.error_counts(since=naive, until=clock.now(), bucket=LEASE),
+            ),
+        ]
+        extend = getattr(store, "extend_leases", None)
+        if extend is not None:  # optional in the protocol (the lease heartbeat)
+            calls.append(("until", lambda: extend([(first.id, first.lease_token)], until=naive)))
+        for name, call in calls:
+            with pytest.raises(ValueError, match=name):
+                call()
+            assert state() == before, name
+
     # -- claim -------------------------------------------------------------
 
     def test_claim_leases_due_deliveries_oldest_first(
@@ -1645,6 +1746,34 @@ class IdempotencyStoreContract:
         assert held is not None
         assert held.state is self.IN_PROGRESS
         assert held.locked_until == T0 + LEASE
+
+    def test_a_naive_time_is_refused_with_nothing_changed(
+        self, store: IdempotencyStore, clock: FakeClock
+    ) -> None:
+        """A naive ``datetime`` names no moment: every method that takes a
+        time refuses one with ``ValueError`` naming the argument, and no
+        key is taken, completed, released or purged."""
+        store.begin([("held", "fp")], now=T0, lock_until=T0 + LEASE)
+        store.finish([("done", "fp", {"id": 1})], now=T0, expires_at=T0 + LEASE)
+        naive = T0.replace(tzinfo=None)
+
+        def state() -> Any:
+            return [store.get(key, now=T0) for key in ("held", "done", "new")]
+
+        before = state()
+        calls: list[tuple[str, Any]] = [
+            ("now", lambda: store.begin([("new", "fp")], now=naive, lock_until=T0 + LEASE)),
+            ("lock_until", lambda: store.begin([("new", "fp")], now=T0, lock_until=naive)),
+            ("now", lambda: store.finish([("held", "fp", None)], now=naive, expires_at=T0 + LEASE)),
+            ("expires_at", lambda: store.finish([("held", "fp", None)], now=T0, expires_at=naive)),
+            ("locked_until", lambda: store.release(["held"], locked_until=naive + LEASE)),
+            ("now", lambda: store.purge(now=naive + 2 * LEASE)),
+            ("now", lambda: store.get("held", now=naive)),
+        ]
+        for name, call in calls:
+            with pytest.raises(ValueError, match=name):
+                call()
+            assert state() == before, name
 
     def test_a_held_key_is_in_progress(self, store: IdempotencyStore, clock: FakeClock) -> None:
         """A second caller sees IN_PROGRESS (and when the lock ends); nothing changes."""
