@@ -28,6 +28,11 @@ from resilient_sync import (
 from resilient_sync.stores import MemoryIdempotencyStore, MemoryQueueStore, open_stores
 from resilient_sync.testing import FakeClock, RecordingDestination
 
+SUCCEEDED = DeliveryStatus.SUCCEEDED
+PENDING = DeliveryStatus.PENDING
+IN_FLIGHT = DeliveryStatus.IN_FLIGHT
+NEEDS_ACTION = DeliveryStatus.NEEDS_ACTION
+
 Pair = tuple[QueueStore, IdempotencyStore]
 
 
@@ -903,3 +908,172 @@ def test_an_audit_record_with_a_hostile_outcome_is_refused_by_every_store(
     assert len(message) < 400
     assert "a" * 24 not in message
     assert queue.audit() == []
+
+
+def _malformed_calls(queue: Any, idempotency: Any) -> list[tuple[str, Any]]:
+    """Calls a direct store caller could make with one malformed argument,
+    each after valid parts of the same batch (found by a red-team pass: the
+    memory store applied those parts, then raised; PostgreSQL took a key)."""
+    import attrs
+
+    from resilient_sync import ErrorCategory, ErrorInfo
+    from resilient_sync._model import Completion
+    from resilient_sync.testing.contract import LEASE, T0, _record, make_delivery
+
+    first, second = queue.claim(now=T0, limit=2, lease_until=T0 + LEASE, worker="w")
+    done = Completion(
+        delivery_id=first.id, lease_token=first.lease_token, status=SUCCEEDED, finished_at=T0
+    )
+    record = _record(first, T0, outcome=SUCCEEDED)
+    error = ErrorInfo(category=ErrorCategory.DATA_FORMAT, message="bad")
+    return [
+        ("cursor", lambda: queue.enqueue([make_delivery("n1")], cursor=("src",))),
+        (
+            "last_error",
+            lambda: queue.enqueue(
+                [
+                    make_delivery("n2"),
+                    attrs.evolve(make_delivery("n3"), status=NEEDS_ACTION, last_error="oops"),
+                ]
+            ),
+        ),
+        ("attempts", lambda: queue.enqueue([attrs.evolve(make_delivery("n4"), attempts="3")])),
+        (
+            "status",
+            lambda: queue.enqueue(
+                [attrs.evolve(make_delivery("n5"), status=ErrorCategory.TRANSIENT)]
+            ),
+        ),
+        (
+            "error",
+            lambda: queue.complete(
+                [
+                    done,
+                    attrs.evolve(
+                        done,
+                        delivery_id=second.id,
+                        lease_token=second.lease_token,
+                        status=NEEDS_ACTION,
+                        error="oops",
+                    ),
+                ]
+            ),
+        ),
+        (
+            "category",
+            lambda: queue.complete(
+                [attrs.evolve(done, status=NEEDS_ACTION, error=attrs.evolve(error, category="x"))]
+            ),
+        ),
+        ("IN_FLIGHT", lambda: queue.complete([attrs.evolve(done, status=IN_FLIGHT)])),
+        ("status", lambda: queue.complete([attrs.evolve(done, status="succeeded")])),
+        ("lease_token", lambda: queue.complete([attrs.evolve(done, lease_token="1")])),
+        (
+            "to_status",
+            lambda: queue.transition(
+                [first.id], from_status={IN_FLIGHT}, to_status="bogus", audit=record, now=T0
+            ),
+        ),
+        (
+            "IN_FLIGHT",
+            lambda: queue.transition(
+                [first.id], from_status={IN_FLIGHT}, to_status=IN_FLIGHT, audit=record, now=T0
+            ),
+        ),
+        (
+            "from_status",
+            lambda: queue.transition(
+                [first.id], from_status="in_flight", to_status=PENDING, audit=record, now=T0
+            ),
+        ),
+        (
+            "ids",
+            lambda: queue.transition(
+                first.id, from_status={IN_FLIGHT}, to_status=PENDING, audit=record, now=T0
+            ),
+        ),
+        ("error", lambda: queue.add_audit([record, attrs.evolve(record, error="oops")])),
+        ("details", lambda: queue.add_audit([attrs.evolve(record, details={"x": {1, 2}})])),
+        (
+            "leases",
+            lambda: queue.extend_leases(
+                [(first.id, first.lease_token), (first.id,)], until=T0 + 2 * LEASE
+            ),
+        ),
+        ("paused", lambda: queue.set_destination("pos", now=T0, paused="no")),
+        ("name", lambda: queue.set_destination(None, now=T0, paused=True)),
+        ("limit", lambda: queue.claim(now=T0, limit=2.5, lease_until=T0 + LEASE, worker="w")),
+        (
+            "entries",
+            lambda: idempotency.begin([("k1", "fp"), ("k2",)], now=T0, lock_until=T0 + LEASE),
+        ),
+        ("entries", lambda: idempotency.begin([(5, "fp")], now=T0, lock_until=T0 + LEASE)),
+        (
+            "entries",
+            lambda: idempotency.finish([("k3", "fp", 1), None], now=T0, expires_at=T0 + LEASE),
+        ),
+        (
+            "result",
+            lambda: idempotency.finish(
+                [("k4", "fp", 1), ("k5", "fp", {1, 2})], now=T0, expires_at=T0 + LEASE
+            ),
+        ),
+        ("keys", lambda: idempotency.release("k1")),
+    ]
+
+
+def test_a_malformed_argument_is_refused_by_every_store_with_nothing_changed(
+    stores: Pair,
+) -> None:
+    """One malformed argument (a wrong type, a status a claim cannot take
+    back, a tuple of the wrong shape, a result that is not JSON) is refused
+    with ``TypeError`` or ``ValueError`` naming it, on every store alike,
+    and no part of the call is applied: no delivery, audit record,
+    destination state or idempotency key changes."""
+    from resilient_sync.testing.contract import T0, make_delivery
+
+    queue, idempotency = stores
+    queue.enqueue([make_delivery(f"e{n}") for n in range(3)])
+    calls = _malformed_calls(queue, idempotency)
+    keys = ("k1", "k2", "k3", "k4", "k5", "5")
+
+    def state() -> Any:
+        deliveries = sorted(queue.list(limit=100).items, key=lambda d: d.seq)
+        held = [idempotency.get(key, now=T0) for key in keys]
+        return deliveries, queue.audit(), queue.destinations(), queue.stats(), held
+
+    before = state()
+    for name, call in calls:
+        with pytest.raises((TypeError, ValueError), match=name):
+            call()
+        assert state() == before, name
+
+
+def test_statuses_are_read_alike_as_members_or_values(stores: Pair) -> None:
+    """``list(status=...)`` and ``transition(from_status=...)`` take statuses
+    as members or their values, in any collection, on every store (the
+    memory store matched a set of values against nothing), and refuse one
+    bare status or ``str``, whose letters a store would otherwise test."""
+    from resilient_sync.testing.contract import LEASE, T0, _record, make_delivery
+
+    queue, _ = stores
+    (delivery,) = queue.enqueue([make_delivery("e1")])
+    assert [d.id for d in queue.list(status={"pending"}).items] == [delivery.id]
+    assert [d.id for d in queue.list(status=("pending", DeliveryStatus.IN_FLIGHT)).items] == [
+        delivery.id
+    ]
+    for bare in ("pending", DeliveryStatus.PENDING):
+        with pytest.raises(TypeError, match="status must be a collection"):
+            queue.list(status=bare)
+    assert [d.id for d in queue.list(category="data_format").items] == []
+    with pytest.raises(TypeError, match="category"):
+        queue.list(category="bogus")
+    (claimed,) = queue.claim(now=T0, limit=1, lease_until=T0 + LEASE, worker="w")
+    moved = queue.transition(
+        [claimed.id],
+        from_status={"in_flight"},
+        to_status=PENDING,
+        audit=_record(claimed, T0, action="retry"),
+        now=T0,
+    )
+    assert moved == [claimed.id]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextvars
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from typing import Any
@@ -20,17 +20,26 @@ from .._json import (
     identifier_problem,
     ids_look_fine,
 )
-from .._model import Attempt, Delivery, DeliveryStatus
+from .._model import Attempt, Completion, Delivery, DeliveryStatus, ErrorCategory, ErrorInfo
 from .._text import clean
 
 __all__ = [
     "MAX_PAGE",
     "NEXT_DUE_WINDOW",
     "already_checked",
-    "check_attempt_times",
-    "check_completion_times",
+    "check_attempt",
+    "check_category",
+    "check_completions",
+    "check_cursor",
     "check_deliveries",
+    "check_int",
     "check_page_args",
+    "check_pairs",
+    "check_results",
+    "check_status",
+    "check_statuses",
+    "check_text",
+    "check_texts",
     "check_time",
     "checked_event_json",
     "decode_cursor",
@@ -41,6 +50,7 @@ __all__ = [
     "matches_search",
     "unencodable",
     "unmatchable",
+    "wrong_type",
 ]
 
 
@@ -169,6 +179,11 @@ def check_deliveries(deliveries: Sequence[Delivery], *, payloads: bool = True) -
         if payloads:
             _check_event_fields(event)
     for d in deliveries:  # (their ids are known to be fine now)
+        check_status(d.status, f"delivery {d.id!r}: status")
+        check_int(d.attempts, f"delivery {d.id!r}: attempts", minimum=0)
+        check_int(d.lease_token, f"delivery {d.id!r}: lease_token", minimum=0)
+        check_text(d.lease_owner, f"delivery {d.id!r}: lease_owner", optional=True)
+        _check_error(d.last_error, f"delivery {d.id!r}: last_error")
         check_time(d.created_at, f"delivery {d.id!r}: created_at")
         check_time(d.updated_at, f"delivery {d.id!r}: updated_at")
         check_time(d.next_attempt_at, f"delivery {d.id!r}: next_attempt_at", optional=True)
@@ -295,20 +310,179 @@ def check_time(value: Any, name: str, *, optional: bool = False) -> None:
         )
 
 
-def check_attempt_times(record: Attempt) -> None:
-    """:func:`check_time` for an audit record's two times."""
+def wrong_type(name: str, expected: str, value: Any) -> TypeError:
+    """The ``TypeError`` for an argument of the wrong type, naming it."""
+    shown = clean(repr(value), limit=60, single_line=True)
+    return TypeError(
+        f"{name} must be {expected}, got {type(value).__name__} {shown}; nothing was done"
+    )
+
+
+def check_int(value: Any, name: str, *, minimum: int | None = None) -> None:
+    """An ``int`` (not a ``bool``), at least ``minimum``."""
+    if type(value) is not int and (not isinstance(value, int) or isinstance(value, bool)):
+        raise wrong_type(name, "an int", value)
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value!r}; nothing was done")
+
+
+def check_text(value: Any, name: str, *, optional: bool = False) -> None:
+    """A ``str`` (None too, if ``optional``)."""
+    if type(value) is str or isinstance(value, str) or (optional and value is None):
+        return
+    raise wrong_type(name, "a str" + (" or None" if optional else ""), value)
+
+
+def check_texts(values: Any, name: str) -> None:
+    """A sequence of ``str`` (not one ``str``, which would be read as its letters)."""
+    if isinstance(values, (str, bytes)) or not isinstance(values, Iterable):
+        raise wrong_type(name, "a list of str", values)
+    for value in values:
+        check_text(value, f"each of {name}")
+
+
+def check_status(value: Any, name: str, *, in_flight: bool = True) -> None:
+    """A :class:`DeliveryStatus` member (its value, a plain ``str``, is not:
+    a store would keep a status no claim or count knows); ``in_flight``
+    False refuses ``IN_FLIGHT``, which only a claim may set (with a lease
+    that some claim takes back)."""
+    if type(value) is not DeliveryStatus:
+        raise wrong_type(name, "a DeliveryStatus", value)
+    if value is DeliveryStatus.IN_FLIGHT and not in_flight:
+        raise ValueError(
+            f"{name} cannot be IN_FLIGHT: only a claim puts a delivery in flight, with a "
+            "lease and a token; nothing was done"
+        )
+
+
+def check_statuses(values: Any, name: str) -> frozenset[DeliveryStatus]:
+    """A collection of statuses, as members: a :class:`DeliveryStatus` or
+    its value each (``"needs_action"``), refused with a clear error when it
+    is one ``str`` or one status (whose letters a store would test) or holds
+    anything else."""
+    if isinstance(values, (str, bytes)) or not isinstance(values, Collection):
+        raise wrong_type(name, "a collection of DeliveryStatus", values)
+    out: set[DeliveryStatus] = set()
+    for value in values:
+        if type(value) is DeliveryStatus:
+            out.add(value)
+            continue
+        try:
+            out.add(DeliveryStatus(value))
+        except (TypeError, ValueError):
+            raise wrong_type(f"each of {name}", "a DeliveryStatus", value) from None
+    return frozenset(out)
+
+
+def check_category(value: Any, name: str) -> ErrorCategory | None:
+    """An error category as a member: an :class:`ErrorCategory`, its value,
+    or None."""
+    if value is None or type(value) is ErrorCategory:
+        return value
+    try:
+        return ErrorCategory(value)
+    except (TypeError, ValueError):
+        raise wrong_type(name, "an ErrorCategory or None", value) from None
+
+
+def _check_error(value: Any, name: str) -> None:
+    if value is None:
+        return
+    if not isinstance(value, ErrorInfo):
+        raise wrong_type(name, "an ErrorInfo or None", value)
+    if type(value.category) is not ErrorCategory:
+        raise wrong_type(f"{name}'s category", "an ErrorCategory", value.category)
+
+
+def check_attempt(record: Any) -> None:
+    """Refuse, before anything is written, an audit record no store could
+    keep and read back: its times (see :func:`check_time`), an ``error``
+    that is not an ``ErrorInfo``, a ``number`` that is not an int, names
+    that are not text, ``details`` that are not a JSON object. (Its
+    ``outcome`` is checked by :func:`outcome_value`.)"""
+    if not isinstance(record, Attempt):
+        raise wrong_type("an audit record", "an Attempt", record)
     check_time(record.started_at, "an audit record's started_at")
     if record.finished_at is not record.started_at:
         check_time(record.finished_at, "an audit record's finished_at")
+    _check_error(record.error, "an audit record's error")
+    check_int(record.number, "an audit record's number")
+    check_text(record.delivery_id, "an audit record's delivery_id", optional=True)
+    check_text(record.destination, "an audit record's destination")
+    check_text(record.action, "an audit record's action")
+    check_text(record.actor, "an audit record's actor")
+    check_text(record.reason, "an audit record's reason", optional=True)
+    details = record.details
+    if details:
+        if not isinstance(details, Mapping):
+            raise wrong_type("an audit record's details", "a mapping", details)
+        try:
+            check_json(dict(details), "details")
+        except InvalidEventError as exc:
+            raise ValueError(f"an audit record's {exc}; nothing was written") from None
 
 
-def check_completion_times(completions: Iterable[Any]) -> None:
-    """:func:`check_time` for each completion's own times (a store's audit
-    encoder checks its records', with :func:`check_attempt_times`)."""
+def check_completions(completions: Sequence[Any]) -> None:
+    """Refuse, before anything is written, a completion no store could
+    apply and read back: not a ``Completion``, a status that is not a
+    ``DeliveryStatus`` or is ``IN_FLIGHT``, a lease token that is not an
+    int, an ``error`` that is not an ``ErrorInfo``, naive times (see
+    :func:`check_time`). A store's audit encoder checks the records (see
+    :func:`check_attempt`)."""
     for c in completions:
-        check_time(c.finished_at, f"the completion of {c.delivery_id!r}: finished_at")
+        if type(c) is not Completion and not isinstance(c, Completion):
+            raise wrong_type("a completion", "a Completion", c)
+        where = f"the completion of {c.delivery_id!r}"
+        check_text(c.delivery_id, f"{where}: delivery_id")
+        if type(c.lease_token) is not int:
+            check_int(c.lease_token, f"{where}: lease_token")
+        check_status(c.status, f"{where}: status", in_flight=False)
+        _check_error(c.error, f"{where}: error")
+        check_time(c.finished_at, f"{where}: finished_at")
         if c.next_attempt_at is not None:
-            check_time(c.next_attempt_at, f"the completion of {c.delivery_id!r}: next_attempt_at")
+            check_time(c.next_attempt_at, f"{where}: next_attempt_at")
+        check_text(c.idempotency_key, f"{where}: idempotency_key", optional=True)
+        if not isinstance(c.audit, (tuple, list)):
+            raise wrong_type(f"{where}: audit", "a tuple of Attempt", c.audit)
+
+
+def check_pairs(entries: Any, name: str, types: tuple[str, ...]) -> None:
+    """Each entry a tuple of ``len(types)`` items, the first ``str`` ones
+    (``"str"``) text and ``"int"`` ones ints (``"any"``: anything)."""
+    if isinstance(entries, (str, bytes)) or not isinstance(entries, Iterable):
+        raise wrong_type(name, f"a list of {len(types)}-tuples", entries)
+    for entry in entries:
+        if not isinstance(entry, (tuple, list)) or len(entry) != len(types):
+            raise wrong_type(f"each of {name}", f"a {len(types)}-tuple", entry)
+        for item, kind in zip(entry, types, strict=True):
+            if kind == "str":
+                check_text(item, f"an item of {name}")
+            elif kind == "int":
+                check_int(item, f"an item of {name}")
+
+
+def check_results(entries: Sequence[tuple[str, str, Any]]) -> None:
+    """Each completed key's result is JSON (what a SQL store can keep and
+    read back): refused with ``ValueError`` naming the key and the path
+    otherwise, before anything is written."""
+    for key, _fingerprint, result in entries:
+        if result is None or type(result) in (str, int, bool):
+            continue
+        try:
+            check_json(result, "result")
+        except InvalidEventError as exc:
+            raise ValueError(f"idempotency key {key!r}: {exc}; nothing was written") from None
+
+
+def check_cursor(cursor: Any) -> None:
+    """A source cursor to save: None, or ``(source, value)`` with a ``str``
+    source and a ``str`` or None value."""
+    if cursor is None:
+        return
+    if not isinstance(cursor, tuple) or len(cursor) != 2:
+        raise wrong_type("cursor", "a (source, value) tuple", cursor)
+    check_text(cursor[0], "the cursor's source")
+    check_text(cursor[1], "the cursor's value", optional=True)
 
 
 def fill_audit(template: Attempt, delivery: Delivery) -> Attempt:

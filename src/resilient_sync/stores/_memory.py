@@ -36,17 +36,27 @@ from .._model import (
     QueueStats,
 )
 from ._common import (
-    check_attempt_times,
-    check_completion_times,
+    check_attempt,
+    check_category,
+    check_completions,
+    check_cursor,
     check_deliveries,
+    check_int,
     check_new_events,
     check_page_args,
+    check_pairs,
+    check_results,
+    check_status,
+    check_statuses,
+    check_text,
+    check_texts,
     check_time,
     checked_event_json,
     decode_cursor,
     encode_cursor,
     fill_audit,
     outcome_value,
+    wrong_type,
 )
 
 __all__ = ["MemoryIdempotencyStore", "MemoryQueueStore"]
@@ -448,6 +458,7 @@ class MemoryQueueStore:
         cursor: tuple[str, str | None] | None = None,
         transaction: Any = None,
     ) -> builtins.list[Delivery]:
+        check_cursor(cursor)
         if transaction is not None:
             raise TypeError(
                 f"MemoryQueueStore cannot join a transaction (got {type(transaction).__name__}); "
@@ -539,6 +550,10 @@ class MemoryQueueStore:
         worker: str,
         destinations: Collection[str] | None = None,
     ) -> builtins.list[Delivery]:
+        check_int(limit, "limit")
+        check_text(worker, "worker")
+        if destinations is not None:
+            check_texts(destinations, "destinations")
         check_time(now, "now")
         check_time(lease_until, "lease_until")
         with self._lock:
@@ -608,7 +623,7 @@ class MemoryQueueStore:
             return claimed
 
     def complete(self, completions: Sequence[Completion]) -> builtins.list[bool]:
-        check_completion_times(completions)
+        check_completions(completions)
         replaced = [c.event for c in completions]
         check_new_events(replaced)
         events = [
@@ -675,8 +690,14 @@ class MemoryQueueStore:
         idempotency_key: str | None = None,
         if_unchanged: Delivery | None = None,
     ) -> builtins.list[str]:
+        check_texts(ids, "ids")
+        from_status = check_statuses(from_status, "from_status")
+        check_status(to_status, "to_status", in_flight=False)
+        check_text(idempotency_key, "idempotency_key", optional=True)
+        if if_unchanged is not None:
+            check_status(if_unchanged.status, "if_unchanged.status")
         check_time(now, "now")
-        _audit_values(audit)  # its times and outcome, before anything changes
+        check_attempt(audit)  # before anything changes (its outcome is the delivery's)
         check_new_events([event])
         replacement = (event, checked_event_json(_as_delivery(event))) if event else None
         with self._lock:
@@ -722,6 +743,11 @@ class MemoryQueueStore:
         hold_reason: str | None = None,
         audit: Attempt | None = None,
     ) -> DestinationState:
+        check_text(name, "name")
+        if paused is not None and not isinstance(paused, bool):
+            raise wrong_type("paused", "a bool or None", paused)
+        check_text(paused_reason, "paused_reason", optional=True)
+        check_text(hold_reason, "hold_reason", optional=True)
         check_time(now, "now")
         check_time(hold_until, "hold_until", optional=True)
         record = None if audit is None else _audit_values(audit)  # before anything changes
@@ -746,6 +772,7 @@ class MemoryQueueStore:
     def extend_leases(
         self, leases: Sequence[tuple[str, int]], *, until: datetime
     ) -> builtins.list[bool]:
+        check_pairs(leases, "leases", ("str", "int"))
         check_time(until, "until")
         with self._lock:
             out: builtins.list[bool] = []
@@ -777,6 +804,7 @@ class MemoryQueueStore:
             return dict(self._destinations)
 
     def get(self, delivery_id: str) -> Delivery | None:
+        check_text(delivery_id, "delivery_id")
         with self._lock:
             row = self._rows.get(delivery_id)
             return row.view() if row is not None else None
@@ -802,6 +830,12 @@ class MemoryQueueStore:
         event_type: str | None = None,
         search: str | None = None,
     ) -> Page:
+        if status is not None:
+            status = check_statuses(status, "status")
+        category = check_category(category, "category")
+        check_text(destination, "destination", optional=True)
+        check_text(event_type, "event_type", optional=True)
+        check_text(search, "search", optional=True)
         check_page_args(limit)
         check_time(since, "since", optional=True)
         check_time(until, "until", optional=True)
@@ -842,13 +876,20 @@ class MemoryQueueStore:
         return Page(items=items, next_cursor=None)
 
     def attempts(self, delivery_id: str) -> builtins.list[Attempt]:
+        check_text(delivery_id, "delivery_id")
         with self._lock:
             return [_attempt(stored) for stored in self._audit_of.get(delivery_id, ())]
 
     def audit(
         self, *, since: datetime | None = None, errors_only: bool = False, limit: int | None = None
     ) -> builtins.list[Attempt]:
+        if limit is not None:
+            check_int(limit, "limit", minimum=0)
+        if not isinstance(errors_only, bool):
+            raise wrong_type("errors_only", "a bool", errors_only)
         check_time(since, "since", optional=True)
+        if limit == 0:
+            return []
         with self._lock:
             out: builtins.list[Attempt] = []
             for stored in reversed(self._audit):
@@ -862,6 +903,7 @@ class MemoryQueueStore:
             return out
 
     def get_cursor(self, source: str) -> str | None:
+        check_text(source, "source")
         with self._lock:
             return self._cursors.get(source)
 
@@ -982,7 +1024,7 @@ def _audit_values(record: Attempt) -> tuple[Any, ...]:
     details (a dict) copied, its outcome as its value (``ValueError`` for an
     outcome that is not a status, and for a naive time, before anything
     changes)."""
-    check_attempt_times(record)
+    check_attempt(record)
     details = record.details
     return (
         record.delivery_id,
@@ -1088,6 +1130,7 @@ class MemoryIdempotencyStore:
     def begin(
         self, entries: Sequence[tuple[str, str]], *, now: datetime, lock_until: datetime
     ) -> builtins.list[IdempotencyRecord]:
+        check_pairs(entries, "entries", ("str", "str"))
         check_time(now, "now")
         check_time(lock_until, "lock_until")
         with self._lock:
@@ -1119,6 +1162,8 @@ class MemoryIdempotencyStore:
     def finish(
         self, entries: Sequence[tuple[str, str, Any]], *, now: datetime, expires_at: datetime
     ) -> None:
+        check_pairs(entries, "entries", ("str", "str", "any"))
+        check_results(entries)
         check_time(now, "now")
         check_time(expires_at, "expires_at", optional=True)
         with self._lock:
@@ -1130,6 +1175,7 @@ class MemoryIdempotencyStore:
     ) -> builtins.list[bool]:
         """Move the locks still held under ``locked_until`` to ``until`` (the
         lease heartbeat)."""
+        check_texts(keys, "keys")
         check_time(locked_until, "locked_until")
         check_time(until, "until")
         with self._lock:
@@ -1144,6 +1190,7 @@ class MemoryIdempotencyStore:
             return moved
 
     def release(self, keys: Sequence[str], *, locked_until: datetime | None = None) -> None:
+        check_texts(keys, "keys")
         check_time(locked_until, "locked_until", optional=True)
         with self._lock:
             for key in keys:
@@ -1172,6 +1219,7 @@ class MemoryIdempotencyStore:
             return len(expired)
 
     def get(self, key: str, *, now: datetime) -> IdempotencyRecord | None:
+        check_text(key, "key")
         check_time(now, "now")
         with self._lock:
             rec = self._records.get(key)

@@ -73,11 +73,20 @@ from .._model import (
 )
 from .._redact import redact
 from ._common import (
-    check_attempt_times,
-    check_completion_times,
+    check_attempt,
+    check_category,
+    check_completions,
+    check_cursor,
     check_deliveries,
+    check_int,
     check_new_events,
     check_page_args,
+    check_pairs,
+    check_results,
+    check_status,
+    check_statuses,
+    check_text,
+    check_texts,
     check_time,
     checked_event_json,
     decode_cursor,
@@ -87,6 +96,7 @@ from ._common import (
     outcome_value,
     unencodable,
     unmatchable,
+    wrong_type,
 )
 
 __all__ = ["PostgresIdempotencyStore", "PostgresQueueStore", "open_pair"]
@@ -356,7 +366,7 @@ def _destination_state(row: Sequence[Any]) -> DestinationState:
 def _audit_row(r: Attempt, ci: int = 0) -> list[Any]:
     """One audit record as a JSON row (``ci``: the 1-based index of its
     outcome in ``complete``; 0 for ``insert_audit``)."""
-    check_attempt_times(r)
+    check_attempt(r)
     return [
         ci,
         r.delivery_id,
@@ -834,6 +844,7 @@ class PostgresQueueStore(_PostgresBase):
         ``(destination, ordering_key)`` wait for each other's commit, so keep
         the caller's transaction short.
         """
+        check_cursor(cursor)
         deliveries = list(deliveries)
         if not deliveries and cursor is None:
             return []
@@ -1012,6 +1023,9 @@ class PostgresQueueStore(_PostgresBase):
         destinations: Collection[str] | None = None,
     ) -> builtins.list[Delivery]:
         """See :meth:`resilient_sync.QueueStore.claim` (one statement, ``SKIP LOCKED``)."""
+        check_text(worker, "worker")
+        if destinations is not None:
+            check_texts(destinations, "destinations")
         check_time(now, "now")
         check_time(lease_until, "lease_until")
         if isinstance(limit, bool) or not isinstance(limit, int):
@@ -1047,7 +1061,7 @@ class PostgresQueueStore(_PostgresBase):
 
     def complete(self, completions: Sequence[Completion]) -> builtins.list[bool]:
         """See :meth:`resilient_sync.QueueStore.complete` (one statement for the batch)."""
-        check_completion_times(completions)
+        check_completions(completions)
         completions = list(completions)
         if not completions:
             return []
@@ -1171,8 +1185,14 @@ class PostgresQueueStore(_PostgresBase):
         if_unchanged: Delivery | None = None,
     ) -> builtins.list[str]:
         """See :meth:`resilient_sync.QueueStore.transition`."""
+        check_texts(ids, "ids")
+        from_status = check_statuses(from_status, "from_status")
+        check_status(to_status, "to_status", in_flight=False)
+        check_text(idempotency_key, "idempotency_key", optional=True)
+        if if_unchanged is not None:
+            check_status(if_unchanged.status, "if_unchanged.status")
         check_time(now, "now")
-        check_attempt_times(audit)
+        check_attempt(audit)
         check_new_events([event])
         wanted = list(dict.fromkeys(ids))
         if not wanted:
@@ -1221,6 +1241,11 @@ class PostgresQueueStore(_PostgresBase):
         audit: Attempt | None = None,
     ) -> DestinationState:
         """See :meth:`resilient_sync.QueueStore.set_destination`."""
+        check_text(name, "name")
+        if paused is not None and not isinstance(paused, bool):
+            raise wrong_type("paused", "a bool or None", paused)
+        check_text(paused_reason, "paused_reason", optional=True)
+        check_text(hold_reason, "hold_reason", optional=True)
         check_time(now, "now")
         check_time(hold_until, "hold_until", optional=True)
         params = {
@@ -1249,6 +1274,7 @@ class PostgresQueueStore(_PostgresBase):
     ) -> builtins.list[bool]:
         """Move the lease end of deliveries still held under their token (the
         dispatcher's heartbeat), in one statement."""
+        check_pairs(leases, "leases", ("str", "int"))
         check_time(until, "until")
         if not leases:
             return []
@@ -1285,6 +1311,7 @@ class PostgresQueueStore(_PostgresBase):
 
     def get(self, delivery_id: str) -> Delivery | None:
         """See :meth:`resilient_sync.QueueStore.get`."""
+        check_text(delivery_id, "delivery_id")
         if unmatchable(delivery_id):
             return None
         rows = self._fetch(f"read delivery {delivery_id!r}", "get", {"id": delivery_id})
@@ -1319,6 +1346,12 @@ class PostgresQueueStore(_PostgresBase):
         search: str | None = None,
     ) -> Page:
         """See :meth:`resilient_sync.QueueStore.list`."""
+        if status is not None:
+            status = check_statuses(status, "status")
+        category = check_category(category, "category")
+        check_text(destination, "destination", optional=True)
+        check_text(event_type, "event_type", optional=True)
+        check_text(search, "search", optional=True)
         check_time(since, "since", optional=True)
         check_time(until, "until", optional=True)
         check_page_args(limit)
@@ -1358,6 +1391,7 @@ class PostgresQueueStore(_PostgresBase):
 
     def attempts(self, delivery_id: str) -> builtins.list[Attempt]:
         """See :meth:`resilient_sync.QueueStore.attempts`."""
+        check_text(delivery_id, "delivery_id")
         if unmatchable(delivery_id):
             return []
         rows = self._fetch("read the audit trail", "attempts", {"id": delivery_id})
@@ -1367,6 +1401,10 @@ class PostgresQueueStore(_PostgresBase):
         self, *, since: datetime | None = None, errors_only: bool = False, limit: int | None = None
     ) -> builtins.list[Attempt]:
         """See :meth:`resilient_sync.QueueStore.audit`."""
+        if limit is not None:
+            check_int(limit, "limit", minimum=0)
+        if not isinstance(errors_only, bool):
+            raise wrong_type("errors_only", "a bool", errors_only)
         check_time(since, "since", optional=True)
         params = {"since": since, "errors_only": errors_only, "limit": limit}
         return [_attempt(row) for row in self._fetch("read the audit trail", "audit", params)]
@@ -1378,6 +1416,7 @@ class PostgresQueueStore(_PostgresBase):
 
     def get_cursor(self, source: str) -> str | None:
         """See :meth:`resilient_sync.QueueStore.get_cursor`."""
+        check_text(source, "source")
         if unmatchable(source):
             return None
         rows = self._fetch(f"read the cursor of {source!r}", "get_cursor", {"source": source})
@@ -1585,6 +1624,7 @@ class PostgresIdempotencyStore(_PostgresBase):
         self, entries: Sequence[tuple[str, str]], *, now: datetime, lock_until: datetime
     ) -> builtins.list[IdempotencyRecord]:
         """See :meth:`resilient_sync.IdempotencyStore.begin`."""
+        check_pairs(entries, "entries", ("str", "str"))
         check_time(now, "now")
         check_time(lock_until, "lock_until")
         entries = list(entries)
@@ -1642,6 +1682,8 @@ class PostgresIdempotencyStore(_PostgresBase):
         self, entries: Sequence[tuple[str, str, Any]], *, now: datetime, expires_at: datetime
     ) -> None:
         """See :meth:`resilient_sync.IdempotencyStore.finish`."""
+        check_pairs(entries, "entries", ("str", "str", "any"))
+        check_results(entries)
         check_time(now, "now")
         check_time(expires_at, "expires_at", optional=True)
         last: dict[str, tuple[str, Any]] = {}
@@ -1668,6 +1710,7 @@ class PostgresIdempotencyStore(_PostgresBase):
     ) -> builtins.list[bool]:
         """Move the locks still held under ``locked_until`` to ``until`` (the
         lease heartbeat), in one statement."""
+        check_texts(keys, "keys")
         check_time(locked_until, "locked_until")
         check_time(until, "until")
         unique = sorted(set(keys))
@@ -1686,6 +1729,7 @@ class PostgresIdempotencyStore(_PostgresBase):
 
     def release(self, keys: Sequence[str], *, locked_until: datetime | None = None) -> None:
         """See :meth:`resilient_sync.IdempotencyStore.release`."""
+        check_texts(keys, "keys")
         check_time(locked_until, "locked_until", optional=True)
         unique = sorted(set(keys))
         if not unique:
@@ -1718,6 +1762,7 @@ class PostgresIdempotencyStore(_PostgresBase):
 
     def get(self, key: str, *, now: datetime) -> IdempotencyRecord | None:
         """See :meth:`resilient_sync.IdempotencyStore.get`."""
+        check_text(key, "key")
         check_time(now, "now")
 
         def read(conn: Connection) -> TupleRow | None:

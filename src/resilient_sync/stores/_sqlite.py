@@ -92,11 +92,20 @@ from .._model import (
 )
 from ._common import (
     NEXT_DUE_WINDOW,
-    check_attempt_times,
-    check_completion_times,
+    check_attempt,
+    check_category,
+    check_completions,
+    check_cursor,
     check_deliveries,
+    check_int,
     check_new_events,
     check_page_args,
+    check_pairs,
+    check_results,
+    check_status,
+    check_statuses,
+    check_text,
+    check_texts,
     check_time,
     checked_event_json,
     decode_cursor,
@@ -106,6 +115,7 @@ from ._common import (
     outcome_value,
     unencodable,
     unmatchable,
+    wrong_type,
 )
 
 __all__ = ["SQLiteIdempotencyStore", "SQLiteQueueStore"]
@@ -344,7 +354,7 @@ def _delivery(row: Sequence[Any]) -> Delivery:
 
 
 def _audit_row(record: Attempt) -> tuple[Any, ...]:
-    check_attempt_times(record)
+    check_attempt(record)
     finished = _us(record.finished_at)
     error = record.error
     return (
@@ -1328,6 +1338,7 @@ class SQLiteQueueStore(_SQLiteStore):
     ) -> builtins.list[Delivery]:
         """See :meth:`QueueStore.enqueue`; ``transaction`` may be a
         ``sqlite3.Connection`` on the same file with an open transaction."""
+        check_cursor(cursor)
         deliveries = list(deliveries)
         check_deliveries(deliveries)
         rows = [_insert_row(d) for d in deliveries]
@@ -1415,6 +1426,10 @@ class SQLiteQueueStore(_SQLiteStore):
         destinations: Collection[str] | None = None,
     ) -> builtins.list[Delivery]:
         """See :meth:`QueueStore.claim`: one ``BEGIN IMMEDIATE`` transaction."""
+        check_int(limit, "limit")
+        check_text(worker, "worker")
+        if destinations is not None:
+            check_texts(destinations, "destinations")
         check_time(now, "now")
         check_time(lease_until, "lease_until")
         if limit < 1:
@@ -1446,7 +1461,7 @@ class SQLiteQueueStore(_SQLiteStore):
 
     def complete(self, completions: Sequence[Completion]) -> builtins.list[bool]:
         """See :meth:`QueueStore.complete`: one transaction, fenced by lease token."""
-        check_completion_times(completions)
+        check_completions(completions)
         if not completions:
             return []
         check_new_events(c.event for c in completions)
@@ -1503,8 +1518,14 @@ class SQLiteQueueStore(_SQLiteStore):
         if_unchanged: Delivery | None = None,
     ) -> builtins.list[str]:
         """See :meth:`QueueStore.transition`: one transaction."""
+        check_texts(ids, "ids")
+        from_status = check_statuses(from_status, "from_status")
+        check_status(to_status, "to_status", in_flight=False)
+        check_text(idempotency_key, "idempotency_key", optional=True)
+        if if_unchanged is not None:
+            check_status(if_unchanged.status, "if_unchanged.status")
         check_time(now, "now")
-        check_attempt_times(audit)
+        check_attempt(audit)
         check_new_events([event])
         allowed = frozenset(from_status)
         moved: builtins.list[str] = []
@@ -1575,6 +1596,11 @@ class SQLiteQueueStore(_SQLiteStore):
         audit: Attempt | None = None,
     ) -> DestinationState:
         """See :meth:`QueueStore.set_destination`: one transaction."""
+        check_text(name, "name")
+        if paused is not None and not isinstance(paused, bool):
+            raise wrong_type("paused", "a bool or None", paused)
+        check_text(paused_reason, "paused_reason", optional=True)
+        check_text(hold_reason, "hold_reason", optional=True)
         check_time(now, "now")
         check_time(hold_until, "hold_until", optional=True)
         with self._writing("set_destination") as conn:
@@ -1613,6 +1639,7 @@ class SQLiteQueueStore(_SQLiteStore):
         dispatcher's heartbeat); one transaction without an fsync (a lost
         extension only lets a lease end sooner: the delivery is tried again
         under the same key)."""
+        check_pairs(leases, "leases", ("str", "int"))
         check_time(until, "until")
         if not leases:
             return []
@@ -1641,6 +1668,7 @@ class SQLiteQueueStore(_SQLiteStore):
 
     def get(self, delivery_id: str) -> Delivery | None:
         """See :meth:`QueueStore.get`."""
+        check_text(delivery_id, "delivery_id")
         if unmatchable(delivery_id):
             return None
         with self._reading("get") as conn:
@@ -1671,6 +1699,12 @@ class SQLiteQueueStore(_SQLiteStore):
         search: str | None = None,
     ) -> Page:
         """See :meth:`QueueStore.list`."""
+        if status is not None:
+            status = check_statuses(status, "status")
+        category = check_category(category, "category")
+        check_text(destination, "destination", optional=True)
+        check_text(event_type, "event_type", optional=True)
+        check_text(search, "search", optional=True)
         check_time(since, "since", optional=True)
         check_time(until, "until", optional=True)
         check_page_args(limit)
@@ -1715,6 +1749,7 @@ class SQLiteQueueStore(_SQLiteStore):
 
     def attempts(self, delivery_id: str) -> builtins.list[Attempt]:
         """See :meth:`QueueStore.attempts`."""
+        check_text(delivery_id, "delivery_id")
         if unmatchable(delivery_id):
             return []
         with self._reading("attempts") as conn:
@@ -1725,6 +1760,10 @@ class SQLiteQueueStore(_SQLiteStore):
         self, *, since: datetime | None = None, errors_only: bool = False, limit: int | None = None
     ) -> builtins.list[Attempt]:
         """See :meth:`QueueStore.audit`."""
+        if limit is not None:
+            check_int(limit, "limit", minimum=0)
+        if not isinstance(errors_only, bool):
+            raise wrong_type("errors_only", "a bool", errors_only)
         check_time(since, "since", optional=True)
         params = {"since": _us(since), "limit": -1 if limit is None else max(limit, 0)}
         with self._reading("audit") as conn:
@@ -1733,6 +1772,7 @@ class SQLiteQueueStore(_SQLiteStore):
 
     def get_cursor(self, source: str) -> str | None:
         """See :meth:`QueueStore.get_cursor`."""
+        check_text(source, "source")
         if unmatchable(source):
             return None
         with self._reading("get_cursor") as conn:
@@ -1872,6 +1912,7 @@ class SQLiteIdempotencyStore(_SQLiteStore):
         self, entries: Sequence[tuple[str, str]], *, now: datetime, lock_until: datetime
     ) -> builtins.list[IdempotencyRecord]:
         """See :meth:`IdempotencyStore.begin`."""
+        check_pairs(entries, "entries", ("str", "str"))
         check_time(now, "now")
         check_time(lock_until, "lock_until")
         if not entries:
@@ -1904,6 +1945,8 @@ class SQLiteIdempotencyStore(_SQLiteStore):
         self, entries: Sequence[tuple[str, str, Any]], *, now: datetime, expires_at: datetime
     ) -> None:
         """See :meth:`IdempotencyStore.finish`: the keys are completed and unlocked."""
+        check_pairs(entries, "entries", ("str", "str", "any"))
+        check_results(entries)
         check_time(now, "now")
         check_time(expires_at, "expires_at", optional=True)
         if not entries:
@@ -1922,6 +1965,7 @@ class SQLiteIdempotencyStore(_SQLiteStore):
     ) -> builtins.list[bool]:
         """Move the locks still held under ``locked_until`` to ``until`` (the
         lease heartbeat), in one transaction."""
+        check_texts(keys, "keys")
         check_time(locked_until, "locked_until")
         check_time(until, "until")
         if not keys:
@@ -1935,6 +1979,7 @@ class SQLiteIdempotencyStore(_SQLiteStore):
 
     def release(self, keys: Sequence[str], *, locked_until: datetime | None = None) -> None:
         """See :meth:`IdempotencyStore.release`."""
+        check_texts(keys, "keys")
         check_time(locked_until, "locked_until", optional=True)
         if not keys:
             return
@@ -1954,6 +1999,7 @@ class SQLiteIdempotencyStore(_SQLiteStore):
 
     def get(self, key: str, *, now: datetime) -> IdempotencyRecord | None:
         """See :meth:`IdempotencyStore.get`."""
+        check_text(key, "key")
         check_time(now, "now")
         with self._reading("idempotency get") as conn:
             row = conn.execute(Q.idempotency_get, (key,)).fetchone()
