@@ -7,7 +7,7 @@ import re
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, cast
 
 import attrs
 
@@ -333,12 +333,17 @@ def check_text(value: Any, name: str, *, optional: bool = False) -> None:
     raise wrong_type(name, "a str" + (" or None" if optional else ""), value)
 
 
-def check_texts(values: Any, name: str) -> None:
-    """A sequence of ``str`` (not one ``str``, which would be read as its letters)."""
-    if isinstance(values, (str, bytes)) or not isinstance(values, Iterable):
-        raise wrong_type(name, "a list of str", values)
+def check_texts(values: Any, name: str) -> list[str]:
+    """A collection of ``str`` (not one ``str``, which would be read as its
+    letters), as a list (a generator is read once, here)."""
+    if type(values) is not list:
+        if isinstance(values, (str, bytes)) or not isinstance(values, Iterable):
+            raise wrong_type(name, "a list of str", values)
+        values = list(values)
     for value in values:
-        check_text(value, f"each of {name}")
+        if type(value) is not str:
+            check_text(value, f"each of {name}")
+    return cast("list[str]", values)
 
 
 def check_status(value: Any, name: str, *, in_flight: bool = True) -> None:
@@ -400,11 +405,29 @@ def check_attempt(record: Any) -> None:
     that is not an ``ErrorInfo``, a ``number`` that is not an int, names
     that are not text, ``details`` that are not a JSON object. (Its
     ``outcome`` is checked by :func:`outcome_value`.)"""
+    # what the dispatcher writes, at once (one look per field)
+    if (
+        type(record) is Attempt
+        and type(record.started_at) is datetime
+        and record.started_at.tzinfo is _UTC
+        and (
+            record.finished_at is record.started_at
+            or (type(record.finished_at) is datetime and record.finished_at.tzinfo is _UTC)
+        )
+        and (record.error is None or _fine_error(record.error))
+        and type(record.number) is int
+        and (record.delivery_id is None or type(record.delivery_id) is str)
+        and type(record.destination) is str
+        and type(record.action) is str
+        and type(record.actor) is str
+        and (record.reason is None or type(record.reason) is str)
+        and not record.details
+    ):
+        return
     if not isinstance(record, Attempt):
         raise wrong_type("an audit record", "an Attempt", record)
     check_time(record.started_at, "an audit record's started_at")
-    if record.finished_at is not record.started_at:
-        check_time(record.finished_at, "an audit record's finished_at")
+    check_time(record.finished_at, "an audit record's finished_at")
     _check_error(record.error, "an audit record's error")
     check_int(record.number, "an audit record's number")
     check_text(record.delivery_id, "an audit record's delivery_id", optional=True)
@@ -422,43 +445,91 @@ def check_attempt(record: Any) -> None:
             raise ValueError(f"an audit record's {exc}; nothing was written") from None
 
 
-def check_completions(completions: Sequence[Any]) -> None:
+def _fine_error(error: Any) -> bool:
+    return type(error) is ErrorInfo and type(error.category) is ErrorCategory
+
+
+def check_completions(completions: Iterable[Completion]) -> list[Completion]:
     """Refuse, before anything is written, a completion no store could
     apply and read back: not a ``Completion``, a status that is not a
     ``DeliveryStatus`` or is ``IN_FLIGHT``, a lease token that is not an
     int, an ``error`` that is not an ``ErrorInfo``, naive times (see
     :func:`check_time`). A store's audit encoder checks the records (see
-    :func:`check_attempt`)."""
+    :func:`check_attempt`). Returns them as a list (a generator is read
+    once, here)."""
+    if type(completions) is not list:
+        completions = list(completions)
     for c in completions:
-        if type(c) is not Completion and not isinstance(c, Completion):
-            raise wrong_type("a completion", "a Completion", c)
-        where = f"the completion of {c.delivery_id!r}"
-        check_text(c.delivery_id, f"{where}: delivery_id")
-        if type(c.lease_token) is not int:
-            check_int(c.lease_token, f"{where}: lease_token")
-        check_status(c.status, f"{where}: status", in_flight=False)
-        _check_error(c.error, f"{where}: error")
-        check_time(c.finished_at, f"{where}: finished_at")
-        if c.next_attempt_at is not None:
-            check_time(c.next_attempt_at, f"{where}: next_attempt_at")
-        check_text(c.idempotency_key, f"{where}: idempotency_key", optional=True)
-        if not isinstance(c.audit, (tuple, list)):
-            raise wrong_type(f"{where}: audit", "a tuple of Attempt", c.audit)
+        # what the dispatcher hands in, at once (one look per field)
+        if (
+            type(c) is Completion
+            and type(c.delivery_id) is str
+            and type(c.lease_token) is int
+            and type(c.status) is DeliveryStatus
+            and c.status is not _IN_FLIGHT
+            and (c.error is None or _fine_error(c.error))
+            and type(c.finished_at) is datetime
+            and c.finished_at.tzinfo is _UTC
+            and (
+                c.next_attempt_at is None
+                or (type(c.next_attempt_at) is datetime and c.next_attempt_at.tzinfo is _UTC)
+            )
+            and (c.idempotency_key is None or type(c.idempotency_key) is str)
+            and type(c.audit) is tuple
+        ):
+            continue
+        _check_completion(c)
+    return completions
 
 
-def check_pairs(entries: Any, name: str, types: tuple[str, ...]) -> None:
-    """Each entry a tuple of ``len(types)`` items, the first ``str`` ones
-    (``"str"``) text and ``"int"`` ones ints (``"any"``: anything)."""
-    if isinstance(entries, (str, bytes)) or not isinstance(entries, Iterable):
-        raise wrong_type(name, f"a list of {len(types)}-tuples", entries)
+_IN_FLIGHT = DeliveryStatus.IN_FLIGHT
+
+
+def _check_completion(c: Any) -> None:
+    """:func:`check_completions` for one that is not plainly fine: the error
+    that names what is wrong (or nothing, for one that is fine after all:
+    a time in another zone, a subclass)."""
+    if not isinstance(c, Completion):
+        raise wrong_type("a completion", "a Completion", c)
+    where = f"the completion of {clean(repr(c.delivery_id), limit=60, single_line=True)}"
+    check_text(c.delivery_id, f"{where}: delivery_id")
+    check_int(c.lease_token, f"{where}: lease_token")
+    check_status(c.status, f"{where}: status", in_flight=False)
+    _check_error(c.error, f"{where}: error")
+    check_time(c.finished_at, f"{where}: finished_at")
+    check_time(c.next_attempt_at, f"{where}: next_attempt_at", optional=True)
+    check_text(c.idempotency_key, f"{where}: idempotency_key", optional=True)
+    if not isinstance(c.audit, (tuple, list)):
+        raise wrong_type(f"{where}: audit", "a tuple of Attempt", c.audit)
+
+
+def check_pairs(entries: Any, name: str, types: tuple[str, ...]) -> list[Any]:
+    """Each entry a tuple of ``len(types)`` items, the ``"str"`` ones text
+    and the ``"int"`` ones ints (``"any"``: anything); returned as a list
+    (a generator is read once, here)."""
+    if type(entries) is not list:
+        if isinstance(entries, (str, bytes)) or not isinstance(entries, Iterable):
+            raise wrong_type(name, f"a list of {len(types)}-tuples", entries)
+        entries = list(entries)
+    width = len(types)
+    keyed = types[:2] == ("str", "str")  # idempotency entries: at once
     for entry in entries:
-        if not isinstance(entry, (tuple, list)) or len(entry) != len(types):
-            raise wrong_type(f"each of {name}", f"a {len(types)}-tuple", entry)
+        if (
+            keyed
+            and type(entry) is tuple
+            and len(entry) == width
+            and type(entry[0]) is str
+            and type(entry[1]) is str
+        ):
+            continue
+        if not isinstance(entry, (tuple, list)) or len(entry) != width:
+            raise wrong_type(f"each of {name}", f"a {width}-tuple", entry)
         for item, kind in zip(entry, types, strict=True):
             if kind == "str":
                 check_text(item, f"an item of {name}")
             elif kind == "int":
                 check_int(item, f"an item of {name}")
+    return cast("list[Any]", entries)
 
 
 def check_results(entries: Sequence[tuple[str, str, Any]]) -> None:

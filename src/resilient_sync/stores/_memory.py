@@ -553,7 +553,7 @@ class MemoryQueueStore:
         check_int(limit, "limit")
         check_text(worker, "worker")
         if destinations is not None:
-            check_texts(destinations, "destinations")
+            destinations = check_texts(destinations, "destinations")
         check_time(now, "now")
         check_time(lease_until, "lease_until")
         with self._lock:
@@ -623,7 +623,7 @@ class MemoryQueueStore:
             return claimed
 
     def complete(self, completions: Sequence[Completion]) -> builtins.list[bool]:
-        check_completions(completions)
+        completions = check_completions(completions)
         replaced = [c.event for c in completions]
         check_new_events(replaced)
         events = [
@@ -690,7 +690,7 @@ class MemoryQueueStore:
         idempotency_key: str | None = None,
         if_unchanged: Delivery | None = None,
     ) -> builtins.list[str]:
-        check_texts(ids, "ids")
+        ids = check_texts(ids, "ids")
         from_status = check_statuses(from_status, "from_status")
         check_status(to_status, "to_status", in_flight=False)
         check_text(idempotency_key, "idempotency_key", optional=True)
@@ -772,7 +772,7 @@ class MemoryQueueStore:
     def extend_leases(
         self, leases: Sequence[tuple[str, int]], *, until: datetime
     ) -> builtins.list[bool]:
-        check_pairs(leases, "leases", ("str", "int"))
+        leases = check_pairs(leases, "leases", ("str", "int"))
         check_time(until, "until")
         with self._lock:
             out: builtins.list[bool] = []
@@ -1130,7 +1130,7 @@ class MemoryIdempotencyStore:
     def begin(
         self, entries: Sequence[tuple[str, str]], *, now: datetime, lock_until: datetime
     ) -> builtins.list[IdempotencyRecord]:
-        check_pairs(entries, "entries", ("str", "str"))
+        entries = check_pairs(entries, "entries", ("str", "str"))
         check_time(now, "now")
         check_time(lock_until, "lock_until")
         with self._lock:
@@ -1162,7 +1162,7 @@ class MemoryIdempotencyStore:
     def finish(
         self, entries: Sequence[tuple[str, str, Any]], *, now: datetime, expires_at: datetime
     ) -> None:
-        check_pairs(entries, "entries", ("str", "str", "any"))
+        entries = check_pairs(entries, "entries", ("str", "str", "any"))
         check_results(entries)
         check_time(now, "now")
         check_time(expires_at, "expires_at", optional=True)
@@ -1175,7 +1175,7 @@ class MemoryIdempotencyStore:
     ) -> builtins.list[bool]:
         """Move the locks still held under ``locked_until`` to ``until`` (the
         lease heartbeat)."""
-        check_texts(keys, "keys")
+        keys = check_texts(keys, "keys")
         check_time(locked_until, "locked_until")
         check_time(until, "until")
         with self._lock:
@@ -1190,7 +1190,7 @@ class MemoryIdempotencyStore:
             return moved
 
     def release(self, keys: Sequence[str], *, locked_until: datetime | None = None) -> None:
-        check_texts(keys, "keys")
+        keys = check_texts(keys, "keys")
         check_time(locked_until, "locked_until", optional=True)
         with self._lock:
             for key in keys:

@@ -1025,7 +1025,7 @@ class PostgresQueueStore(_PostgresBase):
         """See :meth:`resilient_sync.QueueStore.claim` (one statement, ``SKIP LOCKED``)."""
         check_text(worker, "worker")
         if destinations is not None:
-            check_texts(destinations, "destinations")
+            destinations = check_texts(destinations, "destinations")
         check_time(now, "now")
         check_time(lease_until, "lease_until")
         if isinstance(limit, bool) or not isinstance(limit, int):
@@ -1061,7 +1061,7 @@ class PostgresQueueStore(_PostgresBase):
 
     def complete(self, completions: Sequence[Completion]) -> builtins.list[bool]:
         """See :meth:`resilient_sync.QueueStore.complete` (one statement for the batch)."""
-        check_completions(completions)
+        completions = check_completions(completions)
         completions = list(completions)
         if not completions:
             return []
@@ -1185,7 +1185,7 @@ class PostgresQueueStore(_PostgresBase):
         if_unchanged: Delivery | None = None,
     ) -> builtins.list[str]:
         """See :meth:`resilient_sync.QueueStore.transition`."""
-        check_texts(ids, "ids")
+        ids = check_texts(ids, "ids")
         from_status = check_statuses(from_status, "from_status")
         check_status(to_status, "to_status", in_flight=False)
         check_text(idempotency_key, "idempotency_key", optional=True)
@@ -1274,7 +1274,7 @@ class PostgresQueueStore(_PostgresBase):
     ) -> builtins.list[bool]:
         """Move the lease end of deliveries still held under their token (the
         dispatcher's heartbeat), in one statement."""
-        check_pairs(leases, "leases", ("str", "int"))
+        leases = check_pairs(leases, "leases", ("str", "int"))
         check_time(until, "until")
         if not leases:
             return []
@@ -1624,7 +1624,7 @@ class PostgresIdempotencyStore(_PostgresBase):
         self, entries: Sequence[tuple[str, str]], *, now: datetime, lock_until: datetime
     ) -> builtins.list[IdempotencyRecord]:
         """See :meth:`resilient_sync.IdempotencyStore.begin`."""
-        check_pairs(entries, "entries", ("str", "str"))
+        entries = check_pairs(entries, "entries", ("str", "str"))
         check_time(now, "now")
         check_time(lock_until, "lock_until")
         entries = list(entries)
@@ -1682,7 +1682,7 @@ class PostgresIdempotencyStore(_PostgresBase):
         self, entries: Sequence[tuple[str, str, Any]], *, now: datetime, expires_at: datetime
     ) -> None:
         """See :meth:`resilient_sync.IdempotencyStore.finish`."""
-        check_pairs(entries, "entries", ("str", "str", "any"))
+        entries = check_pairs(entries, "entries", ("str", "str", "any"))
         check_results(entries)
         check_time(now, "now")
         check_time(expires_at, "expires_at", optional=True)
@@ -1710,7 +1710,7 @@ class PostgresIdempotencyStore(_PostgresBase):
     ) -> builtins.list[bool]:
         """Move the locks still held under ``locked_until`` to ``until`` (the
         lease heartbeat), in one statement."""
-        check_texts(keys, "keys")
+        keys = check_texts(keys, "keys")
         check_time(locked_until, "locked_until")
         check_time(until, "until")
         unique = sorted(set(keys))
@@ -1729,7 +1729,7 @@ class PostgresIdempotencyStore(_PostgresBase):
 
     def release(self, keys: Sequence[str], *, locked_until: datetime | None = None) -> None:
         """See :meth:`resilient_sync.IdempotencyStore.release`."""
-        check_texts(keys, "keys")
+        keys = check_texts(keys, "keys")
         check_time(locked_until, "locked_until", optional=True)
         unique = sorted(set(keys))
         if not unique:

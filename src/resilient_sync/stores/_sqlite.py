@@ -1429,7 +1429,7 @@ class SQLiteQueueStore(_SQLiteStore):
         check_int(limit, "limit")
         check_text(worker, "worker")
         if destinations is not None:
-            check_texts(destinations, "destinations")
+            destinations = check_texts(destinations, "destinations")
         check_time(now, "now")
         check_time(lease_until, "lease_until")
         if limit < 1:
@@ -1461,7 +1461,7 @@ class SQLiteQueueStore(_SQLiteStore):
 
     def complete(self, completions: Sequence[Completion]) -> builtins.list[bool]:
         """See :meth:`QueueStore.complete`: one transaction, fenced by lease token."""
-        check_completions(completions)
+        completions = check_completions(completions)
         if not completions:
             return []
         check_new_events(c.event for c in completions)
@@ -1518,7 +1518,7 @@ class SQLiteQueueStore(_SQLiteStore):
         if_unchanged: Delivery | None = None,
     ) -> builtins.list[str]:
         """See :meth:`QueueStore.transition`: one transaction."""
-        check_texts(ids, "ids")
+        ids = check_texts(ids, "ids")
         from_status = check_statuses(from_status, "from_status")
         check_status(to_status, "to_status", in_flight=False)
         check_text(idempotency_key, "idempotency_key", optional=True)
@@ -1639,7 +1639,7 @@ class SQLiteQueueStore(_SQLiteStore):
         dispatcher's heartbeat); one transaction without an fsync (a lost
         extension only lets a lease end sooner: the delivery is tried again
         under the same key)."""
-        check_pairs(leases, "leases", ("str", "int"))
+        leases = check_pairs(leases, "leases", ("str", "int"))
         check_time(until, "until")
         if not leases:
             return []
@@ -1912,7 +1912,7 @@ class SQLiteIdempotencyStore(_SQLiteStore):
         self, entries: Sequence[tuple[str, str]], *, now: datetime, lock_until: datetime
     ) -> builtins.list[IdempotencyRecord]:
         """See :meth:`IdempotencyStore.begin`."""
-        check_pairs(entries, "entries", ("str", "str"))
+        entries = check_pairs(entries, "entries", ("str", "str"))
         check_time(now, "now")
         check_time(lock_until, "lock_until")
         if not entries:
@@ -1945,7 +1945,7 @@ class SQLiteIdempotencyStore(_SQLiteStore):
         self, entries: Sequence[tuple[str, str, Any]], *, now: datetime, expires_at: datetime
     ) -> None:
         """See :meth:`IdempotencyStore.finish`: the keys are completed and unlocked."""
-        check_pairs(entries, "entries", ("str", "str", "any"))
+        entries = check_pairs(entries, "entries", ("str", "str", "any"))
         check_results(entries)
         check_time(now, "now")
         check_time(expires_at, "expires_at", optional=True)
@@ -1965,7 +1965,7 @@ class SQLiteIdempotencyStore(_SQLiteStore):
     ) -> builtins.list[bool]:
         """Move the locks still held under ``locked_until`` to ``until`` (the
         lease heartbeat), in one transaction."""
-        check_texts(keys, "keys")
+        keys = check_texts(keys, "keys")
         check_time(locked_until, "locked_until")
         check_time(until, "until")
         if not keys:
@@ -1979,7 +1979,7 @@ class SQLiteIdempotencyStore(_SQLiteStore):
 
     def release(self, keys: Sequence[str], *, locked_until: datetime | None = None) -> None:
         """See :meth:`IdempotencyStore.release`."""
-        check_texts(keys, "keys")
+        keys = check_texts(keys, "keys")
         check_time(locked_until, "locked_until", optional=True)
         if not keys:
             return
