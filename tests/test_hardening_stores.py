@@ -1077,3 +1077,38 @@ def test_statuses_are_read_alike_as_members_or_values(stores: Pair) -> None:
         now=T0,
     )
     assert moved == [claimed.id]
+
+
+def test_batches_given_as_generators_are_read_once_and_applied(stores: Pair) -> None:
+    """A batch handed in as a generator (ids, completions, key entries) is
+    checked and applied whole: the check reads it once, into a list, and the
+    store applies that list (a check that iterated the generator itself
+    would leave the store nothing to apply)."""
+    from resilient_sync._model import Completion
+    from resilient_sync.testing.contract import LEASE, T0, _record, make_delivery
+
+    queue, idempotency = stores
+    queue.enqueue([make_delivery(f"e{n}") for n in range(3)])
+    first, second, third = queue.claim(now=T0, limit=3, lease_until=T0 + LEASE, worker="w")
+    records = idempotency.begin(
+        ((key, "fp") for key in ("k1", "k2")), now=T0, lock_until=T0 + LEASE
+    )
+    assert [r.key for r in records] == ["k1", "k2"]
+    idempotency.finish(((key, "fp", None) for key in ("k1",)), now=T0, expires_at=T0 + LEASE)
+    idempotency.release(key for key in ("k2",))
+    assert idempotency.get("k2", now=T0) is None
+    assert idempotency.get("k1", now=T0) is not None
+    done = (
+        Completion(delivery_id=d.id, lease_token=d.lease_token, status=SUCCEEDED, finished_at=T0)
+        for d in (first, second)
+    )
+    assert queue.complete(done) == [True, True]
+    moved = queue.transition(
+        (i for i in [third.id]),
+        from_status=[IN_FLIGHT],
+        to_status=PENDING,
+        audit=_record(third, T0, action="retry"),
+        now=T0,
+    )
+    assert moved == [third.id]
+    assert queue.stats().by_status == {SUCCEEDED: 2, PENDING: 1}
