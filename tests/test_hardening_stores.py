@@ -1019,6 +1019,9 @@ def _malformed_calls(queue: Any, idempotency: Any) -> list[tuple[str, Any]]:
             ),
         ),
         ("keys", lambda: idempotency.release("k1")),
+        ("bucket", lambda: queue.error_counts(since=T0, until=T0 + LEASE, bucket=3600)),
+        ("search", lambda: queue.list(search=5)),
+        ("delivery_id", lambda: queue.get(5)),
     ]
 
 

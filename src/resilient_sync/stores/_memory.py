@@ -938,6 +938,8 @@ class MemoryQueueStore:
     ) -> builtins.list[tuple[int, ErrorCategory, int]]:
         check_time(since, "since")
         check_time(until, "until")
+        if not isinstance(bucket, timedelta):
+            raise wrong_type("bucket", "a timedelta", bucket)
         if bucket <= timedelta(0):
             raise ValueError(f"bucket must be > 0, got {bucket!r}")
         counts: dict[tuple[int, ErrorCategory], int] = {}

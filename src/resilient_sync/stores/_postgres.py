@@ -1460,6 +1460,8 @@ class PostgresQueueStore(_PostgresBase):
         """See :meth:`resilient_sync.QueueStore.error_counts` (``GROUP BY`` in SQL)."""
         check_time(since, "since")
         check_time(until, "until")
+        if not isinstance(bucket, timedelta):
+            raise wrong_type("bucket", "a timedelta", bucket)
         width = bucket.total_seconds()
         if width <= 0:
             raise ValueError(f"bucket must be > 0, got {bucket!r}")

@@ -1814,6 +1814,8 @@ class SQLiteQueueStore(_SQLiteStore):
         """See :meth:`QueueStore.error_counts` (grouped by SQLite, through an index)."""
         check_time(since, "since")
         check_time(until, "until")
+        if not isinstance(bucket, timedelta):
+            raise wrong_type("bucket", "a timedelta", bucket)
         width = bucket // _US
         if width <= 0:
             raise ValueError(f"bucket must be > 0, got {bucket!r}")
