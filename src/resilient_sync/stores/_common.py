@@ -29,10 +29,13 @@ __all__ = [
     "already_checked",
     "check_attempt",
     "check_category",
+    "check_claim_args",
     "check_completions",
     "check_cursor",
     "check_deliveries",
+    "check_destination_args",
     "check_int",
+    "check_list_args",
     "check_page_args",
     "check_pairs",
     "check_results",
@@ -41,6 +44,7 @@ __all__ = [
     "check_text",
     "check_texts",
     "check_time",
+    "check_transition_args",
     "checked_event_json",
     "decode_cursor",
     "encode_cursor",
@@ -554,6 +558,78 @@ def check_cursor(cursor: Any) -> None:
         raise wrong_type("cursor", "a (source, value) tuple", cursor)
     check_text(cursor[0], "the cursor's source")
     check_text(cursor[1], "the cursor's value", optional=True)
+
+
+def check_claim_args(
+    limit: Any, worker: Any, destinations: Any, now: Any, lease_until: Any
+) -> list[str] | None:
+    """``claim``'s arguments; returns ``destinations`` as a list (or None)."""
+    check_int(limit, "limit")
+    check_text(worker, "worker")
+    check_time(now, "now")
+    check_time(lease_until, "lease_until")
+    return None if destinations is None else check_texts(destinations, "destinations")
+
+
+def check_transition_args(
+    ids: Any,
+    from_status: Any,
+    to_status: Any,
+    audit: Any,
+    now: Any,
+    idempotency_key: Any,
+    if_unchanged: Any,
+) -> tuple[list[str], frozenset[DeliveryStatus]]:
+    """``transition``'s arguments; returns ``ids`` as a list and
+    ``from_status`` as members."""
+    checked_ids = check_texts(ids, "ids")
+    statuses = check_statuses(from_status, "from_status")
+    check_status(to_status, "to_status", in_flight=False)
+    check_text(idempotency_key, "idempotency_key", optional=True)
+    if if_unchanged is not None:
+        check_status(if_unchanged.status, "if_unchanged.status")
+    check_time(now, "now")
+    check_attempt(audit)  # its outcome is the delivery's, filled in later
+    return checked_ids, statuses
+
+
+def check_destination_args(
+    name: Any,
+    now: Any,
+    paused: Any,
+    paused_reason: Any,
+    hold_until: Any,
+    hold_reason: Any,
+) -> None:
+    """``set_destination``'s arguments (its audit record goes through the
+    store's encoder, which checks it)."""
+    check_text(name, "name")
+    if paused is not None and not isinstance(paused, bool):
+        raise wrong_type("paused", "a bool or None", paused)
+    check_text(paused_reason, "paused_reason", optional=True)
+    check_text(hold_reason, "hold_reason", optional=True)
+    check_time(now, "now")
+    check_time(hold_until, "hold_until", optional=True)
+
+
+def check_list_args(
+    status: Any,
+    category: Any,
+    destination: Any,
+    event_type: Any,
+    search: Any,
+    since: Any,
+    until: Any,
+) -> tuple[frozenset[DeliveryStatus] | None, ErrorCategory | None]:
+    """``list``'s filters; returns the statuses and the category as members."""
+    statuses = None if status is None else check_statuses(status, "status")
+    member = check_category(category, "category")
+    check_text(destination, "destination", optional=True)
+    check_text(event_type, "event_type", optional=True)
+    check_text(search, "search", optional=True)
+    check_time(since, "since", optional=True)
+    check_time(until, "until", optional=True)
+    return statuses, member
 
 
 def fill_audit(template: Attempt, delivery: Delivery) -> Attempt:

@@ -37,20 +37,21 @@ from .._model import (
 )
 from ._common import (
     check_attempt,
-    check_category,
+    check_claim_args,
     check_completions,
     check_cursor,
     check_deliveries,
+    check_destination_args,
     check_int,
+    check_list_args,
     check_new_events,
     check_page_args,
     check_pairs,
     check_results,
-    check_status,
-    check_statuses,
     check_text,
     check_texts,
     check_time,
+    check_transition_args,
     checked_event_json,
     decode_cursor,
     encode_cursor,
@@ -550,12 +551,7 @@ class MemoryQueueStore:
         worker: str,
         destinations: Collection[str] | None = None,
     ) -> builtins.list[Delivery]:
-        check_int(limit, "limit")
-        check_text(worker, "worker")
-        if destinations is not None:
-            destinations = check_texts(destinations, "destinations")
-        check_time(now, "now")
-        check_time(lease_until, "lease_until")
+        destinations = check_claim_args(limit, worker, destinations, now, lease_until)
         with self._lock:
             self._promote(now)
             names = (
@@ -690,14 +686,9 @@ class MemoryQueueStore:
         idempotency_key: str | None = None,
         if_unchanged: Delivery | None = None,
     ) -> builtins.list[str]:
-        ids = check_texts(ids, "ids")
-        from_status = check_statuses(from_status, "from_status")
-        check_status(to_status, "to_status", in_flight=False)
-        check_text(idempotency_key, "idempotency_key", optional=True)
-        if if_unchanged is not None:
-            check_status(if_unchanged.status, "if_unchanged.status")
-        check_time(now, "now")
-        check_attempt(audit)  # before anything changes (its outcome is the delivery's)
+        ids, from_status = check_transition_args(
+            ids, from_status, to_status, audit, now, idempotency_key, if_unchanged
+        )
         check_new_events([event])
         replacement = (event, checked_event_json(_as_delivery(event))) if event else None
         with self._lock:
@@ -743,13 +734,7 @@ class MemoryQueueStore:
         hold_reason: str | None = None,
         audit: Attempt | None = None,
     ) -> DestinationState:
-        check_text(name, "name")
-        if paused is not None and not isinstance(paused, bool):
-            raise wrong_type("paused", "a bool or None", paused)
-        check_text(paused_reason, "paused_reason", optional=True)
-        check_text(hold_reason, "hold_reason", optional=True)
-        check_time(now, "now")
-        check_time(hold_until, "hold_until", optional=True)
+        check_destination_args(name, now, paused, paused_reason, hold_until, hold_reason)
         record = None if audit is None else _audit_values(audit)  # before anything changes
         with self._lock:
             state = self._destinations.get(name) or DestinationState(name=name)
@@ -830,15 +815,10 @@ class MemoryQueueStore:
         event_type: str | None = None,
         search: str | None = None,
     ) -> Page:
-        if status is not None:
-            status = check_statuses(status, "status")
-        category = check_category(category, "category")
-        check_text(destination, "destination", optional=True)
-        check_text(event_type, "event_type", optional=True)
-        check_text(search, "search", optional=True)
+        status, category = check_list_args(
+            status, category, destination, event_type, search, since, until
+        )
         check_page_args(limit)
-        check_time(since, "since", optional=True)
-        check_time(until, "until", optional=True)
         after = decode_cursor(cursor)
         statuses = set(status) if status is not None else None
         needle = search.lower() if search else None

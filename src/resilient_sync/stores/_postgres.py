@@ -74,20 +74,21 @@ from .._model import (
 from .._redact import redact
 from ._common import (
     check_attempt,
-    check_category,
+    check_claim_args,
     check_completions,
     check_cursor,
     check_deliveries,
+    check_destination_args,
     check_int,
+    check_list_args,
     check_new_events,
     check_page_args,
     check_pairs,
     check_results,
-    check_status,
-    check_statuses,
     check_text,
     check_texts,
     check_time,
+    check_transition_args,
     checked_event_json,
     decode_cursor,
     encode_cursor,
@@ -1023,13 +1024,7 @@ class PostgresQueueStore(_PostgresBase):
         destinations: Collection[str] | None = None,
     ) -> builtins.list[Delivery]:
         """See :meth:`resilient_sync.QueueStore.claim` (one statement, ``SKIP LOCKED``)."""
-        check_text(worker, "worker")
-        if destinations is not None:
-            destinations = check_texts(destinations, "destinations")
-        check_time(now, "now")
-        check_time(lease_until, "lease_until")
-        if isinstance(limit, bool) or not isinstance(limit, int):
-            raise TypeError(f"limit must be an int, got {limit!r}")
+        destinations = check_claim_args(limit, worker, destinations, now, lease_until)
         if limit < 1:
             return []
         params = {
@@ -1185,14 +1180,9 @@ class PostgresQueueStore(_PostgresBase):
         if_unchanged: Delivery | None = None,
     ) -> builtins.list[str]:
         """See :meth:`resilient_sync.QueueStore.transition`."""
-        ids = check_texts(ids, "ids")
-        from_status = check_statuses(from_status, "from_status")
-        check_status(to_status, "to_status", in_flight=False)
-        check_text(idempotency_key, "idempotency_key", optional=True)
-        if if_unchanged is not None:
-            check_status(if_unchanged.status, "if_unchanged.status")
-        check_time(now, "now")
-        check_attempt(audit)
+        ids, from_status = check_transition_args(
+            ids, from_status, to_status, audit, now, idempotency_key, if_unchanged
+        )
         check_new_events([event])
         wanted = list(dict.fromkeys(ids))
         if not wanted:
@@ -1241,13 +1231,7 @@ class PostgresQueueStore(_PostgresBase):
         audit: Attempt | None = None,
     ) -> DestinationState:
         """See :meth:`resilient_sync.QueueStore.set_destination`."""
-        check_text(name, "name")
-        if paused is not None and not isinstance(paused, bool):
-            raise wrong_type("paused", "a bool or None", paused)
-        check_text(paused_reason, "paused_reason", optional=True)
-        check_text(hold_reason, "hold_reason", optional=True)
-        check_time(now, "now")
-        check_time(hold_until, "hold_until", optional=True)
+        check_destination_args(name, now, paused, paused_reason, hold_until, hold_reason)
         params = {
             "name": name,
             "now": now,
@@ -1346,14 +1330,9 @@ class PostgresQueueStore(_PostgresBase):
         search: str | None = None,
     ) -> Page:
         """See :meth:`resilient_sync.QueueStore.list`."""
-        if status is not None:
-            status = check_statuses(status, "status")
-        category = check_category(category, "category")
-        check_text(destination, "destination", optional=True)
-        check_text(event_type, "event_type", optional=True)
-        check_text(search, "search", optional=True)
-        check_time(since, "since", optional=True)
-        check_time(until, "until", optional=True)
+        status, category = check_list_args(
+            status, category, destination, event_type, search, since, until
+        )
         check_page_args(limit)
         if unmatchable(destination, event_type, search):
             return Page(items=[], next_cursor=None)

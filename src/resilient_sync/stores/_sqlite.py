@@ -93,20 +93,21 @@ from .._model import (
 from ._common import (
     NEXT_DUE_WINDOW,
     check_attempt,
-    check_category,
+    check_claim_args,
     check_completions,
     check_cursor,
     check_deliveries,
+    check_destination_args,
     check_int,
+    check_list_args,
     check_new_events,
     check_page_args,
     check_pairs,
     check_results,
-    check_status,
-    check_statuses,
     check_text,
     check_texts,
     check_time,
+    check_transition_args,
     checked_event_json,
     decode_cursor,
     encode_cursor,
@@ -1426,12 +1427,7 @@ class SQLiteQueueStore(_SQLiteStore):
         destinations: Collection[str] | None = None,
     ) -> builtins.list[Delivery]:
         """See :meth:`QueueStore.claim`: one ``BEGIN IMMEDIATE`` transaction."""
-        check_int(limit, "limit")
-        check_text(worker, "worker")
-        if destinations is not None:
-            destinations = check_texts(destinations, "destinations")
-        check_time(now, "now")
-        check_time(lease_until, "lease_until")
+        destinations = check_claim_args(limit, worker, destinations, now, lease_until)
         if limit < 1:
             return []
         now_us = _us(now)
@@ -1518,14 +1514,9 @@ class SQLiteQueueStore(_SQLiteStore):
         if_unchanged: Delivery | None = None,
     ) -> builtins.list[str]:
         """See :meth:`QueueStore.transition`: one transaction."""
-        ids = check_texts(ids, "ids")
-        from_status = check_statuses(from_status, "from_status")
-        check_status(to_status, "to_status", in_flight=False)
-        check_text(idempotency_key, "idempotency_key", optional=True)
-        if if_unchanged is not None:
-            check_status(if_unchanged.status, "if_unchanged.status")
-        check_time(now, "now")
-        check_attempt(audit)
+        ids, from_status = check_transition_args(
+            ids, from_status, to_status, audit, now, idempotency_key, if_unchanged
+        )
         check_new_events([event])
         allowed = frozenset(from_status)
         moved: builtins.list[str] = []
@@ -1596,13 +1587,7 @@ class SQLiteQueueStore(_SQLiteStore):
         audit: Attempt | None = None,
     ) -> DestinationState:
         """See :meth:`QueueStore.set_destination`: one transaction."""
-        check_text(name, "name")
-        if paused is not None and not isinstance(paused, bool):
-            raise wrong_type("paused", "a bool or None", paused)
-        check_text(paused_reason, "paused_reason", optional=True)
-        check_text(hold_reason, "hold_reason", optional=True)
-        check_time(now, "now")
-        check_time(hold_until, "hold_until", optional=True)
+        check_destination_args(name, now, paused, paused_reason, hold_until, hold_reason)
         with self._writing("set_destination") as conn:
             row = conn.execute(Q.get_destination, (name,)).fetchone()
             state = _destination_state(row) if row else DestinationState(name=name)
@@ -1699,14 +1684,9 @@ class SQLiteQueueStore(_SQLiteStore):
         search: str | None = None,
     ) -> Page:
         """See :meth:`QueueStore.list`."""
-        if status is not None:
-            status = check_statuses(status, "status")
-        category = check_category(category, "category")
-        check_text(destination, "destination", optional=True)
-        check_text(event_type, "event_type", optional=True)
-        check_text(search, "search", optional=True)
-        check_time(since, "since", optional=True)
-        check_time(until, "until", optional=True)
+        status, category = check_list_args(
+            status, category, destination, event_type, search, since, until
+        )
         check_page_args(limit)
         if unmatchable(destination, event_type, search):
             return Page(items=[], next_cursor=None)
