@@ -546,7 +546,8 @@ def check_results(entries: Sequence[tuple[str, str, Any]]) -> None:
         try:
             check_json(result, "result")
         except InvalidEventError as exc:
-            raise ValueError(f"idempotency key {key!r}: {exc}; nothing was written") from None
+            shown = clean(repr(key), limit=60, single_line=True)
+            raise ValueError(f"idempotency key {shown}: {exc}; nothing was written") from None
 
 
 def check_cursor(cursor: Any) -> None:
