@@ -694,3 +694,27 @@ def test_a_destinations_own_secrets_echoed_in_a_result_are_never_stored(stores: 
     assert token not in stored
     assert api_key not in stored
     assert delivery.result["id"] == "C-1"
+
+
+@pytest.mark.parametrize(
+    "key",
+    ["a\x00b", "x" * 5_000_000, "\x1b[31mpos", "Bearer sk_live_abcdefghijklmnopqrstuvwx"],
+    ids=["nul", "5mb", "ansi", "token"],
+)
+def test_a_refused_payload_names_its_path_escaped_capped_and_redacted(key: str) -> None:
+    """A payload that is not JSON is refused with its path, and the path is
+    the payload's own keys: the message and ``field`` go out escaped, capped
+    and with tokens redacted (a submit's error reaches logs and responses)."""
+    from resilient_sync import InvalidEventError
+
+    queue = MemoryQueueStore()
+    dispatcher = Dispatcher(queue, MemoryIdempotencyStore(), [RecordingDestination("pos")])
+    with pytest.raises(InvalidEventError) as info:
+        dispatcher.submit(Event("e1", "t", {key: {1, 2}}))
+    for text in (str(info.value), info.value.field or ""):
+        assert "\x1b" not in text
+        assert "\x00" not in text
+        assert len(text) < 600
+        assert "sk_live_abcdefghijklmnopqrstuvwx" not in text
+    assert "is a set" in str(info.value)
+    assert queue.stats().total == 0

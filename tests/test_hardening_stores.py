@@ -1115,3 +1115,52 @@ def test_batches_given_as_generators_are_read_once_and_applied(stores: Pair) -> 
     )
     assert moved == [third.id]
     assert queue.stats().by_status == {SUCCEEDED: 2, PENDING: 1}
+
+
+@pytest.mark.parametrize(
+    "hostile",
+    ["\udc80", "a\x00b", "x" * 5_000_000, "\x1b[31mpos", "Bearer sk_live_abcdefghijklmnopqrstuvwx"],
+    ids=["surrogate", "nul", "5mb", "ansi", "token"],
+)
+def test_a_refused_argument_is_shown_escaped_capped_and_redacted(
+    stores: Pair, hostile: str
+) -> None:
+    """The errors of the stores' argument checks show the refused value
+    through the one gate for outside text: no raw control character or lone
+    surrogate, a few hundred characters at most, tokens redacted; and the
+    call changes nothing."""
+    import attrs
+
+    from resilient_sync._model import Completion
+    from resilient_sync.testing.contract import LEASE, T0, _record, make_delivery
+
+    queue, idempotency = stores
+    queue.enqueue([make_delivery("e1")])
+    (claimed,) = queue.claim(now=T0, limit=1, lease_until=T0 + LEASE, worker="w")
+    record = _record(claimed, T0, outcome=SUCCEEDED)
+    calls = [
+        lambda: queue.transition(
+            [claimed.id], from_status=[hostile], to_status=PENDING, audit=record, now=T0
+        ),
+        lambda: queue.list(category=hostile),
+        lambda: queue.set_destination("pos", now=T0, paused=hostile),
+        lambda: queue.add_audit([attrs.evolve(record, details={hostile: {1, 2}})]),
+        lambda: queue.add_audit([attrs.evolve(record, error=hostile)]),
+        lambda: queue.complete(
+            [Completion(delivery_id=hostile, lease_token="1", status=SUCCEEDED, finished_at=T0)]
+        ),
+        lambda: queue.enqueue([attrs.evolve(make_delivery("e2"), status=hostile)]),
+        lambda: idempotency.finish([(hostile, "fp", {1, 2})], now=T0, expires_at=T0 + LEASE),
+        lambda: idempotency.begin([(hostile, 5)], now=T0, lock_until=T0 + LEASE),
+    ]
+    before = (queue.list(limit=10).items, queue.audit(), queue.destinations())
+    for call in calls:
+        with pytest.raises((TypeError, ValueError)) as info:
+            call()
+        message = str(info.value)
+        for raw in ("\x1b", "\x00", "\udc80"):
+            assert raw not in message, message[:200]
+        assert len(message) < 600, message[:200]
+        assert "sk_live_abcdefghijklmnopqrstuvwx" not in message
+    assert (queue.list(limit=10).items, queue.audit(), queue.destinations()) == before
+    assert idempotency.get(hostile, now=T0) is None

@@ -13,6 +13,7 @@ from typing import Any
 
 from ._errors import InvalidEventError
 from ._model import ErrorCategory, ErrorInfo, Event
+from ._text import clean, one_line
 
 __all__ = [
     "BAD_ID_CHAR",
@@ -44,9 +45,24 @@ def check_json(value: Any, path: str) -> Any:
     try:
         return _check(value, path)
     except RecursionError:
-        raise InvalidEventError(
-            f"{path} is nested too deeply or contains itself (a cycle)", field=path
-        ) from None
+        raise _invalid(f"{path} is nested too deeply or contains itself (a cycle)", path) from None
+    except InvalidEventError as exc:
+        # the path holds the payload's own keys: the message and the field go
+        # out through the gate for outside text (escaped, capped, redacted)
+        raise _invalid(exc.message, exc.field) from None
+
+
+def _invalid(message: str, field: str | None) -> InvalidEventError:
+    """The error, its path capped first (so that the reason after it stays)."""
+    shown = None if field is None else one_line(field, limit=_MAX_PATH)
+    if field is not None and shown is not None and message.startswith(field):
+        message = shown + message[len(field) :]
+    return InvalidEventError(clean(message, limit=_MAX_MESSAGE, single_line=True), field=shown)
+
+
+#: how much of an invalid payload's path (its own keys) an error shows
+_MAX_PATH = 120
+_MAX_MESSAGE = 500
 
 
 _SURROGATE = re.compile("[\ud800-\udfff]")

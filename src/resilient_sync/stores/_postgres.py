@@ -1745,6 +1745,8 @@ class PostgresIdempotencyStore(_PostgresBase):
         """See :meth:`resilient_sync.IdempotencyStore.get`."""
         check_text(key, "key")
         check_time(now, "now")
+        if unmatchable(key):
+            return None  # a key no store can hold (a NUL, a lone surrogate) is not held
 
         def read(conn: Connection) -> TupleRow | None:
             return (

@@ -1983,6 +1983,8 @@ class SQLiteIdempotencyStore(_SQLiteStore):
         """See :meth:`IdempotencyStore.get`."""
         check_text(key, "key")
         check_time(now, "now")
+        if unmatchable(key):
+            return None  # a key no store can hold (a NUL, a lone surrogate) is not held
         with self._reading("idempotency get") as conn:
             row = conn.execute(Q.idempotency_get, (key,)).fetchone()
         return _state(row, _us(now))
